@@ -1,0 +1,85 @@
+//! The YAML configuration: read (`raw`), checked and turned into the model the proxy runs on
+//! (`model`). A rejection names the file, the line and the key path.
+
+mod locate;
+pub mod model;
+mod raw;
+mod validate;
+
+pub use model::*;
+
+use locate::LineIndex;
+use std::fmt;
+use std::path::Path;
+
+/// Why a configuration file was rejected: one line per problem, each `file:line: path: message`.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub lines: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.lines.join("\n"))
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads, parses and validates `file`. Loads certificate files and resolves upstream names, but
+/// binds nothing.
+pub fn load(file: &Path) -> Result<Config, ConfigError> {
+    let shown = file.display();
+    let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+        lines: vec![format!("{shown}: cannot read the configuration: {e}")],
+    })?;
+    parse(&text, file)
+}
+
+/// Parses and validates configuration `text`, naming `file` in errors.
+pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+    let shown = file.display();
+    let raw: raw::RawConfig = if text.trim().is_empty() {
+        raw::RawConfig::default()
+    } else {
+        serde_yaml::from_str(text).map_err(|e| ConfigError {
+            lines: vec![describe_yaml_error(&shown.to_string(), &e)],
+        })?
+    };
+    validate::validate(raw, file).map_err(|problems| {
+        let index = LineIndex::new(text);
+        ConfigError {
+            lines: problems
+                .iter()
+                .map(|p| {
+                    let at = match index.line_of(&p.path) {
+                        Some(line) => format!("{shown}:{line}"),
+                        None => shown.to_string(),
+                    };
+                    if p.path.is_empty() {
+                        format!("{at}: {}", p.message)
+                    } else {
+                        format!("{at}: {}: {}", p.path, p.message)
+                    }
+                })
+                .collect(),
+        }
+    })
+}
+
+/// serde_yaml names the key path in its message and appends the position; put the position in
+/// front, as `file:line:column`, like every other rejection.
+fn describe_yaml_error(file: &str, e: &serde_yaml::Error) -> String {
+    let message = e.to_string();
+    match e.location() {
+        Some(loc) => {
+            let suffix = format!(" at line {} column {}", loc.line(), loc.column());
+            let message = message.strip_suffix(&suffix).unwrap_or(&message);
+            format!("{file}:{}:{}: {message}", loc.line(), loc.column())
+        }
+        None => format!("{file}: {message}"),
+    }
+}
+
+#[cfg(test)]
+mod tests;

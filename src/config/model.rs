@@ -1,0 +1,285 @@
+//! The validated configuration the proxy runs on. Every value here has been checked: addresses
+//! parse, files load, names are unique. Built only by `validate`.
+
+use crate::cidr::CidrSet;
+use crate::tls::{ServerTls, UpstreamTls};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use super::raw::Role;
+
+#[derive(Debug)]
+pub struct Config {
+    pub file: PathBuf,
+    pub server: ServerSettings,
+    pub digital: Vec<DigitalService>,
+    pub finesse: Vec<FinesseService>,
+}
+
+#[derive(Debug)]
+pub struct ServerSettings {
+    pub threads: usize,
+    pub pid_file: String,
+    pub upgrade_sock: String,
+    pub grace_period_seconds: u64,
+    pub graceful_shutdown_timeout_seconds: u64,
+    pub access_log: AccessLogTarget,
+    pub admin: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    Stdout,
+    Off,
+    File(PathBuf),
+}
+
+/// A `host:port` as clients or upstreams know it. The host is kept lower-case; IPv6 hosts are
+/// kept without brackets and shown with them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Authority {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Authority {
+    /// Parses `host:port` or `[v6]:port`. The host is a DNS name or an IP address; the port is
+    /// required and not 0.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bad = |why: &str| Err(format!("`{text}` is not host:port ({why})"));
+        if text.contains("://") || text.contains('/') {
+            return bad("write only host:port, without a scheme or path");
+        }
+        let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+            let Some((v6, port)) = rest.split_once("]:") else {
+                return bad("an IPv6 host is written [addr]:port");
+            };
+            if v6.parse::<std::net::Ipv6Addr>().is_err() {
+                return bad("the bracketed host is not an IPv6 address");
+            }
+            (v6, port)
+        } else {
+            let Some((host, port)) = text.rsplit_once(':') else {
+                return bad("the port is missing");
+            };
+            if host.contains(':') {
+                return bad("an IPv6 host is written [addr]:port");
+            }
+            if !valid_hostname(host) {
+                return bad("the host is not a valid DNS name or IPv4 address");
+            }
+            (host, port)
+        };
+        match port.parse::<u16>() {
+            Ok(0) | Err(_) => bad("the port must be a number from 1 to 65535"),
+            Ok(port) => Ok(Authority {
+                host: host.to_ascii_lowercase(),
+                port,
+            }),
+        }
+    }
+
+    pub fn is_ip(&self) -> bool {
+        self.host.parse::<IpAddr>().is_ok()
+    }
+}
+
+fn valid_hostname(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+impl fmt::Display for Authority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// An internal server: the name it was configured by and the address it resolved to at load.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub authority: Authority,
+    pub addr: SocketAddr,
+}
+
+/// Who may connect, and whose forwarding headers are believed.
+#[derive(Debug, Clone, Default)]
+pub struct ClientPolicy {
+    pub allow: CidrSet,
+    pub trusted_proxies: CidrSet,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_body_bytes: u64,
+    pub client_header_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub upstream_connect_timeout: Duration,
+    pub upstream_read_timeout: Duration,
+    pub websocket_idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateRule {
+    pub path_prefix: String,
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+#[derive(Debug)]
+pub struct DigitalService {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub public: Authority,
+    pub tls: Option<ServerTls>,
+    pub publisher: Upstream,
+    pub subscriber: Upstream,
+    pub upstream_tls: Option<UpstreamTls>,
+    pub health_check: HealthCheck,
+    pub publisher_only_paths: Vec<String>,
+    pub clients: ClientPolicy,
+    pub rate_limits: Vec<RateRule>,
+    pub limits: Limits,
+}
+
+#[derive(Debug)]
+pub struct FinesseService {
+    pub name: String,
+    pub bind: IpAddr,
+    pub tls: Option<ServerTls>,
+    pub upstream_tls: Option<UpstreamTls>,
+    pub servers: Vec<FinesseServer>,
+    pub proxy_map: Option<ProxyMap>,
+    pub cache: Option<CacheSettings>,
+    pub auth: Option<AuthSettings>,
+    pub substitutions: Vec<Substitution>,
+    pub rewrite_upstream_hosts: bool,
+    pub clients: ClientPolicy,
+    /// `None`: the service set none, so each role's default applies.
+    pub rate_limits: Option<Vec<RateRule>>,
+    pub limits: Limits,
+}
+
+impl FinesseService {
+    /// The distinct ports this service listens on, in the order the servers name them.
+    pub fn listen_ports(&self) -> Vec<u16> {
+        let mut ports: Vec<u16> = Vec::new();
+        for server in &self.servers {
+            if !ports.contains(&server.listen_port) {
+                ports.push(server.listen_port);
+            }
+        }
+        ports
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct FinesseServer {
+    pub public: Authority,
+    pub upstream: Upstream,
+    pub role: Role,
+    pub listen_port: u16,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxyMap {
+    pub listen: SocketAddr,
+    pub path: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    pub max_size_bytes: usize,
+    pub default_fresh: Duration,
+    pub stale_while_revalidate: Duration,
+    pub rules: Vec<CacheRule>,
+}
+
+/// A request is cacheable when every part a rule sets matches.
+#[derive(Debug, Clone)]
+pub struct CacheRule {
+    pub path_prefix: Option<String>,
+    pub path_suffixes: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    pub validate_url: http::Uri,
+    pub cache_for: Duration,
+    pub public_paths: Vec<String>,
+    pub lockout: Lockout,
+}
+
+#[derive(Debug, Clone)]
+pub struct Lockout {
+    pub failures: u32,
+    pub window: Duration,
+    pub block: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Substitution {
+    pub path_prefix: String,
+    pub content_types: Vec<String>,
+    pub replace: Vec<(String, String)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authority_forms() {
+        let a = Authority::parse("Finesse1.Example.com:8445").unwrap();
+        assert_eq!((a.host.as_str(), a.port), ("finesse1.example.com", 8445));
+        assert_eq!(a.to_string(), "finesse1.example.com:8445");
+        let v6 = Authority::parse("[fd00::1]:443").unwrap();
+        assert_eq!(v6.host, "fd00::1");
+        assert_eq!(v6.to_string(), "[fd00::1]:443");
+        assert!(Authority::parse("10.0.0.5:80").unwrap().is_ip());
+    }
+
+    #[test]
+    fn authority_rejections() {
+        for bad in [
+            "finesse1.example.com",
+            "finesse1.example.com:",
+            "finesse1.example.com:0",
+            "finesse1.example.com:70000",
+            "https://finesse1.example.com:8445",
+            "fd00::1:443",
+            "[fd00::1]443",
+            "[nope]:443",
+            "bad host:443",
+            ":443",
+            "-x.example.com:443",
+        ] {
+            assert!(Authority::parse(bad).is_err(), "{bad} accepted");
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! One test per class of bad input the contract lists, plus the shapes that must load.
+
+use super::*;
+use std::path::PathBuf;
+
+/// A private folder with a self-signed certificate and key in it.
+struct Scratch {
+    dir: PathBuf,
+}
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("ccedge-config-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ck = rcgen::generate_simple_self_signed(vec!["proxy.example.com".into()]).unwrap();
+        std::fs::write(dir.join("proxy.crt"), ck.cert.pem()).unwrap();
+        std::fs::write(dir.join("proxy.key"), ck.key_pair.serialize_pem()).unwrap();
+        let other = rcgen::generate_simple_self_signed(vec!["other".into()]).unwrap();
+        std::fs::write(dir.join("other.key"), other.key_pair.serialize_pem()).unwrap();
+        std::fs::write(dir.join("garbage.pem"), "not a certificate\n").unwrap();
+        Scratch { dir }
+    }
+
+    fn path(&self, file: &str) -> String {
+        self.dir.join(file).display().to_string()
+    }
+
+    fn load(&self, yaml: &str) -> Result<Config, ConfigError> {
+        let yaml = yaml.replace("@DIR@", &self.dir.display().to_string());
+        parse(&yaml, Path::new("test.yaml"))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+const DIGITAL: &str = "\
+digital_channels:
+  - name: cc
+    listen: 127.0.0.1:8443
+    public: dc.example.com:443
+    publisher: 127.0.0.1:8445
+    subscriber: 127.0.0.1:8446
+";
+
+fn rejected(result: Result<Config, ConfigError>) -> String {
+    match result {
+        Ok(_) => panic!("configuration was accepted"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn minimal_digital_channel_gets_contract_defaults() {
+    let s = Scratch::new("minimal");
+    let config = s.load(DIGITAL).unwrap();
+    let dc = &config.digital[0];
+    assert_eq!(dc.health_check.path, "/drapi/v1/ping");
+    assert_eq!(dc.health_check.interval.as_millis(), 2000);
+    assert_eq!((dc.health_check.rise, dc.health_check.fall), (2, 2));
+    assert_eq!(dc.publisher_only_paths, vec!["/dataconn/".to_string()]);
+    assert_eq!(dc.limits.max_body_bytes, 15_728_640);
+    assert_eq!(dc.limits.keepalive_timeout.as_millis(), 20_000);
+    assert_eq!(dc.rate_limits[0].per_second, 100);
+    assert_eq!(dc.rate_limits[0].burst, 200);
+    assert_eq!(config.server.access_log, AccessLogTarget::Stdout);
+    assert_eq!(config.server.upgrade_sock, "/tmp/ccedge-upgrade.sock");
+    assert_eq!(config.server.grace_period_seconds, 30);
+}
+
+#[test]
+fn malformed_yaml_names_line() {
+    let s = Scratch::new("malformed");
+    let err = rejected(s.load("server:\n  threads: 2\n  pid_file: /x: y\n"));
+    assert!(err.starts_with("test.yaml:3:"), "{err}");
+}
+
+#[test]
+fn unknown_key_names_line_and_path() {
+    let s = Scratch::new("unknown");
+    let yaml = format!("{DIGITAL}    colour: blue\n");
+    let err = rejected(s.load(&yaml));
+    assert!(err.starts_with("test.yaml:7:"), "{err}");
+    assert!(err.contains("digital_channels[0]"), "{err}");
+    assert!(err.contains("unknown field `colour`"), "{err}");
+}
+
+#[test]
+fn wrong_type_names_line_and_path() {
+    let s = Scratch::new("type");
+    let yaml = format!("{DIGITAL}    health_check:\n      interval_ms: 2s\n");
+    let err = rejected(s.load(&yaml));
+    assert!(err.starts_with("test.yaml:8:"), "{err}");
+    assert!(
+        err.contains("digital_channels[0].health_check.interval_ms"),
+        "{err}"
+    );
+}
+
+#[test]
+fn zero_duration_is_rejected() {
+    let s = Scratch::new("duration");
+    let yaml = format!("{DIGITAL}    limits:\n      upstream_read_timeout_ms: 0\n");
+    let err = rejected(s.load(&yaml));
+    assert!(
+        err.contains("test.yaml:8: digital_channels[0].limits.upstream_read_timeout_ms"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_required_key() {
+    let s = Scratch::new("required");
+    let yaml = DIGITAL.replace("    subscriber: 127.0.0.1:8446\n", "");
+    let err = rejected(s.load(&yaml));
+    assert!(err.contains("missing field `subscriber`"), "{err}");
+    assert!(err.starts_with("test.yaml:"), "{err}");
+}
+
+#[test]
+fn bad_listen_address() {
+    let s = Scratch::new("listen");
+    let err = rejected(s.load(&DIGITAL.replace("127.0.0.1:8443", "localhost:8443")));
+    assert!(
+        err.contains("test.yaml:3: digital_channels[0].listen: `localhost:8443`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn upstream_not_host_port() {
+    let s = Scratch::new("upstream");
+    let err = rejected(s.load(&DIGITAL.replace("127.0.0.1:8446", "https://cc-sub.internal")));
+    assert!(
+        err.contains("test.yaml:6: digital_channels[0].subscriber: `https://cc-sub.internal` is not host:port"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_cidr_names_the_entry() {
+    let s = Scratch::new("cidr");
+    let yaml = format!("{DIGITAL}    client_allow:\n      - 10.0.0.0/8\n      - 10.0.0.0/40\n");
+    let err = rejected(s.load(&yaml));
+    assert!(
+        err.contains("test.yaml:9: digital_channels[0].client_allow[1]: `10.0.0.0/40`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_certificate_file() {
+    let s = Scratch::new("nofile");
+    let yaml =
+        format!("{DIGITAL}    tls:\n      cert: @DIR@/nope.crt\n      key: @DIR@/proxy.key\n");
+    let err = rejected(s.load(&yaml));
+    assert!(
+        err.contains("test.yaml:8: digital_channels[0].tls.cert:"),
+        "{err}"
+    );
+    assert!(err.contains("nope.crt"), "{err}");
+}
+
+#[test]
+fn certificate_that_does_not_parse_or_match() {
+    let s = Scratch::new("badcert");
+    let garbage =
+        format!("{DIGITAL}    tls:\n      cert: @DIR@/garbage.pem\n      key: @DIR@/proxy.key\n");
+    let err = rejected(s.load(&garbage));
+    assert!(err.contains("tls.cert:"), "{err}");
+    assert!(err.contains("not a valid PEM certificate"), "{err}");
+
+    let mismatch =
+        format!("{DIGITAL}    tls:\n      cert: @DIR@/proxy.crt\n      key: @DIR@/other.key\n");
+    let err = rejected(s.load(&mismatch));
+    assert!(
+        err.contains("test.yaml:9: digital_channels[0].tls.key:"),
+        "{err}"
+    );
+    assert!(err.contains("does not match"), "{err}");
+
+    let good =
+        format!("{DIGITAL}    tls:\n      cert: @DIR@/proxy.crt\n      key: @DIR@/proxy.key\n");
+    let config = s.load(&good).unwrap();
+    assert_eq!(
+        config.digital[0]
+            .tls
+            .as_ref()
+            .unwrap()
+            .cert
+            .display()
+            .to_string(),
+        s.path("proxy.crt")
+    );
+}
+
+#[test]
+fn upstream_tls_client_identity_needs_both_halves() {
+    let s = Scratch::new("mtls");
+    let yaml = format!("{DIGITAL}    upstream_tls:\n      client_cert: @DIR@/proxy.crt\n");
+    let err = rejected(s.load(&yaml));
+    assert!(
+        err.contains("upstream_tls.client_key: client_cert needs client_key"),
+        "{err}"
+    );
+    let yaml = format!(
+        "{DIGITAL}    upstream_tls:\n      ca: @DIR@/proxy.crt\n      client_cert: @DIR@/proxy.crt\n      client_key: @DIR@/proxy.key\n"
+    );
+    let tls = s.load(&yaml).unwrap().digital[0]
+        .upstream_tls
+        .clone()
+        .unwrap();
+    assert!(tls.verify && tls.ca.is_some() && tls.client.is_some());
+}
+
+const FINESSE: &str = "\
+finesse:
+  - name: desktop
+    bind: 127.0.0.1
+    servers:
+      - public: finesse1.example.com:8445
+        upstream: 127.0.0.1:9001
+      - public: finesse1.example.com:8553
+        upstream: 127.0.0.1:9002
+        role: ids
+      - public: cuic1.example.com:8445
+        upstream: 127.0.0.1:9003
+        role: cuic
+";
+
+#[test]
+fn finesse_servers_group_by_port() {
+    let s = Scratch::new("finesse");
+    let config = s.load(FINESSE).unwrap();
+    let f = &config.finesse[0];
+    assert_eq!(f.listen_ports(), vec![8445, 8553]);
+    assert_eq!(f.servers[1].role, Role::Ids);
+    assert_eq!(f.servers[0].role, Role::Finesse);
+    assert!(f.rate_limits.is_none());
+    assert!(f.rewrite_upstream_hosts);
+}
+
+#[test]
+fn duplicate_public_host_port() {
+    let s = Scratch::new("duppublic");
+    let yaml = format!(
+        "{FINESSE}      - public: FINESSE1.example.com:8445\n        upstream: 127.0.0.1:9004\n"
+    );
+    let err = rejected(s.load(&yaml));
+    assert!(
+        err.contains("test.yaml:13: finesse[0].servers[3].public: public finesse1.example.com:8445 is already served by finesse[0].servers[0].public"),
+        "{err}"
+    );
+}
+
+#[test]
+fn same_host_twice_on_one_port() {
+    let s = Scratch::new("hostport");
+    let yaml = format!("{FINESSE}      - public: cuic1.example.com:443\n        upstream: 127.0.0.1:9004\n        listen_port: 8445\n");
+    let err = rejected(s.load(&yaml));
+    assert!(
+        err.contains(
+            "finesse[0].servers[3].public: host `cuic1.example.com` is already served on port 8445"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn colliding_listeners_and_names() {
+    let s = Scratch::new("collide");
+    let yaml = format!(
+        "{DIGITAL}  - name: cc\n    listen: 0.0.0.0:8443\n    public: b.example.com:443\n    publisher: 127.0.0.1:1\n    subscriber: 127.0.0.1:2\n"
+    );
+    let err = rejected(s.load(&yaml));
+    assert!(
+        err.contains("test.yaml:7: digital_channels[1].name: service name `cc` is already used"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "test.yaml:8: digital_channels[1].listen: 0.0.0.0:8443 collides with 127.0.0.1:8443"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn all_problems_are_reported_together() {
+    let s = Scratch::new("many");
+    let yaml = DIGITAL
+        .replace("127.0.0.1:8443", "nowhere")
+        .replace("dc.example.com:443", "dc.example.com");
+    let err = rejected(s.load(&yaml));
+    assert_eq!(err.lines().count(), 2, "{err}");
+}
+
+#[test]
+fn server_block_checks() {
+    let s = Scratch::new("server");
+    let yaml = format!(
+        "server:\n  access_log: relative.log\n  pid_file: run/ccedge.pid\n  threads: 0\n{DIGITAL}"
+    );
+    let err = rejected(s.load(&yaml));
+    assert!(err.contains("test.yaml:2: server.access_log"), "{err}");
+    assert!(err.contains("test.yaml:3: server.pid_file"), "{err}");
+    assert!(err.contains("test.yaml:4: server.threads"), "{err}");
+}
+
+#[test]
+fn empty_file_has_nothing_to_serve() {
+    let s = Scratch::new("empty");
+    let err = rejected(s.load(""));
+    assert!(err.contains("nothing to serve"), "{err}");
+}
+
+#[test]
+fn unknown_role_is_rejected() {
+    let s = Scratch::new("role");
+    let err = rejected(s.load(&FINESSE.replace("role: cuic", "role: pbx")));
+    assert!(err.starts_with("test.yaml:12:"), "{err}");
+    assert!(err.contains("unknown variant `pbx`"), "{err}");
+}
+
+#[test]
+fn contract_example_shape_loads() {
+    let s = Scratch::new("example");
+    let example = include_str!("../../../shared/spec/example.yaml")
+        .replace("/tmp/ccedge-example-tls/proxy.crt", &s.path("proxy.crt"))
+        .replace("/tmp/ccedge-example-tls/proxy.key", &s.path("proxy.key"))
+        .replace("/tmp/ccedge-example-tls/ca.crt", &s.path("proxy.crt"))
+        .replace("/tmp/ccedge-example-tls/client.crt", &s.path("proxy.crt"))
+        .replace("/tmp/ccedge-example-tls/client.key", &s.path("proxy.key"));
+    let config = parse(&example, Path::new("example.yaml")).unwrap();
+    assert_eq!(config.digital.len(), 1);
+    assert_eq!(config.finesse[0].servers.len(), 3);
+    assert_eq!(config.finesse[0].substitutions[0].replace.len(), 1);
+    assert!(config.finesse[0].auth.is_some() && config.finesse[0].cache.is_some());
+}

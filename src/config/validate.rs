@@ -1,0 +1,649 @@
+//! From the YAML as written (`raw`) to the model the proxy runs on, rejecting anything the
+//! contract forbids. Every problem is reported with its key path; all are collected so that one
+//! run of `ccedge -t` shows everything that needs fixing.
+
+use super::model::*;
+use super::raw::*;
+use crate::cidr::CidrSet;
+use crate::tls::{ServerTls, UpstreamTls};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// One rejected value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+pub fn validate(raw: RawConfig, file: &Path) -> Result<Config, Vec<Problem>> {
+    let mut v = Validator::default();
+    let server = v.server(&raw.server);
+    let digital: Vec<_> = raw
+        .digital_channels
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| v.digital(&format!("digital_channels[{i}]"), d))
+        .collect();
+    let finesse: Vec<_> = raw
+        .finesse
+        .iter()
+        .enumerate()
+        .filter_map(|(i, f)| v.finesse(&format!("finesse[{i}]"), f))
+        .collect();
+    v.check_listeners();
+    if raw.digital_channels.is_empty() && raw.finesse.is_empty() {
+        v.problem(
+            "",
+            "nothing to serve: add a digital_channels or finesse entry",
+        );
+    }
+    match (server, v.problems.is_empty()) {
+        (Some(server), true) => Ok(Config {
+            file: file.to_path_buf(),
+            server,
+            digital,
+            finesse,
+        }),
+        _ => Err(v.problems),
+    }
+}
+
+#[derive(Default)]
+struct Validator {
+    problems: Vec<Problem>,
+    /// Every listening socket with the key that asked for it.
+    listeners: Vec<(SocketAddr, String)>,
+    /// Service names (both kinds) with their key.
+    names: HashMap<String, String>,
+    /// Finesse public host:port with their key.
+    publics: HashMap<Authority, String>,
+}
+
+impl Validator {
+    fn problem(&mut self, path: &str, message: impl Into<String>) {
+        self.problems.push(Problem {
+            path: path.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn check<T>(&mut self, path: &str, result: Result<T, String>) -> Option<T> {
+        result.map_err(|m| self.problem(path, m)).ok()
+    }
+
+    fn server(&mut self, s: &RawServer) -> Option<ServerSettings> {
+        let threads = match s.threads {
+            Some(0) => {
+                self.problem("server.threads", "must be at least 1");
+                1
+            }
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        self.absolute("server.pid_file", &s.pid_file);
+        self.absolute("server.upgrade_sock", &s.upgrade_sock);
+        let access_log = match s.access_log.as_str() {
+            "stdout" => AccessLogTarget::Stdout,
+            "off" => AccessLogTarget::Off,
+            path if path.starts_with('/') => AccessLogTarget::File(PathBuf::from(path)),
+            other => {
+                self.problem(
+                    "server.access_log",
+                    format!("`{other}` is not stdout, off or an absolute path"),
+                );
+                AccessLogTarget::Off
+            }
+        };
+        let admin = match &s.admin {
+            Some(admin) => Some(self.listen_addr("server.admin.listen", &admin.listen)?),
+            None => None,
+        };
+        Some(ServerSettings {
+            threads,
+            pid_file: s.pid_file.clone(),
+            upgrade_sock: s.upgrade_sock.clone(),
+            grace_period_seconds: s.grace_period_seconds,
+            graceful_shutdown_timeout_seconds: s.graceful_shutdown_timeout_seconds,
+            access_log,
+            admin,
+        })
+    }
+
+    fn absolute(&mut self, path: &str, value: &str) {
+        if !value.starts_with('/') {
+            self.problem(path, format!("`{value}` must be an absolute path"));
+        }
+    }
+
+    fn name(&mut self, path: &str, name: &str) {
+        let valid = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !valid {
+            self.problem(
+                path,
+                format!("`{name}` must be non-empty letters, digits, '-', '_' or '.'"),
+            );
+        } else if let Some(first) = self.names.get(name) {
+            let message = format!("service name `{name}` is already used by {first}");
+            self.problem(path, message);
+        } else {
+            self.names.insert(name.to_string(), path.to_string());
+        }
+    }
+
+    /// A socket address to bind: an IP literal and a port, remembered for the conflict check.
+    fn listen_addr(&mut self, path: &str, text: &str) -> Option<SocketAddr> {
+        let addr = self.check(
+            path,
+            text.parse::<SocketAddr>().map_err(|_| {
+                format!("`{text}` is not an address to listen on (IP:port or [v6]:port)")
+            }),
+        )?;
+        self.listeners.push((addr, path.to_string()));
+        Some(addr)
+    }
+
+    fn check_listeners(&mut self) {
+        let mut found = Vec::new();
+        for (i, (a, path_a)) in self.listeners.iter().enumerate() {
+            for (b, path_b) in &self.listeners[..i] {
+                let overlap =
+                    a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified();
+                if a.port() == b.port() && overlap {
+                    found.push((
+                        path_a.clone(),
+                        format!("{a} collides with {b} ({path_b}): one socket cannot serve both"),
+                    ));
+                }
+            }
+        }
+        for (path, message) in found {
+            self.problem(&path, message);
+        }
+    }
+
+    fn upstream(&mut self, path: &str, text: &str) -> Option<Upstream> {
+        let authority = self.check(path, Authority::parse(text))?;
+        let resolved = (authority.host.as_str(), authority.port)
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve `{text}`: {e}"))
+            .and_then(|mut addrs| {
+                addrs
+                    .next()
+                    .ok_or_else(|| format!("`{text}` resolves to no address"))
+            });
+        let addr = self.check(path, resolved)?;
+        Some(Upstream { authority, addr })
+    }
+
+    fn url_path(&mut self, path: &str, value: &str) {
+        if !value.starts_with('/') {
+            self.problem(path, format!("`{value}` must start with '/'"));
+        }
+    }
+
+    fn paths(&mut self, path: &str, values: &[String]) -> Vec<String> {
+        for (i, p) in values.iter().enumerate() {
+            self.url_path(&format!("{path}[{i}]"), p);
+        }
+        values.to_vec()
+    }
+
+    fn server_tls(&mut self, path: &str, tls: &Option<RawTls>) -> Option<Option<ServerTls>> {
+        let Some(tls) = tls else {
+            return Some(None);
+        };
+        let cert_ok = self.file(&format!("{path}.cert"), &tls.cert);
+        let key_ok = self.file(&format!("{path}.key"), &tls.key);
+        if !(cert_ok && key_ok) {
+            return None;
+        }
+        match ServerTls::load(Path::new(&tls.cert), Path::new(&tls.key)) {
+            Ok(loaded) => Some(Some(loaded)),
+            Err(e) => {
+                let which = if e.file == Path::new(&tls.key) {
+                    "key"
+                } else {
+                    "cert"
+                };
+                self.problem(&format!("{path}.{which}"), e.to_string());
+                None
+            }
+        }
+    }
+
+    /// A file that must exist and be readable; reports and returns false otherwise.
+    fn file(&mut self, path: &str, value: &str) -> bool {
+        match std::fs::metadata(value) {
+            Ok(meta) if meta.is_file() => true,
+            Ok(_) => {
+                self.problem(path, format!("`{value}` is not a file"));
+                false
+            }
+            Err(e) => {
+                self.problem(path, format!("`{value}`: {e}"));
+                false
+            }
+        }
+    }
+
+    fn upstream_tls(
+        &mut self,
+        path: &str,
+        tls: &Option<RawUpstreamTls>,
+    ) -> Option<Option<UpstreamTls>> {
+        let Some(tls) = tls else {
+            return Some(None);
+        };
+        let mut ok = true;
+        let ca = match &tls.ca {
+            Some(ca) if self.file(&format!("{path}.ca"), ca) => {
+                match UpstreamTls::load_ca(Path::new(ca)) {
+                    Ok(ca) => Some(ca),
+                    Err(e) => {
+                        self.problem(&format!("{path}.ca"), e.to_string());
+                        ok = false;
+                        None
+                    }
+                }
+            }
+            Some(_) => {
+                ok = false;
+                None
+            }
+            None => None,
+        };
+        let client = match (&tls.client_cert, &tls.client_key) {
+            (Some(cert), Some(key)) => {
+                let cert_path = format!("{path}.client_cert");
+                let key_path = format!("{path}.client_key");
+                if self.file(&cert_path, cert) & self.file(&key_path, key) {
+                    match UpstreamTls::load_client(Path::new(cert), Path::new(key)) {
+                        Ok(client) => Some(client),
+                        Err(e) => {
+                            let at = if e.file == Path::new(key) {
+                                key_path
+                            } else {
+                                cert_path
+                            };
+                            self.problem(&at, e.to_string());
+                            ok = false;
+                            None
+                        }
+                    }
+                } else {
+                    ok = false;
+                    None
+                }
+            }
+            (None, None) => None,
+            (Some(_), None) => {
+                self.problem(
+                    &format!("{path}.client_key"),
+                    "client_cert needs client_key",
+                );
+                ok = false;
+                None
+            }
+            (None, Some(_)) => {
+                self.problem(
+                    &format!("{path}.client_cert"),
+                    "client_key needs client_cert",
+                );
+                ok = false;
+                None
+            }
+        };
+        if let Some(name) = &tls.server_name {
+            let parsed = Authority::parse(&format!("{name}:1"));
+            if parsed.is_err() || name.contains(':') {
+                self.problem(
+                    &format!("{path}.server_name"),
+                    format!("`{name}` is not a DNS name or IPv4 address"),
+                );
+                ok = false;
+            }
+        }
+        ok.then(|| {
+            Some(UpstreamTls {
+                verify: tls.verify,
+                ca,
+                client,
+                server_name: tls.server_name.as_ref().map(|n| n.to_ascii_lowercase()),
+            })
+        })
+    }
+
+    fn cidrs(&mut self, path: &str, entries: &[String]) -> CidrSet {
+        let nets = entries
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| self.check(&format!("{path}[{i}]"), CidrSet::parse_entry(e)))
+            .collect();
+        CidrSet::new(nets)
+    }
+
+    fn clients(&mut self, path: &str, allow: &[String], trusted: &[String]) -> ClientPolicy {
+        ClientPolicy {
+            allow: self.cidrs(&format!("{path}.client_allow"), allow),
+            trusted_proxies: self.cidrs(&format!("{path}.trusted_proxies"), trusted),
+        }
+    }
+
+    fn rate_rules(&mut self, path: &str, rules: &[RawRateLimit]) -> Vec<RateRule> {
+        rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let at = format!("{path}[{i}]");
+                self.url_path(&format!("{at}.path_prefix"), &r.path_prefix);
+                if r.per_second == 0 {
+                    self.problem(&format!("{at}.per_second"), "must be at least 1");
+                }
+                RateRule {
+                    path_prefix: r.path_prefix.clone(),
+                    per_second: r.per_second,
+                    burst: r.burst,
+                }
+            })
+            .collect()
+    }
+
+    fn limits(&mut self, path: &str, l: &RawLimits) -> Limits {
+        let mut ms = |key: &str, value: u64| {
+            if value == 0 {
+                self.problem(&format!("{path}.{key}"), "must be greater than 0");
+            }
+            Duration::from_millis(value)
+        };
+        let limits = Limits {
+            max_body_bytes: l.max_body_bytes,
+            client_header_timeout: ms("client_header_timeout_ms", l.client_header_timeout_ms),
+            keepalive_timeout: ms("keepalive_timeout_ms", l.keepalive_timeout_ms),
+            upstream_connect_timeout: ms(
+                "upstream_connect_timeout_ms",
+                l.upstream_connect_timeout_ms,
+            ),
+            upstream_read_timeout: ms("upstream_read_timeout_ms", l.upstream_read_timeout_ms),
+            websocket_idle_timeout: ms("websocket_idle_timeout_ms", l.websocket_idle_timeout_ms),
+        };
+        if l.max_body_bytes == 0 {
+            self.problem(&format!("{path}.max_body_bytes"), "must be greater than 0");
+        }
+        limits
+    }
+
+    fn health_check(&mut self, path: &str, h: &RawHealthCheck) -> HealthCheck {
+        self.url_path(&format!("{path}.path"), &h.path);
+        for (key, value) in [
+            ("interval_ms", h.interval_ms),
+            ("timeout_ms", h.timeout_ms),
+            ("rise", u64::from(h.rise)),
+            ("fall", u64::from(h.fall)),
+        ] {
+            if value == 0 {
+                self.problem(&format!("{path}.{key}"), "must be greater than 0");
+            }
+        }
+        HealthCheck {
+            path: h.path.clone(),
+            interval: Duration::from_millis(h.interval_ms),
+            timeout: Duration::from_millis(h.timeout_ms),
+            rise: h.rise,
+            fall: h.fall,
+        }
+    }
+
+    fn digital(&mut self, path: &str, d: &RawDigital) -> Option<DigitalService> {
+        self.name(&format!("{path}.name"), &d.name);
+        let listen = self.listen_addr(&format!("{path}.listen"), &d.listen);
+        let public = self.check(&format!("{path}.public"), Authority::parse(&d.public));
+        let tls = self.server_tls(&format!("{path}.tls"), &d.tls);
+        let publisher = self.upstream(&format!("{path}.publisher"), &d.publisher);
+        let subscriber = self.upstream(&format!("{path}.subscriber"), &d.subscriber);
+        let upstream_tls = self.upstream_tls(&format!("{path}.upstream_tls"), &d.upstream_tls);
+        let health_check = self.health_check(&format!("{path}.health_check"), &d.health_check);
+        let publisher_only_paths = self.paths(
+            &format!("{path}.publisher_only_paths"),
+            &d.publisher_only_paths,
+        );
+        let clients = self.clients(path, &d.client_allow, &d.trusted_proxies);
+        let rate_limits = match &d.rate_limits {
+            Some(rules) => self.rate_rules(&format!("{path}.rate_limits"), rules),
+            None => vec![RateRule {
+                path_prefix: "/drapi/".into(),
+                per_second: 100,
+                burst: 200,
+            }],
+        };
+        let limits = self.limits(&format!("{path}.limits"), &d.limits);
+        Some(DigitalService {
+            name: d.name.clone(),
+            listen: listen?,
+            public: public?,
+            tls: tls?,
+            publisher: publisher?,
+            subscriber: subscriber?,
+            upstream_tls: upstream_tls?,
+            health_check,
+            publisher_only_paths,
+            clients,
+            rate_limits,
+            limits,
+        })
+    }
+
+    fn finesse(&mut self, path: &str, f: &RawFinesse) -> Option<FinesseService> {
+        self.name(&format!("{path}.name"), &f.name);
+        let bind = self.check(
+            &format!("{path}.bind"),
+            f.bind
+                .parse::<IpAddr>()
+                .map_err(|_| format!("`{}` is not an IP address to bind on", f.bind)),
+        );
+        let tls = self.server_tls(&format!("{path}.tls"), &f.tls);
+        let upstream_tls = self.upstream_tls(&format!("{path}.upstream_tls"), &f.upstream_tls);
+        if f.servers.is_empty() {
+            self.problem(&format!("{path}.servers"), "needs at least one server");
+        }
+        let servers: Vec<_> = f
+            .servers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| self.finesse_server(&format!("{path}.servers[{i}]"), s))
+            .collect();
+        let servers: Option<Vec<_>> = servers.into_iter().collect();
+        if let (Some(bind), Some(servers)) = (bind, &servers) {
+            let mut ports = Vec::new();
+            for (i, s) in servers.iter().enumerate() {
+                if !ports.contains(&s.listen_port) {
+                    ports.push(s.listen_port);
+                    self.listeners.push((
+                        SocketAddr::new(bind, s.listen_port),
+                        format!("{path}.servers[{i}].listen_port"),
+                    ));
+                }
+            }
+            self.host_per_port(path, servers);
+        }
+        let proxy_map = f.proxy_map.as_ref().and_then(|m| {
+            let at = format!("{path}.proxy_map");
+            self.url_path(&format!("{at}.path"), &m.path);
+            Some(ProxyMap {
+                listen: self.listen_addr(&format!("{at}.listen"), &m.listen)?,
+                path: m.path.clone(),
+            })
+        });
+        let cache = f
+            .cache
+            .as_ref()
+            .map(|c| self.cache(&format!("{path}.cache"), c));
+        let auth = match &f.auth {
+            Some(a) => Some(self.auth(&format!("{path}.auth"), a)?),
+            None => None,
+        };
+        let substitutions = f
+            .substitutions
+            .iter()
+            .enumerate()
+            .map(|(i, s)| self.substitution(&format!("{path}.substitutions[{i}]"), s))
+            .collect();
+        let clients = self.clients(path, &f.client_allow, &f.trusted_proxies);
+        let rate_limits = f
+            .rate_limits
+            .as_ref()
+            .map(|rules| self.rate_rules(&format!("{path}.rate_limits"), rules));
+        let limits = self.limits(&format!("{path}.limits"), &f.limits);
+        Some(FinesseService {
+            name: f.name.clone(),
+            bind: bind?,
+            tls: tls?,
+            upstream_tls: upstream_tls?,
+            servers: servers?,
+            proxy_map,
+            cache,
+            auth,
+            substitutions,
+            rewrite_upstream_hosts: f.rewrite_upstream_hosts,
+            clients,
+            rate_limits,
+            limits,
+        })
+    }
+
+    fn finesse_server(&mut self, path: &str, s: &RawServerEntry) -> Option<FinesseServer> {
+        let public_path = format!("{path}.public");
+        let public = self.check(&public_path, Authority::parse(&s.public));
+        if let Some(public) = &public {
+            if let Some(first) = self.publics.get(public) {
+                let message = format!("public {public} is already served by {first}");
+                self.problem(&public_path, message);
+            } else {
+                self.publics.insert(public.clone(), public_path);
+            }
+        }
+        let upstream = self.upstream(&format!("{path}.upstream"), &s.upstream);
+        if s.listen_port == Some(0) {
+            self.problem(&format!("{path}.listen_port"), "must be from 1 to 65535");
+        }
+        let public = public?;
+        Some(FinesseServer {
+            listen_port: s.listen_port.unwrap_or(public.port),
+            public,
+            upstream: upstream?,
+            role: s.role,
+        })
+    }
+
+    /// On one listening port, the Host header must tell the servers apart.
+    fn host_per_port(&mut self, path: &str, servers: &[FinesseServer]) {
+        for (i, s) in servers.iter().enumerate() {
+            let clash = servers[..i]
+                .iter()
+                .position(|t| t.listen_port == s.listen_port && t.public.host == s.public.host);
+            if let Some(j) = clash {
+                self.problem(
+                    &format!("{path}.servers[{i}].public"),
+                    format!(
+                        "host `{}` is already served on port {} by {path}.servers[{j}]; \
+                         servers sharing a listen_port need different hosts",
+                        s.public.host, s.listen_port
+                    ),
+                );
+            }
+        }
+    }
+
+    fn cache(&mut self, path: &str, c: &RawCache) -> CacheSettings {
+        if c.max_size_mb == 0 {
+            self.problem(&format!("{path}.max_size_mb"), "must be at least 1");
+        }
+        let rules = c
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let at = format!("{path}.rules[{i}]");
+                let suffixes = r.path_suffix.clone().unwrap_or_default();
+                if r.path_prefix.is_none() && suffixes.is_empty() {
+                    self.problem(&at, "a rule needs path_prefix or path_suffix");
+                }
+                if let Some(prefix) = &r.path_prefix {
+                    self.url_path(&format!("{at}.path_prefix"), prefix);
+                }
+                CacheRule {
+                    path_prefix: r.path_prefix.clone(),
+                    path_suffixes: suffixes,
+                }
+            })
+            .collect();
+        CacheSettings {
+            max_size_bytes: usize::try_from(c.max_size_mb.saturating_mul(1 << 20))
+                .unwrap_or(usize::MAX),
+            default_fresh: Duration::from_secs(c.default_fresh_seconds),
+            stale_while_revalidate: Duration::from_secs(c.stale_while_revalidate_seconds),
+            rules,
+        }
+    }
+
+    fn auth(&mut self, path: &str, a: &RawAuth) -> Option<AuthSettings> {
+        let url_path = format!("{path}.validate_url");
+        let url = self.check(
+            &url_path,
+            a.validate_url
+                .parse::<http::Uri>()
+                .ok()
+                .filter(|u| {
+                    matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some()
+                })
+                .ok_or_else(|| {
+                    format!(
+                        "`{}` is not an http:// or https:// URL with a host",
+                        a.validate_url
+                    )
+                }),
+        );
+        let public_paths = self.paths(&format!("{path}.public_paths"), &a.public_paths);
+        let lockout = &a.lockout;
+        if lockout.failures == 0 {
+            self.problem(&format!("{path}.lockout.failures"), "must be at least 1");
+        }
+        Some(AuthSettings {
+            validate_url: url?,
+            cache_for: Duration::from_secs(a.cache_seconds),
+            public_paths,
+            lockout: Lockout {
+                failures: lockout.failures,
+                window: Duration::from_secs(lockout.window_seconds),
+                block: Duration::from_secs(lockout.block_seconds),
+            },
+        })
+    }
+
+    fn substitution(&mut self, path: &str, s: &RawSubstitution) -> Substitution {
+        self.url_path(&format!("{path}.path_prefix"), &s.path_prefix);
+        for (i, r) in s.replace.iter().enumerate() {
+            if r.from.is_empty() {
+                self.problem(&format!("{path}.replace[{i}].from"), "must not be empty");
+            }
+        }
+        Substitution {
+            path_prefix: s.path_prefix.clone(),
+            content_types: s
+                .content_types
+                .iter()
+                .map(|t| t.trim().to_ascii_lowercase())
+                .collect(),
+            replace: s
+                .replace
+                .iter()
+                .map(|r| (r.from.clone(), r.to.clone()))
+                .collect(),
+        }
+    }
+}

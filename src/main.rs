@@ -1,0 +1,5 @@
+mod cidr;
+mod config;
+mod tls;
+
+fn main() {}

@@ -1,0 +1,160 @@
+//! TLS material: the downstream listener settings and the upstream trust/identity, loaded and
+//! checked at configuration time so that a bad file is a start-up error, never a runtime surprise.
+
+use pingora::listeners::tls::TlsSettings;
+use pingora::tls::pkey::{PKey, Private};
+use pingora::tls::ssl::{SslOptions, SslVersion};
+use pingora::tls::x509::X509;
+use pingora::utils::tls::CertKey;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// TLS 1.2 suites: forward-secret AEAD only (TLS 1.3 suites are all AEAD).
+const TLS12_CIPHERS: &str = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:\
+ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:\
+ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
+
+/// A listener's certificate chain and key, checked to belong together.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The leaf certificate's subject and expiry, for `/status` and start-up logs.
+    pub summary: String,
+}
+
+impl ServerTls {
+    pub fn load(cert: &Path, key: &Path) -> Result<Self, TlsFileError> {
+        let chain = read_certs(cert)?;
+        let pkey = read_key(key)?;
+        check_pair(&chain[0], &pkey, key)?;
+        Ok(ServerTls {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            summary: describe(&chain[0]),
+        })
+    }
+
+    /// Listener settings: TLS 1.2 minimum, ALPN h2 then http/1.1, AEAD-only TLS 1.2 suites, no
+    /// compression, no session tickets (nothing that outlives a key rotation).
+    pub fn settings(&self) -> pingora::Result<TlsSettings> {
+        let cert = self.cert.to_string_lossy();
+        let key = self.key.to_string_lossy();
+        let mut tls = TlsSettings::intermediate(&cert, &key)?;
+        tls.enable_h2();
+        tls.set_min_proto_version(Some(SslVersion::TLS1_2))
+            .map_err(|e| tls_error("minimum TLS version", e))?;
+        tls.set_cipher_list(TLS12_CIPHERS)
+            .map_err(|e| tls_error("TLS 1.2 cipher list", e))?;
+        tls.set_options(SslOptions::NO_COMPRESSION | SslOptions::NO_TICKET);
+        Ok(tls)
+    }
+}
+
+fn tls_error(what: &str, e: pingora::tls::error::ErrorStack) -> Box<pingora::Error> {
+    pingora::Error::because(pingora::ErrorType::TLSHandshakeFailure, what.to_string(), e)
+}
+
+/// How ccedge checks an upstream and who it says it is.
+#[derive(Clone)]
+pub struct UpstreamTls {
+    pub verify: bool,
+    /// Trust anchors; `None` = the system's roots.
+    pub ca: Option<Arc<Box<[X509]>>>,
+    /// Client identity for mTLS.
+    pub client: Option<Arc<CertKey>>,
+    /// Name expected in the upstream certificate and sent as SNI; `None` = the upstream's host.
+    pub server_name: Option<String>,
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("verify", &self.verify)
+            .field("ca", &self.ca.as_ref().map(|c| c.len()))
+            .field("client", &self.client.is_some())
+            .field("server_name", &self.server_name)
+            .finish()
+    }
+}
+
+impl UpstreamTls {
+    pub fn load_ca(path: &Path) -> Result<Arc<Box<[X509]>>, TlsFileError> {
+        Ok(Arc::new(read_certs(path)?.into_boxed_slice()))
+    }
+
+    pub fn load_client(cert: &Path, key: &Path) -> Result<Arc<CertKey>, TlsFileError> {
+        let chain = read_certs(cert)?;
+        let pkey = read_key(key)?;
+        check_pair(&chain[0], &pkey, key)?;
+        Ok(Arc::new(CertKey::new(chain, pkey)))
+    }
+}
+
+/// A TLS file that cannot be used, and which file it is.
+#[derive(Debug)]
+pub struct TlsFileError {
+    pub file: PathBuf,
+    pub message: String,
+}
+
+impl std::fmt::Display for TlsFileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.file.display(), self.message)
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsFileError> {
+    std::fs::read(path).map_err(|e| TlsFileError {
+        file: path.to_path_buf(),
+        message: format!("cannot read: {e}"),
+    })
+}
+
+fn read_certs(path: &Path) -> Result<Vec<X509>, TlsFileError> {
+    let pem = read(path)?;
+    match X509::stack_from_pem(&pem) {
+        Ok(certs) if !certs.is_empty() => Ok(certs),
+        Ok(_) => Err(TlsFileError {
+            file: path.to_path_buf(),
+            message: "is not a valid PEM certificate file (no certificate in it)".into(),
+        }),
+        Err(e) => Err(TlsFileError {
+            file: path.to_path_buf(),
+            message: format!("is not a valid PEM certificate file ({e})"),
+        }),
+    }
+}
+
+fn read_key(path: &Path) -> Result<PKey<Private>, TlsFileError> {
+    let pem = read(path)?;
+    PKey::private_key_from_pem(&pem).map_err(|e| TlsFileError {
+        file: path.to_path_buf(),
+        message: format!("is not a valid PEM private key ({e})"),
+    })
+}
+
+fn check_pair(leaf: &X509, key: &PKey<Private>, key_path: &Path) -> Result<(), TlsFileError> {
+    let matches = leaf
+        .public_key()
+        .map(|public| public.public_eq(key))
+        .unwrap_or(false);
+    if matches {
+        Ok(())
+    } else {
+        Err(TlsFileError {
+            file: key_path.to_path_buf(),
+            message: "does not match the certificate's public key".into(),
+        })
+    }
+}
+
+fn describe(cert: &X509) -> String {
+    let subject = cert
+        .subject_name()
+        .entries()
+        .filter_map(|e| e.data().to_string().ok())
+        .collect::<Vec<_>>()
+        .join(",");
+    format!("subject={subject} not_after={}", cert.not_after())
+}
