@@ -1,5 +1,52 @@
-mod cidr;
-mod config;
-mod tls;
+//! ccedge: the reverse proxy for contact-center edges.
 
-fn main() {}
+mod access_log;
+mod admin;
+mod cidr;
+mod cli;
+mod config;
+mod digital;
+mod exchange;
+mod finesse;
+mod headers;
+mod identity;
+mod process;
+mod reply;
+mod routing;
+mod tls;
+mod upstream;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = cli::Cli::parse();
+    let config = match config::load(&cli.conf) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("ccedge: configuration rejected:\n{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = process::check(&config) {
+        eprintln!("ccedge: configuration rejected:\n{}: {e}", cli.conf.display());
+        return ExitCode::FAILURE;
+    }
+    if cli.test {
+        println!(
+            "ccedge: configuration {} is valid: {} digital channel(s), {} finesse site(s)",
+            cli.conf.display(),
+            config.digital.len(),
+            config.finesse.len()
+        );
+        return ExitCode::SUCCESS;
+    }
+    match process::run(config, cli.daemon, cli.upgrade) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ccedge: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

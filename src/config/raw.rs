@@ -3,7 +3,7 @@
 //! Nothing here is interpreted; `validate` turns these into the internal model. Defaults are the
 //! contract's, so a key left out and a key written with its default value mean the same.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -173,7 +173,7 @@ pub struct RawFinesse {
     pub limits: RawLimits,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Finesse,

@@ -1,0 +1,28 @@
+//! The command line.
+
+use clap::Parser;
+use std::path::PathBuf;
+
+/// ccedge: a reverse proxy for contact-center edges (Cloud Connect digital channels and VPN-less
+/// Finesse Desktop), built on Pingora.
+#[derive(Debug, Parser)]
+#[command(name = "ccedge", version, about, long_about = None)]
+pub struct Cli {
+    /// The YAML configuration file (see the README and the configuration contract).
+    #[arg(short = 'c', long = "conf", value_name = "FILE")]
+    pub conf: PathBuf,
+
+    /// Validate the configuration (YAML, keys, addresses, certificate files) and exit: 0 when it
+    /// is valid, 1 with every problem (file:line: key.path: message) when not. Binds nothing.
+    #[arg(short = 't', long = "test")]
+    pub test: bool,
+
+    /// Run in the background; the process id goes to server.pid_file.
+    #[arg(short = 'd', long = "daemon")]
+    pub daemon: bool,
+
+    /// Take over the listening sockets of a running ccedge through server.upgrade_sock (graceful
+    /// upgrade: start the new process with -u, then send SIGQUIT to the old one).
+    #[arg(short = 'u', long = "upgrade")]
+    pub upgrade: bool,
+}

@@ -1,0 +1,286 @@
+//! The mandatory header policy (contract, "Header policy"): what every proxied request carries
+//! upstream and what every response carries back. Pure functions over pingora's header types.
+//!
+//! Pingora's `HttpUpstreamRequestPolicy` (left at its standard setting on every peer) has already
+//! removed `Connection`, the headers it nominates and the other hop-by-hop headers, keeping only a
+//! valid WebSocket upgrade, before these functions run.
+
+use crate::config::Authority;
+use crate::identity::ClientIdentity;
+use http::header::{self, HeaderMap, HeaderValue};
+use pingora::http::{RequestHeader, ResponseHeader};
+use std::fmt::Write;
+use std::net::IpAddr;
+
+pub const TRACKING_ID: &str = "TrackingID";
+const TRACKING_PREFIX: &[u8] = b"CCEDGE_";
+
+/// Values fixed per route, computed once at configuration load.
+#[derive(Debug, Clone)]
+pub struct RouteHeaders {
+    /// `Host`: the public host:port of the route.
+    pub host: HeaderValue,
+    /// `X-Forwarded-Port`: the public port.
+    pub port: HeaderValue,
+    /// `X-Forwarded-Proto`.
+    pub proto: HeaderValue,
+    /// Finesse services remove `Accept-Encoding` so bodies arrive uncompressed.
+    pub strip_accept_encoding: bool,
+}
+
+impl RouteHeaders {
+    pub fn new(public: &Authority, https: bool, strip_accept_encoding: bool) -> Self {
+        RouteHeaders {
+            host: HeaderValue::from_str(&public.to_string()).expect("validated authority"),
+            port: HeaderValue::from(public.port),
+            proto: HeaderValue::from_static(if https { "https" } else { "http" }),
+            strip_accept_encoding,
+        }
+    }
+}
+
+/// The client's `TrackingID` if it sent a non-empty one, else a new `CCEDGE_<uuid>`.
+pub fn tracking_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(TRACKING_ID) {
+        if !v.is_empty() {
+            return v.clone();
+        }
+    }
+    let mut buf = [0u8; TRACKING_PREFIX.len() + uuid::fmt::Hyphenated::LENGTH];
+    buf[..TRACKING_PREFIX.len()].copy_from_slice(TRACKING_PREFIX);
+    uuid::Builder::from_random_bytes(rand::random())
+        .into_uuid()
+        .hyphenated()
+        .encode_lower(&mut buf[TRACKING_PREFIX.len()..]);
+    HeaderValue::from_bytes(&buf).expect("ASCII")
+}
+
+/// Rewrites a request about to go upstream.
+pub fn apply_request(
+    req: &mut RequestHeader,
+    route: &RouteHeaders,
+    client: &ClientIdentity,
+    proxy_ip: IpAddr,
+    tracking_id: &HeaderValue,
+) -> pingora::Result<()> {
+    let mut chain = String::with_capacity(64);
+    if client.peer_trusted {
+        for value in req.headers.get_all("x-forwarded-for") {
+            if let Ok(value) = value.to_str() {
+                let value = value.trim().trim_matches(',');
+                if !value.is_empty() {
+                    chain.push_str(value);
+                    chain.push_str(", ");
+                }
+            }
+        }
+    } else {
+        // Only a trusted balancer may speak for the client's origin.
+        req.remove_header(&header::FORWARDED);
+        req.remove_header("x-forwarded-host");
+    }
+    let _ = write!(chain, "{}, {}", client.ip, proxy_ip.to_canonical());
+    req.insert_header("X-Forwarded-For", chain)?;
+    let ip = HeaderValue::from_str(&client.ip.to_string()).expect("an IP is a header value");
+    req.insert_header("X-Client-IP", ip.clone())?;
+    req.insert_header("X-Real-IP", ip)?;
+    req.insert_header("X-Forwarded-Port", route.port.clone())?;
+    req.insert_header("X-Forwarded-Proto", route.proto.clone())?;
+    req.insert_header(header::HOST, route.host.clone())?;
+    if route.strip_accept_encoding {
+        req.remove_header(&header::ACCEPT_ENCODING);
+    }
+    req.insert_header(TRACKING_ID, tracking_id.clone())?;
+    to_origin_form(req)
+}
+
+/// An absolute-form target (`GET http://host/path`) goes upstream as origin-form (`GET /path`):
+/// the upstream is chosen by ccedge, and `Host` already names the public authority.
+fn to_origin_form(req: &mut RequestHeader) -> pingora::Result<()> {
+    if let Some(start) = absolute_form_path_start(req.raw_path()) {
+        let path = req.raw_path()[start..].to_vec();
+        req.set_raw_path(if path.is_empty() { b"/" } else { &path })?;
+    }
+    Ok(())
+}
+
+/// For an absolute-form target, where its path begins (its length when there is no path).
+pub fn absolute_form_path_start(target: &[u8]) -> Option<usize> {
+    let scheme_end = target.windows(3).position(|w| w == b"://")?;
+    if !target[..scheme_end].iter().all(u8::is_ascii_alphabetic) || scheme_end == 0 {
+        return None;
+    }
+    let authority = scheme_end + 3;
+    Some(
+        target[authority..]
+            .iter()
+            .position(|b| matches!(b, b'/' | b'?'))
+            .map_or(target.len(), |p| authority + p),
+    )
+}
+
+/// The authority of an absolute-form target, if the target is one.
+pub fn absolute_form_authority(target: &[u8]) -> Option<&[u8]> {
+    let scheme_end = target.windows(3).position(|w| w == b"://")?;
+    let end = absolute_form_path_start(target)?;
+    Some(&target[scheme_end + 3..end])
+}
+
+/// Rewrites a response about to go to the client: no upstream `Server`, the request's TrackingID.
+pub fn apply_response(resp: &mut ResponseHeader, tracking_id: &HeaderValue) -> pingora::Result<()> {
+    resp.remove_header(&header::SERVER);
+    resp.insert_header(TRACKING_ID, tracking_id.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(target: &str, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut req = RequestHeader::build("GET", target.as_bytes(), None).unwrap();
+        for (k, v) in headers {
+            req.append_header(k.to_string(), *v).unwrap();
+        }
+        req
+    }
+
+    fn route(https: bool, finesse: bool) -> RouteHeaders {
+        RouteHeaders::new(
+            &Authority::parse("dc.example.com:443").unwrap(),
+            https,
+            finesse,
+        )
+    }
+
+    fn client(ip: &str, trusted: bool) -> ClientIdentity {
+        ClientIdentity {
+            ip: ip.parse().unwrap(),
+            peer_trusted: trusted,
+        }
+    }
+
+    fn get<'a>(req: &'a RequestHeader, name: &str) -> &'a str {
+        req.headers.get(name).unwrap().to_str().unwrap()
+    }
+
+    const PROXY: &str = "192.0.2.10";
+
+    #[test]
+    fn untrusted_client_gets_fresh_forwarding_headers() {
+        let mut req = request(
+            "/drapi/v1/tasks",
+            &[
+                ("Host", "evil.example.com"),
+                ("X-Forwarded-For", "6.6.6.6"),
+                ("X-Real-IP", "6.6.6.6"),
+                ("X-Client-IP", "6.6.6.6"),
+                ("X-Forwarded-Port", "1"),
+                ("X-Forwarded-Proto", "gopher"),
+                ("Forwarded", "for=6.6.6.6"),
+                ("X-Forwarded-Host", "evil.example.com"),
+                ("Accept-Encoding", "gzip"),
+            ],
+        );
+        let tid = HeaderValue::from_static("WebexConnect_1");
+        apply_request(
+            &mut req,
+            &route(true, false),
+            &client("203.0.113.5", false),
+            PROXY.parse().unwrap(),
+            &tid,
+        )
+        .unwrap();
+        assert_eq!(get(&req, "x-forwarded-for"), "203.0.113.5, 192.0.2.10");
+        assert_eq!(get(&req, "x-real-ip"), "203.0.113.5");
+        assert_eq!(get(&req, "x-client-ip"), "203.0.113.5");
+        assert_eq!(get(&req, "x-forwarded-port"), "443");
+        assert_eq!(get(&req, "x-forwarded-proto"), "https");
+        assert_eq!(get(&req, "host"), "dc.example.com:443");
+        assert_eq!(get(&req, "trackingid"), "WebexConnect_1");
+        assert_eq!(get(&req, "accept-encoding"), "gzip");
+        assert!(req.headers.get("forwarded").is_none());
+        assert!(req.headers.get("x-forwarded-host").is_none());
+        assert_eq!(req.headers.get_all("x-forwarded-for").iter().count(), 1);
+    }
+
+    #[test]
+    fn trusted_balancer_chain_is_kept_then_client_then_proxy() {
+        let mut req = request(
+            "/",
+            &[
+                ("X-Forwarded-For", "198.51.100.1"),
+                ("X-Forwarded-For", "203.0.113.5,"),
+            ],
+        );
+        apply_request(
+            &mut req,
+            &route(false, false),
+            &client("203.0.113.5", true),
+            PROXY.parse().unwrap(),
+            &HeaderValue::from_static("t"),
+        )
+        .unwrap();
+        assert_eq!(
+            get(&req, "x-forwarded-for"),
+            "198.51.100.1, 203.0.113.5, 203.0.113.5, 192.0.2.10"
+        );
+        assert_eq!(get(&req, "x-forwarded-proto"), "http");
+    }
+
+    #[test]
+    fn finesse_routes_drop_accept_encoding() {
+        let mut req = request("/desktop/", &[("Accept-Encoding", "gzip, br")]);
+        apply_request(
+            &mut req,
+            &route(true, true),
+            &client("203.0.113.5", false),
+            PROXY.parse().unwrap(),
+            &HeaderValue::from_static("t"),
+        )
+        .unwrap();
+        assert!(req.headers.get("accept-encoding").is_none());
+    }
+
+    #[test]
+    fn absolute_form_goes_upstream_as_origin_form() {
+        let mut req = request("http://dc.example.com/drapi/v1/ping?x=1", &[]);
+        apply_request(
+            &mut req,
+            &route(true, false),
+            &client("203.0.113.5", false),
+            PROXY.parse().unwrap(),
+            &HeaderValue::from_static("t"),
+        )
+        .unwrap();
+        assert_eq!(req.raw_path(), b"/drapi/v1/ping?x=1");
+        assert_eq!(absolute_form_path_start(b"https://a.example.com"), Some(21));
+        assert_eq!(
+            absolute_form_authority(b"https://a.example.com:8445?q"),
+            Some(&b"a.example.com:8445"[..])
+        );
+        assert_eq!(absolute_form_authority(b"/a://b"), None);
+    }
+
+    #[test]
+    fn tracking_id_passed_or_generated() {
+        let mut h = HeaderMap::new();
+        h.insert("trackingid", HeaderValue::from_static("WebexConnect_abc"));
+        assert_eq!(tracking_id(&h), "WebexConnect_abc");
+        h.insert("trackingid", HeaderValue::from_static(""));
+        let generated = tracking_id(&h);
+        let text = generated.to_str().unwrap();
+        assert!(text.starts_with("CCEDGE_"), "{text}");
+        let uuid = uuid::Uuid::parse_str(&text[7..]).unwrap();
+        assert_eq!(uuid.get_version_num(), 4);
+        assert_ne!(tracking_id(&HeaderMap::new()), generated);
+    }
+
+    #[test]
+    fn response_loses_server_and_gains_tracking_id() {
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.insert_header("Server", "Apache-Coyote/1.1").unwrap();
+        apply_response(&mut resp, &HeaderValue::from_static("T1")).unwrap();
+        assert!(resp.headers.get("server").is_none());
+        assert_eq!(resp.headers.get("trackingid").unwrap(), "T1");
+    }
+}

@@ -1,0 +1,133 @@
+//! The process: a validated configuration becomes a Pingora server with one service per
+//! digital channel, one per Finesse site, and the admin listener.
+
+use crate::access_log::AccessLog;
+use crate::admin::{Admin, StatusSource};
+use crate::config::{Config, FinesseService};
+use crate::digital::{DigitalChannel, DigitalProxy};
+use crate::finesse::{FinesseProxy, FinesseSite};
+use crate::tls::ServerTls;
+use pingora::apps::http_app::HttpServer;
+use pingora::apps::HttpServerOptions;
+use pingora::proxy::{ProxyHttp, ProxyServiceBuilder};
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::{RunArgs, Server};
+use pingora::services::listening::Service;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Requests served on one client connection before it is closed (as nginx's keepalive_requests).
+const KEEPALIVE_REQUESTS: u32 = 1000;
+
+fn server_conf(config: &Config, daemon: bool) -> ServerConf {
+    let s = &config.server;
+    ServerConf {
+        daemon,
+        threads: s.threads,
+        pid_file: s.pid_file.clone(),
+        upgrade_sock: s.upgrade_sock.clone(),
+        grace_period_seconds: Some(s.grace_period_seconds),
+        graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout_seconds),
+        ..ServerConf::default()
+    }
+}
+
+/// Everything that can still fail before binding: listener TLS settings.
+pub fn check(config: &Config) -> Result<(), String> {
+    let listeners = config
+        .digital
+        .iter()
+        .filter_map(|d| d.tls.as_ref().map(|t| (&d.name, t)))
+        .chain(config.finesse.iter().filter_map(|f| f.tls.as_ref().map(|t| (&f.name, t))));
+    for (name, tls) in listeners {
+        tls.settings()
+            .map_err(|e| format!("service {name}: TLS settings rejected: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Runs until a signal stops the server. Returns after a graceful stop.
+pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
+    let opt = Opt {
+        upgrade,
+        daemon,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf(&config, daemon));
+    server.bootstrap();
+    let conf = server.configuration.clone();
+    let log = Arc::new(AccessLog::open(&config.server.access_log)?);
+    let mut sources: Vec<Arc<dyn StatusSource>> = Vec::new();
+
+    for d in &config.digital {
+        if d.upstream_tls.as_ref().is_some_and(|t| !t.verify) {
+            log::warn!("service {}: upstream_tls.verify is false: Cloud Connect certificates are not checked", d.name);
+        }
+        let channel = Arc::new(DigitalChannel::new(d, log.clone()));
+        sources.push(channel.clone());
+        let service = proxy_service(&conf, &d.name, DigitalProxy::new(channel));
+        server.add_service(listen(service, &[d.listen], d.tls.as_ref())?);
+        log::info!("service {}: digital channel on {} -> {} / {}", d.name, d.listen, d.publisher.authority, d.subscriber.authority);
+    }
+    for f in &config.finesse {
+        if f.upstream_tls.as_ref().is_some_and(|t| !t.verify) {
+            log::warn!("service {}: upstream_tls.verify is false: internal server certificates are not checked", f.name);
+        }
+        let site = Arc::new(FinesseSite::new(f, log.clone()));
+        sources.push(site.clone());
+        let service = proxy_service(&conf, &f.name, FinesseProxy::new(site));
+        server.add_service(listen(service, &finesse_addrs(f), f.tls.as_ref())?);
+        log::info!("service {}: finesse site with {} server(s) on port(s) {:?}", f.name, f.servers.len(), f.listen_ports());
+    }
+    if let Some(addr) = config.server.admin {
+        let admin = Admin::new(config.file.display().to_string(), sources);
+        let mut service = Service::new("admin".to_string(), HttpServer::new_app(admin));
+        service.threads = Some(1);
+        service.add_tcp(&addr.to_string());
+        server.add_service(service);
+        log::info!("admin listener on http://{addr}/ (/healthz, /status)");
+    }
+    server.run(RunArgs::default());
+    log.close();
+    Ok(())
+}
+
+fn finesse_addrs(f: &FinesseService) -> Vec<SocketAddr> {
+    f.listen_ports()
+        .into_iter()
+        .map(|port| SocketAddr::new(f.bind, port))
+        .collect()
+}
+
+fn proxy_service<P>(conf: &Arc<ServerConf>, name: &str, proxy: P) -> Service<pingora::proxy::HttpProxy<P>>
+where
+    P: ProxyHttp + Send + Sync + 'static,
+    P::CTX: Send + Sync + 'static,
+{
+    let mut options = HttpServerOptions::default();
+    options.keepalive_request_limit = Some(KEEPALIVE_REQUESTS);
+    ProxyServiceBuilder::new(conf, proxy)
+        .name(name)
+        .server_options(options)
+        .build()
+}
+
+fn listen<A: Send + Sync + 'static>(
+    mut service: Service<A>,
+    addrs: &[SocketAddr],
+    tls: Option<&ServerTls>,
+) -> Result<Service<A>, String> {
+    for addr in addrs {
+        let addr = addr.to_string();
+        match tls {
+            Some(tls) => {
+                let settings = tls
+                    .settings()
+                    .map_err(|e| format!("TLS settings for {addr} rejected: {e}"))?;
+                service.add_tls_with_settings(&addr, None, settings);
+            }
+            None => service.add_tcp(&addr),
+        }
+    }
+    Ok(service)
+}
