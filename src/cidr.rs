@@ -32,17 +32,15 @@ impl CidrSet {
             .map_err(|_| format!("`{text}` is not a CIDR (a.b.c.d/n, v6/n) or an IP address"))
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.nets.is_empty()
-    }
-
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
         self.nets.iter().any(|net| net.contains(&ip))
     }
+}
 
-    pub fn iter(&self) -> impl Iterator<Item = &IpNet> {
-        self.nets.iter()
+impl serde::Serialize for CidrSet {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.nets.iter().map(|n| n.to_string()))
     }
 }
 

@@ -9,6 +9,7 @@ use crate::upstream;
 use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
+use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use serde_json::json;
 use std::sync::Arc;
@@ -64,6 +65,7 @@ impl DigitalChannel {
                     {"node": NODE_NAMES[SUBSCRIBER], "address": service.subscriber.authority.to_string(),
                      "tls": tls.is_some()},
                 ],
+                "settings": service,
             }),
         }
     }
@@ -105,7 +107,11 @@ impl ProxyHttp for DigitalProxy {
         Exchange::new()
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Exchange) -> pingora::Result<bool> {
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut Exchange,
+    ) -> pingora::Result<bool> {
         let ch = &self.channel;
         ctx.begin(session, &ch.clients.trusted_proxies);
         session.set_keepalive(Some(ch.limits.keepalive_timeout.as_secs().max(1)));
@@ -114,10 +120,26 @@ impl ProxyHttp for DigitalProxy {
         Ok(false)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Exchange) -> pingora::Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Exchange,
+    ) -> pingora::Result<Box<HttpPeer>> {
         let node = PUBLISHER;
         ctx.upstream = Some(node);
         Ok(Box::new(self.channel.peers[node].clone()))
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        _fd: std::os::unix::io::RawFd,
+        digest: Option<&Digest>,
+        _ctx: &mut Exchange,
+    ) -> pingora::Result<()> {
+        upstream::check_connection(digest)
     }
 
     async fn upstream_request_filter(
@@ -129,7 +151,13 @@ impl ProxyHttp for DigitalProxy {
         let (Some(client), Some(tid)) = (ctx.client.as_ref(), ctx.tracking_id.as_ref()) else {
             return Ok(());
         };
-        headers::apply_request(req, &self.channel.route_headers, client, exchange::local_ip(session), tid)
+        headers::apply_request(
+            req,
+            &self.channel.route_headers,
+            client,
+            exchange::local_ip(session),
+            tid,
+        )
     }
 
     async fn upstream_response_filter(
@@ -151,7 +179,12 @@ impl ProxyHttp for DigitalProxy {
         exchange::on_response(resp, ctx)
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &pingora::Error, ctx: &mut Exchange) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &pingora::Error,
+        ctx: &mut Exchange,
+    ) -> FailToProxy {
         exchange::on_failure(session, e, ctx).await
     }
 

@@ -87,9 +87,7 @@ pub fn log(
     error: Option<&pingora::Error>,
 ) {
     let req = session.req_header();
-    let status = session
-        .response_written()
-        .map_or(0, |r| r.status.as_u16());
+    let status = session.response_written().map_or(0, |r| r.status.as_u16());
     let protocol = if session.is_http2() {
         "HTTP/2"
     } else {
@@ -123,7 +121,10 @@ pub fn log(
 }
 
 /// Response headers on the way to the client (proxied responses).
-pub fn on_response(resp: &mut pingora::http::ResponseHeader, ctx: &Exchange) -> pingora::Result<()> {
+pub fn on_response(
+    resp: &mut pingora::http::ResponseHeader,
+    ctx: &Exchange,
+) -> pingora::Result<()> {
     match &ctx.tracking_id {
         Some(tid) => crate::headers::apply_response(resp, tid),
         None => Ok(()),

@@ -12,6 +12,7 @@ use crate::upstream;
 use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
+use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use serde_json::json;
 use std::sync::Arc;
@@ -73,6 +74,7 @@ impl FinesseSite {
                 "resolved": s.upstream.addr.to_string(),
                 "tls": tls.is_some(),
             })).collect::<Vec<_>>(),
+            "settings": service,
         });
         FinesseSite {
             name: service.name.clone(),
@@ -110,12 +112,17 @@ impl ProxyHttp for FinesseProxy {
         Exchange::new()
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Exchange) -> pingora::Result<bool> {
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut Exchange,
+    ) -> pingora::Result<bool> {
         let site = &self.site;
         ctx.begin(session, &site.clients.trusted_proxies);
         session.set_keepalive(Some(site.limits.keepalive_timeout.as_secs().max(1)));
         let port = exchange::local_port(session);
-        let route = routing::request_host(session.req_header()).and_then(|host| site.table.lookup(port, host));
+        let route = routing::request_host(session.req_header())
+            .and_then(|host| site.table.lookup(port, host));
         match route {
             Some(route) => {
                 ctx.route = Some(route);
@@ -135,10 +142,28 @@ impl ProxyHttp for FinesseProxy {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Exchange) -> pingora::Result<Box<HttpPeer>> {
-        let route = ctx.route.ok_or_else(|| pingora::Error::new(pingora::ErrorType::HTTPStatus(421)))?;
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Exchange,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        let route = ctx
+            .route
+            .ok_or_else(|| pingora::Error::new(pingora::ErrorType::HTTPStatus(421)))?;
         ctx.upstream = Some(route);
         Ok(Box::new(self.site.routes[route].peer.clone()))
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        _fd: std::os::unix::io::RawFd,
+        digest: Option<&Digest>,
+        _ctx: &mut Exchange,
+    ) -> pingora::Result<()> {
+        upstream::check_connection(digest)
     }
 
     async fn upstream_request_filter(
@@ -147,7 +172,9 @@ impl ProxyHttp for FinesseProxy {
         req: &mut RequestHeader,
         ctx: &mut Exchange,
     ) -> pingora::Result<()> {
-        let (Some(route), Some(client), Some(tid)) = (ctx.route, ctx.client.as_ref(), ctx.tracking_id.as_ref()) else {
+        let (Some(route), Some(client), Some(tid)) =
+            (ctx.route, ctx.client.as_ref(), ctx.tracking_id.as_ref())
+        else {
             return Ok(());
         };
         let headers = &self.site.routes[route].headers;
@@ -173,7 +200,12 @@ impl ProxyHttp for FinesseProxy {
         exchange::on_response(resp, ctx)
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &pingora::Error, ctx: &mut Exchange) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &pingora::Error,
+        ctx: &mut Exchange,
+    ) -> FailToProxy {
         exchange::on_failure(session, e, ctx).await
     }
 

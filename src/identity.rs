@@ -141,7 +141,10 @@ mod tests {
 
     #[test]
     fn garbage_falls_back_to_real_ip_then_peer() {
-        let h = headers(&[("x-forwarded-for", "unknown"), ("x-real-ip", "198.51.100.5")]);
+        let h = headers(&[
+            ("x-forwarded-for", "unknown"),
+            ("x-real-ip", "198.51.100.5"),
+        ]);
         let t = trusted(&["10.0.0.0/8"]);
         assert_eq!(resolve(ip("10.0.0.1"), &t, &h).ip, ip("198.51.100.5"));
         let h = headers(&[("x-forwarded-for", "unknown")]);
@@ -150,12 +153,25 @@ mod tests {
 
     #[test]
     fn ports_brackets_and_mapped_addresses() {
-        assert_eq!(parse_forwarded_ip(" 198.51.100.1:4711 "), Some(ip("198.51.100.1")));
-        assert_eq!(parse_forwarded_ip("[2001:db8::1]:443"), Some(ip("2001:db8::1")));
+        assert_eq!(
+            parse_forwarded_ip(" 198.51.100.1:4711 "),
+            Some(ip("198.51.100.1"))
+        );
+        assert_eq!(
+            parse_forwarded_ip("[2001:db8::1]:443"),
+            Some(ip("2001:db8::1"))
+        );
         assert_eq!(parse_forwarded_ip("[2001:db8::1]"), Some(ip("2001:db8::1")));
-        assert_eq!(parse_forwarded_ip("::ffff:192.0.2.1"), Some(ip("192.0.2.1")));
+        assert_eq!(
+            parse_forwarded_ip("::ffff:192.0.2.1"),
+            Some(ip("192.0.2.1"))
+        );
         assert_eq!(parse_forwarded_ip("_hidden"), None);
-        let id = resolve(ip("::ffff:127.0.0.1"), &CidrSet::default(), &HeaderMap::new());
+        let id = resolve(
+            ip("::ffff:127.0.0.1"),
+            &CidrSet::default(),
+            &HeaderMap::new(),
+        );
         assert_eq!(id.ip, ip("127.0.0.1"));
     }
 }

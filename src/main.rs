@@ -30,7 +30,10 @@ fn main() -> ExitCode {
         }
     };
     if let Err(e) = process::check(&config) {
-        eprintln!("ccedge: configuration rejected:\n{}: {e}", cli.conf.display());
+        eprintln!(
+            "ccedge: configuration rejected:\n{}: {e}",
+            cli.conf.display()
+        );
         return ExitCode::FAILURE;
     }
     if cli.test {

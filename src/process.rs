@@ -38,7 +38,12 @@ pub fn check(config: &Config) -> Result<(), String> {
         .digital
         .iter()
         .filter_map(|d| d.tls.as_ref().map(|t| (&d.name, t)))
-        .chain(config.finesse.iter().filter_map(|f| f.tls.as_ref().map(|t| (&f.name, t))));
+        .chain(
+            config
+                .finesse
+                .iter()
+                .filter_map(|f| f.tls.as_ref().map(|t| (&f.name, t))),
+        );
     for (name, tls) in listeners {
         tls.settings()
             .map_err(|e| format!("service {name}: TLS settings rejected: {e}"))?;
@@ -67,7 +72,13 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
         sources.push(channel.clone());
         let service = proxy_service(&conf, &d.name, DigitalProxy::new(channel));
         server.add_service(listen(service, &[d.listen], d.tls.as_ref())?);
-        log::info!("service {}: digital channel on {} -> {} / {}", d.name, d.listen, d.publisher.authority, d.subscriber.authority);
+        log::info!(
+            "service {}: digital channel on {} -> {} / {}",
+            d.name,
+            d.listen,
+            d.publisher.authority,
+            d.subscriber.authority
+        );
     }
     for f in &config.finesse {
         if f.upstream_tls.as_ref().is_some_and(|t| !t.verify) {
@@ -77,7 +88,12 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
         sources.push(site.clone());
         let service = proxy_service(&conf, &f.name, FinesseProxy::new(site));
         server.add_service(listen(service, &finesse_addrs(f), f.tls.as_ref())?);
-        log::info!("service {}: finesse site with {} server(s) on port(s) {:?}", f.name, f.servers.len(), f.listen_ports());
+        log::info!(
+            "service {}: finesse site with {} server(s) on port(s) {:?}",
+            f.name,
+            f.servers.len(),
+            f.listen_ports()
+        );
     }
     if let Some(addr) = config.server.admin {
         let admin = Admin::new(config.file.display().to_string(), sources);
@@ -99,7 +115,11 @@ fn finesse_addrs(f: &FinesseService) -> Vec<SocketAddr> {
         .collect()
 }
 
-fn proxy_service<P>(conf: &Arc<ServerConf>, name: &str, proxy: P) -> Service<pingora::proxy::HttpProxy<P>>
+fn proxy_service<P>(
+    conf: &Arc<ServerConf>,
+    name: &str,
+    proxy: P,
+) -> Service<pingora::proxy::HttpProxy<P>>
 where
     P: ProxyHttp + Send + Sync + 'static,
     P::CTX: Send + Sync + 'static,

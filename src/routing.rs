@@ -112,8 +112,14 @@ mod tests {
     #[test]
     fn host_header_forms() {
         let host = |h: &str| request_host(&req("/", Some(h))).map(|b| b.to_vec());
-        assert_eq!(host("finesse1.example.com:8445"), Some(b"finesse1.example.com".to_vec()));
-        assert_eq!(host("finesse1.example.com."), Some(b"finesse1.example.com".to_vec()));
+        assert_eq!(
+            host("finesse1.example.com:8445"),
+            Some(b"finesse1.example.com".to_vec())
+        );
+        assert_eq!(
+            host("finesse1.example.com."),
+            Some(b"finesse1.example.com".to_vec())
+        );
         assert_eq!(host("[fd00::1]:443"), Some(b"fd00::1".to_vec()));
         assert_eq!(host(""), None);
         assert_eq!(request_host(&req("/", None)), None);
@@ -121,7 +127,10 @@ mod tests {
 
     #[test]
     fn absolute_form_wins_over_host() {
-        let r = req("http://attacker.example.net/x", Some("finesse1.example.com"));
+        let r = req(
+            "http://attacker.example.net/x",
+            Some("finesse1.example.com"),
+        );
         assert_eq!(request_host(&r), Some(&b"attacker.example.net"[..]));
         let r = req("http://user@finesse1.example.com:8445/x", Some("x"));
         assert_eq!(request_host(&r), Some(&b"finesse1.example.com"[..]));

@@ -78,6 +78,18 @@ impl std::fmt::Debug for UpstreamTls {
     }
 }
 
+impl serde::Serialize for UpstreamTls {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(4))?;
+        map.serialize_entry("verify", &self.verify)?;
+        map.serialize_entry("ca_certificates", &self.ca.as_ref().map(|c| c.len()))?;
+        map.serialize_entry("client_certificate", &self.client.is_some())?;
+        map.serialize_entry("server_name", &self.server_name)?;
+        map.end()
+    }
+}
+
 impl UpstreamTls {
     pub fn load_ca(path: &Path) -> Result<Arc<Box<[X509]>>, TlsFileError> {
         Ok(Arc::new(read_certs(path)?.into_boxed_slice()))

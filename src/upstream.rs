@@ -3,8 +3,12 @@
 
 use crate::config::{Limits, Upstream};
 use crate::tls::UpstreamTls;
-use pingora::protocols::ALPN;
+use pingora::protocols::tls::HandshakeCompleteHook;
+use pingora::protocols::{Digest, ALPN};
+use pingora::tls::ssl::SslRef;
 use pingora::upstreams::peer::{HttpPeer, HttpUpstreamRequestPolicy};
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long an idle pooled upstream connection is kept: below the usual 20 s server-side
@@ -12,8 +16,9 @@ use std::time::Duration;
 const POOL_IDLE: Duration = Duration::from_secs(15);
 
 pub fn peer(upstream: &Upstream, tls: Option<&UpstreamTls>, limits: &Limits) -> HttpPeer {
-    let sni = tls
-        .and_then(|t| t.server_name.clone())
+    let name = tls.and_then(|t| t.server_name.clone());
+    let sni = name
+        .clone()
         .unwrap_or_else(|| upstream.authority.host.clone());
     let mut peer = HttpPeer::new(upstream.addr, tls.is_some(), sni);
     let o = &mut peer.options;
@@ -29,6 +34,81 @@ pub fn peer(upstream: &Upstream, tls: Option<&UpstreamTls>, limits: &Limits) -> 
         o.verify_hostname = tls.verify;
         o.ca = tls.ca.clone();
         peer.client_cert_key = tls.client.clone();
+        let ip = upstream.authority.host.parse::<IpAddr>().ok();
+        if let (true, None, Some(ip)) = (tls.verify, name, ip) {
+            // Pingora matches names with X509_VERIFY_PARAM_add1_host, which never matches an
+            // IP address: verify the chain there and the address here.
+            o.verify_hostname = false;
+            o.upstream_tls_handshake_complete_hook = Some(ip_check_hook(ip));
+        }
     }
     peer
+}
+
+/// The outcome of checking an upstream certificate's IP addresses, carried on the connection.
+struct CertNamesIp {
+    ip: IpAddr,
+    named: bool,
+}
+
+fn ip_check_hook(ip: IpAddr) -> HandshakeCompleteHook {
+    Arc::new(move |ssl: &SslRef| {
+        let named = ssl
+            .peer_certificate()
+            .and_then(|cert| cert.subject_alt_names())
+            .is_some_and(|names| {
+                names
+                    .iter()
+                    .filter_map(|n| n.ipaddress())
+                    .any(|bytes| ip_bytes_match(ip, bytes))
+            });
+        Some(Arc::new(CertNamesIp { ip, named }))
+    })
+}
+
+fn ip_bytes_match(ip: IpAddr, bytes: &[u8]) -> bool {
+    match ip {
+        IpAddr::V4(v4) => bytes == v4.octets(),
+        IpAddr::V6(v6) => bytes == v6.octets(),
+    }
+}
+
+/// Refuses a connection whose certificate was found not to name the upstream's IP address.
+pub fn check_connection(digest: Option<&Digest>) -> pingora::Result<()> {
+    let verdict = digest
+        .and_then(|d| d.ssl_digest.as_ref())
+        .and_then(|ssl| ssl.extension.get::<CertNamesIp>());
+    match verdict {
+        Some(CertNamesIp { ip, named: false }) => Err(pingora::Error::explain(
+            pingora::ErrorType::TLSHandshakeFailure,
+            format!(
+                "upstream certificate does not name {} (set upstream_tls.server_name to check a name instead)",
+                ip
+            ),
+        )
+        .into_up()),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_bytes() {
+        assert!(ip_bytes_match(
+            "127.0.0.1".parse().unwrap(),
+            &[127, 0, 0, 1]
+        ));
+        assert!(!ip_bytes_match(
+            "127.0.0.2".parse().unwrap(),
+            &[127, 0, 0, 1]
+        ));
+        let v6: IpAddr = "::1".parse().unwrap();
+        let mut one = [0u8; 16];
+        one[15] = 1;
+        assert!(ip_bytes_match(v6, &one));
+        assert!(!ip_bytes_match(v6, &[0, 0, 0, 1]));
+    }
 }

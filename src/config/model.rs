@@ -3,6 +3,7 @@
 
 use crate::cidr::CidrSet;
 use crate::tls::{ServerTls, UpstreamTls};
+use serde::{Serialize, Serializer};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -80,10 +81,6 @@ impl Authority {
             }),
         }
     }
-
-    pub fn is_ip(&self) -> bool {
-        self.host.parse::<IpAddr>().is_ok()
-    }
 }
 
 fn valid_hostname(host: &str) -> bool {
@@ -101,6 +98,12 @@ fn valid_hostname(host: &str) -> bool {
         })
 }
 
+impl Serialize for Authority {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl fmt::Display for Authority {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.host.contains(':') {
@@ -112,50 +115,60 @@ impl fmt::Display for Authority {
 }
 
 /// An internal server: the name it was configured by and the address it resolved to at load.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Upstream {
+    #[serde(rename = "address")]
     pub authority: Authority,
+    #[serde(rename = "resolved")]
     pub addr: SocketAddr,
 }
 
 /// Who may connect, and whose forwarding headers are believed.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct ClientPolicy {
     pub allow: CidrSet,
     pub trusted_proxies: CidrSet,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Limits {
     pub max_body_bytes: u64,
+    #[serde(rename = "client_header_timeout_ms", serialize_with = "millis")]
     pub client_header_timeout: Duration,
+    #[serde(rename = "keepalive_timeout_ms", serialize_with = "millis")]
     pub keepalive_timeout: Duration,
+    #[serde(rename = "upstream_connect_timeout_ms", serialize_with = "millis")]
     pub upstream_connect_timeout: Duration,
+    #[serde(rename = "upstream_read_timeout_ms", serialize_with = "millis")]
     pub upstream_read_timeout: Duration,
+    #[serde(rename = "websocket_idle_timeout_ms", serialize_with = "millis")]
     pub websocket_idle_timeout: Duration,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RateRule {
     pub path_prefix: String,
     pub per_second: u32,
     pub burst: u32,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct HealthCheck {
     pub path: String,
+    #[serde(rename = "interval_ms", serialize_with = "millis")]
     pub interval: Duration,
+    #[serde(rename = "timeout_ms", serialize_with = "millis")]
     pub timeout: Duration,
     pub rise: u32,
     pub fall: u32,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize)]
 pub struct DigitalService {
     pub name: String,
     pub listen: SocketAddr,
     pub public: Authority,
+    #[serde(serialize_with = "tls_summary")]
     pub tls: Option<ServerTls>,
     pub publisher: Upstream,
     pub subscriber: Upstream,
@@ -167,10 +180,11 @@ pub struct DigitalService {
     pub limits: Limits,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize)]
 pub struct FinesseService {
     pub name: String,
     pub bind: IpAddr,
+    #[serde(serialize_with = "tls_summary")]
     pub tls: Option<ServerTls>,
     pub upstream_tls: Option<UpstreamTls>,
     pub servers: Vec<FinesseServer>,
@@ -198,7 +212,7 @@ impl FinesseService {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct FinesseServer {
     pub public: Authority,
     pub upstream: Upstream,
@@ -206,47 +220,74 @@ pub struct FinesseServer {
     pub listen_port: u16,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ProxyMap {
     pub listen: SocketAddr,
     pub path: String,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct CacheSettings {
     pub max_size_bytes: usize,
+    #[serde(rename = "default_fresh_seconds", serialize_with = "seconds")]
     pub default_fresh: Duration,
+    #[serde(rename = "stale_while_revalidate_seconds", serialize_with = "seconds")]
     pub stale_while_revalidate: Duration,
     pub rules: Vec<CacheRule>,
 }
 
 /// A request is cacheable when every part a rule sets matches.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct CacheRule {
     pub path_prefix: Option<String>,
     pub path_suffixes: Vec<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct AuthSettings {
+    #[serde(serialize_with = "display")]
     pub validate_url: http::Uri,
+    #[serde(rename = "cache_seconds", serialize_with = "seconds")]
     pub cache_for: Duration,
     pub public_paths: Vec<String>,
     pub lockout: Lockout,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Lockout {
     pub failures: u32,
+    #[serde(rename = "window_seconds", serialize_with = "seconds")]
     pub window: Duration,
+    #[serde(rename = "block_seconds", serialize_with = "seconds")]
     pub block: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Substitution {
     pub path_prefix: String,
     pub content_types: Vec<String>,
     pub replace: Vec<(String, String)>,
+}
+
+// How the model is shown on the admin `/status` page: with the contract's key names and units.
+
+fn millis<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u128(d.as_millis())
+}
+
+fn seconds<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_secs())
+}
+
+fn display<S: Serializer, T: fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+fn tls_summary<S: Serializer>(tls: &Option<ServerTls>, s: S) -> Result<S::Ok, S::Error> {
+    match tls {
+        Some(tls) => s.serialize_str(&tls.summary),
+        None => s.serialize_none(),
+    }
 }
 
 #[cfg(test)]
@@ -261,7 +302,7 @@ mod tests {
         let v6 = Authority::parse("[fd00::1]:443").unwrap();
         assert_eq!(v6.host, "fd00::1");
         assert_eq!(v6.to_string(), "[fd00::1]:443");
-        assert!(Authority::parse("10.0.0.5:80").unwrap().is_ip());
+        assert_eq!(Authority::parse("10.0.0.5:80").unwrap().host, "10.0.0.5");
     }
 
     #[test]

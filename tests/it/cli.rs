@@ -1,0 +1,102 @@
+//! The command line: validation without binding, errors that name the line, and the help text.
+
+use crate::harness::{binary, Ca, TestDir};
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn run(args: &[&str]) -> Output {
+    Command::new(binary()).args(args).output().unwrap()
+}
+
+fn example() -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/spec/example.yaml");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The certificate files the contract's example names, in the place it names them.
+fn example_certificates() -> PathBuf {
+    let dir = PathBuf::from("/tmp/ccedge-example-tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = Ca::new("example");
+    ca.write(&dir.join("ca.crt"));
+    ca.server(&dir, "proxy", &["dc.example.com", "finesse1.example.com"]);
+    ca.client(&dir, "client");
+    dir
+}
+
+#[test]
+fn help_explains_every_flag() {
+    let out = run(&["--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "-c, --conf <FILE>",
+        "-t, --test",
+        "-d, --daemon",
+        "-u, --upgrade",
+    ] {
+        assert!(
+            help.contains(flag),
+            "--help does not explain {flag}:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn test_flag_accepts_the_contract_example_without_binding() {
+    example_certificates();
+    let dir = TestDir::new("cli-example");
+    let config = dir.write("example.yaml", &example());
+    // Hold the example's digital-channel port: -t must not try to bind it.
+    let _held = std::net::TcpListener::bind("127.0.0.1:18443");
+    let out = run(&["-t", "-c", config.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("is valid"));
+    assert!(!PathBuf::from("/tmp/ccedge-example.pid").exists() || out.status.success());
+}
+
+#[test]
+fn test_flag_names_file_line_and_key_of_a_broken_copy() {
+    example_certificates();
+    let dir = TestDir::new("cli-broken");
+    let text = example().replace("upstream: 127.0.0.1:18502", "upstream: 127.0.0.1");
+    let line = text
+        .lines()
+        .position(|l| l.trim() == "upstream: 127.0.0.1")
+        .unwrap()
+        + 1;
+    let config = dir.write("broken.yaml", &text);
+    let out = run(&["-t", "-c", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let expected = format!(
+        "{}:{line}: finesse[0].servers[1].upstream: `127.0.0.1` is not host:port",
+        config.display()
+    );
+    assert!(
+        stderr.contains(&expected),
+        "expected {expected:?} in:\n{stderr}"
+    );
+}
+
+#[test]
+fn starting_on_a_bad_file_exits_1_and_starts_nothing() {
+    let dir = TestDir::new("cli-bad-start");
+    let config = dir.write(
+        "bad.yaml",
+        "digital_channels:\n  - name: cc\n    listen: [oops\n",
+    );
+    let out = run(&["-c", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad.yaml:"), "{stderr}");
+    assert!(!stderr.contains("Server starting"), "{stderr}");
+
+    let missing = run(&["-t", "-c", dir.join("absent.yaml").to_str().unwrap()]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("absent.yaml: cannot read"));
+}

@@ -1,0 +1,203 @@
+//! Finesse servers behind one proxy: by port, then by host; 421 for everything else.
+
+use crate::harness::fixtures::{args, https};
+use crate::harness::{curl, free_port, server_block, Ca, Ccedge, TestDir, Upstream};
+
+struct Site {
+    dir: TestDir,
+    finesse: Upstream,
+    ids: Upstream,
+    cuic: Upstream,
+    /// Finesse and CUIC (told apart by host), the public port of both.
+    web: u16,
+    /// IdS, port-based.
+    ids_port: u16,
+    /// Finesse behind a port mapping: public port 443, listening here.
+    mapped: u16,
+    ccedge: Ccedge,
+}
+
+impl Site {
+    async fn start(name: &str) -> Site {
+        let dir = TestDir::new(name);
+        let ca = Ca::new(name);
+        ca.write(&dir.join("ca.crt"));
+        let cert = ca.server(
+            &dir.path,
+            "proxy",
+            &[
+                "finesse1.example.com",
+                "cuic1.example.com",
+                "desk.example.com",
+            ],
+        );
+        let finesse = Upstream::plain("finesse").await;
+        let ids = Upstream::plain("ids").await;
+        let cuic = Upstream::plain("cuic").await;
+        let (web, ids_port, mapped) = (free_port(), free_port(), free_port());
+        let yaml = format!(
+            "{server}finesse:\n  - name: desktop\n    bind: 127.0.0.1\n    tls:\n      cert: {c}\n      key: {k}\n    servers:\n\
+             \x20     - public: finesse1.example.com:{web}\n        upstream: {f}\n        role: finesse\n\
+             \x20     - public: finesse1.example.com:{ids_port}\n        upstream: {i}\n        role: ids\n\
+             \x20     - public: cuic1.example.com:{web}\n        upstream: {u}\n        role: cuic\n\
+             \x20     - public: desk.example.com:443\n        upstream: {f}\n        listen_port: {mapped}\n",
+            server = server_block(&dir.path, None),
+            c = cert.cert.display(),
+            k = cert.key.display(),
+            f = finesse.authority(),
+            i = ids.authority(),
+            u = cuic.authority(),
+        );
+        let ccedge = Ccedge::start(&dir, &yaml, &[web, ids_port, mapped]).await;
+        Site {
+            dir,
+            finesse,
+            ids,
+            cuic,
+            web,
+            ids_port,
+            mapped,
+            ccedge,
+        }
+    }
+
+    async fn get(
+        &self,
+        extra: &[&str],
+        host: &str,
+        port: u16,
+        path: &str,
+    ) -> crate::harness::Reply {
+        curl(&args(extra, &https(&self.dir, host, port, path)))
+            .await
+            .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn port_then_host_selects_the_server() {
+    let site = Site::start("route-select").await;
+    let cases = [
+        ("finesse1.example.com", site.web, "finesse", "--http2"),
+        ("finesse1.example.com", site.ids_port, "ids", "--http1.1"),
+        ("cuic1.example.com", site.web, "cuic", "--http2"),
+    ];
+    for (host, port, node, proto) in cases {
+        let reply = site
+            .get(
+                &[proto, "-H", "Accept-Encoding: gzip, br"],
+                host,
+                port,
+                "/desktop/",
+            )
+            .await;
+        let echo = reply.echo();
+        assert_eq!(echo.node(), node, "{host}:{port}");
+        let public = format!("{host}:{port}");
+        assert_eq!(echo.header("host"), Some(public));
+        assert_eq!(echo.header("x-forwarded-port"), Some(port.to_string()));
+        assert_eq!(echo.header("x-forwarded-proto").as_deref(), Some("https"));
+        assert_eq!(
+            echo.header("accept-encoding"),
+            None,
+            "Accept-Encoding reached {node}"
+        );
+    }
+    assert_eq!(
+        (site.finesse.hits(), site.ids.hits(), site.cuic.hits()),
+        (1, 1, 1)
+    );
+}
+
+#[tokio::test]
+async fn port_mapping_sends_the_public_authority() {
+    let site = Site::start("route-mapped").await;
+    let reply = site
+        .get(&[], "desk.example.com", site.mapped, "/finesse/")
+        .await;
+    let echo = reply.echo();
+    assert_eq!(echo.node(), "finesse");
+    assert_eq!(echo.header("host").as_deref(), Some("desk.example.com:443"));
+    assert_eq!(echo.header("x-forwarded-port").as_deref(), Some("443"));
+}
+
+#[tokio::test]
+async fn unknown_host_or_port_is_misdirected() {
+    let site = Site::start("route-421").await;
+    let unknown = site
+        .get(&["-k"], "other.example.com", site.web, "/desktop/")
+        .await;
+    assert_eq!(unknown.status, 421);
+    assert!(
+        unknown.body.contains("no server is configured"),
+        "{}",
+        unknown.body
+    );
+    let wrong_port = site.get(&[], "cuic1.example.com", site.ids_port, "/").await;
+    assert_eq!(wrong_port.status, 421);
+    assert_eq!(site.finesse.hits() + site.ids.hits() + site.cuic.hits(), 0);
+    let tid = wrong_port.header("trackingid").unwrap();
+    let line = site.ccedge.log_entry(tid).await;
+    assert_eq!(line["status"], 421);
+    assert!(
+        line["route"].is_null() && line["upstream"].is_null(),
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn absolute_form_targets_are_held_to_the_configured_hosts() {
+    let site = Site::start("route-absolute").await;
+    let evil = site
+        .get(
+            &[
+                "--http1.1",
+                "--request-target",
+                "http://evil.example.net/steal",
+                "-H",
+                "Host: evil.example.net",
+            ],
+            "finesse1.example.com",
+            site.web,
+            "/",
+        )
+        .await;
+    assert_eq!(evil.status, 421);
+    // A Host that disagrees with the target is refused by Pingora's parser before routing.
+    let mismatch = site
+        .get(
+            &[
+                "--http1.1",
+                "--request-target",
+                "http://evil.example.net/steal",
+            ],
+            "finesse1.example.com",
+            site.web,
+            "/",
+        )
+        .await;
+    assert_eq!(mismatch.status, 400);
+    assert_eq!(site.finesse.hits() + site.cuic.hits(), 0);
+
+    let ours = site
+        .get(
+            &[
+                "--http1.1",
+                "--request-target",
+                &format!("https://cuic1.example.com:{}/cuic/x?y=1", site.web),
+                "-H",
+                &format!("Host: cuic1.example.com:{}", site.web),
+            ],
+            "finesse1.example.com",
+            site.web,
+            "/",
+        )
+        .await;
+    let echo = ours.echo();
+    assert_eq!(echo.node(), "cuic");
+    assert_eq!(echo.target(), "/cuic/x?y=1");
+    assert_eq!(
+        echo.header("host"),
+        Some(format!("cuic1.example.com:{}", site.web))
+    );
+}

@@ -1,0 +1,73 @@
+//! Test certificates made at run time: a CA, server leaves for ccedge and upstreams, client leaves
+//! for mTLS.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType,
+};
+use std::path::{Path, PathBuf};
+
+pub struct Ca {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+    pub pem: String,
+}
+
+/// A certificate and key written to disk.
+#[derive(Clone, Debug)]
+pub struct Pair {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl Ca {
+    pub fn new(name: &str) -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("{name} test CA"));
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let pem = cert.pem();
+        Ca { cert, key, pem }
+    }
+
+    pub fn write(&self, path: &Path) -> PathBuf {
+        std::fs::write(path, &self.pem).unwrap();
+        path.to_path_buf()
+    }
+
+    /// A server certificate for `names` (DNS names and IP addresses), written as `dir/stem.{crt,key}`.
+    pub fn server(&self, dir: &Path, stem: &str, names: &[&str]) -> Pair {
+        self.leaf(dir, stem, names, ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
+    pub fn client(&self, dir: &Path, stem: &str) -> Pair {
+        self.leaf(dir, stem, &[stem], ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    fn leaf(&self, dir: &Path, stem: &str, names: &[&str], usage: ExtendedKeyUsagePurpose) -> Pair {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, names[0]);
+        for name in names {
+            params.subject_alt_names.push(match name.parse() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName((*name).try_into().unwrap()),
+            });
+        }
+        params.extended_key_usages = vec![usage];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        let pair = Pair {
+            cert: dir.join(format!("{stem}.crt")),
+            key: dir.join(format!("{stem}.key")),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        };
+        std::fs::write(&pair.cert, &pair.cert_pem).unwrap();
+        std::fs::write(&pair.key, &pair.key_pem).unwrap();
+        pair
+    }
+}

@@ -1,0 +1,198 @@
+//! Upstream servers on 127.0.0.1 that answer with what they received (hyper, optionally TLS with
+//! a required client certificate).
+
+use super::certs::{Ca, Pair};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use openssl::pkey::PKey;
+use openssl::ssl::{SslAcceptor, SslMethod, SslVerifyMode};
+use openssl::x509::store::X509StoreBuilder;
+use openssl::x509::X509;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+pub struct Upstream {
+    pub addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Upstream {
+    pub async fn plain(name: &str) -> Upstream {
+        Self::start(name, None).await
+    }
+
+    /// TLS with `pair`; when `client_ca` is given, a client certificate signed by it is required.
+    pub async fn tls(name: &str, pair: &Pair, client_ca: Option<&Ca>) -> Upstream {
+        let mut acceptor = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).unwrap();
+        acceptor
+            .set_certificate(&X509::from_pem(pair.cert_pem.as_bytes()).unwrap())
+            .unwrap();
+        acceptor
+            .set_private_key(&PKey::private_key_from_pem(pair.key_pem.as_bytes()).unwrap())
+            .unwrap();
+        if let Some(ca) = client_ca {
+            let mut store = X509StoreBuilder::new().unwrap();
+            store
+                .add_cert(X509::from_pem(ca.pem.as_bytes()).unwrap())
+                .unwrap();
+            acceptor.set_verify_cert_store(store.build()).unwrap();
+            acceptor.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+        }
+        Self::start(name, Some(Arc::new(acceptor.build()))).await
+    }
+
+    async fn start(name: &str, tls: Option<Arc<SslAcceptor>>) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let node = name.to_string();
+        let counter = hits.clone();
+        let task = tokio::spawn(async move {
+            let mut connections = JoinSet::new();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let node = node.clone();
+                let counter = counter.clone();
+                let tls = tls.clone();
+                connections.spawn(async move {
+                    match tls {
+                        None => serve(TokioIo::new(tcp), node, counter, false).await,
+                        Some(acceptor) => {
+                            let ssl = openssl::ssl::Ssl::new(acceptor.context()).unwrap();
+                            let mut stream = tokio_openssl::SslStream::new(ssl, tcp).unwrap();
+                            if Pin::new(&mut stream).accept().await.is_err() {
+                                return;
+                            }
+                            let client_cert = stream.ssl().peer_certificate().is_some();
+                            serve(TokioIo::new(stream), node, counter, client_cert).await
+                        }
+                    }
+                });
+            }
+        });
+        Upstream { addr, hits, task }
+    }
+
+    /// Stops answering: the port refuses connections once this returns.
+    pub async fn stop(&self) {
+        self.task.abort();
+        while tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn authority(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+async fn serve<IO>(io: TokioIo<IO>, node: String, hits: Arc<AtomicUsize>, client_cert: bool)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req: Request<Incoming>| {
+        let node = node.clone();
+        let hits = hits.clone();
+        async move {
+            hits.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, hyper::Error>(respond(&node, client_cert, req).await)
+        }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(io, service)
+        .with_upgrades()
+        .await;
+}
+
+/// `/status/NNN` answers NNN; anything else answers 200. The body is JSON describing the request.
+async fn respond(node: &str, client_cert: bool, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let status = parts
+        .uri
+        .path()
+        .strip_prefix("/status/")
+        .and_then(|s| s.parse::<u16>().ok())
+        .unwrap_or(200);
+    let headers: Vec<Value> = parts
+        .headers
+        .iter()
+        .map(|(k, v)| json!([k.as_str(), v.to_str().unwrap_or("<binary>")]))
+        .collect();
+    let echo = json!({
+        "node": node,
+        "method": parts.method.as_str(),
+        "target": parts.uri.to_string(),
+        "version": format!("{:?}", parts.version),
+        "headers": headers,
+        "body_len": body.len(),
+        "client_cert": client_cert,
+    });
+    Response::builder()
+        .status(status)
+        .header("Content-Type", "application/json")
+        .header("Server", "secret-upstream/9.9")
+        .body(Full::new(Bytes::from(echo.to_string())))
+        .unwrap()
+}
+
+/// What an upstream said it received.
+pub struct Echo(pub Value);
+
+impl Echo {
+    pub fn parse(body: &str) -> Echo {
+        Echo(serde_json::from_str(body).unwrap_or_else(|e| panic!("not an echo ({e}): {body}")))
+    }
+
+    pub fn node(&self) -> &str {
+        self.0["node"].as_str().unwrap()
+    }
+
+    pub fn target(&self) -> &str {
+        self.0["target"].as_str().unwrap()
+    }
+
+    /// Every value of header `name`, in order.
+    pub fn all(&self, name: &str) -> Vec<String> {
+        self.0["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| h[0].as_str().unwrap().eq_ignore_ascii_case(name))
+            .map(|h| h[1].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// The single value of header `name`; panics if it was sent more than once.
+    pub fn header(&self, name: &str) -> Option<String> {
+        let mut all = self.all(name);
+        assert!(all.len() <= 1, "{name} sent {} times: {all:?}", all.len());
+        all.pop()
+    }
+}

@@ -1,0 +1,10 @@
+//! Integration tests: the real ccedge binary against real upstreams on 127.0.0.1, driven by real
+//! clients. One test binary (build time); each test has its own ports and folder.
+
+mod harness;
+
+mod cli;
+mod finesse_routing;
+mod header_policy;
+mod observability;
+mod tls;

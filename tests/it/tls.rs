@@ -1,0 +1,169 @@
+//! TLS on both sides: what the listener accepts, and how upstream certificates are checked.
+
+use crate::harness::fixtures::{args, https, Digital};
+use crate::harness::{curl, free_port, server_block, Ca, Ccedge, TestDir, Upstream};
+use std::process::Command;
+
+/// Runs `openssl s_client` against the listener with `flags`; true when the handshake completed.
+fn handshake(port: u16, flags: &[&str]) -> bool {
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .args(flags)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl is installed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    out.status.success() && text.contains("Cipher is ") && !text.contains("Cipher is (NONE)")
+}
+
+#[tokio::test]
+async fn listener_refuses_old_protocols_and_non_aead_ciphers() {
+    let dc = Digital::start("tls-listener", "").await;
+    let port = dc.port;
+    let (ok, old) = tokio::task::spawn_blocking(move || {
+        (
+            handshake(
+                port,
+                &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"],
+            ),
+            [
+                handshake(port, &["-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0"]),
+                handshake(port, &["-tls1", "-cipher", "DEFAULT:@SECLEVEL=0"]),
+                handshake(port, &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-SHA"]),
+                handshake(port, &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES256-SHA384"]),
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(ok, "TLS 1.2 with an AEAD ECDHE suite must work");
+    assert_eq!(old, [false; 4], "TLS 1.0/1.1 or a CBC suite was accepted");
+}
+
+#[tokio::test]
+async fn both_http_versions_over_tls_1_2_and_1_3() {
+    let dc = Digital::start("tls-versions", "").await;
+    for (flags, version) in [
+        (&["--http2", "--tlsv1.2", "--tls-max", "1.2"][..], "HTTP/2"),
+        (&["--http2", "--tlsv1.3"][..], "HTTP/2"),
+        (
+            &["--http1.1", "--tlsv1.2", "--tls-max", "1.2"][..],
+            "HTTP/1.1",
+        ),
+    ] {
+        let reply = curl(&args(flags, &dc.url("/drapi/v1/ping"))).await.unwrap();
+        assert_eq!(reply.version, version, "{flags:?}");
+        assert_eq!(reply.echo().node(), "publisher");
+    }
+}
+
+/// A Finesse site whose one server speaks TLS with a certificate from `upstream_ca`, and
+/// ccedge configured with `upstream_tls` (indented four spaces).
+async fn tls_upstream_site(
+    name: &str,
+    upstream_tls: &str,
+    signed_by_test_ca: bool,
+    cert_names: &[&str],
+) -> (TestDir, Upstream, Ccedge, u16) {
+    let dir = TestDir::new(name);
+    let ca = Ca::new(name);
+    ca.write(&dir.join("ca.crt"));
+    let proxy = ca.server(&dir.path, "proxy", &["finesse1.example.com"]);
+    let other_ca = Ca::new("stranger");
+    let issuer = if signed_by_test_ca { &ca } else { &other_ca };
+    let upstream_cert = issuer.server(&dir.path, "upstream", cert_names);
+    let upstream = Upstream::tls("finesse", &upstream_cert, None).await;
+    let port = free_port();
+    let yaml = format!(
+        "{server}finesse:\n  - name: desktop\n    bind: 127.0.0.1\n    tls:\n      cert: {c}\n      key: {k}\n\
+         {upstream_tls}    servers:\n      - public: finesse1.example.com:{port}\n        upstream: {u}\n",
+        server = server_block(&dir.path, None),
+        c = proxy.cert.display(),
+        k = proxy.key.display(),
+        upstream_tls = upstream_tls.replace("@DIR@", &dir.path.display().to_string()),
+        u = upstream.authority(),
+    );
+    let ccedge = Ccedge::start(&dir, &yaml, &[port]).await;
+    (dir, upstream, ccedge, port)
+}
+
+#[tokio::test]
+async fn upstream_certificate_is_verified_against_the_configured_ca() {
+    let verified =
+        "    upstream_tls:\n      ca: @DIR@/ca.crt\n      server_name: finesse1.cc.internal\n";
+    let (dir, upstream, _proxy, port) =
+        tls_upstream_site("tls-up-ok", verified, true, &["finesse1.cc.internal"]).await;
+    let reply = curl(&args(
+        &[],
+        &https(&dir, "finesse1.example.com", port, "/finesse/"),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(reply.echo().node(), "finesse");
+    assert_eq!(upstream.hits(), 1);
+}
+
+#[tokio::test]
+async fn upstream_ip_address_is_checked_against_the_certificate() {
+    let verified = "    upstream_tls:\n      ca: @DIR@/ca.crt\n";
+    let (dir, _upstream, _proxy, port) = tls_upstream_site(
+        "tls-up-ip",
+        verified,
+        true,
+        &["finesse1.cc.internal", "127.0.0.1"],
+    )
+    .await;
+    let reply = curl(&args(&[], &https(&dir, "finesse1.example.com", port, "/")))
+        .await
+        .unwrap();
+    assert_eq!(reply.echo().node(), "finesse");
+
+    let (dir, upstream, proxy, port) = tls_upstream_site(
+        "tls-up-ip-wrong",
+        verified,
+        true,
+        &["finesse1.cc.internal", "127.0.0.2"],
+    )
+    .await;
+    let reply = curl(&args(&[], &https(&dir, "finesse1.example.com", port, "/")))
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 502);
+    assert_eq!(upstream.hits(), 0);
+    let line = proxy.log_entry(reply.header("trackingid").unwrap()).await;
+    assert!(
+        line["error"]
+            .as_str()
+            .unwrap()
+            .contains("does not name 127.0.0.1"),
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn upstream_from_an_unknown_ca_is_refused_unless_verify_is_off() {
+    let strict =
+        "    upstream_tls:\n      ca: @DIR@/ca.crt\n      server_name: finesse1.cc.internal\n";
+    let (dir, upstream, proxy, port) =
+        tls_upstream_site("tls-up-bad", strict, false, &["finesse1.cc.internal"]).await;
+    let reply = curl(&args(&[], &https(&dir, "finesse1.example.com", port, "/")))
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 502);
+    assert_eq!(upstream.hits(), 0);
+    let line = proxy.log_entry(reply.header("trackingid").unwrap()).await;
+    assert!(
+        line["error"].as_str().unwrap().contains("certificate"),
+        "{line}"
+    );
+
+    let lax = "    upstream_tls:\n      verify: false\n";
+    let (dir, upstream, proxy, port) =
+        tls_upstream_site("tls-up-lax", lax, false, &["finesse1.cc.internal"]).await;
+    let reply = curl(&args(&[], &https(&dir, "finesse1.example.com", port, "/")))
+        .await
+        .unwrap();
+    assert_eq!(reply.echo().node(), "finesse");
+    assert_eq!(upstream.hits(), 1);
+    proxy.wait_stderr("upstream_tls.verify is false").await;
+}
