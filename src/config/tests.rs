@@ -340,3 +340,14 @@ fn contract_example_shape_loads() {
     assert_eq!(config.finesse[0].substitutions[0].replace.len(), 1);
     assert!(config.finesse[0].auth.is_some() && config.finesse[0].cache.is_some());
 }
+
+#[test]
+fn relative_certificate_paths_start_at_the_configuration_folder() {
+    let s = Scratch::new("relative");
+    let yaml = format!("{DIGITAL}    tls:\n      cert: proxy.crt\n      key: ./proxy.key\n");
+    let config = parse(&yaml, &s.dir.join("ccedge.yaml")).unwrap();
+    let tls = config.digital[0].tls.as_ref().unwrap();
+    assert_eq!(tls.cert, s.dir.join("proxy.crt"));
+    let err = rejected(parse(&yaml, Path::new("/nowhere/ccedge.yaml")));
+    assert!(err.contains("/nowhere/proxy.crt"), "{err}");
+}

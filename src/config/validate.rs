@@ -5,7 +5,7 @@
 use super::model::*;
 use super::raw::*;
 use crate::cidr::CidrSet;
-use crate::tls::{ServerTls, UpstreamTls};
+use crate::tls::{ServerTls, TlsFileError, UpstreamTls};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -19,7 +19,10 @@ pub struct Problem {
 }
 
 pub fn validate(raw: RawConfig, file: &Path) -> Result<Config, Vec<Problem>> {
-    let mut v = Validator::default();
+    let mut v = Validator {
+        base: file.parent().map(Path::to_path_buf).unwrap_or_default(),
+        ..Validator::default()
+    };
     let server = v.server(&raw.server);
     let digital: Vec<_> = raw
         .digital_channels
@@ -53,6 +56,8 @@ pub fn validate(raw: RawConfig, file: &Path) -> Result<Config, Vec<Problem>> {
 
 #[derive(Default)]
 struct Validator {
+    /// The configuration file's folder: relative certificate paths are taken from here.
+    base: PathBuf,
     problems: Vec<Problem>,
     /// Every listening socket with the key that asked for it.
     listeners: Vec<(SocketAddr, String)>,
@@ -198,36 +203,41 @@ impl Validator {
         let Some(tls) = tls else {
             return Some(None);
         };
-        let cert_ok = self.file(&format!("{path}.cert"), &tls.cert);
-        let key_ok = self.file(&format!("{path}.key"), &tls.key);
-        if !(cert_ok && key_ok) {
-            return None;
-        }
-        match ServerTls::load(Path::new(&tls.cert), Path::new(&tls.key)) {
-            Ok(loaded) => Some(Some(loaded)),
-            Err(e) => {
-                let which = if e.file == Path::new(&tls.key) {
-                    "key"
-                } else {
-                    "cert"
-                };
-                self.problem(&format!("{path}.{which}"), e.to_string());
-                None
-            }
-        }
+        let cert = (format!("{path}.cert"), tls.cert.as_str());
+        let key = (format!("{path}.key"), tls.key.as_str());
+        self.cert_pair(cert, key, ServerTls::load).map(Some)
     }
 
-    /// A file that must exist and be readable; reports and returns false otherwise.
-    fn file(&mut self, path: &str, value: &str) -> bool {
-        match std::fs::metadata(value) {
-            Ok(meta) if meta.is_file() => true,
+    /// A certificate chain and its private key, loaded by `load` and checked to belong together.
+    fn cert_pair<T>(
+        &mut self,
+        (cert_path, cert): (String, &str),
+        (key_path, key): (String, &str),
+        load: fn(&Path, &Path) -> Result<T, TlsFileError>,
+    ) -> Option<T> {
+        let cert = self.file(&cert_path, cert);
+        let key = self.file(&key_path, key);
+        let (cert, key) = (cert?, key?);
+        load(&cert, &key)
+            .map_err(|e| {
+                let at = if e.file == key { key_path } else { cert_path };
+                self.problem(&at, e.to_string());
+            })
+            .ok()
+    }
+
+    /// A file that must exist; relative paths are taken from the configuration file's folder.
+    fn file(&mut self, path: &str, value: &str) -> Option<PathBuf> {
+        let resolved = self.base.join(value);
+        match std::fs::metadata(&resolved) {
+            Ok(meta) if meta.is_file() => Some(resolved),
             Ok(_) => {
-                self.problem(path, format!("`{value}` is not a file"));
-                false
+                self.problem(path, format!("`{}` is not a file", resolved.display()));
+                None
             }
             Err(e) => {
-                self.problem(path, format!("`{value}`: {e}"));
-                false
+                self.problem(path, format!("`{}`: {e}", resolved.display()));
+                None
             }
         }
     }
@@ -240,83 +250,53 @@ impl Validator {
         let Some(tls) = tls else {
             return Some(None);
         };
-        let mut ok = true;
+        let ca_path = format!("{path}.ca");
         let ca = match &tls.ca {
-            Some(ca) if self.file(&format!("{path}.ca"), ca) => {
-                match UpstreamTls::load_ca(Path::new(ca)) {
+            Some(ca) => {
+                let file = self.file(&ca_path, ca)?;
+                match UpstreamTls::load_ca(&file) {
                     Ok(ca) => Some(ca),
                     Err(e) => {
-                        self.problem(&format!("{path}.ca"), e.to_string());
-                        ok = false;
-                        None
+                        self.problem(&ca_path, e.to_string());
+                        return None;
                     }
                 }
-            }
-            Some(_) => {
-                ok = false;
-                None
             }
             None => None,
         };
+        let cert_path = format!("{path}.client_cert");
+        let key_path = format!("{path}.client_key");
         let client = match (&tls.client_cert, &tls.client_key) {
-            (Some(cert), Some(key)) => {
-                let cert_path = format!("{path}.client_cert");
-                let key_path = format!("{path}.client_key");
-                if self.file(&cert_path, cert) & self.file(&key_path, key) {
-                    match UpstreamTls::load_client(Path::new(cert), Path::new(key)) {
-                        Ok(client) => Some(client),
-                        Err(e) => {
-                            let at = if e.file == Path::new(key) {
-                                key_path
-                            } else {
-                                cert_path
-                            };
-                            self.problem(&at, e.to_string());
-                            ok = false;
-                            None
-                        }
-                    }
-                } else {
-                    ok = false;
-                    None
-                }
-            }
+            (Some(cert), Some(key)) => Some(self.cert_pair(
+                (cert_path, cert),
+                (key_path, key),
+                UpstreamTls::load_client,
+            )?),
             (None, None) => None,
             (Some(_), None) => {
-                self.problem(
-                    &format!("{path}.client_key"),
-                    "client_cert needs client_key",
-                );
-                ok = false;
-                None
+                self.problem(&key_path, "client_cert needs client_key");
+                return None;
             }
             (None, Some(_)) => {
-                self.problem(
-                    &format!("{path}.client_cert"),
-                    "client_key needs client_cert",
-                );
-                ok = false;
-                None
+                self.problem(&cert_path, "client_key needs client_cert");
+                return None;
             }
         };
         if let Some(name) = &tls.server_name {
-            let parsed = Authority::parse(&format!("{name}:1"));
-            if parsed.is_err() || name.contains(':') {
+            if name.contains(':') || Authority::parse(&format!("{name}:1")).is_err() {
                 self.problem(
                     &format!("{path}.server_name"),
                     format!("`{name}` is not a DNS name or IPv4 address"),
                 );
-                ok = false;
+                return None;
             }
         }
-        ok.then(|| {
-            Some(UpstreamTls {
-                verify: tls.verify,
-                ca,
-                client,
-                server_name: tls.server_name.as_ref().map(|n| n.to_ascii_lowercase()),
-            })
-        })
+        Some(Some(UpstreamTls {
+            verify: tls.verify,
+            ca,
+            client,
+            server_name: tls.server_name.as_ref().map(|n| n.to_ascii_lowercase()),
+        }))
     }
 
     fn cidrs(&mut self, path: &str, entries: &[String]) -> CidrSet {

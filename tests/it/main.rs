@@ -7,4 +7,5 @@ mod cli;
 mod finesse_routing;
 mod header_policy;
 mod observability;
+mod process;
 mod tls;

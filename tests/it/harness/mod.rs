@@ -79,6 +79,15 @@ pub fn server_block(dir: &Path, admin: Option<u16>) -> String {
     block
 }
 
+/// Sends `signal` (a `kill` name such as `QUIT`) to process `pid`.
+pub fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .expect("kill is installed");
+    assert!(status.success(), "kill -{signal} {pid} failed");
+}
+
 /// The `ccedge` binary under test.
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_ccedge")

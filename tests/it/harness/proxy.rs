@@ -23,10 +23,22 @@ impl Ccedge {
     /// Writes `yaml` as `ccedge.yaml` in `dir`, starts ccedge on it and waits until every port in
     /// `ports` accepts connections.
     pub async fn start(dir: &TestDir, yaml: &str, ports: &[u16]) -> Ccedge {
-        let config = dir.write("ccedge.yaml", yaml);
-        let stdout = dir.join("stdout.log");
-        let stderr = dir.join("stderr.log");
+        Self::launch(dir, "ccedge", yaml, &[], ports).await
+    }
+
+    /// As `start`, with the files named after `tag` and `flags` before `-c`.
+    pub async fn launch(
+        dir: &TestDir,
+        tag: &str,
+        yaml: &str,
+        flags: &[&str],
+        ports: &[u16],
+    ) -> Ccedge {
+        let config = dir.write(&format!("{tag}.yaml"), yaml);
+        let stdout = dir.join(&format!("{tag}.stdout.log"));
+        let stderr = dir.join(&format!("{tag}.stderr.log"));
         let child = Command::new(super::binary())
+            .args(flags)
             .arg("-c")
             .arg(&config)
             .env("RUST_LOG", "info")
@@ -72,6 +84,23 @@ impl Ccedge {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Sends `signal` (a `kill` name such as `QUIT`) to the process.
+    pub fn signal(&self, signal: &str) {
+        super::signal(self.pid(), signal);
+    }
+
+    /// Waits up to `secs` seconds for the process to exit; its exit code, or None if it did not.
+    pub async fn wait_exit(&mut self, secs: u64) -> Option<i32> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
     }
 
     pub fn stderr_text(&self) -> String {

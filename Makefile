@@ -1,0 +1,62 @@
+# ccedge: `make run` to try it, `make test` to check it. Both install what is missing first.
+
+SHELL := /bin/bash
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+# Debian/Ubuntu packages the build and the tests need (cmake: zlib-ng via flate2; libssl-dev and
+# pkg-config: OpenSSL is linked from the system; curl and openssl: the integration tests' clients).
+APT_PACKAGES := build-essential cmake pkg-config libssl-dev curl openssl ca-certificates procps
+
+DEMO_DIR := target/demo
+CURL_DEMO := curl --cacert $(DEMO_DIR)/ca.crt
+
+.PHONY: deps run test lint build
+
+deps:
+	@if command -v dpkg >/dev/null 2>&1; then \
+	  missing=""; \
+	  for pkg in $(APT_PACKAGES); do dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	  if [ -n "$$missing" ]; then \
+	    echo "make: installing$$missing"; \
+	    sudo=""; [ "$$(id -u)" -eq 0 ] || sudo=sudo; \
+	    $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $$missing; \
+	  fi; \
+	else \
+	  echo "make: not a Debian/Ubuntu system; install yourself: $(APT_PACKAGES)"; \
+	fi
+	@command -v cargo >/dev/null 2>&1 || { \
+	  echo "make: installing the Rust toolchain with rustup"; \
+	  curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --component rustfmt,clippy; }
+
+build: deps
+	cargo build --release --bin ccedge
+
+run: deps
+	cargo build --release --bin ccedge --example demo
+	@./target/release/examples/demo $(DEMO_DIR) & demo=$$!; \
+	trap 'kill $$demo 2>/dev/null' EXIT; \
+	for i in $$(seq 50); do curl -s -o /dev/null http://127.0.0.1:18503/ && break; sleep 0.1; done; \
+	echo; \
+	echo "ccedge is starting on conf/demo.yaml. In another terminal, try:"; \
+	echo; \
+	echo "  # digital channel over HTTP/2: see the headers Cloud Connect receives (X-Forwarded-*, Host, TrackingID)"; \
+	echo "  $(CURL_DEMO) --http2 --resolve dc.example.com:8443:127.0.0.1 https://dc.example.com:8443/drapi/v1/tasks"; \
+	echo "  # Finesse and CUIC share port 8445 (by host); IdS has port 8553 (by port)"; \
+	echo "  $(CURL_DEMO) --resolve finesse1.example.com:8445:127.0.0.1 https://finesse1.example.com:8445/desktop/"; \
+	echo "  $(CURL_DEMO) --resolve cuic1.example.com:8445:127.0.0.1 https://cuic1.example.com:8445/cuic/"; \
+	echo "  $(CURL_DEMO) --resolve finesse1.example.com:8553:127.0.0.1 https://finesse1.example.com:8553/ids/"; \
+	echo "  # a host nobody configured: 421 Misdirected Request, nothing forwarded"; \
+	echo "  curl -k -i --resolve other.example.com:8445:127.0.0.1 https://other.example.com:8445/"; \
+	echo "  # what is running"; \
+	echo "  curl http://127.0.0.1:9900/status"; \
+	echo; \
+	echo "The access log (one JSON line per request) follows below. Ctrl-C stops everything."; \
+	echo; \
+	./target/release/ccedge -c conf/demo.yaml
+
+test: deps
+	cargo test --all-targets
+
+lint: deps
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings

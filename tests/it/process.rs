@@ -1,0 +1,101 @@
+//! Pingora's process flags kept working: `-u` (take over a running ccedge's sockets) and `-d`.
+
+use crate::harness::{curl, free_port, server_block, signal, Ccedge, TestDir, Upstream};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+fn plain_digital(dir: &TestDir, port: u16, admin: u16, upstream: &Upstream) -> String {
+    format!(
+        "{server}digital_channels:\n  - name: cc\n    listen: 127.0.0.1:{port}\n    public: dc.example.com:443\n    \
+         publisher: {u}\n    subscriber: {u}\n",
+        server = server_block(&dir.path, Some(admin)),
+        u = upstream.authority(),
+    )
+}
+
+async fn status_pid(admin: u16) -> Option<u64> {
+    let reply = curl(&[&format!("http://127.0.0.1:{admin}/status")])
+        .await
+        .ok()?;
+    let status: Value = serde_json::from_str(&reply.body).ok()?;
+    status["pid"].as_u64()
+}
+
+#[tokio::test]
+async fn upgrade_flag_takes_over_the_listening_sockets() {
+    let dir = TestDir::new("proc-upgrade");
+    let upstream = Upstream::plain("publisher").await;
+    let (port, admin) = (free_port(), free_port());
+    let yaml = plain_digital(&dir, port, admin, &upstream);
+    let mut old = Ccedge::launch(&dir, "old", &yaml, &[], &[port, admin]).await;
+    let new = Ccedge::launch(&dir, "new", &yaml, &["-u"], &[]).await;
+    old.signal("QUIT");
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status_pid(admin).await != Some(u64::from(new.pid())) {
+        assert!(
+            Instant::now() < deadline,
+            "new process never took over:\n{}",
+            new.stderr_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let reply = curl(&[&format!("http://127.0.0.1:{port}/drapi/v1/ping")])
+        .await
+        .unwrap();
+    assert_eq!(reply.echo().node(), "publisher");
+    assert_eq!(old.wait_exit(15).await, Some(0), "old process did not stop");
+    assert!(old.stderr_text().contains("listener sockets sent"));
+}
+
+/// Kills the daemon named by a pid file when the test ends, whatever happens.
+struct Daemon(u32);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &self.0.to_string()])
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn daemon_flag_runs_in_the_background() {
+    let dir = TestDir::new("proc-daemon");
+    let upstream = Upstream::plain("publisher").await;
+    let (port, admin) = (free_port(), free_port());
+    let config = dir.write("ccedge.yaml", &plain_digital(&dir, port, admin, &upstream));
+    let status = tokio::process::Command::new(crate::harness::binary())
+        .args(["-d", "-c", config.to_str().unwrap()])
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success(), "the launching process should exit 0");
+
+    let pid_file = dir.join("ccedge.pid");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let pid = loop {
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+        {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "no pid file");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let _guard = Daemon(pid);
+    while status_pid(admin).await != Some(u64::from(pid)) {
+        assert!(Instant::now() < deadline, "daemon {pid} is not serving");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let reply = curl(&[&format!("http://127.0.0.1:{port}/")]).await.unwrap();
+    assert_eq!(reply.echo().node(), "publisher");
+
+    signal(pid, "TERM");
+    let gone = Instant::now() + Duration::from_secs(15);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(Instant::now() < gone, "daemon ignored SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
