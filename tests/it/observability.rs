@@ -1,8 +1,9 @@
 //! The access log and the admin listener.
 
-use crate::harness::curl;
 use crate::harness::fixtures::{args, Digital};
+use crate::harness::{curl, free_port, Ccedge, TestDir, Upstream};
 use serde_json::Value;
+use std::time::{Duration, Instant};
 
 const CONTRACT_FIELDS: [&str; 13] = [
     "time",
@@ -86,4 +87,55 @@ async fn admin_listener_reports_health_and_status() {
         .await
         .unwrap();
     assert_eq!(missing.status, 404);
+}
+
+/// A plain digital channel whose `server:` block sets `access_log: {target}`.
+async fn with_access_log(name: &str, target: &str) -> (TestDir, Upstream, Ccedge, u16) {
+    let dir = TestDir::new(name);
+    let upstream = Upstream::plain("publisher").await;
+    let port = free_port();
+    let d = dir.path.display();
+    let yaml = format!(
+        "server:\n  pid_file: {d}/ccedge.pid\n  upgrade_sock: {d}/upgrade.sock\n  access_log: {target}\n\
+         digital_channels:\n  - name: cc\n    listen: 127.0.0.1:{port}\n    public: dc.example.com:443\n    \
+         publisher: {u}\n    subscriber: {u}\n",
+        u = upstream.authority()
+    );
+    let ccedge = Ccedge::start(&dir, &yaml, &[port]).await;
+    (dir, upstream, ccedge, port)
+}
+
+#[tokio::test]
+async fn access_log_to_stdout_or_off() {
+    let (dir, _up, _proxy, port) = with_access_log("log-stdout", "stdout").await;
+    let reply = curl(&[&format!("http://127.0.0.1:{port}/x")])
+        .await
+        .unwrap();
+    let tid = reply.header("trackingid").unwrap().to_string();
+    let stdout = dir.join("ccedge.stdout.log");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(&stdout).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains(&tid)) {
+            let line: Value = serde_json::from_str(line).unwrap();
+            assert_eq!(line["status"], 200);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no stdout line for {tid}: {text:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let (dir, _up, proxy, port) = with_access_log("log-off", "off").await;
+    let reply = curl(&[&format!("http://127.0.0.1:{port}/x")])
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    drop(proxy);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("ccedge.stdout.log")).unwrap(),
+        ""
+    );
 }
