@@ -29,6 +29,8 @@ pub struct Entry<'a> {
     pub duration_ms: f64,
     pub upstream: Option<&'a str>,
     pub upstream_status: Option<u16>,
+    /// Upstream connections tried (more than one after a failover retry).
+    pub attempts: u8,
     pub cache: &'a str,
     pub tracking_id: Option<&'a str>,
     pub error: Option<String>,
@@ -172,6 +174,7 @@ mod tests {
                 duration_ms: 1.5,
                 upstream: None,
                 upstream_status: None,
+                attempts: 0,
                 cache: "BYPASS",
                 tracking_id: Some("T"),
                 error: None,

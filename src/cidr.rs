@@ -32,6 +32,10 @@ impl CidrSet {
             .map_err(|_| format!("`{text}` is not a CIDR (a.b.c.d/n, v6/n) or an IP address"))
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.nets.is_empty()
+    }
+
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
         self.nets.iter().any(|net| net.contains(&ip))

@@ -1,16 +1,27 @@
 //! The Cloud Connect front end: Webex Connect -> ccedge -> Cloud Connect publisher/subscriber.
+//!
+//! Requests go to the publisher while its health checks pass, else to the subscriber; both down
+//! is 503. A connection that fails before anything was sent is retried once on the other node,
+//! and so is an idempotent request whose connection broke before any answer. DataConn
+//! (`publisher_only_paths`) never goes to the subscriber.
 
 use crate::access_log::AccessLog;
 use crate::admin::StatusSource;
-use crate::config::{ClientPolicy, DigitalService, Limits};
-use crate::exchange::{self, Exchange, Labels};
+use crate::config::{ClientPolicy, DigitalService};
+use crate::exchange::{self, Exchange, Guard, Labels};
 use crate::headers::{self, RouteHeaders};
+use crate::health::{self, NodeHealth};
+use crate::limits::RateLimiter;
 use crate::upstream;
 use async_trait::async_trait;
+use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::lb::selection::RoundRobin;
+use pingora::lb::LoadBalancer;
 use pingora::prelude::HttpPeer;
 use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::services::background::GenBackgroundService;
 use serde_json::json;
 use std::sync::Arc;
 
@@ -28,25 +39,49 @@ pub struct DigitalChannel {
     route_headers: RouteHeaders,
     peers: [HttpPeer; 2],
     node_addrs: [String; 2],
+    health: Arc<NodeHealth>,
     publisher_only_paths: Vec<String>,
     clients: ClientPolicy,
-    limits: Limits,
+    guard: Guard,
     log: Arc<AccessLog>,
     status: serde_json::Value,
 }
 
 impl DigitalChannel {
-    pub fn new(service: &DigitalService, log: Arc<AccessLog>) -> Self {
+    /// The channel and the background service that runs its health checks.
+    pub fn new(
+        service: &DigitalService,
+        log: Arc<AccessLog>,
+    ) -> (Self, GenBackgroundService<LoadBalancer<RoundRobin>>) {
         let tls = service.upstream_tls.as_ref();
         let nodes = [&service.publisher, &service.subscriber];
-        DigitalChannel {
+        let peers = nodes.map(|n| upstream::peer(n, tls, &service.limits));
+        let node_addrs = nodes.map(|n| n.authority.to_string());
+        let watched = (0..2)
+            .map(|i| health::Node {
+                label: NODE_NAMES[i],
+                address: node_addrs[i].clone(),
+                peer: peers[i].clone(),
+            })
+            .collect();
+        let (health, checks) = health::watch(
+            &service.name,
+            watched,
+            &service.health_check,
+            &service.public.to_string(),
+        );
+        let channel = DigitalChannel {
             name: service.name.clone(),
             route_headers: RouteHeaders::new(&service.public, service.tls.is_some(), false),
-            peers: nodes.map(|n| upstream::peer(n, tls, &service.limits)),
-            node_addrs: nodes.map(|n| n.authority.to_string()),
+            peers,
+            node_addrs,
+            health,
             publisher_only_paths: service.publisher_only_paths.clone(),
             clients: service.clients.clone(),
-            limits: service.limits.clone(),
+            guard: Guard::new(
+                RateLimiter::new(service.rate_limits.clone()),
+                &service.limits,
+            ),
             log,
             status: json!({
                 "name": service.name,
@@ -59,15 +94,10 @@ impl DigitalChannel {
                     {"name": ROUTE_NAMES[ROUTE_PUBLISHER_ONLY],
                      "paths": service.publisher_only_paths, "nodes": [NODE_NAMES[PUBLISHER]]},
                 ],
-                "upstreams": [
-                    {"node": NODE_NAMES[PUBLISHER], "address": service.publisher.authority.to_string(),
-                     "tls": tls.is_some()},
-                    {"node": NODE_NAMES[SUBSCRIBER], "address": service.subscriber.authority.to_string(),
-                     "tls": tls.is_some()},
-                ],
                 "settings": service,
             }),
-        }
+        };
+        (channel, checks)
     }
 
     fn route_for(&self, path: &str) -> usize {
@@ -81,11 +111,38 @@ impl DigitalChannel {
             ROUTE_DEFAULT
         }
     }
+
+    /// The node for this attempt, or why there is none.
+    fn choose(&self, ctx: &mut Exchange) -> pingora::Result<usize> {
+        let usable = |node: usize| ctx.failed_node != Some(node) && self.health.healthy(node);
+        match ctx.route {
+            Some(ROUTE_PUBLISHER_ONLY) if usable(PUBLISHER) => Ok(PUBLISHER),
+            Some(ROUTE_PUBLISHER_ONLY) => Err(ctx.refuse(
+                503,
+                "the Cloud Connect publisher is unavailable; this path is served only by the publisher",
+            )),
+            _ => match [PUBLISHER, SUBSCRIBER].into_iter().find(|n| usable(*n)) {
+                Some(node) => Ok(node),
+                None => Err(ctx.refuse(
+                    503,
+                    "no Cloud Connect node is available: publisher and subscriber are both down",
+                )),
+            },
+        }
+    }
+
+    /// Whether a failed attempt may be repeated on the other node.
+    fn may_fail_over(&self, ctx: &Exchange) -> bool {
+        ctx.route == Some(ROUTE_DEFAULT) && ctx.attempts == 1
+    }
 }
 
 impl StatusSource for DigitalChannel {
     fn status(&self) -> serde_json::Value {
-        self.status.clone()
+        let mut status = self.status.clone();
+        let health = self.health.status();
+        status["upstreams"] = health["nodes"].clone();
+        status
     }
 }
 
@@ -114,10 +171,18 @@ impl ProxyHttp for DigitalProxy {
     ) -> pingora::Result<bool> {
         let ch = &self.channel;
         ctx.begin(session, &ch.clients.trusted_proxies);
-        session.set_keepalive(Some(ch.limits.keepalive_timeout.as_secs().max(1)));
-        let route = ch.route_for(session.req_header().uri.path());
-        ctx.route = Some(route);
-        Ok(false)
+        ctx.route = Some(ch.route_for(session.req_header().uri.path()));
+        ch.guard.admit(session, ctx).await
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Exchange,
+    ) -> pingora::Result<()> {
+        self.channel.guard.count_body(body, ctx)
     }
 
     async fn upstream_peer(
@@ -125,9 +190,49 @@ impl ProxyHttp for DigitalProxy {
         _session: &mut Session,
         ctx: &mut Exchange,
     ) -> pingora::Result<Box<HttpPeer>> {
-        let node = PUBLISHER;
+        let node = self.channel.choose(ctx)?;
         ctx.upstream = Some(node);
+        ctx.attempts += 1;
         Ok(Box::new(self.channel.peers[node].clone()))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Exchange,
+        mut e: Box<pingora::Error>,
+    ) -> Box<pingora::Error> {
+        if self.channel.may_fail_over(ctx) {
+            ctx.failed_node = ctx.upstream;
+            e.set_retry(true);
+        } else if ctx.route == Some(ROUTE_PUBLISHER_ONLY) {
+            ctx.refusal = Some("the Cloud Connect publisher could not be reached".into());
+        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<pingora::Error>,
+        ctx: &mut Exchange,
+        client_reused: bool,
+    ) -> Box<pingora::Error> {
+        let idempotent = session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated();
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if idempotent && ctx.upstream_status.is_none() && self.channel.may_fail_over(ctx) {
+            // Nothing came back: the node went away under this request. Ask the other one.
+            ctx.failed_node = ctx.upstream;
+            e.set_retry(true);
+        } else if idempotent {
+            e.retry.decide_reuse(client_reused);
+        } else {
+            e.set_retry(false);
+        }
+        e
     }
 
     async fn connected_to_upstream(

@@ -1,11 +1,16 @@
 //! What both proxies do for every request, whatever the route: establish who the client is and
-//! the TrackingID, and write the access-log line at the end. The per-request context lives here.
+//! the TrackingID, apply the per-client limits, answer failures, and write the access-log line.
+//! The per-request context lives here.
 
 use crate::access_log::{self, AccessLog, Entry};
 use crate::cidr::CidrSet;
+use crate::config::Limits;
 use crate::identity::{self, ClientIdentity};
+use crate::limits::{self, RateLimiter};
+use crate::reply;
+use bytes::Bytes;
 use http::header::HeaderValue;
-use pingora::proxy::Session;
+use pingora::proxy::{FailToProxy, Session};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Instant;
 
@@ -16,11 +21,16 @@ pub struct Exchange {
     pub tracking_id: Option<HeaderValue>,
     /// Index of the route taken, in the service's own numbering.
     pub route: Option<usize>,
-    /// Index of the upstream node chosen.
+    /// Index of the upstream node chosen last.
     pub upstream: Option<usize>,
+    /// How many upstream connections this request tried.
+    pub attempts: u8,
+    /// A node that failed this request; a retry goes elsewhere.
+    pub failed_node: Option<usize>,
     pub upstream_status: Option<u16>,
-    /// Why ccedge answered this request itself with an error, shown to the client.
-    pub refusal: Option<&'static str>,
+    /// Why ccedge answered this request itself, shown to the client and in the log.
+    pub refusal: Option<String>,
+    body_bytes: u64,
 }
 
 impl Exchange {
@@ -31,8 +41,11 @@ impl Exchange {
             tracking_id: None,
             route: None,
             upstream: None,
+            attempts: 0,
+            failed_node: None,
             upstream_status: None,
             refusal: None,
+            body_bytes: 0,
         }
     }
 
@@ -44,6 +57,76 @@ impl Exchange {
         self.client = Some(client);
         self.tracking_id = Some(crate::headers::tracking_id(&header.headers));
         client
+    }
+
+    /// Refuses the request with `status` and `message` (sent and logged).
+    pub fn refuse(&mut self, status: u16, message: impl Into<String>) -> Box<pingora::Error> {
+        self.refusal = Some(message.into());
+        pingora::Error::new(pingora::ErrorType::HTTPStatus(status))
+    }
+}
+
+/// The per-client limits of a service.
+pub struct Guard {
+    pub rate: Option<RateLimiter>,
+    pub limits: Limits,
+}
+
+impl Guard {
+    pub fn new(rate: Option<RateLimiter>, limits: &Limits) -> Self {
+        Guard {
+            rate,
+            limits: limits.clone(),
+        }
+    }
+
+    /// Applies timeouts and checks rate and declared body size. `Ok(true)`: the request was
+    /// answered here (429 or 413) and must not go further.
+    pub async fn admit(&self, session: &mut Session, ctx: &mut Exchange) -> pingora::Result<bool> {
+        session.set_keepalive(Some(self.limits.keepalive_timeout.as_secs().max(1)));
+        session.set_read_timeout(Some(self.limits.client_header_timeout));
+        if let (Some(rate), Some(client)) = (&self.rate, ctx.client) {
+            if let Err(exceeded) = rate.check(client.ip, session.req_header().uri.path()) {
+                let r = exceeded.rule;
+                let message = format!(
+                    "rate limit exceeded: {} allows {} requests per second (burst {}) per client",
+                    r.path_prefix, r.per_second, r.burst
+                );
+                let retry = [("Retry-After", HeaderValue::from_static("1"))];
+                reply::send(session, 429, &message, ctx.tracking_id.as_ref(), &retry).await?;
+                ctx.refusal = Some(message);
+                return Ok(true);
+            }
+        }
+        let declared = session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if limits::body_too_large(declared, self.limits.max_body_bytes) {
+            let message = self.body_message();
+            reply::send(session, 413, &message, ctx.tracking_id.as_ref(), &[]).await?;
+            ctx.refusal = Some(message);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Counts streamed request body bytes; an error once the limit is passed.
+    pub fn count_body(&self, body: &Option<Bytes>, ctx: &mut Exchange) -> pingora::Result<()> {
+        ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
+        if ctx.body_bytes > self.limits.max_body_bytes {
+            return Err(ctx.refuse(413, self.body_message()));
+        }
+        Ok(())
+    }
+
+    fn body_message(&self) -> String {
+        format!(
+            "request body larger than {} bytes",
+            self.limits.max_body_bytes
+        )
     }
 }
 
@@ -69,6 +152,33 @@ pub fn local_port(session: &Session) -> u16 {
         .server_addr()
         .and_then(|a| a.as_inet())
         .map_or(0, |a| a.port())
+}
+
+/// Response headers on the way to the client (proxied responses).
+pub fn on_response(
+    resp: &mut pingora::http::ResponseHeader,
+    ctx: &Exchange,
+) -> pingora::Result<()> {
+    match &ctx.tracking_id {
+        Some(tid) => crate::headers::apply_response(resp, tid),
+        None => Ok(()),
+    }
+}
+
+/// A request that could not be proxied: answer with ccedge's own error response.
+pub async fn on_failure(session: &mut Session, e: &pingora::Error, ctx: &Exchange) -> FailToProxy {
+    let (code, default_message) = reply::for_error(e);
+    if code > 0 {
+        let message = ctx.refusal.as_deref().unwrap_or(default_message);
+        let tid = ctx.tracking_id.as_ref();
+        if let Err(err) = reply::send(session, code, message, tid, &[]).await {
+            log::debug!("could not send the {code} response: {err}");
+        }
+    }
+    FailToProxy {
+        error_code: code,
+        can_reuse_downstream: false,
+    }
 }
 
 /// Names used in the access-log line, resolved by the service from the exchange's indexes.
@@ -114,39 +224,16 @@ pub fn log(
         duration_ms: (ctx.started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
         upstream: labels.upstream,
         upstream_status: ctx.upstream_status,
+        attempts: ctx.attempts,
         cache: labels.cache,
         tracking_id: ctx.tracking_id.as_ref().and_then(|t| t.to_str().ok()),
-        error: error.map(|e| e.to_string()),
+        error: match (&ctx.refusal, error) {
+            (Some(refusal), Some(e)) if !matches!(e.etype(), pingora::ErrorType::HTTPStatus(_)) => {
+                Some(format!("{refusal}: {e}"))
+            }
+            (Some(refusal), _) => Some(refusal.clone()),
+            (None, Some(e)) => Some(e.to_string()),
+            (None, None) => None,
+        },
     });
-}
-
-/// Response headers on the way to the client (proxied responses).
-pub fn on_response(
-    resp: &mut pingora::http::ResponseHeader,
-    ctx: &Exchange,
-) -> pingora::Result<()> {
-    match &ctx.tracking_id {
-        Some(tid) => crate::headers::apply_response(resp, tid),
-        None => Ok(()),
-    }
-}
-
-/// A request that could not be proxied: answer with ccedge's own error response.
-pub async fn on_failure(
-    session: &mut Session,
-    e: &pingora::Error,
-    ctx: &Exchange,
-) -> pingora::proxy::FailToProxy {
-    let (code, default_message) = crate::reply::for_error(e);
-    if code > 0 {
-        let message = ctx.refusal.unwrap_or(default_message);
-        let tid = ctx.tracking_id.as_ref();
-        if let Err(err) = crate::reply::send(session, code, message, tid, &[]).await {
-            log::debug!("could not send the {code} response: {err}");
-        }
-    }
-    pingora::proxy::FailToProxy {
-        error_code: code,
-        can_reuse_downstream: false,
-    }
 }

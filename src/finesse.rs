@@ -3,13 +3,15 @@
 
 use crate::access_log::AccessLog;
 use crate::admin::StatusSource;
-use crate::config::{ClientPolicy, FinesseService, Limits};
-use crate::exchange::{self, Exchange, Labels};
+use crate::config::{ClientPolicy, FinesseService};
+use crate::exchange::{self, Exchange, Guard, Labels};
 use crate::headers::{self, RouteHeaders};
+use crate::limits::RateLimiter;
 use crate::reply;
 use crate::routing::{self, RouteTable};
 use crate::upstream;
 use async_trait::async_trait;
+use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::protocols::Digest;
@@ -31,7 +33,7 @@ pub struct FinesseSite {
     table: RouteTable,
     routes: Vec<Route>,
     clients: ClientPolicy,
-    limits: Limits,
+    guard: Guard,
     log: Arc<AccessLog>,
     status: serde_json::Value,
 }
@@ -81,7 +83,10 @@ impl FinesseSite {
             table,
             routes,
             clients: service.clients.clone(),
-            limits: service.limits.clone(),
+            guard: Guard::new(
+                RateLimiter::new(service.rate_limits.clone().unwrap_or_default()),
+                &service.limits,
+            ),
             log,
             status,
         }
@@ -119,14 +124,13 @@ impl ProxyHttp for FinesseProxy {
     ) -> pingora::Result<bool> {
         let site = &self.site;
         ctx.begin(session, &site.clients.trusted_proxies);
-        session.set_keepalive(Some(site.limits.keepalive_timeout.as_secs().max(1)));
         let port = exchange::local_port(session);
         let route = routing::request_host(session.req_header())
             .and_then(|host| site.table.lookup(port, host));
         match route {
             Some(route) => {
                 ctx.route = Some(route);
-                Ok(false)
+                site.guard.admit(session, ctx).await
             }
             None => {
                 reply::send(
@@ -140,6 +144,16 @@ impl ProxyHttp for FinesseProxy {
                 Ok(true)
             }
         }
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Exchange,
+    ) -> pingora::Result<()> {
+        self.site.guard.count_body(body, ctx)
     }
 
     async fn upstream_peer(

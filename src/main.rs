@@ -2,6 +2,7 @@
 
 mod access_log;
 mod admin;
+mod allow_list;
 mod cidr;
 mod cli;
 mod config;
@@ -9,7 +10,9 @@ mod digital;
 mod exchange;
 mod finesse;
 mod headers;
+mod health;
 mod identity;
+mod limits;
 mod process;
 mod reply;
 mod routing;

@@ -3,6 +3,7 @@
 
 use crate::access_log::AccessLog;
 use crate::admin::{Admin, StatusSource};
+use crate::allow_list::AllowList;
 use crate::config::{Config, FinesseService};
 use crate::digital::{DigitalChannel, DigitalProxy};
 use crate::finesse::{FinesseProxy, FinesseSite};
@@ -68,10 +69,16 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
         if d.upstream_tls.as_ref().is_some_and(|t| !t.verify) {
             log::warn!("service {}: upstream_tls.verify is false: Cloud Connect certificates are not checked", d.name);
         }
-        let channel = Arc::new(DigitalChannel::new(d, log.clone()));
+        let (channel, checks) = DigitalChannel::new(d, log.clone());
+        let channel = Arc::new(channel);
         sources.push(channel.clone());
-        let service = proxy_service(&conf, &d.name, DigitalProxy::new(channel));
-        server.add_service(listen(service, &[d.listen], d.tls.as_ref())?);
+        let mut service = proxy_service(&conf, &d.name, DigitalProxy::new(channel));
+        if let Some(filter) = AllowList::new(&d.name, &d.clients.allow) {
+            service.set_connection_filter(Arc::new(filter));
+        }
+        let checks = server.add_service(checks);
+        let proxy = server.add_service(listen(service, &[d.listen], d.tls.as_ref())?);
+        proxy.add_dependency(&checks);
         log::info!(
             "service {}: digital channel on {} -> {} / {}",
             d.name,
@@ -86,7 +93,10 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
         }
         let site = Arc::new(FinesseSite::new(f, log.clone()));
         sources.push(site.clone());
-        let service = proxy_service(&conf, &f.name, FinesseProxy::new(site));
+        let mut service = proxy_service(&conf, &f.name, FinesseProxy::new(site));
+        if let Some(filter) = AllowList::new(&f.name, &f.clients.allow) {
+            service.set_connection_filter(Arc::new(filter));
+        }
         server.add_service(listen(service, &finesse_addrs(f), f.tls.as_ref())?);
         log::info!(
             "service {}: finesse site with {} server(s) on port(s) {:?}",

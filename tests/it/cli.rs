@@ -102,3 +102,26 @@ fn starting_on_a_bad_file_exits_1_and_starts_nothing() {
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("absent.yaml: cannot read"));
 }
+
+#[test]
+fn unusable_upstream_certificates_stop_the_start() {
+    let dir = TestDir::new("cli-bad-ca");
+    let garbage = dir.write(
+        "ca.pem",
+        "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
+    );
+    let yaml = format!(
+        "digital_channels:\n  - name: cc\n    listen: 127.0.0.1:1\n    public: dc.example.com:443\n    \
+         publisher: 127.0.0.1:2\n    subscriber: 127.0.0.1:3\n    upstream_tls:\n      ca: {}\n",
+        garbage.display()
+    );
+    let config = dir.write("ccedge.yaml", &yaml);
+    let out = run(&["-c", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(":8: digital_channels[0].upstream_tls.ca:")
+            && stderr.contains("not a valid PEM certificate"),
+        "{stderr}"
+    );
+}

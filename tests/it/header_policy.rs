@@ -158,16 +158,21 @@ async fn connection_nominating_a_forwarding_header_is_refused() {
 }
 
 #[tokio::test]
-async fn dead_upstream_answers_502_and_is_logged() {
+async fn dead_upstreams_answer_502_and_are_logged() {
     let dc = Digital::start("policy-dead", "").await;
     dc.publisher.stop().await;
+    dc.subscriber.stop().await;
     let reply = curl(&args(&[], &dc.url("/drapi/v1/tasks"))).await.unwrap();
     assert_eq!(reply.status, 502);
     assert_eq!(reply.header("server"), None);
     let tid = reply.header("trackingid").unwrap();
     let line = dc.ccedge.log_entry(tid).await;
     assert_eq!(line["status"], 502);
-    assert_eq!(line["upstream"], dc.publisher.authority());
+    assert_eq!(
+        line["attempts"], 2,
+        "tried the publisher, then the subscriber"
+    );
+    assert_eq!(line["upstream"], dc.subscriber.authority());
     assert!(line["upstream_status"].is_null());
     assert!(
         line["error"]

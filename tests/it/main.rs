@@ -4,6 +4,7 @@
 mod harness;
 
 mod cli;
+mod digital_channels;
 mod finesse_routing;
 mod header_policy;
 mod observability;

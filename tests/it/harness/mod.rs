@@ -3,6 +3,7 @@
 pub mod certs;
 pub mod client;
 pub mod fixtures;
+pub mod http;
 pub mod proxy;
 pub mod upstream;
 

@@ -15,15 +15,45 @@ use openssl::x509::X509;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 pub struct Upstream {
     pub addr: SocketAddr,
-    hits: Arc<AtomicUsize>,
+    seen: Arc<Seen>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// What an upstream has been asked, ccedge's health checks counted apart.
+#[derive(Default)]
+struct Seen {
+    paths: Mutex<Vec<String>>,
+    health_checks: AtomicUsize,
+    /// When set, requests other than health checks get their connection closed, unanswered.
+    dropping: AtomicBool,
+}
+
+impl Seen {
+    /// Records the request; false when it is to be dropped unanswered.
+    fn record(&self, req: &Request<Incoming>) -> bool {
+        let agent = req
+            .headers()
+            .get("user-agent")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if agent.starts_with("ccedge-health/") {
+            self.health_checks.fetch_add(1, Ordering::SeqCst);
+            true
+        } else {
+            self.paths
+                .lock()
+                .unwrap()
+                .push(req.uri().path().to_string());
+            !self.dropping.load(Ordering::SeqCst)
+        }
+    }
 }
 
 impl Drop for Upstream {
@@ -34,7 +64,12 @@ impl Drop for Upstream {
 
 impl Upstream {
     pub async fn plain(name: &str) -> Upstream {
-        Self::start(name, None).await
+        Self::start(name, None, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// A plain upstream on a given address (to bring a stopped one back on its port).
+    pub async fn plain_at(name: &str, addr: SocketAddr) -> Upstream {
+        Self::start(name, None, addr).await
     }
 
     /// TLS with `pair`; when `client_ca` is given, a client certificate signed by it is required.
@@ -54,15 +89,20 @@ impl Upstream {
             acceptor.set_verify_cert_store(store.build()).unwrap();
             acceptor.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
         }
-        Self::start(name, Some(Arc::new(acceptor.build()))).await
+        Self::start(
+            name,
+            Some(Arc::new(acceptor.build())),
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .await
     }
 
-    async fn start(name: &str, tls: Option<Arc<SslAcceptor>>) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    async fn start(name: &str, tls: Option<Arc<SslAcceptor>>, addr: SocketAddr) -> Upstream {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let hits = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Seen::default());
         let node = name.to_string();
-        let counter = hits.clone();
+        let counter = seen.clone();
         let task = tokio::spawn(async move {
             let mut connections = JoinSet::new();
             loop {
@@ -88,7 +128,7 @@ impl Upstream {
                 });
             }
         });
-        Upstream { addr, hits, task }
+        Upstream { addr, seen, task }
     }
 
     /// Stops answering: the port refuses connections once this returns.
@@ -99,8 +139,24 @@ impl Upstream {
         }
     }
 
+    /// Requests received, ccedge's health checks not counted.
     pub fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
+        self.seen.paths.lock().unwrap().len()
+    }
+
+    /// The paths of the requests received, health checks not included.
+    pub fn paths(&self) -> Vec<String> {
+        self.seen.paths.lock().unwrap().clone()
+    }
+
+    /// From now on, close every request's connection without an answer (health checks still
+    /// pass): a node that dies with requests in flight.
+    pub fn drop_requests(&self) {
+        self.seen.dropping.store(true, Ordering::SeqCst);
+    }
+
+    pub fn health_checks(&self) -> usize {
+        self.seen.health_checks.load(Ordering::SeqCst)
     }
 
     pub fn authority(&self) -> String {
@@ -108,16 +164,18 @@ impl Upstream {
     }
 }
 
-async fn serve<IO>(io: TokioIo<IO>, node: String, hits: Arc<AtomicUsize>, client_cert: bool)
+async fn serve<IO>(io: TokioIo<IO>, node: String, seen: Arc<Seen>, client_cert: bool)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = service_fn(move |req: Request<Incoming>| {
         let node = node.clone();
-        let hits = hits.clone();
+        let answer = seen.record(&req);
         async move {
-            hits.fetch_add(1, Ordering::SeqCst);
-            Ok::<_, hyper::Error>(respond(&node, client_cert, req).await)
+            if !answer {
+                return Err("dropped on purpose");
+            }
+            Ok(respond(&node, client_cert, req).await)
         }
     });
     let _ = hyper::server::conn::http1::Builder::new()
@@ -126,9 +184,18 @@ where
         .await;
 }
 
-/// `/status/NNN` answers NNN; anything else answers 200. The body is JSON describing the request.
+/// `/status/NNN` answers NNN, `/slow/MS` answers after MS milliseconds; anything else answers 200.
+/// The body is JSON describing the request.
 async fn respond(node: &str, client_cert: bool, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
+    if let Some(ms) = parts
+        .uri
+        .path()
+        .strip_prefix("/slow/")
+        .and_then(|m| m.parse().ok())
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
     let body = body
         .collect()
         .await

@@ -1,0 +1,251 @@
+//! Active health checks of upstream nodes, on pingora-load-balancing's machinery (backends,
+//! health thresholds, the background service) with ccedge's own probe: a `GET` of the check path
+//! over exactly the connection settings traffic uses (TLS, CA, mTLS identity, IP check).
+
+use crate::config::HealthCheck as CheckSettings;
+use crate::upstream;
+use async_trait::async_trait;
+use pingora::connectors::http::Connector;
+use pingora::http::RequestHeader;
+use pingora::lb::health_check::HealthCheck;
+use pingora::lb::selection::RoundRobin;
+use pingora::lb::{Backend, Backends, LoadBalancer};
+use pingora::prelude::HttpPeer;
+use pingora::services::background::{background_service, GenBackgroundService};
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// One node to watch.
+pub struct Node {
+    /// What the node is to the service ("publisher").
+    pub label: &'static str,
+    /// As configured ("cc-pub.internal:8445").
+    pub address: String,
+    /// The same peer traffic uses.
+    pub peer: HttpPeer,
+}
+
+/// What is known about one node, for logs and `/status`.
+#[derive(Default)]
+struct Record {
+    last_error: Option<String>,
+    last_change: Option<String>,
+    changes: u64,
+}
+
+/// The health of a service's nodes: read per request, written by the background checks.
+pub struct NodeHealth {
+    service: String,
+    lb: Arc<LoadBalancer<RoundRobin>>,
+    nodes: Vec<(&'static str, String, Backend)>,
+    records: Arc<Vec<Mutex<Record>>>,
+}
+
+impl NodeHealth {
+    /// Whether node `index` currently passes its checks (nodes start healthy).
+    pub fn healthy(&self, index: usize) -> bool {
+        self.lb.backends().ready(&self.nodes[index].2)
+    }
+
+    pub fn status(&self) -> Value {
+        let nodes: Vec<Value> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, (label, address, _))| {
+                let record = self.records[i].lock().unwrap_or_else(|p| p.into_inner());
+                json!({
+                    "node": label,
+                    "address": address,
+                    "healthy": self.healthy(i),
+                    "last_error": record.last_error,
+                    "last_change": record.last_change,
+                    "changes": record.changes,
+                })
+            })
+            .collect();
+        json!({ "service": self.service, "nodes": nodes })
+    }
+}
+
+/// Builds the checker for `nodes` and the background service that runs it every
+/// `settings.interval`. `host` is the `Host` header the probe sends (the public authority, as
+/// traffic carries).
+pub fn watch(
+    service: &str,
+    nodes: Vec<Node>,
+    settings: &CheckSettings,
+    host: &str,
+) -> (
+    Arc<NodeHealth>,
+    GenBackgroundService<LoadBalancer<RoundRobin>>,
+) {
+    let backends: Vec<Backend> = nodes.iter().map(|n| backend(&n.peer)).collect();
+    let records: Arc<Vec<Mutex<Record>>> =
+        Arc::new(nodes.iter().map(|_| Mutex::default()).collect());
+    let mut request =
+        RequestHeader::build("GET", settings.path.as_bytes(), None).expect("validated path");
+    request.insert_header("Host", host).expect("validated host");
+    request
+        .insert_header(
+            "User-Agent",
+            concat!("ccedge-health/", env!("CARGO_PKG_VERSION")),
+        )
+        .expect("static header");
+    let labels: Vec<_> = nodes.iter().map(|n| (n.label, n.address.clone())).collect();
+    let probe = Probe {
+        service: service.to_string(),
+        peers: nodes
+            .into_iter()
+            .map(|n| {
+                let mut peer = n.peer;
+                peer.options.connection_timeout = Some(settings.timeout);
+                peer.options.read_timeout = Some(settings.timeout);
+                peer.options.write_timeout = Some(settings.timeout);
+                (n.label, n.address, peer)
+            })
+            .collect(),
+        request,
+        timeout: settings.timeout,
+        rise: settings.rise as usize,
+        fall: settings.fall as usize,
+        connector: Connector::new(None),
+        records: records.clone(),
+    };
+    let set: BTreeSet<Backend> = backends.iter().cloned().collect();
+    let discovery = pingora::lb::discovery::Static::new(set);
+    let mut lb = LoadBalancer::<RoundRobin>::from_backends(Backends::new(discovery));
+    lb.set_health_check(Box::new(probe));
+    lb.health_check_frequency = Some(settings.interval);
+    lb.parallel_health_check = true;
+    let background = background_service(&format!("{service} health checks"), lb);
+    let health = NodeHealth {
+        service: service.to_string(),
+        lb: background.task(),
+        nodes: labels
+            .into_iter()
+            .zip(backends)
+            .map(|((label, address), b)| (label, address, b))
+            .collect(),
+        records,
+    };
+    (Arc::new(health), background)
+}
+
+fn backend(peer: &HttpPeer) -> Backend {
+    Backend {
+        addr: peer._address.clone(),
+        weight: 1,
+        ext: Default::default(),
+    }
+}
+
+struct Probe {
+    service: String,
+    peers: Vec<(&'static str, String, HttpPeer)>,
+    request: RequestHeader,
+    timeout: Duration,
+    rise: usize,
+    fall: usize,
+    connector: Connector,
+    records: Arc<Vec<Mutex<Record>>>,
+}
+
+impl Probe {
+    fn index_of(&self, target: &Backend) -> Option<usize> {
+        self.peers
+            .iter()
+            .position(|(_, _, peer)| peer._address == target.addr)
+    }
+
+    async fn probe(&self, peer: &HttpPeer) -> pingora::Result<()> {
+        let (mut session, _) = self.connector.get_http_session(peer).await?;
+        upstream::check_connection(session.digest())?;
+        session.set_write_timeout(Some(self.timeout));
+        session.set_read_timeout(Some(self.timeout));
+        session
+            .write_request_header(Box::new(self.request.clone()))
+            .await?;
+        session.finish_request_body().await?;
+        session.read_response_header().await?;
+        let status = session.response_header().map_or(0, |r| r.status.as_u16());
+        if status != 200 {
+            return pingora::Error::e_explain(
+                pingora::ErrorType::CustomCode("unhealthy status", status),
+                format!("{} answered {status}, not 200", self.request.uri.path()),
+            );
+        }
+        while session.read_response_body().await?.is_some() {}
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl HealthCheck for Probe {
+    async fn check(&self, target: &Backend) -> pingora::Result<()> {
+        let Some(index) = self.index_of(target) else {
+            return Ok(());
+        };
+        let peer = &self.peers[index].2;
+        let result = match tokio::time::timeout(self.timeout, self.probe(peer)).await {
+            Ok(result) => result,
+            Err(_) => pingora::Error::e_explain(
+                pingora::ErrorType::ReadTimedout,
+                format!("no answer within {} ms", self.timeout.as_millis()),
+            ),
+        };
+        if let Err(e) = &result {
+            let mut record = self.records[index]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            record.last_error = Some(e.to_string());
+        }
+        result
+    }
+
+    async fn health_status_change(&self, target: &Backend, healthy: bool) {
+        let Some(index) = self.index_of(target) else {
+            return;
+        };
+        let (label, address, _) = &self.peers[index];
+        let mut record = self.records[index]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        record.changes += 1;
+        record.last_change = Some(crate::access_log::now());
+        if healthy {
+            log::warn!(
+                "service {}: {label} {address}: unhealthy -> healthy ({} consecutive checks passed)",
+                self.service,
+                self.rise
+            );
+        } else {
+            log::warn!(
+                "service {}: {label} {address}: healthy -> unhealthy ({} consecutive checks failed; last: {})",
+                self.service,
+                self.fall,
+                record.last_error.as_deref().unwrap_or("unknown")
+            );
+        }
+    }
+
+    fn backend_summary(&self, target: &Backend) -> String {
+        match self.index_of(target) {
+            Some(i) => format!(
+                "service {}: {} {}",
+                self.service, self.peers[i].0, self.peers[i].1
+            ),
+            None => format!("service {}: {target:?}", self.service),
+        }
+    }
+
+    fn health_threshold(&self, success: bool) -> usize {
+        if success {
+            self.rise
+        } else {
+            self.fall
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! Per-client limits: request rate per IP and path prefix (pingora-limits' rate estimator) and
+//! the request body size.
+
+use crate::config::RateRule;
+use pingora_limits::rate::Rate;
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// Counting slots per hash row of the estimator: with thousands of agents behind one site this
+/// keeps collisions (which can only over-count) rare.
+const ESTIMATOR_SLOTS: usize = 8192;
+const ESTIMATOR_HASHES: usize = 4;
+
+/// The rate rules of one service and the counts they are judged on.
+pub struct RateLimiter {
+    rules: Vec<RateRule>,
+    rate: Rate,
+}
+
+/// A request refused by a rate rule.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Exceeded<'a> {
+    pub rule: &'a RateRule,
+}
+
+impl RateLimiter {
+    pub fn new(rules: Vec<RateRule>) -> Option<Self> {
+        (!rules.is_empty()).then(|| RateLimiter {
+            rules,
+            rate: Rate::new_with_estimator_config(
+                Duration::from_secs(1),
+                ESTIMATOR_HASHES,
+                ESTIMATOR_SLOTS,
+            ),
+        })
+    }
+
+    /// Counts the request against the first rule whose prefix matches `path`; `Err` when that
+    /// rule's limit is exceeded.
+    pub fn check(&self, client: IpAddr, path: &str) -> Result<(), Exceeded<'_>> {
+        let Some((index, rule)) = self
+            .rules
+            .iter()
+            .enumerate()
+            .find(|(_, r)| path.starts_with(r.path_prefix.as_str()))
+        else {
+            return Ok(());
+        };
+        let key = (client, index);
+        let current = self.rate.observe(&key, 1);
+        let previous = self.rate.rate(&key);
+        if admit(rule, previous, current) {
+            Ok(())
+        } else {
+            Err(Exceeded { rule })
+        }
+    }
+}
+
+/// The decision, per client and rule, each second: up to `per_second` requests; a second that
+/// follows a calm one (at most `per_second` requests seen) also admits `burst` more. A client
+/// that keeps sending too fast is held to `per_second` — what it sends counts, admitted or not.
+pub fn admit(rule: &RateRule, previous_second: f64, this_second: isize) -> bool {
+    let calm_before = previous_second <= f64::from(rule.per_second);
+    let allowance = if calm_before {
+        i64::from(rule.per_second) + i64::from(rule.burst)
+    } else {
+        i64::from(rule.per_second)
+    };
+    (this_second as i64) <= allowance
+}
+
+/// Whether a declared body length is over the limit.
+pub fn body_too_large(declared: Option<u64>, max: u64) -> bool {
+    declared.is_some_and(|len| len > max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(prefix: &str, per_second: u32, burst: u32) -> RateRule {
+        RateRule {
+            path_prefix: prefix.into(),
+            per_second,
+            burst,
+        }
+    }
+
+    #[test]
+    fn burst_only_after_a_calm_second() {
+        let r = rule("/", 100, 200);
+        assert!(admit(&r, 0.0, 300));
+        assert!(!admit(&r, 0.0, 301));
+        assert!(admit(&r, 100.0, 300));
+        assert!(!admit(&r, 101.0, 101));
+        assert!(admit(&r, 5000.0, 100));
+    }
+
+    #[test]
+    fn first_matching_rule_counts_and_others_pass() {
+        let limiter = RateLimiter::new(vec![rule("/drapi/", 2, 1), rule("/", 1000, 0)]).unwrap();
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let other: IpAddr = "192.0.2.2".parse().unwrap();
+        let verdicts: Vec<bool> = (0..5)
+            .map(|_| limiter.check(ip, "/drapi/v1/tasks").is_ok())
+            .collect();
+        assert_eq!(verdicts, [true, true, true, false, false]);
+        let refused = limiter.check(ip, "/drapi/v1/tasks").unwrap_err();
+        assert_eq!(refused.rule.path_prefix, "/drapi/");
+        assert!(
+            limiter.check(other, "/drapi/v1/tasks").is_ok(),
+            "per client"
+        );
+        assert!(limiter.check(ip, "/dataconn/status").is_ok(), "per rule");
+    }
+
+    #[test]
+    fn no_rules_no_limiter() {
+        assert!(RateLimiter::new(Vec::new()).is_none());
+    }
+
+    #[test]
+    fn body_limit() {
+        assert!(!body_too_large(None, 10));
+        assert!(!body_too_large(Some(10), 10));
+        assert!(body_too_large(Some(11), 10));
+    }
+}
