@@ -1,6 +1,6 @@
 //! The command line.
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 /// ccedge: a reverse proxy for contact-center edges (Cloud Connect digital channels and VPN-less
@@ -9,8 +9,8 @@ use std::path::PathBuf;
 #[command(name = "ccedge", version, about, long_about = None)]
 pub struct Cli {
     /// The YAML configuration file (see the README and the configuration contract).
-    #[arg(short = 'c', long = "conf", value_name = "FILE")]
-    pub conf: PathBuf,
+    #[arg(short = 'c', long = "conf", value_name = "FILE", global = true)]
+    pub conf: Option<PathBuf>,
 
     /// Validate the configuration (YAML, keys, addresses, certificate files) and exit: 0 when it
     /// is valid, 1 with every problem (file:line: key.path: message) when not. Binds nothing.
@@ -25,4 +25,14 @@ pub struct Cli {
     /// upgrade: start the new process with -u, then send SIGQUIT to the old one).
     #[arg(short = 'u', long = "upgrade")]
     pub upgrade: bool,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the proxy map of every Finesse site in FILE (the lines its proxy_map listener
+    /// serves: upstreamhost:port=publichost:port) and exit.
+    Proxymap,
 }

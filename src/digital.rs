@@ -79,7 +79,7 @@ impl DigitalChannel {
             publisher_only_paths: service.publisher_only_paths.clone(),
             clients: service.clients.clone(),
             guard: Guard::new(
-                RateLimiter::new(service.rate_limits.clone()),
+                RateLimiter::by_path(service.rate_limits.clone()),
                 &service.limits,
             ),
             log,

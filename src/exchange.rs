@@ -84,9 +84,15 @@ impl Guard {
     /// answered here (429 or 413) and must not go further.
     pub async fn admit(&self, session: &mut Session, ctx: &mut Exchange) -> pingora::Result<bool> {
         session.set_keepalive(Some(self.limits.keepalive_timeout.as_secs().max(1)));
-        session.set_read_timeout(Some(self.limits.client_header_timeout));
+        let read_timeout = if session.is_upgrade_req() {
+            self.limits.websocket_idle_timeout
+        } else {
+            self.limits.client_header_timeout
+        };
+        session.set_read_timeout(Some(read_timeout));
         if let (Some(rate), Some(client)) = (&self.rate, ctx.client) {
-            if let Err(exceeded) = rate.check(client.ip, session.req_header().uri.path()) {
+            let route = ctx.route.unwrap_or(0);
+            if let Err(exceeded) = rate.check(client.ip, route, session.req_header().uri.path()) {
                 let r = exceeded.rule;
                 let message = format!(
                     "rate limit exceeded: {} allows {} requests per second (burst {}) per client",

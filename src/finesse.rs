@@ -1,23 +1,28 @@
 //! The VPN-less Finesse front end: many Finesse, IdS, CUIC, LiveData and chat servers behind one
-//! proxy, selected by listening port and then by host.
+//! proxy, selected by listening port and then by host; WebSockets end to end; response bodies and
+//! `Location` headers rewritten from internal to public names.
 
 use crate::access_log::AccessLog;
 use crate::admin::StatusSource;
 use crate::config::{ClientPolicy, FinesseService};
 use crate::exchange::{self, Exchange, Guard, Labels};
 use crate::headers::{self, RouteHeaders};
-use crate::limits::RateLimiter;
+use crate::limits::{self, RateLimiter};
 use crate::reply;
 use crate::routing::{self, RouteTable};
+use crate::substitution::{Locations, Plan, StreamRewrite};
 use crate::upstream;
 use async_trait::async_trait;
 use bytes::Bytes;
+use http::header;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use serde_json::json;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// One internal server as the proxy uses it.
 struct Route {
@@ -25,15 +30,19 @@ struct Route {
     upstream: String,
     headers: RouteHeaders,
     peer: HttpPeer,
+    /// Set once an encoded body has been passed through unrewritten (logged once per route).
+    encoded_seen: AtomicBool,
 }
 
-/// Everything a Finesse service needs per request, built once at load.
+/// Everything a Finesse site needs per request, built once at load.
 pub struct FinesseSite {
     pub name: String,
     table: RouteTable,
     routes: Vec<Route>,
     clients: ClientPolicy,
     guard: Guard,
+    plan: Plan,
+    locations: Locations,
     log: Arc<AccessLog>,
     status: serde_json::Value,
 }
@@ -41,7 +50,6 @@ pub struct FinesseSite {
 impl FinesseSite {
     pub fn new(service: &FinesseService, log: Arc<AccessLog>) -> Self {
         let https = service.tls.is_some();
-        let tls = service.upstream_tls.as_ref();
         let routes = service
             .servers
             .iter()
@@ -49,7 +57,12 @@ impl FinesseSite {
                 public: s.public.to_string(),
                 upstream: s.upstream.authority.to_string(),
                 headers: RouteHeaders::new(&s.public, https, true),
-                peer: upstream::peer(&s.upstream, tls, &service.limits),
+                peer: upstream::peer(
+                    &s.upstream,
+                    s.upstream_tls.as_ref().or(service.upstream_tls.as_ref()),
+                    &service.limits,
+                ),
+                encoded_seen: AtomicBool::new(false),
             })
             .collect();
         let table = RouteTable::new(
@@ -58,6 +71,16 @@ impl FinesseSite {
                 .iter()
                 .map(|s| (s.listen_port, s.public.host.as_str())),
         );
+        let rate = match &service.rate_limits {
+            Some(rules) => RateLimiter::by_path(rules.clone()),
+            None => RateLimiter::by_route(
+                service
+                    .servers
+                    .iter()
+                    .map(|s| limits::role_default(s.role))
+                    .collect(),
+            ),
+        };
         let status = json!({
             "name": service.name,
             "kind": "finesse",
@@ -70,11 +93,15 @@ impl FinesseSite {
                 "listen_port": s.listen_port,
                 "role": s.role,
                 "upstream": s.upstream.authority.to_string(),
+                "rate_limit": match &service.rate_limits {
+                    Some(_) => json!("rate_limits of the site"),
+                    None => json!(limits::role_default(s.role)),
+                },
             })).collect::<Vec<_>>(),
             "upstreams": service.servers.iter().map(|s| json!({
                 "address": s.upstream.authority.to_string(),
                 "resolved": s.upstream.addr.to_string(),
-                "tls": tls.is_some(),
+                "tls": s.upstream_tls.is_some() || service.upstream_tls.is_some(),
             })).collect::<Vec<_>>(),
             "settings": service,
         });
@@ -83,13 +110,61 @@ impl FinesseSite {
             table,
             routes,
             clients: service.clients.clone(),
-            guard: Guard::new(
-                RateLimiter::new(service.rate_limits.clone().unwrap_or_default()),
-                &service.limits,
+            guard: Guard::new(rate, &service.limits),
+            plan: Plan::new(
+                &service.substitutions,
+                &service.servers,
+                service.rewrite_upstream_hosts,
             ),
+            locations: Locations::new(&service.servers, https),
             log,
             status,
         }
+    }
+
+    /// Prepares the body rewrite for a response (and adjusts its headers), if one applies.
+    fn rewrite_for(
+        &self,
+        path: &str,
+        resp: &mut ResponseHeader,
+        route: usize,
+    ) -> Option<StreamRewrite> {
+        if let Some(location) = resp
+            .headers
+            .get(header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+        {
+            if let Some(public) = self.locations.rewrite(location) {
+                // A rewritten URL is ASCII like the one it replaces.
+                let _ = resp.insert_header(header::LOCATION, public);
+            }
+        }
+        let status = resp.status.as_u16();
+        if matches!(status, 101 | 204 | 206 | 304) {
+            return None;
+        }
+        let content_type = resp
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|t| t.to_str().ok());
+        let rewriter = self.plan.for_response(path, content_type)?;
+        if let Some(encoding) = resp.headers.get(header::CONTENT_ENCODING) {
+            if encoding.as_bytes() != b"identity" {
+                let r = &self.routes[route];
+                if !r.encoded_seen.swap(true, Ordering::Relaxed) {
+                    log::warn!(
+                        "service {}: {} sent a {:?}-encoded body although Accept-Encoding was removed; \
+                         such bodies pass through without substitution (logged once per server)",
+                        self.name,
+                        r.upstream,
+                        encoding
+                    );
+                }
+                return None;
+            }
+        }
+        resp.remove_header(&header::CONTENT_LENGTH);
+        Some(StreamRewrite::new(rewriter))
     }
 }
 
@@ -109,20 +184,30 @@ impl FinesseProxy {
     }
 }
 
+/// Per-request state: what every request has, and the body rewrite of this response.
+pub struct FinesseCtx {
+    exchange: Exchange,
+    rewrite: Option<StreamRewrite>,
+}
+
 #[async_trait]
 impl ProxyHttp for FinesseProxy {
-    type CTX = Exchange;
+    type CTX = FinesseCtx;
 
-    fn new_ctx(&self) -> Exchange {
-        Exchange::new()
+    fn new_ctx(&self) -> FinesseCtx {
+        FinesseCtx {
+            exchange: Exchange::new(),
+            rewrite: None,
+        }
     }
 
     async fn request_filter(
         &self,
         session: &mut Session,
-        ctx: &mut Exchange,
+        ctx: &mut FinesseCtx,
     ) -> pingora::Result<bool> {
         let site = &self.site;
+        let ctx = &mut ctx.exchange;
         ctx.begin(session, &site.clients.trusted_proxies);
         let port = exchange::local_port(session);
         let route = routing::request_host(session.req_header())
@@ -133,14 +218,9 @@ impl ProxyHttp for FinesseProxy {
                 site.guard.admit(session, ctx).await
             }
             None => {
-                reply::send(
-                    session,
-                    421,
-                    "no server is configured for this host and port",
-                    ctx.tracking_id.as_ref(),
-                    &[],
-                )
-                .await?;
+                let message = "no server is configured for this host and port";
+                reply::send(session, 421, message, ctx.tracking_id.as_ref(), &[]).await?;
+                ctx.refusal = Some(message.into());
                 Ok(true)
             }
         }
@@ -151,21 +231,28 @@ impl ProxyHttp for FinesseProxy {
         _session: &mut Session,
         body: &mut Option<Bytes>,
         _end_of_stream: bool,
-        ctx: &mut Exchange,
+        ctx: &mut FinesseCtx,
     ) -> pingora::Result<()> {
-        self.site.guard.count_body(body, ctx)
+        self.site.guard.count_body(body, &mut ctx.exchange)
     }
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
-        ctx: &mut Exchange,
+        session: &mut Session,
+        ctx: &mut FinesseCtx,
     ) -> pingora::Result<Box<HttpPeer>> {
+        let ctx = &mut ctx.exchange;
         let route = ctx
             .route
             .ok_or_else(|| pingora::Error::new(pingora::ErrorType::HTTPStatus(421)))?;
         ctx.upstream = Some(route);
-        Ok(Box::new(self.site.routes[route].peer.clone()))
+        ctx.attempts += 1;
+        let peer = &self.site.routes[route].peer;
+        Ok(upstream::for_request(
+            peer,
+            session.is_upgrade_req(),
+            &self.site.guard.limits,
+        ))
     }
 
     async fn connected_to_upstream(
@@ -175,7 +262,7 @@ impl ProxyHttp for FinesseProxy {
         _peer: &HttpPeer,
         _fd: std::os::unix::io::RawFd,
         digest: Option<&Digest>,
-        _ctx: &mut Exchange,
+        _ctx: &mut FinesseCtx,
     ) -> pingora::Result<()> {
         upstream::check_connection(digest)
     }
@@ -184,8 +271,9 @@ impl ProxyHttp for FinesseProxy {
         &self,
         session: &mut Session,
         req: &mut RequestHeader,
-        ctx: &mut Exchange,
+        ctx: &mut FinesseCtx,
     ) -> pingora::Result<()> {
+        let ctx = &ctx.exchange;
         let (Some(route), Some(client), Some(tid)) =
             (ctx.route, ctx.client.as_ref(), ctx.tracking_id.as_ref())
         else {
@@ -197,34 +285,58 @@ impl ProxyHttp for FinesseProxy {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
-        ctx: &mut Exchange,
+        ctx: &mut FinesseCtx,
     ) -> pingora::Result<()> {
-        ctx.upstream_status = Some(resp.status.as_u16());
+        ctx.exchange.upstream_status = Some(resp.status.as_u16());
+        if let Some(route) = ctx.exchange.route {
+            let path = session.req_header().uri.path();
+            ctx.rewrite = self.site.rewrite_for(path, resp, route);
+        }
         Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut FinesseCtx,
+    ) -> pingora::Result<Option<Duration>> {
+        if let Some(rewrite) = ctx.rewrite.as_mut() {
+            let out = rewrite.push(body.as_deref().unwrap_or_default(), end_of_stream);
+            *body = (!out.is_empty() || end_of_stream).then_some(out);
+        }
+        Ok(None)
     }
 
     async fn response_filter(
         &self,
         _session: &mut Session,
         resp: &mut ResponseHeader,
-        ctx: &mut Exchange,
+        ctx: &mut FinesseCtx,
     ) -> pingora::Result<()> {
-        exchange::on_response(resp, ctx)
+        exchange::on_response(resp, &ctx.exchange)
     }
 
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
         e: &pingora::Error,
-        ctx: &mut Exchange,
+        ctx: &mut FinesseCtx,
     ) -> FailToProxy {
-        exchange::on_failure(session, e, ctx).await
+        exchange::on_failure(session, e, &ctx.exchange).await
     }
 
-    async fn logging(&self, session: &mut Session, e: Option<&pingora::Error>, ctx: &mut Exchange) {
+    async fn logging(
+        &self,
+        session: &mut Session,
+        e: Option<&pingora::Error>,
+        ctx: &mut FinesseCtx,
+    ) {
         let site = &self.site;
+        let ctx = &ctx.exchange;
         let labels = Labels {
             service: &site.name,
             route: ctx.route.map(|r| site.routes[r].public.as_str()),

@@ -1,7 +1,7 @@
 //! Per-client limits: request rate per IP and path prefix (pingora-limits' rate estimator) and
 //! the request body size.
 
-use crate::config::RateRule;
+use crate::config::{RateRule, Role};
 use pingora_limits::rate::Rate;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -13,8 +13,33 @@ const ESTIMATOR_HASHES: usize = 4;
 
 /// The rate rules of one service and the counts they are judged on.
 pub struct RateLimiter {
-    rules: Vec<RateRule>,
+    rules: Rules,
     rate: Rate,
+}
+
+enum Rules {
+    /// The service's own list: the first rule whose prefix matches the path counts.
+    ByPath(Vec<RateRule>),
+    /// One rule (or none) per route: a Finesse site without `rate_limits`, by server role.
+    ByRoute(Vec<Option<RateRule>>),
+}
+
+/// The limit a Finesse server's role gets when its site sets no `rate_limits` (the vendor's
+/// reference values; `other` is not limited).
+pub fn role_default(role: Role) -> Option<RateRule> {
+    let (per_second, burst) = match role {
+        Role::Finesse => (90, 50),
+        Role::Ids => (5, 4),
+        Role::Cuic => (50, 100),
+        Role::Livedata => (25, 25),
+        Role::Chat => (30, 30),
+        Role::Other => return None,
+    };
+    Some(RateRule {
+        path_prefix: "/".into(),
+        per_second,
+        burst,
+    })
 }
 
 /// A request refused by a rate rule.
@@ -24,26 +49,44 @@ pub struct Exceeded<'a> {
 }
 
 impl RateLimiter {
-    pub fn new(rules: Vec<RateRule>) -> Option<Self> {
-        (!rules.is_empty()).then(|| RateLimiter {
+    /// Rules matched by path prefix, first match counting. `None` when there are none.
+    pub fn by_path(rules: Vec<RateRule>) -> Option<Self> {
+        (!rules.is_empty()).then(|| Self::with(Rules::ByPath(rules)))
+    }
+
+    /// Rule `i` (if any) for route `i`. `None` when no route has one.
+    pub fn by_route(rules: Vec<Option<RateRule>>) -> Option<Self> {
+        rules
+            .iter()
+            .any(Option::is_some)
+            .then(|| Self::with(Rules::ByRoute(rules)))
+    }
+
+    fn with(rules: Rules) -> Self {
+        RateLimiter {
             rules,
             rate: Rate::new_with_estimator_config(
                 Duration::from_secs(1),
                 ESTIMATOR_HASHES,
                 ESTIMATOR_SLOTS,
             ),
-        })
+        }
     }
 
-    /// Counts the request against the first rule whose prefix matches `path`; `Err` when that
-    /// rule's limit is exceeded.
-    pub fn check(&self, client: IpAddr, path: &str) -> Result<(), Exceeded<'_>> {
-        let Some((index, rule)) = self
-            .rules
-            .iter()
-            .enumerate()
-            .find(|(_, r)| path.starts_with(r.path_prefix.as_str()))
-        else {
+    /// Counts the request (to `route`, for `path`) against the rule that applies; `Err` when
+    /// that rule's limit is exceeded.
+    pub fn check(&self, client: IpAddr, route: usize, path: &str) -> Result<(), Exceeded<'_>> {
+        let found = match &self.rules {
+            Rules::ByPath(rules) => rules
+                .iter()
+                .enumerate()
+                .find(|(_, r)| path.starts_with(r.path_prefix.as_str())),
+            Rules::ByRoute(rules) => rules
+                .get(route)
+                .and_then(|r| r.as_ref())
+                .map(|r| (route, r)),
+        };
+        let Some((index, rule)) = found else {
             return Ok(());
         };
         let key = (client, index);
@@ -99,25 +142,51 @@ mod tests {
 
     #[test]
     fn first_matching_rule_counts_and_others_pass() {
-        let limiter = RateLimiter::new(vec![rule("/drapi/", 2, 1), rule("/", 1000, 0)]).unwrap();
+        let limiter =
+            RateLimiter::by_path(vec![rule("/drapi/", 2, 1), rule("/", 1000, 0)]).unwrap();
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let other: IpAddr = "192.0.2.2".parse().unwrap();
         let verdicts: Vec<bool> = (0..5)
-            .map(|_| limiter.check(ip, "/drapi/v1/tasks").is_ok())
+            .map(|_| limiter.check(ip, 0, "/drapi/v1/tasks").is_ok())
             .collect();
         assert_eq!(verdicts, [true, true, true, false, false]);
-        let refused = limiter.check(ip, "/drapi/v1/tasks").unwrap_err();
+        let refused = limiter.check(ip, 0, "/drapi/v1/tasks").unwrap_err();
         assert_eq!(refused.rule.path_prefix, "/drapi/");
         assert!(
-            limiter.check(other, "/drapi/v1/tasks").is_ok(),
+            limiter.check(other, 0, "/drapi/v1/tasks").is_ok(),
             "per client"
         );
-        assert!(limiter.check(ip, "/dataconn/status").is_ok(), "per rule");
+        assert!(limiter.check(ip, 0, "/dataconn/status").is_ok(), "per rule");
+    }
+
+    #[test]
+    fn role_defaults_count_per_route() {
+        let limiter =
+            RateLimiter::by_route(vec![role_default(Role::Ids), role_default(Role::Other)])
+                .unwrap();
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let ids: Vec<bool> = (0..10)
+            .map(|_| limiter.check(ip, 0, "/ids/x").is_ok())
+            .collect();
+        assert_eq!(
+            ids.iter().filter(|ok| **ok).count(),
+            9,
+            "IdS: 5 per second, burst 4"
+        );
+        assert!(
+            (0..100).all(|_| limiter.check(ip, 1, "/x").is_ok()),
+            "other: no limit"
+        );
+        assert_eq!(
+            role_default(Role::Finesse).map(|r| (r.per_second, r.burst)),
+            Some((90, 50))
+        );
     }
 
     #[test]
     fn no_rules_no_limiter() {
-        assert!(RateLimiter::new(Vec::new()).is_none());
+        assert!(RateLimiter::by_path(Vec::new()).is_none());
+        assert!(RateLimiter::by_route(vec![None, None]).is_none());
     }
 
     #[test]

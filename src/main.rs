@@ -14,8 +14,10 @@ mod health;
 mod identity;
 mod limits;
 mod process;
+mod proxymap;
 mod reply;
 mod routing;
+mod substitution;
 mod tls;
 mod upstream;
 
@@ -25,7 +27,11 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = cli::Cli::parse();
-    let config = match config::load(&cli.conf) {
+    let Some(file) = cli.conf.clone() else {
+        eprintln!("ccedge: -c FILE is required (ccedge --help explains the options)");
+        return ExitCode::FAILURE;
+    };
+    let config = match config::load(&file) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("ccedge: configuration rejected:\n{e}");
@@ -33,16 +39,22 @@ fn main() -> ExitCode {
         }
     };
     if let Err(e) = process::check(&config) {
-        eprintln!(
-            "ccedge: configuration rejected:\n{}: {e}",
-            cli.conf.display()
-        );
+        eprintln!("ccedge: configuration rejected:\n{}: {e}", file.display());
         return ExitCode::FAILURE;
+    }
+    if let Some(cli::Command::Proxymap) = cli.command {
+        for site in &config.finesse {
+            if config.finesse.len() > 1 {
+                println!("# {}", site.name);
+            }
+            print!("{}", proxymap::text(&site.servers));
+        }
+        return ExitCode::SUCCESS;
     }
     if cli.test {
         println!(
             "ccedge: configuration {} is valid: {} digital channel(s), {} finesse site(s)",
-            cli.conf.display(),
+            file.display(),
             config.digital.len(),
             config.finesse.len()
         );

@@ -7,6 +7,7 @@ use crate::allow_list::AllowList;
 use crate::config::{Config, FinesseService};
 use crate::digital::{DigitalChannel, DigitalProxy};
 use crate::finesse::{FinesseProxy, FinesseSite};
+use crate::proxymap::ProxyMapApp;
 use crate::tls::ServerTls;
 use pingora::apps::http_app::HttpServer;
 use pingora::apps::HttpServerOptions;
@@ -98,6 +99,20 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
             service.set_connection_filter(Arc::new(filter));
         }
         server.add_service(listen(service, &finesse_addrs(f), f.tls.as_ref())?);
+        if let Some(map) = &f.proxy_map {
+            let app = ProxyMapApp::new(&f.name, &map.path, &f.servers, log.clone());
+            let mut service =
+                Service::new(format!("{} proxy map", f.name), HttpServer::new_app(app));
+            service.threads = Some(1);
+            server.add_service(listen(service, &[map.listen], f.tls.as_ref())?);
+            let scheme = if f.tls.is_some() { "https" } else { "http" };
+            log::info!(
+                "service {}: proxy map at {scheme}://{}{}",
+                f.name,
+                map.listen,
+                map.path
+            );
+        }
         log::info!(
             "service {}: finesse site with {} server(s) on port(s) {:?}",
             f.name,

@@ -45,6 +45,17 @@ pub fn peer(upstream: &Upstream, tls: Option<&UpstreamTls>, limits: &Limits) -> 
     peer
 }
 
+/// The peer for one request: an upgraded (WebSocket) connection may stay silent for
+/// `websocket_idle_timeout` rather than the HTTP read timeout.
+pub fn for_request(peer: &HttpPeer, upgrade: bool, limits: &Limits) -> Box<HttpPeer> {
+    let mut peer = Box::new(peer.clone());
+    if upgrade {
+        peer.options.read_timeout = Some(limits.websocket_idle_timeout);
+        peer.options.write_timeout = Some(limits.websocket_idle_timeout);
+    }
+    peer
+}
+
 /// The outcome of checking an upstream certificate's IP addresses, carried on the connection.
 struct CertNamesIp {
     ip: IpAddr,

@@ -218,6 +218,8 @@ pub struct FinesseServer {
     pub upstream: Upstream,
     pub role: Role,
     pub listen_port: u16,
+    /// This server's own `upstream_tls`, when it has one (else the service's applies).
+    pub upstream_tls: Option<UpstreamTls>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -192,6 +192,8 @@ pub struct RawServerEntry {
     #[serde(default = "finesse_role")]
     pub role: Role,
     pub listen_port: Option<u16>,
+    /// Added key: TLS to this server, replacing the service's `upstream_tls` for it.
+    pub upstream_tls: Option<RawUpstreamTls>,
 }
 
 #[derive(Debug, Deserialize)]

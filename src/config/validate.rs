@@ -511,12 +511,14 @@ impl Validator {
         if s.listen_port == Some(0) {
             self.problem(&format!("{path}.listen_port"), "must be from 1 to 65535");
         }
+        let upstream_tls = self.upstream_tls(&format!("{path}.upstream_tls"), &s.upstream_tls);
         let public = public?;
         Some(FinesseServer {
             listen_port: s.listen_port.unwrap_or(public.port),
             public,
             upstream: upstream?,
             role: s.role,
+            upstream_tls: upstream_tls?,
         })
     }
 

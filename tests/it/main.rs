@@ -6,6 +6,7 @@ mod harness;
 mod cli;
 mod digital_channels;
 mod finesse_routing;
+mod finesse_site;
 mod header_policy;
 mod observability;
 mod process;

@@ -6,6 +6,7 @@ pub mod fixtures;
 pub mod http;
 pub mod proxy;
 pub mod upstream;
+pub mod ws;
 
 pub use certs::Ca;
 pub use client::{curl, Reply};

@@ -3,6 +3,7 @@
 
 use super::certs::{Ca, Pair};
 use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -24,6 +25,21 @@ pub struct Upstream {
     pub addr: SocketAddr,
     seen: Arc<Seen>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// A response body a handler may stream.
+pub type Body = BoxBody<Bytes, std::convert::Infallible>;
+
+/// How a custom upstream answers (the echo answer is the default).
+pub type Handler = Arc<
+    dyn Fn(Request<Incoming>) -> Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// A whole body.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed()
 }
 
 /// What an upstream has been asked, ccedge's health checks counted apart.
@@ -64,12 +80,17 @@ impl Drop for Upstream {
 
 impl Upstream {
     pub async fn plain(name: &str) -> Upstream {
-        Self::start(name, None, "127.0.0.1:0".parse().unwrap()).await
+        Self::start(name, None, "127.0.0.1:0".parse().unwrap(), None).await
     }
 
     /// A plain upstream on a given address (to bring a stopped one back on its port).
     pub async fn plain_at(name: &str, addr: SocketAddr) -> Upstream {
-        Self::start(name, None, addr).await
+        Self::start(name, None, addr, None).await
+    }
+
+    /// A plain upstream answering with `handler`.
+    pub async fn custom(name: &str, handler: Handler) -> Upstream {
+        Self::start(name, None, "127.0.0.1:0".parse().unwrap(), Some(handler)).await
     }
 
     /// TLS with `pair`; when `client_ca` is given, a client certificate signed by it is required.
@@ -93,11 +114,17 @@ impl Upstream {
             name,
             Some(Arc::new(acceptor.build())),
             "127.0.0.1:0".parse().unwrap(),
+            None,
         )
         .await
     }
 
-    async fn start(name: &str, tls: Option<Arc<SslAcceptor>>, addr: SocketAddr) -> Upstream {
+    async fn start(
+        name: &str,
+        tls: Option<Arc<SslAcceptor>>,
+        addr: SocketAddr,
+        handler: Option<Handler>,
+    ) -> Upstream {
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Seen::default());
@@ -112,9 +139,10 @@ impl Upstream {
                 let node = node.clone();
                 let counter = counter.clone();
                 let tls = tls.clone();
+                let handler = handler.clone();
                 connections.spawn(async move {
                     match tls {
-                        None => serve(TokioIo::new(tcp), node, counter, false).await,
+                        None => serve(TokioIo::new(tcp), node, counter, false, handler).await,
                         Some(acceptor) => {
                             let ssl = openssl::ssl::Ssl::new(acceptor.context()).unwrap();
                             let mut stream = tokio_openssl::SslStream::new(ssl, tcp).unwrap();
@@ -122,7 +150,7 @@ impl Upstream {
                                 return;
                             }
                             let client_cert = stream.ssl().peer_certificate().is_some();
-                            serve(TokioIo::new(stream), node, counter, client_cert).await
+                            serve(TokioIo::new(stream), node, counter, client_cert, handler).await
                         }
                     }
                 });
@@ -164,18 +192,27 @@ impl Upstream {
     }
 }
 
-async fn serve<IO>(io: TokioIo<IO>, node: String, seen: Arc<Seen>, client_cert: bool)
-where
+async fn serve<IO>(
+    io: TokioIo<IO>,
+    node: String,
+    seen: Arc<Seen>,
+    client_cert: bool,
+    handler: Option<Handler>,
+) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = service_fn(move |req: Request<Incoming>| {
         let node = node.clone();
         let answer = seen.record(&req);
+        let handler = handler.clone();
         async move {
             if !answer {
                 return Err("dropped on purpose");
             }
-            Ok(respond(&node, client_cert, req).await)
+            Ok(match handler {
+                Some(handler) => handler(req).await,
+                None => respond(&node, client_cert, req).await,
+            })
         }
     });
     let _ = hyper::server::conn::http1::Builder::new()
@@ -186,7 +223,7 @@ where
 
 /// `/status/NNN` answers NNN, `/slow/MS` answers after MS milliseconds; anything else answers 200.
 /// The body is JSON describing the request.
-async fn respond(node: &str, client_cert: bool, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn respond(node: &str, client_cert: bool, req: Request<Incoming>) -> Response<Body> {
     let (parts, body) = req.into_parts();
     if let Some(ms) = parts
         .uri
@@ -225,7 +262,7 @@ async fn respond(node: &str, client_cert: bool, req: Request<Incoming>) -> Respo
         .status(status)
         .header("Content-Type", "application/json")
         .header("Server", "secret-upstream/9.9")
-        .body(Full::new(Bytes::from(echo.to_string())))
+        .body(full(echo.to_string()))
         .unwrap()
 }
 

@@ -1,0 +1,98 @@
+//! WebSocket client over TLS (tokio-tungstenite on tokio-openssl) and an echo upstream.
+
+use super::upstream::{full, Body, Handler};
+use futures_util::{SinkExt, StreamExt};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use openssl::ssl::{SslConnector, SslMethod};
+use openssl::x509::X509;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use tokio::net::TcpStream;
+use tokio_openssl::SslStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+pub type Client = WebSocketStream<SslStream<TcpStream>>;
+
+/// Opens `wss://host:port/path` through loopback, trusting `ca_pem`, offering HTTP/1.1 only.
+pub async fn connect(host: &str, port: u16, path: &str, ca_pem: &str) -> Client {
+    let mut tls = SslConnector::builder(SslMethod::tls()).unwrap();
+    tls.cert_store_mut()
+        .add_cert(X509::from_pem(ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    tls.set_alpn_protos(b"\x08http/1.1").unwrap();
+    let ssl = tls.build().configure().unwrap().into_ssl(host).unwrap();
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut stream = SslStream::new(ssl, tcp).unwrap();
+    Pin::new(&mut stream).connect().await.unwrap();
+    let url = format!("wss://{host}:{port}{path}");
+    let (client, response) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+    assert_eq!(response.status(), 101);
+    client
+}
+
+/// What the echo upstream saw: request headers of each upgrade and how each connection ended.
+#[derive(Default)]
+pub struct EchoLog {
+    pub upgrades: Mutex<Vec<http::HeaderMap>>,
+    pub endings: Mutex<Vec<String>>,
+}
+
+/// An upstream handler that accepts WebSocket upgrades and echoes every message; a text message
+/// `close-please` makes it close the connection itself.
+pub fn echo_handler(log: Arc<EchoLog>) -> Handler {
+    Arc::new(move |mut req: Request<Incoming>| {
+        let log = log.clone();
+        Box::pin(async move {
+            let key = req
+                .headers()
+                .get("sec-websocket-key")
+                .map(|k| derive_accept_key(k.as_bytes()));
+            let Some(accept) = key else {
+                return Response::builder()
+                    .status(400)
+                    .body(full("not a websocket"))
+                    .unwrap();
+            };
+            log.upgrades.lock().unwrap().push(req.headers().clone());
+            let upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                let Ok(upgraded) = upgrade.await else { return };
+                let mut ws =
+                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
+                        .await;
+                let ending = loop {
+                    match ws.next().await {
+                        Some(Ok(Message::Text(t))) if t.as_str() == "close-please" => {
+                            let _ = ws.close(None).await;
+                            while let Some(Ok(_)) = ws.next().await {}
+                            break "server closed".to_string();
+                        }
+                        Some(Ok(Message::Close(_))) => break "client closed".to_string(),
+                        Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
+                            if ws.send(m).await.is_err() {
+                                break "send failed".to_string();
+                            }
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => break format!("error: {e}"),
+                        None => break "connection ended".to_string(),
+                    }
+                };
+                log.endings.lock().unwrap().push(ending);
+            });
+            let response: Response<Body> = Response::builder()
+                .status(101)
+                .header("Connection", "Upgrade")
+                .header("Upgrade", "websocket")
+                .header("Sec-WebSocket-Accept", accept)
+                .body(full(""))
+                .unwrap();
+            response
+        })
+    })
+}
