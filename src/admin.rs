@@ -1,5 +1,5 @@
 //! The admin listener (plain HTTP, meant for loopback or a management network):
-//! `GET /healthz` and `GET /status`.
+//! `GET /healthz`, `GET /status` and `GET /metrics`.
 
 use async_trait::async_trait;
 use http::{Response, StatusCode};
@@ -60,6 +60,11 @@ impl ServeHttp for Admin {
         }
         match req.uri.path() {
             "/healthz" => respond(StatusCode::OK, text, b"ok\n".to_vec()),
+            "/metrics" => respond(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                crate::metrics::render(),
+            ),
             "/status" => {
                 let mut body = serde_json::to_vec_pretty(&self.status()).unwrap_or_default();
                 body.push(b'\n');
@@ -68,8 +73,50 @@ impl ServeHttp for Admin {
             _ => respond(
                 StatusCode::NOT_FOUND,
                 text,
-                b"not found: try /healthz or /status\n".to_vec(),
+                b"not found: try /healthz, /status or /metrics\n".to_vec(),
             ),
+        }
+    }
+}
+
+/// `ccedge health`: asks the admin listener for `/healthz`.
+pub fn probe(config: &crate::config::Config) -> std::process::ExitCode {
+    use std::io::{Read, Write};
+    use std::process::ExitCode;
+    let Some(mut addr) = config.server.admin else {
+        eprintln!("ccedge: health needs server.admin.listen in the configuration");
+        return ExitCode::FAILURE;
+    };
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let timeout = std::time::Duration::from_secs(3);
+    let answer = std::net::TcpStream::connect_timeout(&addr, timeout).and_then(|mut tcp| {
+        tcp.set_read_timeout(Some(timeout))?;
+        tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: ccedge\r\nConnection: close\r\n\r\n")?;
+        let mut reply = String::new();
+        tcp.read_to_string(&mut reply)?;
+        Ok(reply)
+    });
+    match answer {
+        Ok(reply) if reply.starts_with("HTTP/1.1 200") => {
+            println!("ccedge: healthy ({addr})");
+            ExitCode::SUCCESS
+        }
+        Ok(reply) => {
+            eprintln!(
+                "ccedge: unhealthy: {}",
+                reply.lines().next().unwrap_or("no answer")
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("ccedge: unhealthy: {addr}: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -30,6 +30,7 @@ impl AllowList {
 
     fn report(&self, addr: &SocketAddr) {
         let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        crate::metrics::connection_refused(&self.service);
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());

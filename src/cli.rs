@@ -35,4 +35,14 @@ pub enum Command {
     /// Print the proxy map of every Finesse site in FILE (the lines its proxy_map listener
     /// serves: upstreamhost:port=publichost:port) and exit.
     Proxymap,
+    /// Run the server under a supervisor (PID 1 in a container, the main process under
+    /// systemd): SIGHUP reloads FILE without dropping requests, SIGTERM stops gracefully.
+    Supervise,
+    /// Validate FILE as -t does; if valid, have the running supervisor reload it (a new server
+    /// takes over the listening sockets, the old one finishes its requests). Exit 0 when the
+    /// new configuration serves, 1 when nothing changed.
+    Reload,
+    /// Exit 0 when the admin listener of FILE answers /healthz, 1 otherwise (for container
+    /// health checks).
+    Health,
 }

@@ -7,8 +7,8 @@
 
 use crate::access_log::AccessLog;
 use crate::admin::StatusSource;
-use crate::config::{ClientPolicy, DigitalService};
-use crate::exchange::{self, Exchange, Guard, Labels};
+use crate::config::DigitalService;
+use crate::exchange::{self, Exchange, Front, Labels};
 use crate::headers::{self, RouteHeaders};
 use crate::health::{self, NodeHealth};
 use crate::limits::RateLimiter;
@@ -35,23 +35,22 @@ const ROUTE_NAMES: [&str; 2] = ["default", "publisher_only"];
 
 /// Everything a digital-channel service needs per request, built once at load.
 pub struct DigitalChannel {
-    pub name: String,
     route_headers: RouteHeaders,
     peers: [HttpPeer; 2],
     node_addrs: [String; 2],
     health: Arc<NodeHealth>,
     publisher_only_paths: Vec<String>,
-    clients: ClientPolicy,
-    guard: Guard,
-    log: Arc<AccessLog>,
+    front: Front,
     status: serde_json::Value,
 }
 
 impl DigitalChannel {
     /// The channel and the background service that runs its health checks.
+    /// `health_state` is the file that carries node health over a reload.
     pub fn new(
         service: &DigitalService,
         log: Arc<AccessLog>,
+        health_state: std::path::PathBuf,
     ) -> (Self, GenBackgroundService<LoadBalancer<RoundRobin>>) {
         let tls = service.upstream_tls.as_ref();
         let nodes = [&service.publisher, &service.subscriber];
@@ -69,20 +68,22 @@ impl DigitalChannel {
             watched,
             &service.health_check,
             &service.public.to_string(),
+            health_state,
         );
         let channel = DigitalChannel {
-            name: service.name.clone(),
             route_headers: RouteHeaders::new(&service.public, service.tls.is_some(), false),
             peers,
             node_addrs,
             health,
             publisher_only_paths: service.publisher_only_paths.clone(),
-            clients: service.clients.clone(),
-            guard: Guard::new(
+            front: Front::new(
+                &service.name,
+                &service.clients.trusted_proxies,
                 RateLimiter::by_path(service.rate_limits.clone()),
                 &service.limits,
+                log,
+                &ROUTE_NAMES,
             ),
-            log,
             status: json!({
                 "name": service.name,
                 "kind": "digital_channel",
@@ -170,9 +171,9 @@ impl ProxyHttp for DigitalProxy {
         ctx: &mut Exchange,
     ) -> pingora::Result<bool> {
         let ch = &self.channel;
-        ctx.begin(session, &ch.clients.trusted_proxies);
+        ch.front.begin(session, ctx);
         ctx.route = Some(ch.route_for(session.req_header().uri.path()));
-        ch.guard.admit(session, ctx).await
+        ch.front.admit(session, ctx).await
     }
 
     async fn request_body_filter(
@@ -182,7 +183,7 @@ impl ProxyHttp for DigitalProxy {
         _end_of_stream: bool,
         ctx: &mut Exchange,
     ) -> pingora::Result<()> {
-        self.channel.guard.count_body(body, ctx)
+        self.channel.front.count_body(body, ctx)
     }
 
     async fn upstream_peer(
@@ -205,6 +206,7 @@ impl ProxyHttp for DigitalProxy {
     ) -> Box<pingora::Error> {
         if self.channel.may_fail_over(ctx) {
             ctx.failed_node = ctx.upstream;
+            self.channel.front.metrics.failovers.inc();
             e.set_retry(true);
         } else if ctx.route == Some(ROUTE_PUBLISHER_ONLY) {
             ctx.refusal = Some("the Cloud Connect publisher could not be reached".into());
@@ -226,6 +228,7 @@ impl ProxyHttp for DigitalProxy {
         if idempotent && ctx.upstream_status.is_none() && self.channel.may_fail_over(ctx) {
             // Nothing came back: the node went away under this request. Ask the other one.
             ctx.failed_node = ctx.upstream;
+            self.channel.front.metrics.failovers.inc();
             e.set_retry(true);
         } else if idempotent {
             e.retry.decide_reuse(client_reused);
@@ -271,7 +274,7 @@ impl ProxyHttp for DigitalProxy {
         resp: &mut ResponseHeader,
         ctx: &mut Exchange,
     ) -> pingora::Result<()> {
-        ctx.upstream_status = Some(resp.status.as_u16());
+        self.channel.front.upstream_answered(resp, ctx);
         Ok(())
     }
 
@@ -296,11 +299,10 @@ impl ProxyHttp for DigitalProxy {
     async fn logging(&self, session: &mut Session, e: Option<&pingora::Error>, ctx: &mut Exchange) {
         let ch = &self.channel;
         let labels = Labels {
-            service: &ch.name,
             route: ctx.route.map(|r| ROUTE_NAMES[r]),
             upstream: ctx.upstream.map(|n| ch.node_addrs[n].as_str()),
             cache: "BYPASS",
         };
-        exchange::log(&ch.log, session, ctx, labels, e);
+        ch.front.finish(session, ctx, labels, e);
     }
 }

@@ -1,17 +1,21 @@
 //! What both proxies do for every request, whatever the route: establish who the client is and
-//! the TrackingID, apply the per-client limits, answer failures, and write the access-log line.
-//! The per-request context lives here.
+//! the TrackingID, apply the per-client limits, answer failures, and account for the request in
+//! the access log and the metrics. The per-request context (`Exchange`) and the per-service part
+//! (`Front`) live here.
 
 use crate::access_log::{self, AccessLog, Entry};
 use crate::cidr::CidrSet;
 use crate::config::Limits;
 use crate::identity::{self, ClientIdentity};
 use crate::limits::{self, RateLimiter};
+use crate::metrics::ServiceMetrics;
 use crate::reply;
 use bytes::Bytes;
 use http::header::HeaderValue;
+use pingora::http::ResponseHeader;
 use pingora::proxy::{FailToProxy, Session};
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Per-request state shared by the filters of one request.
@@ -31,6 +35,10 @@ pub struct Exchange {
     /// Why ccedge answered this request itself, shown to the client and in the log.
     pub refusal: Option<String>,
     body_bytes: u64,
+    /// Counted in the in-flight gauge (until it is logged).
+    in_flight: bool,
+    /// Upgraded to a WebSocket (counted until it ends).
+    websocket: bool,
 }
 
 impl Exchange {
@@ -46,17 +54,9 @@ impl Exchange {
             upstream_status: None,
             refusal: None,
             body_bytes: 0,
+            in_flight: false,
+            websocket: false,
         }
-    }
-
-    /// The first step of every request.
-    pub fn begin(&mut self, session: &Session, trusted: &CidrSet) -> ClientIdentity {
-        let header = session.req_header();
-        let peer = peer_ip(session);
-        let client = identity::resolve(peer, trusted, &header.headers);
-        self.client = Some(client);
-        self.tracking_id = Some(crate::headers::tracking_id(&header.headers));
-        client
     }
 
     /// Refuses the request with `status` and `message` (sent and logged).
@@ -66,22 +66,48 @@ impl Exchange {
     }
 }
 
-/// The per-client limits of a service.
-pub struct Guard {
-    pub rate: Option<RateLimiter>,
+/// What a service applies to every request: whose forwarding headers it trusts, its limits,
+/// and where it accounts for requests.
+pub struct Front {
+    pub name: String,
+    trusted: CidrSet,
+    rate: Option<RateLimiter>,
     pub limits: Limits,
+    log: Arc<AccessLog>,
+    pub metrics: ServiceMetrics,
 }
 
-impl Guard {
-    pub fn new(rate: Option<RateLimiter>, limits: &Limits) -> Self {
-        Guard {
+impl Front {
+    pub fn new(
+        name: &str,
+        trusted: &CidrSet,
+        rate: Option<RateLimiter>,
+        limits: &Limits,
+        log: Arc<AccessLog>,
+        routes: &[&str],
+    ) -> Front {
+        Front {
+            name: name.to_string(),
+            trusted: trusted.clone(),
             rate,
             limits: limits.clone(),
+            log,
+            metrics: ServiceMetrics::new(name, routes),
         }
     }
 
-    /// Applies timeouts and checks rate and declared body size. `Ok(true)`: the request was
-    /// answered here (429 or 413) and must not go further.
+    /// The first step of every request: who the client is, and its TrackingID.
+    pub fn begin(&self, session: &Session, ctx: &mut Exchange) {
+        let header = session.req_header();
+        let peer = peer_ip(session);
+        ctx.client = Some(identity::resolve(peer, &self.trusted, &header.headers));
+        ctx.tracking_id = Some(crate::headers::tracking_id(&header.headers));
+        self.metrics.in_flight.inc();
+        ctx.in_flight = true;
+    }
+
+    /// Applies timeouts and checks rate and declared body size, once the route is known.
+    /// `Ok(true)`: the request was answered here (429 or 413) and must not go further.
     pub async fn admit(&self, session: &mut Session, ctx: &mut Exchange) -> pingora::Result<bool> {
         session.set_keepalive(Some(self.limits.keepalive_timeout.as_secs().max(1)));
         let read_timeout = if session.is_upgrade_req() {
@@ -101,6 +127,7 @@ impl Guard {
                 let retry = [("Retry-After", HeaderValue::from_static("1"))];
                 reply::send(session, 429, &message, ctx.tracking_id.as_ref(), &retry).await?;
                 ctx.refusal = Some(message);
+                self.metrics.rate_limited.inc();
                 return Ok(true);
             }
         }
@@ -134,6 +161,93 @@ impl Guard {
             self.limits.max_body_bytes
         )
     }
+
+    /// The upstream's response header arrived.
+    pub fn upstream_answered(&self, resp: &ResponseHeader, ctx: &mut Exchange) {
+        ctx.upstream_status = Some(resp.status.as_u16());
+        if resp.status == http::StatusCode::SWITCHING_PROTOCOLS && !ctx.websocket {
+            ctx.websocket = true;
+            self.metrics.websockets.inc();
+        }
+    }
+
+    /// The last step of every request: the access-log line and the metrics.
+    pub fn finish(
+        &self,
+        session: &Session,
+        ctx: &mut Exchange,
+        labels: Labels,
+        error: Option<&pingora::Error>,
+    ) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        if std::mem::take(&mut ctx.in_flight) {
+            self.metrics.in_flight.dec();
+        }
+        if std::mem::take(&mut ctx.websocket) {
+            self.metrics.websockets.dec();
+        }
+        self.metrics
+            .finish(ctx.route, status, ctx.started.elapsed());
+        self.write_log(session, ctx, status, labels, error);
+    }
+
+    fn write_log(
+        &self,
+        session: &Session,
+        ctx: &Exchange,
+        status: u16,
+        labels: Labels,
+        error: Option<&pingora::Error>,
+    ) {
+        let req = session.req_header();
+        let protocol = if session.is_http2() {
+            "HTTP/2"
+        } else {
+            match req.version {
+                http::Version::HTTP_10 => "HTTP/1.0",
+                _ => "HTTP/1.1",
+            }
+        };
+        self.log.write(&Entry {
+            time: access_log::now(),
+            service: &self.name,
+            route: labels.route,
+            client_ip: ctx.client.map(|c| c.ip.to_string()),
+            method: req.method.as_str(),
+            host: req
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| req.uri.authority().map(|a| a.as_str())),
+            path: req.uri.path(),
+            protocol,
+            status,
+            bytes_sent: session.body_bytes_sent(),
+            duration_ms: (ctx.started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+            upstream: labels.upstream,
+            upstream_status: ctx.upstream_status,
+            attempts: ctx.attempts,
+            cache: labels.cache,
+            tracking_id: ctx.tracking_id.as_ref().and_then(|t| t.to_str().ok()),
+            error: match (&ctx.refusal, error) {
+                (Some(refusal), Some(e))
+                    if !matches!(e.etype(), pingora::ErrorType::HTTPStatus(_)) =>
+                {
+                    Some(format!("{refusal}: {e}"))
+                }
+                (Some(refusal), _) => Some(refusal.clone()),
+                (None, Some(e)) => Some(e.to_string()),
+                (None, None) => None,
+            },
+        });
+    }
+}
+
+/// Names used in the access-log line, resolved by the service from the exchange's indexes.
+pub struct Labels<'a> {
+    pub route: Option<&'a str>,
+    pub upstream: Option<&'a str>,
+    pub cache: &'a str,
 }
 
 /// The TCP peer's address (a Unix-socket peer counts as loopback).
@@ -161,10 +275,7 @@ pub fn local_port(session: &Session) -> u16 {
 }
 
 /// Response headers on the way to the client (proxied responses).
-pub fn on_response(
-    resp: &mut pingora::http::ResponseHeader,
-    ctx: &Exchange,
-) -> pingora::Result<()> {
+pub fn on_response(resp: &mut ResponseHeader, ctx: &Exchange) -> pingora::Result<()> {
     match &ctx.tracking_id {
         Some(tid) => crate::headers::apply_response(resp, tid),
         None => Ok(()),
@@ -185,61 +296,4 @@ pub async fn on_failure(session: &mut Session, e: &pingora::Error, ctx: &Exchang
         error_code: code,
         can_reuse_downstream: false,
     }
-}
-
-/// Names used in the access-log line, resolved by the service from the exchange's indexes.
-pub struct Labels<'a> {
-    pub service: &'a str,
-    pub route: Option<&'a str>,
-    pub upstream: Option<&'a str>,
-    pub cache: &'a str,
-}
-
-pub fn log(
-    log: &AccessLog,
-    session: &Session,
-    ctx: &Exchange,
-    labels: Labels,
-    error: Option<&pingora::Error>,
-) {
-    let req = session.req_header();
-    let status = session.response_written().map_or(0, |r| r.status.as_u16());
-    let protocol = if session.is_http2() {
-        "HTTP/2"
-    } else {
-        match req.version {
-            http::Version::HTTP_10 => "HTTP/1.0",
-            _ => "HTTP/1.1",
-        }
-    };
-    log.write(&Entry {
-        time: access_log::now(),
-        service: labels.service,
-        route: labels.route,
-        client_ip: ctx.client.map(|c| c.ip.to_string()),
-        method: req.method.as_str(),
-        host: req
-            .headers
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri.authority().map(|a| a.as_str())),
-        path: req.uri.path(),
-        protocol,
-        status,
-        bytes_sent: session.body_bytes_sent(),
-        duration_ms: (ctx.started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
-        upstream: labels.upstream,
-        upstream_status: ctx.upstream_status,
-        attempts: ctx.attempts,
-        cache: labels.cache,
-        tracking_id: ctx.tracking_id.as_ref().and_then(|t| t.to_str().ok()),
-        error: match (&ctx.refusal, error) {
-            (Some(refusal), Some(e)) if !matches!(e.etype(), pingora::ErrorType::HTTPStatus(_)) => {
-                Some(format!("{refusal}: {e}"))
-            }
-            (Some(refusal), _) => Some(refusal.clone()),
-            (None, Some(e)) => Some(e.to_string()),
-            (None, None) => None,
-        },
-    });
 }

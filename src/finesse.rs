@@ -4,8 +4,8 @@
 
 use crate::access_log::AccessLog;
 use crate::admin::StatusSource;
-use crate::config::{ClientPolicy, FinesseService};
-use crate::exchange::{self, Exchange, Guard, Labels};
+use crate::config::FinesseService;
+use crate::exchange::{self, Exchange, Front, Labels};
 use crate::headers::{self, RouteHeaders};
 use crate::limits::{self, RateLimiter};
 use crate::reply;
@@ -36,14 +36,11 @@ struct Route {
 
 /// Everything a Finesse site needs per request, built once at load.
 pub struct FinesseSite {
-    pub name: String,
     table: RouteTable,
     routes: Vec<Route>,
-    clients: ClientPolicy,
-    guard: Guard,
+    front: Front,
     plan: Plan,
     locations: Locations,
-    log: Arc<AccessLog>,
     status: serde_json::Value,
 }
 
@@ -105,19 +102,29 @@ impl FinesseSite {
             })).collect::<Vec<_>>(),
             "settings": service,
         });
+        let route_names: Vec<String> = service
+            .servers
+            .iter()
+            .map(|s| s.public.to_string())
+            .collect();
+        let route_names: Vec<&str> = route_names.iter().map(String::as_str).collect();
         FinesseSite {
-            name: service.name.clone(),
             table,
             routes,
-            clients: service.clients.clone(),
-            guard: Guard::new(rate, &service.limits),
+            front: Front::new(
+                &service.name,
+                &service.clients.trusted_proxies,
+                rate,
+                &service.limits,
+                log,
+                &route_names,
+            ),
             plan: Plan::new(
                 &service.substitutions,
                 &service.servers,
                 service.rewrite_upstream_hosts,
             ),
             locations: Locations::new(&service.servers, https),
-            log,
             status,
         }
     }
@@ -155,7 +162,7 @@ impl FinesseSite {
                     log::warn!(
                         "service {}: {} sent a {:?}-encoded body although Accept-Encoding was removed; \
                          such bodies pass through without substitution (logged once per server)",
-                        self.name,
+                        self.front.name,
                         r.upstream,
                         encoding
                     );
@@ -208,14 +215,14 @@ impl ProxyHttp for FinesseProxy {
     ) -> pingora::Result<bool> {
         let site = &self.site;
         let ctx = &mut ctx.exchange;
-        ctx.begin(session, &site.clients.trusted_proxies);
+        site.front.begin(session, ctx);
         let port = exchange::local_port(session);
         let route = routing::request_host(session.req_header())
             .and_then(|host| site.table.lookup(port, host));
         match route {
             Some(route) => {
                 ctx.route = Some(route);
-                site.guard.admit(session, ctx).await
+                site.front.admit(session, ctx).await
             }
             None => {
                 let message = "no server is configured for this host and port";
@@ -233,7 +240,7 @@ impl ProxyHttp for FinesseProxy {
         _end_of_stream: bool,
         ctx: &mut FinesseCtx,
     ) -> pingora::Result<()> {
-        self.site.guard.count_body(body, &mut ctx.exchange)
+        self.site.front.count_body(body, &mut ctx.exchange)
     }
 
     async fn upstream_peer(
@@ -251,7 +258,7 @@ impl ProxyHttp for FinesseProxy {
         Ok(upstream::for_request(
             peer,
             session.is_upgrade_req(),
-            &self.site.guard.limits,
+            &self.site.front.limits,
         ))
     }
 
@@ -289,7 +296,7 @@ impl ProxyHttp for FinesseProxy {
         resp: &mut ResponseHeader,
         ctx: &mut FinesseCtx,
     ) -> pingora::Result<()> {
-        ctx.exchange.upstream_status = Some(resp.status.as_u16());
+        self.site.front.upstream_answered(resp, &mut ctx.exchange);
         if let Some(route) = ctx.exchange.route {
             let path = session.req_header().uri.path();
             ctx.rewrite = self.site.rewrite_for(path, resp, route);
@@ -336,13 +343,12 @@ impl ProxyHttp for FinesseProxy {
         ctx: &mut FinesseCtx,
     ) {
         let site = &self.site;
-        let ctx = &ctx.exchange;
+        let ctx = &mut ctx.exchange;
         let labels = Labels {
-            service: &site.name,
             route: ctx.route.map(|r| site.routes[r].public.as_str()),
             upstream: ctx.upstream.map(|r| site.routes[r].upstream.as_str()),
             cache: "BYPASS",
         };
-        exchange::log(&site.log, session, ctx, labels, e);
+        site.front.finish(session, ctx, labels, e);
     }
 }

@@ -3,6 +3,7 @@
 //! over exactly the connection settings traffic uses (TLS, CA, mTLS identity, IP check).
 
 use crate::config::HealthCheck as CheckSettings;
+use crate::metrics;
 use crate::upstream;
 use async_trait::async_trait;
 use pingora::connectors::http::Connector;
@@ -13,7 +14,9 @@ use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::prelude::HttpPeer;
 use pingora::services::background::{background_service, GenBackgroundService};
 use serde_json::{json, Value};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,6 +36,45 @@ struct Record {
     last_error: Option<String>,
     last_change: Option<String>,
     changes: u64,
+    /// Pingora's verdict as last reported (nodes start healthy).
+    down: bool,
+    /// Down in the previous process (see `StateFile`): no traffic until a check passes here.
+    held: bool,
+}
+
+/// Where a service's node health is kept across a reload: the new process starts with fresh
+/// health (every node healthy), except that a node the old process had found down gets no
+/// traffic until one of its checks passes.
+struct StateFile {
+    path: PathBuf,
+}
+
+impl StateFile {
+    fn load(&self) -> HashMap<String, bool> {
+        std::fs::read(&self.path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    }
+
+    fn save(&self, nodes: &[(&'static str, String, HttpPeer)], records: &[Mutex<Record>]) {
+        let usable: HashMap<&str, bool> = nodes
+            .iter()
+            .zip(records)
+            .map(|((_, address, _), r)| {
+                let r = r.lock().unwrap_or_else(|p| p.into_inner());
+                (address.as_str(), !r.down && !r.held)
+            })
+            .collect();
+        let partial = self.path.with_extension("partial");
+        let written = serde_json::to_vec(&usable)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&partial, bytes))
+            .and_then(|()| std::fs::rename(&partial, &self.path));
+        if let Err(e) = written {
+            log::warn!("cannot record node health in {}: {e}", self.path.display());
+        }
+    }
 }
 
 /// The health of a service's nodes: read per request, written by the background checks.
@@ -41,12 +83,15 @@ pub struct NodeHealth {
     lb: Arc<LoadBalancer<RoundRobin>>,
     nodes: Vec<(&'static str, String, Backend)>,
     records: Arc<Vec<Mutex<Record>>>,
+    /// Read per request: a copy of each record's `held`.
+    held: Arc<Vec<AtomicBool>>,
 }
 
 impl NodeHealth {
-    /// Whether node `index` currently passes its checks (nodes start healthy).
+    /// Whether node `index` currently passes its checks (nodes start healthy, unless the
+    /// previous process had found them down).
     pub fn healthy(&self, index: usize) -> bool {
-        self.lb.backends().ready(&self.nodes[index].2)
+        self.lb.backends().ready(&self.nodes[index].2) && !self.held[index].load(Ordering::Relaxed)
     }
 
     pub fn status(&self) -> Value {
@@ -72,19 +117,51 @@ impl NodeHealth {
 
 /// Builds the checker for `nodes` and the background service that runs it every
 /// `settings.interval`. `host` is the `Host` header the probe sends (the public authority, as
-/// traffic carries).
+/// traffic carries); `state` is the file that carries node health over a reload.
 pub fn watch(
     service: &str,
     nodes: Vec<Node>,
     settings: &CheckSettings,
     host: &str,
+    state: PathBuf,
 ) -> (
     Arc<NodeHealth>,
     GenBackgroundService<LoadBalancer<RoundRobin>>,
 ) {
     let backends: Vec<Backend> = nodes.iter().map(|n| backend(&n.peer)).collect();
-    let records: Arc<Vec<Mutex<Record>>> =
-        Arc::new(nodes.iter().map(|_| Mutex::default()).collect());
+    let state = StateFile { path: state };
+    let before = state.load();
+    let held: Arc<Vec<AtomicBool>> = Arc::new(
+        nodes
+            .iter()
+            .map(|n| AtomicBool::new(before.get(&n.address) == Some(&false)))
+            .collect(),
+    );
+    for (node, held) in nodes.iter().zip(held.iter()) {
+        metrics::upstream_health(
+            service,
+            node.label,
+            &node.address,
+            !held.load(Ordering::Relaxed),
+        );
+        if held.load(Ordering::Relaxed) {
+            log::warn!(
+                "service {service}: {} {} was down in the previous process: no traffic until a check passes",
+                node.label,
+                node.address
+            );
+        }
+    }
+    let records: Arc<Vec<Mutex<Record>>> = Arc::new(
+        held.iter()
+            .map(|h| {
+                Mutex::new(Record {
+                    held: h.load(Ordering::Relaxed),
+                    ..Record::default()
+                })
+            })
+            .collect(),
+    );
     let mut request =
         RequestHeader::build("GET", settings.path.as_bytes(), None).expect("validated path");
     request.insert_header("Host", host).expect("validated host");
@@ -113,6 +190,8 @@ pub fn watch(
         fall: settings.fall as usize,
         connector: Connector::new(None),
         records: records.clone(),
+        held: held.clone(),
+        state,
     };
     let set: BTreeSet<Backend> = backends.iter().cloned().collect();
     let discovery = pingora::lb::discovery::Static::new(set);
@@ -130,6 +209,7 @@ pub fn watch(
             .map(|((label, address), b)| (label, address, b))
             .collect(),
         records,
+        held,
     };
     (Arc::new(health), background)
 }
@@ -151,6 +231,8 @@ struct Probe {
     fall: usize,
     connector: Connector,
     records: Arc<Vec<Mutex<Record>>>,
+    held: Arc<Vec<AtomicBool>>,
+    state: StateFile,
 }
 
 impl Probe {
@@ -196,11 +278,28 @@ impl HealthCheck for Probe {
                 format!("no answer within {} ms", self.timeout.as_millis()),
             ),
         };
-        if let Err(e) = &result {
-            let mut record = self.records[index]
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            record.last_error = Some(e.to_string());
+        match &result {
+            Err(e) => {
+                let mut record = self.records[index]
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                record.last_error = Some(e.to_string());
+            }
+            Ok(()) if self.held[index].swap(false, Ordering::Relaxed) => {
+                let (label, address, _) = &self.peers[index];
+                log::warn!(
+                    "service {}: {label} {address} passed a check: back in use",
+                    self.service
+                );
+                let mut record = self.records[index]
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                record.held = false;
+                metrics::upstream_health(&self.service, label, address, !record.down);
+                drop(record);
+                self.state.save(&self.peers, &self.records);
+            }
+            Ok(()) => {}
         }
         result
     }
@@ -215,6 +314,9 @@ impl HealthCheck for Probe {
             .unwrap_or_else(|p| p.into_inner());
         record.changes += 1;
         record.last_change = Some(crate::access_log::now());
+        record.down = !healthy;
+        metrics::upstream_health(&self.service, label, address, healthy && !record.held);
+        metrics::health_change(&self.service, label, healthy);
         if healthy {
             log::warn!(
                 "service {}: {label} {address}: unhealthy -> healthy ({} consecutive checks passed)",
@@ -229,6 +331,8 @@ impl HealthCheck for Probe {
                 record.last_error.as_deref().unwrap_or("unknown")
             );
         }
+        drop(record);
+        self.state.save(&self.peers, &self.records);
     }
 
     fn backend_summary(&self, target: &Backend) -> String {

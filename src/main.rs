@@ -13,11 +13,13 @@ mod headers;
 mod health;
 mod identity;
 mod limits;
+mod metrics;
 mod process;
 mod proxymap;
 mod reply;
 mod routing;
 mod substitution;
+mod supervise;
 mod tls;
 mod upstream;
 
@@ -42,14 +44,20 @@ fn main() -> ExitCode {
         eprintln!("ccedge: configuration rejected:\n{}: {e}", file.display());
         return ExitCode::FAILURE;
     }
-    if let Some(cli::Command::Proxymap) = cli.command {
-        for site in &config.finesse {
-            if config.finesse.len() > 1 {
-                println!("# {}", site.name);
+    match cli.command {
+        Some(cli::Command::Proxymap) => {
+            for site in &config.finesse {
+                if config.finesse.len() > 1 {
+                    println!("# {}", site.name);
+                }
+                print!("{}", proxymap::text(&site.servers));
             }
-            print!("{}", proxymap::text(&site.servers));
+            return ExitCode::SUCCESS;
         }
-        return ExitCode::SUCCESS;
+        Some(cli::Command::Supervise) => return supervise::supervise(&file, config),
+        Some(cli::Command::Reload) => return supervise::reload(&file, &config),
+        Some(cli::Command::Health) => return admin::probe(&config),
+        None => {}
     }
     if cli.test {
         println!(

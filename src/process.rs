@@ -13,10 +13,12 @@ use pingora::apps::http_app::HttpServer;
 use pingora::apps::HttpServerOptions;
 use pingora::proxy::{ProxyHttp, ProxyServiceBuilder};
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::{RunArgs, Server};
+use pingora::server::{ExecutionPhase, RunArgs, Server};
 use pingora::services::listening::Service;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use tokio::sync::broadcast::error::RecvError;
 
 /// Requests served on one client connection before it is closed (as nginx's keepalive_requests).
 const KEEPALIVE_REQUESTS: u32 = 1000;
@@ -61,6 +63,9 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
         ..Opt::default()
     };
     let mut server = Server::new_with_opt_and_conf(opt, server_conf(&config, daemon));
+    if let Some(ready) = std::env::var_os(crate::supervise::READY_FILE_ENV) {
+        report_running(&server, PathBuf::from(ready));
+    }
     server.bootstrap();
     let conf = server.configuration.clone();
     let log = Arc::new(AccessLog::open(&config.server.access_log)?);
@@ -70,7 +75,8 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
         if d.upstream_tls.as_ref().is_some_and(|t| !t.verify) {
             log::warn!("service {}: upstream_tls.verify is false: Cloud Connect certificates are not checked", d.name);
         }
-        let (channel, checks) = DigitalChannel::new(d, log.clone());
+        let health_state = PathBuf::from(format!("{}.{}.health", config.server.pid_file, d.name));
+        let (channel, checks) = DigitalChannel::new(d, log.clone(), health_state);
         let channel = Arc::new(channel);
         sources.push(channel.clone());
         let mut service = proxy_service(&conf, &d.name, DigitalProxy::new(channel));
@@ -131,6 +137,23 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
     server.run(RunArgs::default());
     log.close();
     Ok(())
+}
+
+/// Writes this process's pid to `ready` once the server runs (for `ccedge supervise`).
+fn report_running(server: &Server, ready: PathBuf) {
+    let mut phases = server.watch_execution_phase();
+    std::thread::spawn(move || loop {
+        match phases.blocking_recv() {
+            Ok(ExecutionPhase::Running) => {
+                if let Err(e) = std::fs::write(&ready, std::process::id().to_string()) {
+                    log::error!("cannot report readiness in {}: {e}", ready.display());
+                }
+                return;
+            }
+            Ok(_) | Err(RecvError::Lagged(_)) => {}
+            Err(RecvError::Closed) => return,
+        }
+    });
 }
 
 fn finesse_addrs(f: &FinesseService) -> Vec<SocketAddr> {

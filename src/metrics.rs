@@ -1,0 +1,210 @@
+//! Prometheus metrics, served as text on the admin listener's `/metrics`.
+//!
+//! Label values are resolved once per service at load; a request only touches atomics.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// Status classes a request can end in; 0 is a request that got no response at all.
+const CLASSES: [&str; 6] = ["none", "1xx", "2xx", "3xx", "4xx", "5xx"];
+/// The route label of requests no route took (refused before routing).
+const NO_ROUTE: &str = "none";
+
+struct Families {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    in_flight: IntGaugeVec,
+    websockets: IntGaugeVec,
+    failovers: IntCounterVec,
+    rate_limited: IntCounterVec,
+    refused_connections: IntCounterVec,
+    upstream_up: IntGaugeVec,
+    health_changes: IntCounterVec,
+}
+
+fn families() -> &'static Families {
+    static FAMILIES: OnceLock<Families> = OnceLock::new();
+    FAMILIES.get_or_init(|| {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let requests = counter(
+            "ccedge_requests_total",
+            "Requests answered, by service, route and status class.",
+            &["service", "route", "status"],
+        );
+        let in_flight = gauge(
+            "ccedge_requests_in_flight",
+            "Requests being handled now.",
+            &["service"],
+        );
+        let websockets = gauge(
+            "ccedge_websockets_open",
+            "Upgraded (WebSocket) connections open now.",
+            &["service"],
+        );
+        let failovers = counter(
+            "ccedge_failover_retries_total",
+            "Requests retried on the other node after their first node failed.",
+            &["service"],
+        );
+        let rate_limited = counter(
+            "ccedge_rate_limited_total",
+            "Requests refused with 429 by a rate limit.",
+            &["service"],
+        );
+        let refused_connections = counter(
+            "ccedge_connections_refused_total",
+            "Connections dropped because their address is not in client_allow.",
+            &["service"],
+        );
+        let upstream_up = gauge(
+            "ccedge_upstream_healthy",
+            "1 when the node passes its health checks, 0 when it does not.",
+            &["service", "node", "address"],
+        );
+        let health_changes = counter(
+            "ccedge_upstream_health_changes_total",
+            "Health state changes of a node, by the state it changed to.",
+            &["service", "node", "to"],
+        );
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "ccedge_request_duration_seconds",
+                "Time from the request's arrival to the end of its response.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["service"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(duration.clone()))
+            .expect("unique metric");
+        Families {
+            registry,
+            requests,
+            duration,
+            in_flight,
+            websockets,
+            failovers,
+            rate_limited,
+            refused_connections,
+            upstream_up,
+            health_changes,
+        }
+    })
+}
+
+/// Everything in the Prometheus text format.
+pub fn render() -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = TextEncoder::new().encode(&families().registry.gather(), &mut out);
+    out
+}
+
+/// One service's request metrics, labels resolved.
+pub struct ServiceMetrics {
+    /// `[route][class]`, the last route being "none".
+    requests: Vec<[IntCounter; CLASSES.len()]>,
+    duration: Histogram,
+    pub in_flight: IntGauge,
+    pub websockets: IntGauge,
+    pub failovers: IntCounter,
+    pub rate_limited: IntCounter,
+}
+
+impl ServiceMetrics {
+    pub fn new(service: &str, routes: &[&str]) -> ServiceMetrics {
+        let f = families();
+        let requests = routes
+            .iter()
+            .chain(std::iter::once(&NO_ROUTE))
+            .map(|route| {
+                CLASSES.map(|class| f.requests.with_label_values(&[service, route, class]))
+            })
+            .collect();
+        ServiceMetrics {
+            requests,
+            duration: f.duration.with_label_values(&[service]),
+            in_flight: f.in_flight.with_label_values(&[service]),
+            websockets: f.websockets.with_label_values(&[service]),
+            failovers: f.failovers.with_label_values(&[service]),
+            rate_limited: f.rate_limited.with_label_values(&[service]),
+        }
+    }
+
+    /// Counts one finished request.
+    pub fn finish(&self, route: Option<usize>, status: u16, elapsed: Duration) {
+        let route = route
+            .unwrap_or(self.requests.len() - 1)
+            .min(self.requests.len() - 1);
+        let class = usize::from(status / 100).min(CLASSES.len() - 1);
+        self.requests[route][class].inc();
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+}
+
+pub fn connection_refused(service: &str) {
+    families()
+        .refused_connections
+        .with_label_values(&[service])
+        .inc();
+}
+
+pub fn upstream_health(service: &str, node: &str, address: &str, healthy: bool) {
+    families()
+        .upstream_up
+        .with_label_values(&[service, node, address])
+        .set(i64::from(healthy));
+}
+
+pub fn health_change(service: &str, node: &str, healthy: bool) {
+    let to = if healthy { "healthy" } else { "unhealthy" };
+    families()
+        .health_changes
+        .with_label_values(&[service, node, to])
+        .inc();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_by_route_and_class() {
+        let m = ServiceMetrics::new("metrics-test", &["default", "publisher_only"]);
+        m.finish(Some(0), 200, Duration::from_millis(3));
+        m.finish(Some(1), 503, Duration::from_millis(1));
+        m.finish(None, 421, Duration::from_millis(1));
+        m.finish(None, 0, Duration::from_millis(1));
+        let text = String::from_utf8(render()).unwrap();
+        for line in [
+            "ccedge_requests_total{route=\"default\",service=\"metrics-test\",status=\"2xx\"} 1",
+            "ccedge_requests_total{route=\"publisher_only\",service=\"metrics-test\",status=\"5xx\"} 1",
+            "ccedge_requests_total{route=\"none\",service=\"metrics-test\",status=\"4xx\"} 1",
+            "ccedge_requests_total{route=\"none\",service=\"metrics-test\",status=\"none\"} 1",
+            "ccedge_request_duration_seconds_count{service=\"metrics-test\"} 4",
+        ] {
+            assert!(text.contains(line), "missing {line}");
+        }
+    }
+}

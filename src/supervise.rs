@@ -1,0 +1,380 @@
+//! `ccedge supervise`: a small parent (PID 1 in a container, the main process under systemd)
+//! that runs the server as its child and turns SIGHUP into a graceful reload — a new server
+//! started in Pingora upgrade mode takes over the listening sockets, then the old one drains —
+//! and SIGTERM into a graceful stop. `ccedge reload` validates a file and asks the supervisor.
+//!
+//! The supervisor keeps a small JSON state file next to `server.pid_file` (`<pid_file>.json`)
+//! saying which server process is current and how the last reload went.
+
+use crate::config::{self, Config};
+use crate::process;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+use tokio::signal::unix::{signal, SignalKind};
+
+/// Environment variable naming the file a supervised server writes its pid to once it runs.
+pub const READY_FILE_ENV: &str = "CCEDGE_READY_FILE";
+
+const POLL: Duration = Duration::from_millis(20);
+/// How long a new server may take to bind the upgrade socket, and then to start serving.
+const SOCKET_WAIT: Duration = Duration::from_secs(10);
+const READY_WAIT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct State {
+    supervisor_pid: u32,
+    config: PathBuf,
+    server_pid: u32,
+    /// Reload attempts so far (successful or not).
+    reloads: u64,
+    last_reload: Option<Outcome>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Outcome {
+    ok: bool,
+    message: String,
+    at: String,
+}
+
+fn state_file(config: &Config) -> PathBuf {
+    PathBuf::from(format!("{}.json", config.server.pid_file))
+}
+
+fn read_state(path: &Path) -> Option<State> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+fn alive(pid: u32) -> bool {
+    i32::try_from(pid).is_ok_and(|pid| kill(Pid::from_raw(pid), None).is_ok())
+}
+
+fn send(pid: u32, signal: Signal) {
+    if let Ok(raw) = i32::try_from(pid) {
+        if let Err(e) = kill(Pid::from_raw(raw), signal) {
+            log::warn!("supervisor: could not send {signal} to {pid}: {e}");
+        }
+    }
+}
+
+/// Runs the supervisor until a stop signal or until the serving process dies.
+pub fn supervise(file: &Path, config: Config) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ccedge: cannot start the supervisor: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        match Supervisor::start(file, config).await {
+            Ok(mut s) => s.run().await,
+            Err(e) => {
+                log::error!("supervisor: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+struct Supervisor {
+    file: PathBuf,
+    config: Config,
+    current: Child,
+    /// Servers that handed over their sockets and are finishing their requests, with their pids.
+    draining: Vec<(u32, Child)>,
+    state: State,
+}
+
+impl Supervisor {
+    async fn start(file: &Path, config: Config) -> Result<Supervisor, String> {
+        let file = std::fs::canonicalize(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        std::fs::write(&config.server.pid_file, format!("{}\n", std::process::id()))
+            .map_err(|e| format!("cannot write pid file {}: {e}", config.server.pid_file))?;
+        let mut current = spawn(&file, &config, false)?;
+        wait_ready(&mut current, &config).await?;
+        let state = State {
+            supervisor_pid: std::process::id(),
+            config: file.clone(),
+            server_pid: current.id().unwrap_or_default(),
+            reloads: 0,
+            last_reload: None,
+        };
+        log::info!(
+            "supervisor: server {} is serving {}",
+            state.server_pid,
+            file.display()
+        );
+        let supervisor = Supervisor {
+            file,
+            config,
+            current,
+            draining: Vec::new(),
+            state,
+        };
+        supervisor.save();
+        Ok(supervisor)
+    }
+
+    /// Writes the state file (whole, by rename, so a reader never sees half of it).
+    fn save(&self) {
+        let path = state_file(&self.config);
+        let partial = path.with_extension("json.partial");
+        let text = serde_json::to_vec_pretty(&self.state).unwrap_or_default();
+        if let Err(e) =
+            std::fs::write(&partial, text).and_then(|()| std::fs::rename(&partial, &path))
+        {
+            log::warn!("supervisor: cannot write {}: {e}", path.display());
+        }
+    }
+
+    async fn run(&mut self) -> ExitCode {
+        let mut hangup = signal(SignalKind::hangup()).expect("signal handler");
+        let mut terminate = signal(SignalKind::terminate()).expect("signal handler");
+        let mut interrupt = signal(SignalKind::interrupt()).expect("signal handler");
+        let mut quit = signal(SignalKind::quit()).expect("signal handler");
+        let mut child = signal(SignalKind::child()).expect("signal handler");
+        loop {
+            tokio::select! {
+                _ = hangup.recv() => {
+                    if let Err(code) = self.reload().await {
+                        return code;
+                    }
+                }
+                _ = terminate.recv() => return self.stop(Signal::SIGTERM).await,
+                _ = quit.recv() => return self.stop(Signal::SIGTERM).await,
+                _ = interrupt.recv() => return self.stop(Signal::SIGINT).await,
+                _ = child.recv() => {
+                    if let Some(code) = self.reap() {
+                        return code;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Collects finished children. `Some` when the serving process itself has died.
+    fn reap(&mut self) -> Option<ExitCode> {
+        self.draining.retain_mut(|(pid, old)| match old.try_wait() {
+            Ok(Some(status)) => {
+                log::info!("supervisor: previous server {pid} finished ({status})");
+                false
+            }
+            _ => true,
+        });
+        match self.current.try_wait() {
+            Ok(Some(status)) => {
+                log::error!(
+                    "supervisor: server {} exited unexpectedly ({status}); stopping",
+                    self.state.server_pid
+                );
+                for (pid, _) in &self.draining {
+                    send(*pid, Signal::SIGTERM);
+                }
+                Some(ExitCode::from(
+                    status.code().map_or(1, |c| c.clamp(1, 255) as u8),
+                ))
+            }
+            _ => None,
+        }
+    }
+
+    async fn stop(&mut self, how: Signal) -> ExitCode {
+        log::info!("supervisor: stopping ({how})");
+        send(self.state.server_pid, how);
+        for (pid, _) in &self.draining {
+            send(*pid, how);
+        }
+        let _ = self.current.wait().await;
+        for (_, old) in &mut self.draining {
+            let _ = old.wait().await;
+        }
+        for file in [
+            PathBuf::from(&self.config.server.pid_file),
+            state_file(&self.config),
+            ready_file(&self.config),
+        ] {
+            let _ = std::fs::remove_file(file);
+        }
+        ExitCode::SUCCESS
+    }
+
+    /// One reload. `Err` only when the service can no longer be kept up.
+    async fn reload(&mut self) -> Result<(), ExitCode> {
+        self.state.reloads += 1;
+        let outcome = self.try_reload().await;
+        let (ok, message) = match outcome {
+            Ok(message) => (true, message),
+            Err(Failure::Kept(message)) => (false, message),
+            Err(Failure::Lost(message)) => {
+                log::error!("supervisor: {message}; exiting so that the service is restarted");
+                self.state.last_reload = Some(Outcome {
+                    ok: false,
+                    message,
+                    at: crate::access_log::now(),
+                });
+                self.save();
+                return Err(ExitCode::FAILURE);
+            }
+        };
+        if ok {
+            log::info!("supervisor: {message}");
+        } else {
+            log::error!("supervisor: reload refused: {message}");
+        }
+        self.state.last_reload = Some(Outcome {
+            ok,
+            message,
+            at: crate::access_log::now(),
+        });
+        self.save();
+        Ok(())
+    }
+
+    async fn try_reload(&mut self) -> Result<String, Failure> {
+        let config = config::load(&self.file)
+            .map_err(|e| Failure::Kept(format!("configuration rejected:\n{e}")))?;
+        process::check(&config).map_err(Failure::Kept)?;
+        if config.server.upgrade_sock != self.config.server.upgrade_sock
+            || config.server.pid_file != self.config.server.pid_file
+        {
+            return Err(Failure::Kept(
+                "server.upgrade_sock and server.pid_file cannot change in a reload; restart ccedge instead".into(),
+            ));
+        }
+        let socket = PathBuf::from(&config.server.upgrade_sock);
+        let _ = std::fs::remove_file(&socket);
+        let mut next = spawn(&self.file, &config, true).map_err(Failure::Kept)?;
+        let next_pid = next.id().unwrap_or_default();
+        // The new server is ready for the sockets once it listens on the upgrade socket.
+        let deadline = Instant::now() + SOCKET_WAIT;
+        while !socket.exists() {
+            if let Ok(Some(status)) = next.try_wait() {
+                return Err(Failure::Kept(format!(
+                    "the new server exited before taking over ({status})"
+                )));
+            }
+            if Instant::now() > deadline {
+                let _ = next.start_kill();
+                return Err(Failure::Kept(
+                    "the new server never opened the upgrade socket".into(),
+                ));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        let old_pid = self.state.server_pid;
+        send(old_pid, Signal::SIGQUIT);
+        if let Err(e) = wait_ready(&mut next, &config).await {
+            return Err(Failure::Lost(format!(
+                "the new server failed after the handover: {e}"
+            )));
+        }
+        let old = std::mem::replace(&mut self.current, next);
+        self.draining.push((old_pid, old));
+        self.state.server_pid = next_pid;
+        self.config = config;
+        Ok(format!(
+            "reloaded {}: server {next_pid} took over from {old_pid}, which finishes its requests within {} s",
+            self.file.display(),
+            self.config.server.grace_period_seconds + self.config.server.graceful_shutdown_timeout_seconds
+        ))
+    }
+}
+
+enum Failure {
+    /// Nothing changed: the running server goes on.
+    Kept(String),
+    /// The old server already handed over and the new one is gone.
+    Lost(String),
+}
+
+fn ready_file(config: &Config) -> PathBuf {
+    PathBuf::from(format!("{}.ready", config.server.pid_file))
+}
+
+fn spawn(file: &Path, config: &Config, upgrade: bool) -> Result<Child, String> {
+    let ready = ready_file(config);
+    let _ = std::fs::remove_file(&ready);
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the ccedge binary: {e}"))?;
+    let mut command = Command::new(exe);
+    if upgrade {
+        command.arg("-u");
+    }
+    command.arg("-c").arg(file).env(READY_FILE_ENV, &ready);
+    command
+        .spawn()
+        .map_err(|e| format!("cannot start the server: {e}"))
+}
+
+/// Waits until `child` reports it is serving (its pid in the ready file).
+async fn wait_ready(child: &mut Child, config: &Config) -> Result<(), String> {
+    let pid = child.id().unwrap_or_default().to_string();
+    let ready = ready_file(config);
+    let deadline = Instant::now() + READY_WAIT;
+    loop {
+        if std::fs::read_to_string(&ready).is_ok_and(|p| p.trim() == pid) {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("server exited during start ({status})"));
+        }
+        if Instant::now() > deadline {
+            return Err("server did not start serving in time".into());
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// `ccedge reload -c FILE`: asks the running supervisor to reload (after `FILE` passed the
+/// checks of `-t`) and reports how it went.
+pub fn reload(file: &Path, config: &Config) -> ExitCode {
+    let path = state_file(config);
+    let Some(state) = read_state(&path).filter(|s| alive(s.supervisor_pid)) else {
+        eprintln!(
+            "ccedge: no ccedge supervisor is running for {} (no live state in {}); \
+             start ccedge with `ccedge supervise -c FILE` to reload without dropping requests",
+            file.display(),
+            path.display()
+        );
+        return ExitCode::FAILURE;
+    };
+    let file = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+    if state.config != file {
+        eprintln!(
+            "ccedge: the running supervisor serves {}, not {}; edit that file and reload it",
+            state.config.display(),
+            file.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    send(state.supervisor_pid, Signal::SIGHUP);
+    let deadline = Instant::now() + SOCKET_WAIT + READY_WAIT;
+    while Instant::now() < deadline {
+        std::thread::sleep(POLL);
+        if let Some(now) = read_state(&path).filter(|s| s.reloads > state.reloads) {
+            return match now.last_reload {
+                Some(Outcome {
+                    ok: true, message, ..
+                }) => {
+                    println!("ccedge: {message}");
+                    ExitCode::SUCCESS
+                }
+                Some(Outcome { message, .. }) => {
+                    eprintln!("ccedge: reload failed: {message}");
+                    ExitCode::FAILURE
+                }
+                None => ExitCode::FAILURE,
+            };
+        }
+    }
+    eprintln!("ccedge: the supervisor did not report on the reload; see its log");
+    ExitCode::FAILURE
+}
