@@ -3,30 +3,39 @@
 SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-# Debian/Ubuntu packages the build and the tests need (cmake: zlib-ng via flate2; libssl-dev and
-# pkg-config: OpenSSL is linked from the system; curl and openssl: the integration tests' clients).
-APT_PACKAGES := build-essential cmake pkg-config libssl-dev curl openssl ca-certificates procps
+# Debian/Ubuntu packages the build needs (cmake: zlib-ng via flate2; libssl-dev and pkg-config:
+# OpenSSL is linked from the system; curl: the demo's client and rustup).
+APT_PACKAGES := build-essential cmake pkg-config libssl-dev curl ca-certificates
+# ... and the tests (openssl: TLS handshakes; procps: kill; prometheus: promtool checks /metrics).
+TEST_PACKAGES := openssl procps prometheus
 
 DEMO_DIR := target/demo
 CURL_DEMO := curl --cacert $(DEMO_DIR)/ca.crt
 
-.PHONY: deps run test lint build
+.PHONY: deps test-deps packages run test lint build
 
 deps:
-	@if command -v dpkg >/dev/null 2>&1; then \
-	  missing=""; \
-	  for pkg in $(APT_PACKAGES); do dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
-	  if [ -n "$$missing" ]; then \
-	    echo "make: installing$$missing"; \
-	    sudo=""; [ "$$(id -u)" -eq 0 ] || sudo=sudo; \
-	    $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $$missing; \
-	  fi; \
-	else \
-	  echo "make: not a Debian/Ubuntu system; install yourself: $(APT_PACKAGES)"; \
-	fi
+	@$(MAKE) --no-print-directory packages PACKAGES="$(APT_PACKAGES)"
 	@command -v cargo >/dev/null 2>&1 || { \
 	  echo "make: installing the Rust toolchain with rustup"; \
 	  curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --component rustfmt,clippy; }
+
+test-deps: deps
+	@$(MAKE) --no-print-directory packages PACKAGES="$(TEST_PACKAGES)"
+
+# Installs the Debian/Ubuntu packages named in PACKAGES that are missing.
+packages:
+	@if command -v dpkg >/dev/null 2>&1; then \
+	  missing=""; \
+	  for pkg in $(PACKAGES); do dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	  if [ -n "$$missing" ]; then \
+	    echo "make: installing$$missing"; \
+	    sudo=""; [ "$$(id -u)" -eq 0 ] || sudo=sudo; \
+	    $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing; \
+	  fi; \
+	else \
+	  echo "make: not a Debian/Ubuntu system; install yourself: $(PACKAGES)"; \
+	fi
 
 build: deps
 	cargo build --release --bin ccedge
@@ -54,7 +63,7 @@ run: deps
 	echo; \
 	./target/release/ccedge -c conf/demo.yaml
 
-test: deps
+test: test-deps
 	cargo test --all-targets
 
 lint: deps

@@ -9,5 +9,6 @@ mod finesse_routing;
 mod finesse_site;
 mod header_policy;
 mod observability;
+mod operations;
 mod process;
 mod tls;

@@ -5,6 +5,7 @@ pub mod client;
 pub mod fixtures;
 pub mod http;
 pub mod proxy;
+pub mod tls_http;
 pub mod upstream;
 pub mod ws;
 

@@ -2,6 +2,7 @@
 
 use super::TestDir;
 use serde_json::Value;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,7 +14,13 @@ pub struct Ccedge {
 }
 
 impl Drop for Ccedge {
+    /// Kills the process and everything it started (its own process group).
     fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -45,6 +52,7 @@ impl Ccedge {
             .stdout(std::fs::File::create(&stdout).unwrap())
             .stderr(std::fs::File::create(&stderr).unwrap())
             .stdin(Stdio::null())
+            .process_group(0)
             .spawn()
             .unwrap();
         let mut proxy = Ccedge {

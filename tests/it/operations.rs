@@ -1,0 +1,417 @@
+//! Running ccedge: the supervisor, reloads that lose no request, node health across a reload,
+//! and the metrics.
+
+use crate::harness::fixtures::{args, Digital};
+use crate::harness::tls_http::{Proto, TlsClient};
+use crate::harness::upstream::{full, Handler};
+use crate::harness::ws::{self, EchoLog};
+use crate::harness::{binary, curl, free_port, Ca, Ccedge, TestDir, Upstream};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+const HOST: &str = "finesse1.example.com";
+
+/// The `server:` block of a supervised ccedge: short drains so the test ends soon.
+fn server_block(dir: &TestDir, admin: u16) -> String {
+    let d = dir.path.display();
+    format!(
+        "server:\n  threads: 2\n  pid_file: {d}/ccedge.pid\n  upgrade_sock: {d}/upgrade.sock\n  \
+         grace_period_seconds: 3\n  graceful_shutdown_timeout_seconds: 2\n  access_log: {d}/access.log\n  \
+         admin:\n    listen: 127.0.0.1:{admin}\n"
+    )
+}
+
+/// Answers JSON naming the node for HTTP, echoes WebSockets.
+fn node(name: &'static str, log: Arc<EchoLog>) -> Handler {
+    let websocket = ws::echo_handler(log);
+    Arc::new(move |req| {
+        if req.headers().contains_key("sec-websocket-key") {
+            return websocket(req);
+        }
+        Box::pin(async move {
+            hyper::Response::builder()
+                .header("Content-Type", "application/json")
+                .body(full(format!("{{\"node\":\"{name}\"}}")))
+                .unwrap()
+        })
+    })
+}
+
+/// Waits until new connections are answered by `node` only (the old process has let go).
+async fn answered_by(ca: &Ca, port: u16, node: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut in_a_row = 0;
+    while in_a_row < 5 {
+        let (_, body) = TlsClient::new(HOST, port, &ca.pem, Proto::H1)
+            .get("/")
+            .await
+            .unwrap();
+        in_a_row = if body.contains(&format!("\"{node}\"")) {
+            in_a_row + 1
+        } else {
+            0
+        };
+        assert!(Instant::now() < deadline, "{node} never took over: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn reload(config: &std::path::Path) -> (bool, String) {
+    let out = tokio::process::Command::new(binary())
+        .args(["reload", "-c", config.to_str().unwrap()])
+        .output()
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The server process the supervisor has as current.
+fn supervised_server(dir: &TestDir) -> u64 {
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("ccedge.pid.json")).unwrap()).unwrap();
+    state["server_pid"].as_u64().unwrap()
+}
+
+async fn server_pid(admin: u16) -> u64 {
+    let reply = curl(&[&format!("http://127.0.0.1:{admin}/status")])
+        .await
+        .unwrap();
+    serde_json::from_str::<Value>(&reply.body).unwrap()["pid"]
+        .as_u64()
+        .unwrap()
+}
+
+/// A client loop that runs until `stop`, returning every failure it saw and the nodes that
+/// answered.
+fn steady(
+    mut client: TlsClient,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(Vec<String>, Vec<String>, TlsClient)> {
+    tokio::spawn(async move {
+        let (mut failures, mut nodes) = (Vec::new(), Vec::new());
+        let mut n = 0;
+        while !stop.load(Ordering::SeqCst) {
+            n += 1;
+            match client.get(&format!("/api/ping?n={n}")).await {
+                Ok((200, body)) => {
+                    let answer: Value = serde_json::from_str(&body).unwrap_or_default();
+                    let node = answer["node"].as_str().unwrap_or("?").to_string();
+                    if nodes.last() != Some(&node) {
+                        nodes.push(node);
+                    }
+                }
+                Ok((status, body)) => failures.push(format!("request {n}: {status} {body}")),
+                Err(e) => failures.push(format!("request {n}: {e}")),
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        (failures, nodes, client)
+    })
+}
+
+#[tokio::test]
+async fn reloads_lose_no_request_and_apply_the_new_configuration() {
+    let dir = TestDir::new("reload-steady");
+    let ca = Ca::new("reload");
+    ca.write(&dir.join("ca.crt"));
+    let cert = ca.server(&dir.path, "proxy", &[HOST]);
+    let log = Arc::new(EchoLog::default());
+    let a = Upstream::custom("a", node("a", log.clone())).await;
+    let b = Upstream::custom("b", node("b", log.clone())).await;
+    let (port, extra, admin) = (free_port(), free_port(), free_port());
+    let config = |upstream: &Upstream, with_extra: bool| {
+        let mut yaml = format!(
+            "{server}finesse:\n  - name: desktop\n    bind: 127.0.0.1\n    rate_limits: []\n    tls:\n      cert: {c}\n      key: {k}\n    \
+             servers:\n      - public: {HOST}:{port}\n        upstream: {u}\n",
+            server = server_block(&dir, admin),
+            c = cert.cert.display(),
+            k = cert.key.display(),
+            u = upstream.authority(),
+        );
+        if with_extra {
+            yaml.push_str(&format!(
+                "      - public: {HOST}:{extra}\n        upstream: {}\n",
+                b.authority()
+            ));
+        }
+        yaml
+    };
+    let file = dir.join("ccedge.yaml");
+    let _supervisor = Ccedge::launch(
+        &dir,
+        "ccedge",
+        &config(&a, false),
+        &["supervise"],
+        &[port, admin],
+    )
+    .await;
+
+    let mut socket = ws::connect(HOST, port, "/ws", &ca.pem).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let h1 = steady(TlsClient::new(HOST, port, &ca.pem, Proto::H1), stop.clone());
+    let h2 = steady(TlsClient::new(HOST, port, &ca.pem, Proto::H2), stop.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // 1: another upstream and a new listener.
+    std::fs::write(&file, config(&b, true)).unwrap();
+    let (ok, said) = reload(&file).await;
+    let reloaded = Instant::now();
+    assert!(ok, "{said}");
+    assert!(said.contains("took over from"), "{said}");
+    socket
+        .send(Message::text("right after the reload"))
+        .await
+        .unwrap();
+    assert_eq!(
+        socket.next().await.unwrap().unwrap(),
+        Message::text("right after the reload")
+    );
+    // The old process accepts on the shared sockets for a few seconds more; then only the new.
+    answered_by(&ca, port, "b").await;
+    let added = TlsClient::new(HOST, extra, &ca.pem, Proto::H1)
+        .get("/")
+        .await
+        .unwrap();
+    assert_eq!(added.0, 200, "the added listener does not serve");
+    socket
+        .send(Message::text("old process draining"))
+        .await
+        .unwrap();
+    assert_eq!(
+        socket.next().await.unwrap().unwrap(),
+        Message::text("old process draining")
+    );
+    // Once its grace period is over, the old process ends the WebSocket it was carrying.
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(Ok(_)) = socket.next().await {}
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the old process never let go of its WebSocket"
+    );
+    assert!(
+        reloaded.elapsed() >= Duration::from_secs(3),
+        "ended before the grace period"
+    );
+
+    // 2: back to the first upstream, the extra listener gone.
+    std::fs::write(&file, config(&a, false)).unwrap();
+    let (ok, said) = reload(&file).await;
+    assert!(ok, "{said}");
+    answered_by(&ca, port, "a").await;
+
+    // 3: the same file again.
+    let (ok, said) = reload(&file).await;
+    assert!(ok, "{said}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while TlsClient::new(HOST, extra, &ca.pem, Proto::H1)
+        .get("/")
+        .await
+        .is_ok()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the removed listener still answers"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A broken file changes nothing.
+    let serving = supervised_server(&dir);
+    std::fs::write(
+        &file,
+        config(&a, false).replace(&a.authority(), "not-an-address"),
+    )
+    .unwrap();
+    let (ok, said) = reload(&file).await;
+    assert!(!ok, "{said}");
+    assert!(
+        said.contains("ccedge.yaml:") && said.contains("is not host:port"),
+        "{said}"
+    );
+    assert_eq!(supervised_server(&dir), serving);
+    answered_by(&ca, port, "a").await;
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    for (name, task) in [("HTTP/1.1", h1), ("HTTP/2", h2)] {
+        let (failures, nodes, client) = task.await.unwrap();
+        assert!(failures.is_empty(), "{name}: {failures:#?}");
+        assert_eq!(nodes, ["a", "b", "a"], "{name}: answered by {nodes:?}");
+        // The old process closes its idle keep-alive connections when it stops accepting;
+        // a client sends its next request again on a new one (as browsers do).
+        assert!(
+            client.resent <= 10,
+            "{name}: {} requests sent again",
+            client.resent
+        );
+    }
+}
+
+#[tokio::test]
+async fn supervisor_refuses_a_broken_file_on_sighup_and_stops_on_sigterm() {
+    let dir = TestDir::new("supervise-hup");
+    let publisher = Upstream::plain("publisher").await;
+    let (port, admin) = (free_port(), free_port());
+    let yaml = format!(
+        "{server}digital_channels:\n  - name: cc\n    listen: 127.0.0.1:{port}\n    public: dc.example.com:443\n    \
+         publisher: {p}\n    subscriber: {p}\n",
+        server = server_block(&dir, admin),
+        p = publisher.authority()
+    );
+    let mut supervisor =
+        Ccedge::launch(&dir, "ccedge", &yaml, &["supervise"], &[port, admin]).await;
+    let health = std::process::Command::new(binary())
+        .args(["health", "-c", dir.join("ccedge.yaml").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        health.status.success(),
+        "{}",
+        String::from_utf8_lossy(&health.stderr)
+    );
+    let serving = server_pid(admin).await;
+    std::fs::write(
+        dir.join("ccedge.yaml"),
+        yaml.replace("public: dc.example.com:443", "public: [oops"),
+    )
+    .unwrap();
+    supervisor.signal("HUP");
+    supervisor
+        .wait_stderr("supervisor: reload refused: configuration rejected")
+        .await;
+    assert_eq!(server_pid(admin).await, serving);
+    let reply = curl(&[&format!("http://127.0.0.1:{port}/x")])
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200);
+
+    supervisor.signal("TERM");
+    assert_eq!(supervisor.wait_exit(15).await, Some(0));
+    assert!(!dir.join("ccedge.pid").exists(), "pid file left behind");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{serving}")).exists(),
+        "server left running"
+    );
+
+    let none = std::process::Command::new(binary())
+        .args(["reload", "-c", dir.join("ccedge.yaml").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(none.status.code(), Some(1));
+}
+
+#[tokio::test]
+async fn a_node_down_before_a_reload_gets_no_traffic_after_it() {
+    let dir = TestDir::new("reload-health");
+    let publisher = Upstream::plain("publisher").await;
+    let subscriber = Upstream::plain("subscriber").await;
+    let (port, admin) = (free_port(), free_port());
+    let yaml = format!(
+        "{server}digital_channels:\n  - name: cc\n    listen: 127.0.0.1:{port}\n    public: dc.example.com:443\n    \
+         publisher: {p}\n    subscriber: {s}\n    health_check:\n      interval_ms: 3000\n      timeout_ms: 500\n      \
+         rise: 1\n      fall: 1\n",
+        server = server_block(&dir, admin),
+        p = publisher.authority(),
+        s = subscriber.authority()
+    );
+    let supervisor = Ccedge::launch(&dir, "ccedge", &yaml, &["supervise"], &[port, admin]).await;
+    publisher.stop().await;
+    supervisor.wait_stderr("healthy -> unhealthy").await;
+    let (ok, said) = reload(&dir.join("ccedge.yaml")).await;
+    assert!(ok, "{said}");
+    supervisor
+        .wait_stderr("was down in the previous process")
+        .await;
+    let reply = curl(&[
+        "-H",
+        "TrackingID: after-reload",
+        &format!("http://127.0.0.1:{port}/drapi/v1/tasks"),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(reply.echo().node(), "subscriber");
+    let line = supervisor.log_entry("after-reload").await;
+    assert_eq!(
+        line["attempts"], 1,
+        "the new process tried the dead publisher: {line}"
+    );
+}
+
+#[tokio::test]
+async fn metrics_parse_with_promtool_and_count_what_happened() {
+    let rules = "    rate_limits:\n      - path_prefix: /limited/\n        per_second: 1\n        burst: 0\n";
+    let dc = Digital::start("metrics", rules).await;
+    for path in [
+        "/drapi/v1/tasks",
+        "/drapi/v1/tasks",
+        "/dataconn/status",
+        "/limited/",
+        "/limited/",
+        "/limited/",
+    ] {
+        curl(&args(&[], &dc.url(path))).await.unwrap();
+    }
+    let text = curl(&[&format!("http://127.0.0.1:{}/metrics", dc.admin)])
+        .await
+        .unwrap()
+        .body;
+    let checked = tokio::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) is installed");
+    let mut checked = checked;
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = checked.stdin.take().unwrap();
+        stdin.write_all(text.as_bytes()).await.unwrap();
+    }
+    let out = checked.wait_with_output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let value = |line: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(line).map(|v| v.trim().parse().unwrap()))
+            .unwrap_or_else(|| panic!("no {line} in:\n{text}"))
+    };
+    assert_eq!(
+        value("ccedge_requests_total{route=\"default\",service=\"cc\",status=\"2xx\"}"),
+        3.0
+    );
+    assert_eq!(
+        value("ccedge_requests_total{route=\"publisher_only\",service=\"cc\",status=\"2xx\"}"),
+        1.0
+    );
+    assert_eq!(value("ccedge_rate_limited_total{service=\"cc\"}"), 2.0);
+    assert_eq!(
+        value("ccedge_requests_total{route=\"default\",service=\"cc\",status=\"4xx\"}"),
+        2.0
+    );
+    assert_eq!(value("ccedge_requests_in_flight{service=\"cc\"}"), 0.0);
+    let publisher = format!(
+        "ccedge_upstream_healthy{{address=\"{}\",node=\"publisher\",service=\"cc\"}}",
+        dc.publisher.authority()
+    );
+    assert_eq!(value(&publisher), 1.0);
+    assert_eq!(
+        value("ccedge_request_duration_seconds_count{service=\"cc\"}"),
+        6.0
+    );
+}
