@@ -12,7 +12,7 @@ TEST_PACKAGES := openssl procps prometheus
 DEMO_DIR := target/demo
 CURL_DEMO := curl --cacert $(DEMO_DIR)/ca.crt
 
-.PHONY: deps test-deps packages run test lint build
+.PHONY: deps test-deps packages run test lint build image-test
 
 deps:
 	@$(MAKE) --no-print-directory packages PACKAGES="$(APT_PACKAGES)"
@@ -69,3 +69,9 @@ test: test-deps
 lint: deps
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
+
+# Builds the container image with podman and checks it: serves, runs as non-root, reloads on
+# SIGHUP, stops gracefully.
+image-test: deps
+	@$(MAKE) --no-print-directory packages PACKAGES="podman runc debootstrap"
+	bash docker/image-test.sh
