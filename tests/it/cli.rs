@@ -125,3 +125,60 @@ fn unusable_upstream_certificates_stop_the_start() {
         "{stderr}"
     );
 }
+
+/// Copies `conf/NAME` into `dir`, pointing its certificate paths at files made there.
+fn conf_example(dir: &TestDir, name: &str) -> PathBuf {
+    let text = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("conf")
+            .join(name),
+    )
+    .unwrap();
+    let tls = dir.join("tls");
+    std::fs::create_dir_all(&tls).unwrap();
+    let ca = Ca::new(name);
+    for word in text.split_whitespace() {
+        let Some(file) = word.strip_prefix("/etc/ccedge/tls/") else {
+            continue;
+        };
+        let file = file.trim_end_matches(['}', ',']);
+        if file.ends_with("-ca.pem") {
+            ca.write(&tls.join(file));
+        } else if let Some(stem) = file.strip_suffix(".crt") {
+            ca.server(&tls, stem, &["example.com"]);
+        }
+    }
+    dir.write(
+        name,
+        &text.replace("/etc/ccedge/tls/", &format!("{}/", tls.display())),
+    )
+}
+
+#[test]
+fn example_configurations_in_conf_are_valid() {
+    for name in ["digital-channels.yaml", "vpnless-finesse.yaml", "both.yaml"] {
+        let dir = TestDir::new("conf-example");
+        let file = conf_example(&dir, name);
+        let out = run(&["-t", "-c", file.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let dir = TestDir::new("conf-demo");
+    let demo =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("conf/demo.yaml"))
+            .unwrap();
+    let certs = dir.join("target/demo");
+    std::fs::create_dir_all(&certs).unwrap();
+    Ca::new("demo").server(&certs, "proxy", &["dc.example.com"]);
+    std::fs::create_dir_all(dir.join("conf")).unwrap();
+    let file = dir.write("conf/demo.yaml", &demo);
+    let out = run(&["-t", "-c", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "demo.yaml: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
