@@ -225,7 +225,11 @@ impl ProxyHttp for DigitalProxy {
         let idempotent = session.req_header().method.is_idempotent()
             && !session.as_ref().retry_buffer_truncated();
         let mut e = e.more_context(format!("Peer: {peer}"));
-        if idempotent && ctx.upstream_status.is_none() && self.channel.may_fail_over(ctx) {
+        let node_failed = e.esource() == &pingora::ErrorSource::Upstream;
+        if !node_failed {
+            // The client went away, or sent something wrong: no other node can help.
+            e.set_retry(false);
+        } else if idempotent && ctx.upstream_status.is_none() && self.channel.may_fail_over(ctx) {
             // Nothing came back: the node went away under this request. Ask the other one.
             ctx.failed_node = ctx.upstream;
             self.channel.front.metrics.failovers.inc();

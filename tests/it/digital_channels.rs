@@ -311,6 +311,25 @@ async fn upstream_read_and_client_keepalive_timeouts_apply() {
     );
 }
 
+#[tokio::test]
+async fn a_client_that_hangs_up_is_not_replayed_on_the_subscriber() {
+    use tokio::io::AsyncWriteExt;
+    let cc = Cc::start("dc-hangup", "").await;
+    let mut tcp = tokio::net::TcpStream::connect(cc.addr()).await.unwrap();
+    tcp.write_all(b"GET /slow/600 HTTP/1.1\r\nHost: dc.example.com\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    drop(tcp);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(cc.publisher.paths(), vec!["/slow/600".to_string()]);
+    assert!(
+        cc.subscriber.paths().is_empty(),
+        "replayed: {:?}",
+        cc.subscriber.paths()
+    );
+}
+
 /// A digital channel over mTLS to TLS upstreams that demand a client certificate from `ca`.
 async fn mtls(name: &str, with_identity: bool) -> (TestDir, Upstream, Upstream, Ccedge, u16, u16) {
     let dir = TestDir::new(name);
