@@ -42,6 +42,7 @@ enum Message {
 }
 
 pub struct AccessLog {
+    enabled: bool,
     output: Mutex<Option<Box<dyn Write + Send>>>,
     sender: OnceLock<Option<SyncSender<Message>>>,
     worker: Mutex<Option<JoinHandle<()>>>,
@@ -64,6 +65,7 @@ impl AccessLog {
             )),
         };
         Ok(AccessLog {
+            enabled: output.is_some(),
             output: Mutex::new(output),
             sender: OnceLock::new(),
             worker: Mutex::new(None),
@@ -98,15 +100,30 @@ impl AccessLog {
         Some(sender)
     }
 
-    /// Writes out everything queued so far and stops the writer (at process exit).
+    /// Writes out everything queued so far and stops the writer (at process exit). Waits at
+    /// most a few seconds: a destination that does not take writes must not hold the exit.
     pub fn close(&self) {
-        if let Some(Some(sender)) = self.sender.get() {
-            let _ = sender.send(Message::Stop);
+        let Some(Some(sender)) = self.sender.get() else {
+            return;
+        };
+        if sender.try_send(Message::Stop).is_err() {
+            return;
         }
-        let handle = self.worker.lock().ok().and_then(|mut w| w.take());
-        if let Some(handle) = handle {
+        let Some(handle) = self.worker.lock().ok().and_then(|mut w| w.take()) else {
+            return;
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !handle.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        if handle.is_finished() {
             let _ = handle.join();
         }
+    }
+
+    /// Whether lines are written at all (`access_log: off` writes none).
+    pub fn enabled(&self) -> bool {
+        self.enabled
     }
 }
 

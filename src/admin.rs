@@ -79,11 +79,11 @@ impl ServeHttp for Admin {
     }
 }
 
-/// `ccedge health`: asks the admin listener for `/healthz`.
-pub fn probe(config: &crate::config::Config) -> std::process::ExitCode {
+/// `ccedge health`: asks the admin listener at `admin` for `/healthz`.
+pub fn probe(admin: Option<std::net::SocketAddr>) -> std::process::ExitCode {
     use std::io::{Read, Write};
     use std::process::ExitCode;
-    let Some(mut addr) = config.server.admin else {
+    let Some(mut addr) = admin else {
         eprintln!("ccedge: health needs server.admin.listen in the configuration");
         return ExitCode::FAILURE;
     };

@@ -124,6 +124,10 @@ impl DigitalChannel {
             )),
             _ => match [PUBLISHER, SUBSCRIBER].into_iter().find(|n| usable(*n)) {
                 Some(node) => Ok(node),
+                None if ctx.failed_node.is_some() => Err(ctx.refuse(
+                    502,
+                    "the Cloud Connect node chosen could not be reached and the other one is down",
+                )),
                 None => Err(ctx.refuse(
                     503,
                     "no Cloud Connect node is available: publisher and subscriber are both down",
@@ -188,13 +192,18 @@ impl ProxyHttp for DigitalProxy {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut Exchange,
     ) -> pingora::Result<Box<HttpPeer>> {
-        let node = self.channel.choose(ctx)?;
-        ctx.upstream = Some(node);
-        ctx.attempts += 1;
-        Ok(Box::new(self.channel.peers[node].clone()))
+        let ch = &self.channel;
+        let node = ch.choose(ctx)?;
+        ctx.attempt(node);
+        let websocket = headers::is_websocket_upgrade(session.req_header());
+        Ok(upstream::for_request(
+            &ch.peers[node],
+            websocket,
+            &ch.front.limits,
+        ))
     }
 
     fn fail_to_connect(
@@ -260,9 +269,7 @@ impl ProxyHttp for DigitalProxy {
         req: &mut RequestHeader,
         ctx: &mut Exchange,
     ) -> pingora::Result<()> {
-        let (Some(client), Some(tid)) = (ctx.client.as_ref(), ctx.tracking_id.as_ref()) else {
-            return Ok(());
-        };
+        let (client, tid) = ctx.identity()?;
         headers::apply_request(
             req,
             &self.channel.route_headers,

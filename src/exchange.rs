@@ -59,6 +59,24 @@ impl Exchange {
         }
     }
 
+    /// Records that `node` is tried next (a request body is counted again on a retry).
+    pub fn attempt(&mut self, node: usize) {
+        self.upstream = Some(node);
+        self.attempts += 1;
+        self.body_bytes = 0;
+    }
+
+    /// The client and TrackingID, which every request has once `Front::begin` ran.
+    pub fn identity(&self) -> pingora::Result<(&ClientIdentity, &HeaderValue)> {
+        match (&self.client, &self.tracking_id) {
+            (Some(client), Some(tid)) => Ok((client, tid)),
+            _ => pingora::Error::e_explain(
+                pingora::ErrorType::InternalError,
+                "request reached the upstream without a client identity",
+            ),
+        }
+    }
+
     /// Refuses the request with `status` and `message` (sent and logged).
     pub fn refuse(&mut self, status: u16, message: impl Into<String>) -> Box<pingora::Error> {
         self.refusal = Some(message.into());
@@ -110,7 +128,7 @@ impl Front {
     /// `Ok(true)`: the request was answered here (429 or 413) and must not go further.
     pub async fn admit(&self, session: &mut Session, ctx: &mut Exchange) -> pingora::Result<bool> {
         session.set_keepalive(Some(self.limits.keepalive_timeout.as_secs().max(1)));
-        let read_timeout = if session.is_upgrade_req() {
+        let read_timeout = if crate::headers::is_websocket_upgrade(session.req_header()) {
             self.limits.websocket_idle_timeout
         } else {
             self.limits.client_header_timeout
@@ -188,7 +206,9 @@ impl Front {
         }
         self.metrics
             .finish(ctx.route, status, ctx.started.elapsed());
-        self.write_log(session, ctx, status, labels, error);
+        if self.log.enabled() {
+            self.write_log(session, ctx, status, labels, error);
+        }
     }
 
     fn write_log(
@@ -218,8 +238,9 @@ impl Front {
                 .headers
                 .get(http::header::HOST)
                 .and_then(|h| h.to_str().ok())
-                .or_else(|| req.uri.authority().map(|a| a.as_str())),
-            path: req.uri.path(),
+                .or_else(|| req.uri.authority().map(|a| a.as_str()))
+                .map(clip),
+            path: clip(req.uri.path()),
             protocol,
             status,
             bytes_sent: session.body_bytes_sent(),
@@ -241,6 +262,21 @@ impl Front {
             },
         });
     }
+}
+
+/// Longest value a client controls that goes into a log line.
+const LOGGED_MAX: usize = 1024;
+
+/// `text` cut to at most `LOGGED_MAX` bytes (at a character boundary).
+fn clip(text: &str) -> &str {
+    if text.len() <= LOGGED_MAX {
+        return text;
+    }
+    let mut end = LOGGED_MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// Names used in the access-log line, resolved by the service from the exchange's indexes.
@@ -295,5 +331,19 @@ pub async fn on_failure(session: &mut Session, e: &pingora::Error, ctx: &Exchang
     FailToProxy {
         error_code: code,
         can_reuse_downstream: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clip_keeps_short_text_and_cuts_long_text_at_a_character() {
+        assert_eq!(clip("/desktop/"), "/desktop/");
+        let long = "é".repeat(LOGGED_MAX);
+        let cut = clip(&long);
+        assert!(cut.len() <= LOGGED_MAX && cut.len() >= LOGGED_MAX - 1);
+        assert!(cut.chars().all(|c| c == 'é'));
     }
 }

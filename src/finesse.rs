@@ -129,10 +129,11 @@ impl FinesseSite {
         }
     }
 
-    /// Prepares the body rewrite for a response (and adjusts its headers), if one applies.
+    /// Prepares the body rewrite for a response to `req` (and adjusts its headers), if one
+    /// applies.
     fn rewrite_for(
         &self,
-        path: &str,
+        req: &RequestHeader,
         resp: &mut ResponseHeader,
         route: usize,
     ) -> Option<StreamRewrite> {
@@ -147,9 +148,10 @@ impl FinesseSite {
             }
         }
         let status = resp.status.as_u16();
-        if matches!(status, 101 | 204 | 206 | 304) {
+        if matches!(status, 101 | 204 | 206 | 304) || req.method == http::Method::HEAD {
             return None;
         }
+        let path = req.uri.path();
         let content_type = resp
             .headers
             .get(header::CONTENT_TYPE)
@@ -252,12 +254,11 @@ impl ProxyHttp for FinesseProxy {
         let route = ctx
             .route
             .ok_or_else(|| pingora::Error::new(pingora::ErrorType::HTTPStatus(421)))?;
-        ctx.upstream = Some(route);
-        ctx.attempts += 1;
+        ctx.attempt(route);
         let peer = &self.site.routes[route].peer;
         Ok(upstream::for_request(
             peer,
-            session.is_upgrade_req(),
+            headers::is_websocket_upgrade(session.req_header()),
             &self.site.front.limits,
         ))
     }
@@ -281,11 +282,8 @@ impl ProxyHttp for FinesseProxy {
         ctx: &mut FinesseCtx,
     ) -> pingora::Result<()> {
         let ctx = &ctx.exchange;
-        let (Some(route), Some(client), Some(tid)) =
-            (ctx.route, ctx.client.as_ref(), ctx.tracking_id.as_ref())
-        else {
-            return Ok(());
-        };
+        let (client, tid) = ctx.identity()?;
+        let route = ctx.route.unwrap_or_default();
         let headers = &self.site.routes[route].headers;
         headers::apply_request(req, headers, client, exchange::local_ip(session), tid)
     }
@@ -298,8 +296,7 @@ impl ProxyHttp for FinesseProxy {
     ) -> pingora::Result<()> {
         self.site.front.upstream_answered(resp, &mut ctx.exchange);
         if let Some(route) = ctx.exchange.route {
-            let path = session.req_header().uri.path();
-            ctx.rewrite = self.site.rewrite_for(path, resp, route);
+            ctx.rewrite = self.site.rewrite_for(session.req_header(), resp, route);
         }
         Ok(())
     }

@@ -39,10 +39,18 @@ impl RouteHeaders {
     }
 }
 
-/// The client's `TrackingID` if it sent a non-empty one, else a new `CCEDGE_<uuid>`.
+/// Longest client TrackingID passed through (the vendor's `sendertype_uuid` is about 50 bytes).
+const TRACKING_ID_MAX: usize = 256;
+
+/// The client's `TrackingID` when it sent a usable one (1 to 256 visible ASCII characters),
+/// else a new `CCEDGE_<uuid>`.
 pub fn tracking_id(headers: &HeaderMap) -> HeaderValue {
     if let Some(v) = headers.get(TRACKING_ID) {
-        if !v.is_empty() {
+        let bytes = v.as_bytes();
+        if !bytes.is_empty()
+            && bytes.len() <= TRACKING_ID_MAX
+            && bytes.iter().all(|b| b.is_ascii_graphic())
+        {
             return v.clone();
         }
     }
@@ -79,9 +87,11 @@ pub fn apply_request(
         req.remove_header(&header::FORWARDED);
         req.remove_header("x-forwarded-host");
     }
-    let _ = write!(chain, "{}, {}", client.ip, proxy_ip.to_canonical());
+    let start = chain.len();
+    let _ = write!(chain, "{}", client.ip);
+    let ip = HeaderValue::from_str(&chain[start..]).expect("an IP is a header value");
+    let _ = write!(chain, ", {}", proxy_ip.to_canonical());
     req.insert_header("X-Forwarded-For", chain)?;
-    let ip = HeaderValue::from_str(&client.ip.to_string()).expect("an IP is a header value");
     req.insert_header("X-Client-IP", ip.clone())?;
     req.insert_header("X-Real-IP", ip)?;
     req.insert_header("X-Forwarded-Port", route.port.clone())?;
@@ -117,6 +127,21 @@ pub fn absolute_form_path_start(target: &[u8]) -> Option<usize> {
             .position(|b| matches!(b, b'/' | b'?'))
             .map_or(target.len(), |p| authority + p),
     )
+}
+
+/// Whether the request asks for a WebSocket (RFC 6455): an HTTP/1.1 GET with `Upgrade: websocket`
+/// and `Connection: upgrade`.
+pub fn is_websocket_upgrade(req: &RequestHeader) -> bool {
+    let has_token = |name: header::HeaderName, token: &str| {
+        req.headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    req.method == http::Method::GET
+        && req.version == http::Version::HTTP_11
+        && has_token(header::UPGRADE, "websocket")
+        && has_token(header::CONNECTION, "upgrade")
 }
 
 /// The authority of an absolute-form target, if the target is one.
@@ -259,6 +284,53 @@ mod tests {
             Some(&b"a.example.com:8445"[..])
         );
         assert_eq!(absolute_form_authority(b"/a://b"), None);
+    }
+
+    #[test]
+    fn websocket_upgrades_are_recognised() {
+        let ws = request(
+            "/ws",
+            &[
+                ("Upgrade", "WebSocket"),
+                ("Connection", "keep-alive, Upgrade"),
+            ],
+        );
+        assert!(is_websocket_upgrade(&ws));
+        let h2c = request("/", &[("Upgrade", "h2c"), ("Connection", "Upgrade")]);
+        assert!(!is_websocket_upgrade(&h2c));
+        let no_connection = request("/ws", &[("Upgrade", "websocket")]);
+        assert!(!is_websocket_upgrade(&no_connection));
+        let mut post = request(
+            "/ws",
+            &[("Upgrade", "websocket"), ("Connection", "upgrade")],
+        );
+        post.set_method(http::Method::POST);
+        assert!(!is_websocket_upgrade(&post));
+    }
+
+    #[test]
+    fn oversized_or_strange_tracking_ids_are_replaced() {
+        for bad in [
+            "a".repeat(257),
+            "has space".to_string(),
+            "\u{7f}x".to_string(),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(
+                "trackingid",
+                HeaderValue::from_str(&bad).unwrap_or(HeaderValue::from_static("a b")),
+            );
+            assert!(
+                tracking_id(&h).to_str().unwrap().starts_with("CCEDGE_"),
+                "{bad:?}"
+            );
+        }
+        let mut h = HeaderMap::new();
+        h.insert(
+            "trackingid",
+            HeaderValue::from_str(&"a".repeat(256)).unwrap(),
+        );
+        assert_eq!(tracking_id(&h).len(), 256);
     }
 
     #[test]

@@ -47,6 +47,7 @@ struct Record {
 /// traffic until one of its checks passes.
 struct StateFile {
     path: PathBuf,
+    writing: Mutex<()>,
 }
 
 impl StateFile {
@@ -66,7 +67,12 @@ impl StateFile {
                 (address.as_str(), !r.down && !r.held)
             })
             .collect();
-        let partial = self.path.with_extension("partial");
+        // Checks run in parallel and a draining old process may write too: one writer at a time
+        // here, and a temporary file of this process's own, renamed into place whole.
+        let _one_at_a_time = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        let partial = self
+            .path
+            .with_extension(format!("partial.{}", std::process::id()));
         let written = serde_json::to_vec(&usable)
             .map_err(std::io::Error::other)
             .and_then(|bytes| std::fs::write(&partial, bytes))
@@ -129,7 +135,10 @@ pub fn watch(
     GenBackgroundService<LoadBalancer<RoundRobin>>,
 ) {
     let backends: Vec<Backend> = nodes.iter().map(|n| backend(&n.peer)).collect();
-    let state = StateFile { path: state };
+    let state = StateFile {
+        path: state,
+        writing: Mutex::new(()),
+    };
     let before = state.load();
     let held: Arc<Vec<AtomicBool>> = Arc::new(
         nodes

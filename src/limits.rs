@@ -91,7 +91,12 @@ impl RateLimiter {
         };
         let key = (client, index);
         let current = self.rate.observe(&key, 1);
-        let previous = self.rate.rate(&key);
+        // The previous second only matters once this one is past the plain limit.
+        let previous = if current > rule.per_second as isize {
+            self.rate.rate(&key)
+        } else {
+            0.0
+        };
         if admit(rule, previous, current) {
             Ok(())
         } else {

@@ -33,6 +33,16 @@ fn main() -> ExitCode {
         eprintln!("ccedge: -c FILE is required (ccedge --help explains the options)");
         return ExitCode::FAILURE;
     };
+    if let Some(cli::Command::Health) = cli.command {
+        // Only the admin address: a health check must not depend on DNS or certificate files.
+        return match config::admin_address(&file) {
+            Ok(admin) => admin::probe(admin),
+            Err(e) => {
+                eprintln!("ccedge: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let config = match config::load(&file) {
         Ok(config) => config,
         Err(e) => {
@@ -56,8 +66,10 @@ fn main() -> ExitCode {
         }
         Some(cli::Command::Supervise) => return supervise::supervise(&file, config),
         Some(cli::Command::Reload) => return supervise::reload(&file, &config),
-        Some(cli::Command::Health) => return admin::probe(&config),
-        None => {}
+        Some(cli::Command::Health) | None => {}
+    }
+    for warning in process::warnings(&config) {
+        log::warn!("{warning}");
     }
     if cli.test {
         println!(

@@ -36,6 +36,43 @@ fn server_conf(config: &Config, daemon: bool) -> ServerConf {
     }
 }
 
+/// What an operator should know about a valid configuration before it runs.
+pub fn warnings(config: &Config) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let unverified = |tls: Option<&crate::tls::UpstreamTls>| tls.is_some_and(|t| !t.verify);
+    for d in &config.digital {
+        if unverified(d.upstream_tls.as_ref()) {
+            warnings.push(format!(
+                "service {}: upstream_tls.verify is false: Cloud Connect certificates are not checked",
+                d.name
+            ));
+        }
+    }
+    for f in &config.finesse {
+        let servers = f.servers.iter().map(|s| s.upstream_tls.as_ref());
+        if unverified(f.upstream_tls.as_ref()) || servers.into_iter().any(unverified) {
+            warnings.push(format!(
+                "service {}: upstream_tls.verify is false: internal server certificates are not checked",
+                f.name
+            ));
+        }
+        if f.auth.is_some() {
+            warnings.push(format!(
+                "service {}: `auth` is accepted but not enforced by this version of ccedge: \
+                 requests reach the internal servers WITHOUT authentication at the proxy",
+                f.name
+            ));
+        }
+        if f.cache.is_some() {
+            warnings.push(format!(
+                "service {}: `cache` is accepted but not applied by this version of ccedge: nothing is cached",
+                f.name
+            ));
+        }
+    }
+    warnings
+}
+
 /// Everything that can still fail before binding: listener TLS settings.
 pub fn check(config: &Config) -> Result<(), String> {
     let listeners = config
@@ -66,15 +103,13 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
     if let Some(ready) = std::env::var_os(crate::supervise::READY_FILE_ENV) {
         report_running(&server, PathBuf::from(ready));
     }
-    server.bootstrap();
+    // Everything that can fail is built before bootstrap, which in an upgrade takes over the old
+    // process's sockets: past that point the old process no longer accepts connections.
     let conf = server.configuration.clone();
     let log = Arc::new(AccessLog::open(&config.server.access_log)?);
     let mut sources: Vec<Arc<dyn StatusSource>> = Vec::new();
 
     for d in &config.digital {
-        if d.upstream_tls.as_ref().is_some_and(|t| !t.verify) {
-            log::warn!("service {}: upstream_tls.verify is false: Cloud Connect certificates are not checked", d.name);
-        }
         let health_state = PathBuf::from(format!("{}.{}.health", config.server.pid_file, d.name));
         let (channel, checks) = DigitalChannel::new(d, log.clone(), health_state);
         let channel = Arc::new(channel);
@@ -95,14 +130,12 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
         );
     }
     for f in &config.finesse {
-        if f.upstream_tls.as_ref().is_some_and(|t| !t.verify) {
-            log::warn!("service {}: upstream_tls.verify is false: internal server certificates are not checked", f.name);
-        }
         let site = Arc::new(FinesseSite::new(f, log.clone()));
         sources.push(site.clone());
         let mut service = proxy_service(&conf, &f.name, FinesseProxy::new(site));
-        if let Some(filter) = AllowList::new(&f.name, &f.clients.allow) {
-            service.set_connection_filter(Arc::new(filter));
+        let allow = AllowList::new(&f.name, &f.clients.allow).map(Arc::new);
+        if let Some(filter) = &allow {
+            service.set_connection_filter(filter.clone());
         }
         server.add_service(listen(service, &finesse_addrs(f), f.tls.as_ref())?);
         if let Some(map) = &f.proxy_map {
@@ -110,6 +143,9 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
             let mut service =
                 Service::new(format!("{} proxy map", f.name), HttpServer::new_app(app));
             service.threads = Some(1);
+            if let Some(filter) = &allow {
+                service.set_connection_filter(filter.clone());
+            }
             server.add_service(listen(service, &[map.listen], f.tls.as_ref())?);
             let scheme = if f.tls.is_some() { "https" } else { "http" };
             log::info!(
@@ -132,8 +168,9 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
         service.threads = Some(1);
         service.add_tcp(&addr.to_string());
         server.add_service(service);
-        log::info!("admin listener on http://{addr}/ (/healthz, /status)");
+        log::info!("admin listener on http://{addr}/ (/healthz, /status, /metrics)");
     }
+    server.bootstrap();
     server.run(RunArgs::default());
     log.close();
     Ok(())

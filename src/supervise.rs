@@ -250,6 +250,14 @@ impl Supervisor {
                 "server.upgrade_sock and server.pid_file cannot change in a reload; restart ccedge instead".into(),
             ));
         }
+        // New listeners must be free now: once the old server hands over, a failure is an outage.
+        let current = self.config.listen_addresses();
+        for addr in config.listen_addresses() {
+            if !current.contains(&addr) {
+                std::net::TcpListener::bind(addr)
+                    .map_err(|e| Failure::Kept(format!("cannot listen on {addr}: {e}")))?;
+            }
+        }
         let socket = PathBuf::from(&config.server.upgrade_sock);
         let _ = std::fs::remove_file(&socket);
         let mut next = spawn(&self.file, &config, true).map_err(Failure::Kept)?;

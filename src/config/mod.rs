@@ -67,6 +67,27 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
     })
 }
 
+/// Just `server.admin.listen` of `file`, without validating the rest (no DNS, no files).
+pub fn admin_address(file: &Path) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+    let shown = file.display().to_string();
+    let fail = |line: String| ConfigError { lines: vec![line] };
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| fail(format!("{shown}: cannot read the configuration: {e}")))?;
+    let raw: raw::RawConfig =
+        serde_yaml::from_str(&text).map_err(|e| fail(describe_yaml_error(&shown, &e)))?;
+    raw.server
+        .admin
+        .map(|a| {
+            a.listen.parse().map_err(|_| {
+                fail(format!(
+                    "{shown}: server.admin.listen: `{}` is not IP:port",
+                    a.listen
+                ))
+            })
+        })
+        .transpose()
+}
+
 /// serde_yaml names the key path in its message and appends the position; put the position in
 /// front, as `file:line:column`, like every other rejection.
 fn describe_yaml_error(file: &str, e: &serde_yaml::Error) -> String {

@@ -19,6 +19,20 @@ pub struct Config {
     pub finesse: Vec<FinesseService>,
 }
 
+impl Config {
+    /// Every socket address the configuration listens on.
+    pub fn listen_addresses(&self) -> Vec<SocketAddr> {
+        let digital = self.digital.iter().map(|d| d.listen);
+        let finesse = self.finesse.iter().flat_map(|f| {
+            let ports = f.listen_ports().into_iter();
+            ports
+                .map(move |p| SocketAddr::new(f.bind, p))
+                .chain(f.proxy_map.as_ref().map(|m| m.listen))
+        });
+        digital.chain(finesse).chain(self.server.admin).collect()
+    }
+}
+
 #[derive(Debug)]
 pub struct ServerSettings {
     pub threads: usize,

@@ -351,3 +351,15 @@ fn relative_certificate_paths_start_at_the_configuration_folder() {
     let err = rejected(parse(&yaml, Path::new("/nowhere/ccedge.yaml")));
     assert!(err.contains("/nowhere/proxy.crt"), "{err}");
 }
+
+#[test]
+fn publisher_and_subscriber_must_differ() {
+    let s = Scratch::new("samenode");
+    let err = rejected(s.load(&DIGITAL.replace("127.0.0.1:8446", "127.0.0.1:8445")));
+    assert!(
+        err.contains(
+            "test.yaml:6: digital_channels[0].subscriber: 127.0.0.1:8445 is the publisher too"
+        ),
+        "{err}"
+    );
+}

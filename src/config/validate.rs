@@ -360,6 +360,12 @@ impl Validator {
 
     fn health_check(&mut self, path: &str, h: &RawHealthCheck) -> HealthCheck {
         self.url_path(&format!("{path}.path"), &h.path);
+        if h.path.parse::<http::uri::PathAndQuery>().is_err() {
+            self.problem(
+                &format!("{path}.path"),
+                format!("`{}` is not a valid request path", h.path),
+            );
+        }
         for (key, value) in [
             ("interval_ms", h.interval_ms),
             ("timeout_ms", h.timeout_ms),
@@ -386,6 +392,17 @@ impl Validator {
         let tls = self.server_tls(&format!("{path}.tls"), &d.tls);
         let publisher = self.upstream(&format!("{path}.publisher"), &d.publisher);
         let subscriber = self.upstream(&format!("{path}.subscriber"), &d.subscriber);
+        if let (Some(p), Some(s)) = (&publisher, &subscriber) {
+            if p.authority == s.authority || p.addr == s.addr {
+                self.problem(
+                    &format!("{path}.subscriber"),
+                    format!(
+                        "{} is the publisher too: failover needs two nodes",
+                        s.authority
+                    ),
+                );
+            }
+        }
         let upstream_tls = self.upstream_tls(&format!("{path}.upstream_tls"), &d.upstream_tls);
         let health_check = self.health_check(&format!("{path}.health_check"), &d.health_check);
         let publisher_only_paths = self.paths(

@@ -1,8 +1,9 @@
 //! Cloud Connect front end: health checks, failover and failback, DataConn on the publisher only,
 //! mTLS, the allow list, rate limits and the body limit.
 
+use crate::harness::fixtures::{args, Digital};
 use crate::harness::http::Client;
-use crate::harness::{curl, free_port, server_block, Ca, Ccedge, TestDir, Upstream};
+use crate::harness::{curl, free_port, handshake, server_block, Ca, Ccedge, TestDir, Upstream};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -330,6 +331,24 @@ async fn a_client_that_hangs_up_is_not_replayed_on_the_subscriber() {
     );
 }
 
+#[tokio::test]
+async fn a_retried_body_is_not_counted_twice_against_the_limit() {
+    let cc = Cc::start("dc-retry-body", "    limits:\n      max_body_bytes: 1000\n").await;
+    cc.publisher.drop_requests();
+    let body = vec![b'z'; 600];
+    let put = cc
+        .client()
+        .send("PUT", "/drapi/v1/tasks/7", &[], &body)
+        .await
+        .unwrap();
+    assert_eq!(put.status, 200, "{}", put.body);
+    let echo: Value = serde_json::from_str(&put.body).unwrap();
+    assert_eq!(
+        (echo["node"].as_str(), echo["body_len"].as_u64()),
+        (Some("subscriber"), Some(600))
+    );
+}
+
 /// A digital channel over mTLS to TLS upstreams that demand a client certificate from `ca`.
 async fn mtls(name: &str, with_identity: bool) -> (TestDir, Upstream, Upstream, Ccedge, u16, u16) {
     let dir = TestDir::new(name);
@@ -395,19 +414,38 @@ async fn mtls_upstream_accepts_ccedge_and_refuses_a_client_without_certificate()
 
 #[tokio::test]
 async fn allow_list_drops_other_addresses_before_tls() {
-    let refused = Cc::start("dc-deny", "    client_allow: [10.0.0.0/8, \"192.0.2.7\"]\n").await;
-    let err = curl(&[&format!("http://127.0.0.1:{}/drapi/v1/tasks", refused.port)])
+    let refused =
+        Digital::start("dc-deny", "    client_allow: [10.0.0.0/8, \"192.0.2.7\"]\n").await;
+    let port = refused.port;
+    let shook =
+        tokio::task::spawn_blocking(move || handshake(port, &["-servername", "dc.example.com"]))
+            .await
+            .unwrap();
+    assert!(
+        !shook,
+        "a TLS handshake happened with a client outside client_allow"
+    );
+    let err = curl(&args(&[], &refused.url("/drapi/v1/tasks")))
         .await
         .unwrap_err();
-    assert!(err.contains("(52)") || err.contains("(56)"), "{err}");
+    assert!(err.contains("(35)") || err.contains("(56)"), "{err}");
     assert_eq!(refused.publisher.hits(), 0);
     refused
         .ccedge
         .wait_stderr("service cc: refused connection from 127.0.0.1 (not in client_allow)")
         .await;
 
-    let allowed = Cc::start("dc-allow", "    client_allow: [127.0.0.0/8]\n").await;
-    assert_eq!(allowed.who("/drapi/v1/tasks").await, "publisher");
+    let allowed = Digital::start("dc-allow", "    client_allow: [127.0.0.0/8]\n").await;
+    let port = allowed.port;
+    let shook =
+        tokio::task::spawn_blocking(move || handshake(port, &["-servername", "dc.example.com"]))
+            .await
+            .unwrap();
+    assert!(shook, "an allowed client could not complete a handshake");
+    let reply = curl(&args(&[], &allowed.url("/drapi/v1/tasks")))
+        .await
+        .unwrap();
+    assert_eq!(reply.echo().node(), "publisher");
 }
 
 #[tokio::test]

@@ -315,6 +315,13 @@ async fn encoded_body_passes_byte_for_byte_and_hosts_are_rewritten_in_text() {
         "hosts rewritten in text; the json-only rule left alone"
     );
 
+    let head = site.get(0, "/desktop/", &["-I"]).await;
+    assert_eq!(head.status, 200);
+    assert!(
+        head.header("content-length").is_some(),
+        "HEAD lost its Content-Length: {head:?}"
+    );
+
     let redirect = site.get(0, "/redirect", &[]).await;
     assert_eq!(redirect.status, 302);
     assert_eq!(

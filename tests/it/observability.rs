@@ -98,8 +98,9 @@ async fn with_access_log(name: &str, target: &str) -> (TestDir, Upstream, Ccedge
     let yaml = format!(
         "server:\n  pid_file: {d}/ccedge.pid\n  upgrade_sock: {d}/upgrade.sock\n  access_log: {target}\n\
          digital_channels:\n  - name: cc\n    listen: 127.0.0.1:{port}\n    public: dc.example.com:443\n    \
-         publisher: {u}\n    subscriber: {u}\n",
-        u = upstream.authority()
+         publisher: {u}\n    subscriber: 127.0.0.1:{spare}\n",
+        u = upstream.authority(),
+        spare = free_port(),
     );
     let ccedge = Ccedge::start(&dir, &yaml, &[port]).await;
     (dir, upstream, ccedge, port)

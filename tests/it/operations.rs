@@ -265,14 +265,29 @@ async fn supervisor_refuses_a_broken_file_on_sighup_and_stops_on_sigterm() {
     let (port, admin) = (free_port(), free_port());
     let yaml = format!(
         "{server}digital_channels:\n  - name: cc\n    listen: 127.0.0.1:{port}\n    public: dc.example.com:443\n    \
-         publisher: {p}\n    subscriber: {p}\n",
+         publisher: {p}\n    subscriber: 127.0.0.1:{spare}\n",
         server = server_block(&dir, admin),
-        p = publisher.authority()
+        p = publisher.authority(),
+        spare = free_port(),
     );
     let mut supervisor =
         Ccedge::launch(&dir, "ccedge", &yaml, &["supervise"], &[port, admin]).await;
     let health = std::process::Command::new(binary())
         .args(["health", "-c", dir.join("ccedge.yaml").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        health.status.success(),
+        "{}",
+        String::from_utf8_lossy(&health.stderr)
+    );
+    // The health check reads only the admin address: names that do not resolve do not matter.
+    let elsewhere = dir.write(
+        "unresolvable.yaml",
+        &yaml.replace(&publisher.authority(), "cc-pub.invalid:8445"),
+    );
+    let health = std::process::Command::new(binary())
+        .args(["health", "-c", elsewhere.to_str().unwrap()])
         .output()
         .unwrap();
     assert!(
@@ -328,6 +343,12 @@ async fn a_node_down_before_a_reload_gets_no_traffic_after_it() {
     let supervisor = Ccedge::launch(&dir, "ccedge", &yaml, &["supervise"], &[port, admin]).await;
     publisher.stop().await;
     supervisor.wait_stderr("healthy -> unhealthy").await;
+    // In the new process one failed check is not enough to take the publisher out (fall 3), and
+    // the next check is far off: only what the old process knew keeps it out.
+    let slower = yaml
+        .replace("interval_ms: 3000", "interval_ms: 30000")
+        .replace("fall: 1", "fall: 3");
+    std::fs::write(dir.join("ccedge.yaml"), slower).unwrap();
     let (ok, said) = reload(&dir.join("ccedge.yaml")).await;
     assert!(ok, "{said}");
     supervisor

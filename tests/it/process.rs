@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 fn plain_digital(dir: &TestDir, port: u16, admin: u16, upstream: &Upstream) -> String {
     format!(
         "{server}digital_channels:\n  - name: cc\n    listen: 127.0.0.1:{port}\n    public: dc.example.com:443\n    \
-         publisher: {u}\n    subscriber: {u}\n",
+         publisher: {u}\n    subscriber: 127.0.0.1:{spare}\n",
         server = server_block(&dir.path, Some(admin)),
         u = upstream.authority(),
+        spare = free_port(),
     )
 }
 

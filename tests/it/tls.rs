@@ -1,20 +1,7 @@
 //! TLS on both sides: what the listener accepts, and how upstream certificates are checked.
 
 use crate::harness::fixtures::{args, https, Digital};
-use crate::harness::{curl, free_port, server_block, Ca, Ccedge, TestDir, Upstream};
-use std::process::Command;
-
-/// Runs `openssl s_client` against the listener with `flags`; true when the handshake completed.
-fn handshake(port: u16, flags: &[&str]) -> bool {
-    let out = Command::new("openssl")
-        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
-        .args(flags)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("openssl is installed");
-    let text = String::from_utf8_lossy(&out.stdout);
-    out.status.success() && text.contains("Cipher is ") && !text.contains("Cipher is (NONE)")
-}
+use crate::harness::{curl, free_port, handshake, server_block, Ca, Ccedge, TestDir, Upstream};
 
 #[tokio::test]
 async fn listener_refuses_old_protocols_and_non_aead_ciphers() {

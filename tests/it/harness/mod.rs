@@ -91,6 +91,19 @@ pub fn signal(pid: u32, signal: &str) {
     assert!(status.success(), "kill -{signal} {pid} failed");
 }
 
+/// Runs `openssl s_client` against 127.0.0.1:`port` with `flags`; true when a TLS handshake
+/// completed.
+pub fn handshake(port: u16, flags: &[&str]) -> bool {
+    let out = std::process::Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .args(flags)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl is installed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    out.status.success() && text.contains("Cipher is ") && !text.contains("Cipher is (NONE)")
+}
+
 /// The `ccedge` binary under test.
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_ccedge")
