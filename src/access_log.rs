@@ -162,6 +162,22 @@ fn writer(output: Box<dyn Write + Send>, receiver: Receiver<Message>, dropped: &
     }
 }
 
+/// The protocol a request came in on, as logged.
+pub fn protocol(session: &pingora::protocols::http::ServerSession) -> &'static str {
+    if session.is_http2() {
+        return "HTTP/2";
+    }
+    match session.req_header().version {
+        http::Version::HTTP_10 => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// Time since `started` in milliseconds, to the microsecond.
+pub fn millis_since(started: std::time::Instant) -> f64 {
+    (started.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0
+}
+
 /// Current time as RFC 3339 UTC with milliseconds.
 pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)

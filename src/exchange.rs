@@ -220,14 +220,6 @@ impl Front {
         error: Option<&pingora::Error>,
     ) {
         let req = session.req_header();
-        let protocol = if session.is_http2() {
-            "HTTP/2"
-        } else {
-            match req.version {
-                http::Version::HTTP_10 => "HTTP/1.0",
-                _ => "HTTP/1.1",
-            }
-        };
         self.log.write(&Entry {
             time: access_log::now(),
             service: &self.name,
@@ -241,10 +233,10 @@ impl Front {
                 .or_else(|| req.uri.authority().map(|a| a.as_str()))
                 .map(clip),
             path: clip(req.uri.path()),
-            protocol,
+            protocol: access_log::protocol(session),
             status,
             bytes_sent: session.body_bytes_sent(),
-            duration_ms: (ctx.started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+            duration_ms: access_log::millis_since(ctx.started),
             upstream: labels.upstream,
             upstream_status: ctx.upstream_status,
             attempts: ctx.attempts,

@@ -309,7 +309,7 @@ impl ProxyHttp for FinesseProxy {
         ctx: &mut FinesseCtx,
     ) -> pingora::Result<Option<Duration>> {
         if let Some(rewrite) = ctx.rewrite.as_mut() {
-            let out = rewrite.push(body.as_deref().unwrap_or_default(), end_of_stream);
+            let out = rewrite.push(body.take().unwrap_or_default(), end_of_stream);
             *body = (!out.is_empty() || end_of_stream).then_some(out);
         }
         Ok(None)

@@ -38,8 +38,6 @@ struct Record {
     changes: u64,
     /// Pingora's verdict as last reported (nodes start healthy).
     down: bool,
-    /// Down in the previous process (see `StateFile`): no traffic until a check passes here.
-    held: bool,
 }
 
 /// Where a service's node health is kept across a reload: the new process starts with fresh
@@ -58,13 +56,18 @@ impl StateFile {
             .unwrap_or_default()
     }
 
-    fn save(&self, nodes: &[(&'static str, String, HttpPeer)], records: &[Mutex<Record>]) {
+    fn save(
+        &self,
+        nodes: &[(&'static str, String, HttpPeer)],
+        records: &[Mutex<Record>],
+        held: &[AtomicBool],
+    ) {
         let usable: HashMap<&str, bool> = nodes
             .iter()
-            .zip(records)
-            .map(|((_, address, _), r)| {
-                let r = r.lock().unwrap_or_else(|p| p.into_inner());
-                (address.as_str(), !r.down && !r.held)
+            .zip(records.iter().zip(held))
+            .map(|((_, address, _), (r, held))| {
+                let down = r.lock().unwrap_or_else(|p| p.into_inner()).down;
+                (address.as_str(), !down && !held.load(Ordering::Relaxed))
             })
             .collect();
         // Checks run in parallel and a draining old process may write too: one writer at a time
@@ -89,7 +92,8 @@ pub struct NodeHealth {
     lb: Arc<LoadBalancer<RoundRobin>>,
     nodes: Vec<(&'static str, String, Backend)>,
     records: Arc<Vec<Mutex<Record>>>,
-    /// Read per request: a copy of each record's `held`.
+    /// Per node: down in the previous process (see `StateFile`), so no traffic until a check
+    /// passes here.
     held: Arc<Vec<AtomicBool>>,
 }
 
@@ -161,16 +165,8 @@ pub fn watch(
             );
         }
     }
-    let records: Arc<Vec<Mutex<Record>>> = Arc::new(
-        held.iter()
-            .map(|h| {
-                Mutex::new(Record {
-                    held: h.load(Ordering::Relaxed),
-                    ..Record::default()
-                })
-            })
-            .collect(),
-    );
+    let records: Arc<Vec<Mutex<Record>>> =
+        Arc::new(nodes.iter().map(|_| Mutex::default()).collect());
     let mut request =
         RequestHeader::build("GET", settings.path.as_bytes(), None).expect("validated path");
     request.insert_header("Host", host).expect("validated host");
@@ -300,13 +296,12 @@ impl HealthCheck for Probe {
                     "service {}: {label} {address} passed a check: back in use",
                     self.service
                 );
-                let mut record = self.records[index]
+                let down = self.records[index]
                     .lock()
-                    .unwrap_or_else(|p| p.into_inner());
-                record.held = false;
-                metrics::upstream_health(&self.service, label, address, !record.down);
-                drop(record);
-                self.state.save(&self.peers, &self.records);
+                    .unwrap_or_else(|p| p.into_inner())
+                    .down;
+                metrics::upstream_health(&self.service, label, address, !down);
+                self.state.save(&self.peers, &self.records, &self.held);
             }
             Ok(()) => {}
         }
@@ -324,7 +319,8 @@ impl HealthCheck for Probe {
         record.changes += 1;
         record.last_change = Some(crate::access_log::now());
         record.down = !healthy;
-        metrics::upstream_health(&self.service, label, address, healthy && !record.held);
+        let held = self.held[index].load(Ordering::Relaxed);
+        metrics::upstream_health(&self.service, label, address, healthy && !held);
         metrics::health_change(&self.service, label, healthy);
         if healthy {
             log::warn!(
@@ -341,7 +337,7 @@ impl HealthCheck for Probe {
             );
         }
         drop(record);
-        self.state.save(&self.peers, &self.records);
+        self.state.save(&self.peers, &self.records, &self.held);
     }
 
     fn backend_summary(&self, target: &Backend) -> String {

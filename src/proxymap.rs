@@ -62,14 +62,10 @@ impl ServeHttp for ProxyMapApp {
                 .get(http::header::HOST)
                 .and_then(|h| h.to_str().ok()),
             path: req.uri.path(),
-            protocol: if session.is_http2() {
-                "HTTP/2"
-            } else {
-                "HTTP/1.1"
-            },
+            protocol: access_log::protocol(session),
             status: status.as_u16(),
             bytes_sent: body.len(),
-            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+            duration_ms: access_log::millis_since(started),
             upstream: None,
             upstream_status: None,
             attempts: 0,

@@ -82,15 +82,21 @@ impl StreamRewrite {
     }
 
     /// Takes the next chunk; returns what can be sent now. At `end`, everything held is sent.
-    pub fn push(&mut self, chunk: &[u8], end: bool) -> Bytes {
+    pub fn push(&mut self, chunk: Bytes, end: bool) -> Bytes {
+        if self.held.is_empty() {
+            // The usual case: nothing held back and no match in this chunk. It goes out as it
+            // came, less its tail, which a match could still begin in.
+            let settled = self.settled(chunk.len(), end);
+            let first = self.rewriter.matcher.find(&chunk[..]);
+            if first.is_none_or(|m| m.start() >= settled) {
+                self.held.extend_from_slice(&chunk[settled..]);
+                return chunk.slice(..settled);
+            }
+        }
         let mut input = std::mem::take(&mut self.held);
-        input.extend_from_slice(chunk);
+        input.extend_from_slice(&chunk);
         // Matches starting before `settled` are complete; later ones may still grow.
-        let settled = if end {
-            input.len()
-        } else {
-            input.len().saturating_sub(self.rewriter.longest - 1)
-        };
+        let settled = self.settled(input.len(), end);
         let mut out = BytesMut::with_capacity(input.len() + 64);
         let mut done = 0;
         for m in self.rewriter.matcher.find_iter(&input) {
@@ -105,6 +111,16 @@ impl StreamRewrite {
         out.extend_from_slice(&input[done..keep_from]);
         self.held = input.split_off(keep_from);
         out.freeze()
+    }
+
+    /// How much of `len` bytes can be decided now: all at the end, else all but a pattern's
+    /// length minus one.
+    fn settled(&self, len: usize, end: bool) -> usize {
+        if end {
+            len
+        } else {
+            len.saturating_sub(self.rewriter.longest - 1)
+        }
     }
 }
 
@@ -252,7 +268,7 @@ mod tests {
         let mut s = StreamRewrite::new(rw.clone());
         let mut out = Vec::new();
         for (i, c) in chunks.iter().enumerate() {
-            out.extend_from_slice(&s.push(c, i + 1 == chunks.len()));
+            out.extend_from_slice(&s.push(Bytes::copy_from_slice(c), i + 1 == chunks.len()));
         }
         out
     }
@@ -296,9 +312,9 @@ mod tests {
     fn holds_back_little_and_passes_plain_text_through() {
         let rw = Arc::new(Rewriter::new(&pairs(&[("needle", "pin")])).unwrap());
         let mut s = StreamRewrite::new(rw);
-        let first = s.push(&[b'a'; 1000], false);
+        let first = s.push(Bytes::from_static(&[b'a'; 1000]), false);
         assert_eq!(first.len(), 1000 - 5);
-        assert_eq!(s.push(b"", true).len(), 5);
+        assert_eq!(s.push(Bytes::new(), true).len(), 5);
     }
 
     fn server(public: &str, upstream: &str) -> FinesseServer {

@@ -39,7 +39,15 @@ struct State {
 struct Outcome {
     ok: bool,
     message: String,
+    /// When the attempt began (ms since the epoch): it read the file after that moment.
+    started_ms: u128,
     at: String,
+}
+
+fn epoch_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
 }
 
 fn state_file(config: &Config) -> PathBuf {
@@ -210,6 +218,7 @@ impl Supervisor {
     /// One reload. `Err` only when the service can no longer be kept up.
     async fn reload(&mut self) -> Result<(), ExitCode> {
         self.state.reloads += 1;
+        let started_ms = epoch_ms();
         let outcome = self.try_reload().await;
         let (ok, message) = match outcome {
             Ok(message) => (true, message),
@@ -219,6 +228,7 @@ impl Supervisor {
                 self.state.last_reload = Some(Outcome {
                     ok: false,
                     message,
+                    started_ms,
                     at: crate::access_log::now(),
                 });
                 self.save();
@@ -233,6 +243,7 @@ impl Supervisor {
         self.state.last_reload = Some(Outcome {
             ok,
             message,
+            started_ms,
             at: crate::access_log::now(),
         });
         self.save();
@@ -363,11 +374,19 @@ pub fn reload(file: &Path, config: &Config) -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
+    // The answer is the first reload that began after this request (and so read the file as it
+    // is now), whatever other reloads run meanwhile.
+    let asked = epoch_ms();
     send(state.supervisor_pid, Signal::SIGHUP);
     let deadline = Instant::now() + SOCKET_WAIT + READY_WAIT;
     while Instant::now() < deadline {
         std::thread::sleep(POLL);
-        if let Some(now) = read_state(&path).filter(|s| s.reloads > state.reloads) {
+        let answered = read_state(&path).filter(|s| {
+            s.last_reload
+                .as_ref()
+                .is_some_and(|r| r.started_ms >= asked)
+        });
+        if let Some(now) = answered {
             return match now.last_reload {
                 Some(Outcome {
                     ok: true, message, ..
