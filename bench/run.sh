@@ -15,6 +15,7 @@ CONNECTIONS=${2:-50}
 UPSTREAM=28001
 NGINX=28002
 CCEDGE=28003
+STANDBY=28004
 
 for tool in nginx wrk; do
   command -v "$tool" >/dev/null 2>&1 || {
@@ -45,6 +46,7 @@ http {
   upstream backend { server 127.0.0.1:$UPSTREAM; keepalive 128; }
   server {
     listen 127.0.0.1:$UPSTREAM;
+    listen 127.0.0.1:$STANDBY;
     location / { return 200 '{"ok":true}'; }
   }
   server {
@@ -80,7 +82,7 @@ digital_channels:
     listen: 127.0.0.1:$CCEDGE
     public: dc.example.com:443
     publisher: 127.0.0.1:$UPSTREAM
-    subscriber: 127.0.0.1:$UPSTREAM
+    subscriber: 127.0.0.1:$STANDBY
     rate_limits: []
 CONF
 RUST_LOG=warn target/release/ccedge -c "$work/ccedge.yaml" &
