@@ -1,21 +1,10 @@
 //! Response substitution: literal replacements over streamed bodies (one multi-pattern matcher,
 //! correct when a match spans chunks, never buffering a whole body) and `Location` rewriting.
 
-use crate::config::{Authority, FinesseServer, Substitution};
+use crate::config::{Authority, FinesseServer, Substitution, TEXT_TYPES};
 use aho_corasick::{AhoCorasick, MatchKind};
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
-
-/// Content types whose bodies are rewritten for `rewrite_upstream_hosts` alone.
-pub const TEXT_TYPES: [&str; 7] = [
-    "text/html",
-    "text/xml",
-    "application/xml",
-    "application/json",
-    "application/javascript",
-    "text/javascript",
-    "text/css",
-];
 
 /// A set of literal replacements compiled into one leftmost-longest matcher.
 pub struct Rewriter {

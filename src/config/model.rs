@@ -11,6 +11,18 @@ use std::time::Duration;
 
 pub use super::raw::Role;
 
+/// Text content types: the default `substitutions[].content_types`, and the responses
+/// `rewrite_upstream_hosts` applies to when no substitution rule matches.
+pub const TEXT_TYPES: [&str; 7] = [
+    "text/html",
+    "text/xml",
+    "application/xml",
+    "application/json",
+    "application/javascript",
+    "text/javascript",
+    "text/css",
+];
+
 #[derive(Debug)]
 pub struct Config {
     pub file: PathBuf,

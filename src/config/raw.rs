@@ -327,15 +327,5 @@ fn public_paths() -> Vec<String> {
 }
 
 fn text_content_types() -> Vec<String> {
-    [
-        "text/html",
-        "text/xml",
-        "application/xml",
-        "application/json",
-        "application/javascript",
-        "text/javascript",
-        "text/css",
-    ]
-    .map(String::from)
-    .to_vec()
+    super::model::TEXT_TYPES.map(String::from).to_vec()
 }
