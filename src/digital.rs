@@ -192,16 +192,15 @@ impl ProxyHttp for DigitalProxy {
 
     async fn upstream_peer(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         ctx: &mut Exchange,
     ) -> pingora::Result<Box<HttpPeer>> {
         let ch = &self.channel;
         let node = ch.choose(ctx)?;
         ctx.attempt(node);
-        let websocket = headers::is_websocket_upgrade(session.req_header());
         Ok(upstream::for_request(
             &ch.peers[node],
-            websocket,
+            ctx.wants_websocket,
             &ch.front.limits,
         ))
     }

@@ -37,6 +37,8 @@ pub struct Exchange {
     body_bytes: u64,
     /// Counted in the in-flight gauge (until it is logged).
     in_flight: bool,
+    /// Asks for a WebSocket upgrade (decided once, in `Front::begin`).
+    pub wants_websocket: bool,
     /// Upgraded to a WebSocket (counted until it ends).
     websocket: bool,
 }
@@ -55,6 +57,7 @@ impl Exchange {
             refusal: None,
             body_bytes: 0,
             in_flight: false,
+            wants_websocket: false,
             websocket: false,
         }
     }
@@ -120,6 +123,7 @@ impl Front {
         let peer = peer_ip(session);
         ctx.client = Some(identity::resolve(peer, &self.trusted, &header.headers));
         ctx.tracking_id = Some(crate::headers::tracking_id(&header.headers));
+        ctx.wants_websocket = crate::headers::is_websocket_upgrade(header);
         self.metrics.in_flight.inc();
         ctx.in_flight = true;
     }
@@ -128,7 +132,7 @@ impl Front {
     /// `Ok(true)`: the request was answered here (429 or 413) and must not go further.
     pub async fn admit(&self, session: &mut Session, ctx: &mut Exchange) -> pingora::Result<bool> {
         session.set_keepalive(Some(self.limits.keepalive_timeout.as_secs().max(1)));
-        let read_timeout = if crate::headers::is_websocket_upgrade(session.req_header()) {
+        let read_timeout = if ctx.wants_websocket {
             self.limits.websocket_idle_timeout
         } else {
             self.limits.client_header_timeout

@@ -247,7 +247,7 @@ impl ProxyHttp for FinesseProxy {
 
     async fn upstream_peer(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         ctx: &mut FinesseCtx,
     ) -> pingora::Result<Box<HttpPeer>> {
         let ctx = &mut ctx.exchange;
@@ -258,7 +258,7 @@ impl ProxyHttp for FinesseProxy {
         let peer = &self.site.routes[route].peer;
         Ok(upstream::for_request(
             peer,
-            headers::is_websocket_upgrade(session.req_header()),
+            ctx.wants_websocket,
             &self.site.front.limits,
         ))
     }
