@@ -76,11 +76,7 @@ async fn websocket_over_tls_carries_big_messages_and_closes_from_either_side() {
         Some(Ok(Message::Binary(echoed))) => assert!(echoed[..] == big[..], "1 MiB echo differs"),
         other => panic!("no echo: {other:?}"),
     }
-    client.send(Message::text("hello")).await.unwrap();
-    assert_eq!(
-        client.next().await.unwrap().unwrap(),
-        Message::text("hello")
-    );
+    ws::echoes(&mut client, "hello").await;
     let headers = log.upgrades.lock().unwrap()[0].clone();
     assert_eq!(headers["host"], format!("{HOST}:{}", site.ports[0]));
     assert_eq!(headers["upgrade"], "websocket");
@@ -134,11 +130,7 @@ async fn idle_websocket_outlives_http_timeouts_but_not_its_own() {
     .await;
     let mut client = ws::connect(HOST, site.ports[0], "/ws", &site.ca.pem).await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    client.send(Message::text("still there?")).await.unwrap();
-    assert_eq!(
-        client.next().await.unwrap().unwrap(),
-        Message::text("still there?")
-    );
+    ws::echoes(&mut client, "still there?").await;
 
     let short = format!("{http_timeouts}      websocket_idle_timeout_ms: 400\n");
     let site = Site::start(

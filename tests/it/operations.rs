@@ -2,16 +2,15 @@
 //! and the metrics.
 
 use crate::harness::fixtures::{args, Digital};
-use crate::harness::tls_http::{Proto, TlsClient};
+use crate::harness::http::{Client, Proto};
 use crate::harness::upstream::{full, Handler};
 use crate::harness::ws::{self, EchoLog};
 use crate::harness::{binary, curl, free_port, Ca, Ccedge, TestDir, Upstream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use serde_json::Value;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio_tungstenite::tungstenite::Message;
 
 const HOST: &str = "finesse1.example.com";
 
@@ -46,10 +45,11 @@ async fn answered_by(ca: &Ca, port: u16, node: &str) {
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut in_a_row = 0;
     while in_a_row < 5 {
-        let (_, body) = TlsClient::new(HOST, port, &ca.pem, Proto::H1)
+        let body = Client::tls(HOST, port, &ca.pem, Proto::H1)
             .get("/")
             .await
-            .unwrap();
+            .unwrap()
+            .body;
         in_a_row = if body.contains(&format!("\"{node}\"")) {
             in_a_row + 1
         } else {
@@ -93,23 +93,23 @@ async fn server_pid(admin: u16) -> u64 {
 /// A client loop that runs until `stop`, returning every failure it saw and the nodes that
 /// answered.
 fn steady(
-    mut client: TlsClient,
+    mut client: Client,
     stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<(Vec<String>, Vec<String>, TlsClient)> {
+) -> tokio::task::JoinHandle<(Vec<String>, Vec<String>, Client)> {
     tokio::spawn(async move {
         let (mut failures, mut nodes) = (Vec::new(), Vec::new());
         let mut n = 0;
         while !stop.load(Ordering::SeqCst) {
             n += 1;
             match client.get(&format!("/api/ping?n={n}")).await {
-                Ok((200, body)) => {
-                    let answer: Value = serde_json::from_str(&body).unwrap_or_default();
+                Ok(a) if a.status == 200 => {
+                    let answer: Value = serde_json::from_str(&a.body).unwrap_or_default();
                     let node = answer["node"].as_str().unwrap_or("?").to_string();
                     if nodes.last() != Some(&node) {
                         nodes.push(node);
                     }
                 }
-                Ok((status, body)) => failures.push(format!("request {n}: {status} {body}")),
+                Ok(a) => failures.push(format!("request {n}: {} {}", a.status, a.body)),
                 Err(e) => failures.push(format!("request {n}: {e}")),
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -157,8 +157,14 @@ async fn reloads_lose_no_request_and_apply_the_new_configuration() {
 
     let mut socket = ws::connect(HOST, port, "/ws", &ca.pem).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let h1 = steady(TlsClient::new(HOST, port, &ca.pem, Proto::H1), stop.clone());
-    let h2 = steady(TlsClient::new(HOST, port, &ca.pem, Proto::H2), stop.clone());
+    let h1 = steady(
+        Client::tls(HOST, port, &ca.pem, Proto::H1).resending(),
+        stop.clone(),
+    );
+    let h2 = steady(
+        Client::tls(HOST, port, &ca.pem, Proto::H2).resending(),
+        stop.clone(),
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // 1: another upstream and a new listener.
@@ -167,29 +173,15 @@ async fn reloads_lose_no_request_and_apply_the_new_configuration() {
     let reloaded = Instant::now();
     assert!(ok, "{said}");
     assert!(said.contains("took over from"), "{said}");
-    socket
-        .send(Message::text("right after the reload"))
-        .await
-        .unwrap();
-    assert_eq!(
-        socket.next().await.unwrap().unwrap(),
-        Message::text("right after the reload")
-    );
+    ws::echoes(&mut socket, "right after the reload").await;
     // The old process accepts on the shared sockets for a few seconds more; then only the new.
     answered_by(&ca, port, "b").await;
-    let added = TlsClient::new(HOST, extra, &ca.pem, Proto::H1)
+    let added = Client::tls(HOST, extra, &ca.pem, Proto::H1)
         .get("/")
         .await
         .unwrap();
-    assert_eq!(added.0, 200, "the added listener does not serve");
-    socket
-        .send(Message::text("old process draining"))
-        .await
-        .unwrap();
-    assert_eq!(
-        socket.next().await.unwrap().unwrap(),
-        Message::text("old process draining")
-    );
+    assert_eq!(added.status, 200, "the added listener does not serve");
+    ws::echoes(&mut socket, "old process draining").await;
     // Once its grace period is over, the old process ends the WebSocket it was carrying.
     let ended = tokio::time::timeout(Duration::from_secs(20), async {
         while let Some(Ok(_)) = socket.next().await {}
@@ -214,7 +206,7 @@ async fn reloads_lose_no_request_and_apply_the_new_configuration() {
     let (ok, said) = reload(&file).await;
     assert!(ok, "{said}");
     let deadline = Instant::now() + Duration::from_secs(15);
-    while TlsClient::new(HOST, extra, &ca.pem, Proto::H1)
+    while Client::tls(HOST, extra, &ca.pem, Proto::H1)
         .get("/")
         .await
         .is_ok()

@@ -5,7 +5,6 @@ pub mod client;
 pub mod fixtures;
 pub mod http;
 pub mod proxy;
-pub mod tls_http;
 pub mod upstream;
 pub mod ws;
 

@@ -35,6 +35,15 @@ pub async fn connect(host: &str, port: u16, path: &str, ca_pem: &str) -> Client 
     client
 }
 
+/// Sends `text` and checks that the same text comes back.
+pub async fn echoes(client: &mut Client, text: &str) {
+    client.send(Message::text(text)).await.unwrap();
+    match client.next().await {
+        Some(Ok(answer)) => assert_eq!(answer, Message::text(text)),
+        other => panic!("no echo of {text:?}: {other:?}"),
+    }
+}
+
 /// What the echo upstream saw: request headers of each upgrade and how each connection ended.
 #[derive(Default)]
 pub struct EchoLog {
