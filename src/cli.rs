@@ -8,7 +8,7 @@ use std::path::PathBuf;
 #[derive(Debug, Parser)]
 #[command(name = "ccedge", version, about, long_about = None)]
 pub struct Cli {
-    /// The YAML configuration file (see the README and the configuration contract).
+    /// The YAML configuration file (docs/configuration.md describes every key).
     #[arg(short = 'c', long = "conf", value_name = "FILE", global = true)]
     pub conf: Option<PathBuf>,
 
@@ -45,4 +45,7 @@ pub enum Command {
     /// Exit 0 when the admin listener of FILE answers /healthz, 1 otherwise (for container
     /// health checks).
     Health,
+    /// Print the JSON Schema of the configuration file (for editors: completion, hover help
+    /// and errors while typing) and exit. Needs no -c.
+    Schema,
 }

@@ -1,5 +1,6 @@
-//! The mandatory header policy (contract, "Header policy"): what every proxied request carries
-//! upstream and what every response carries back. Pure functions over pingora's header types.
+//! The mandatory header policy (docs/configuration.md, "Header policy"): what every proxied
+//! request carries upstream and what every response carries back. Pure functions over
+//! pingora's header types.
 //!
 //! Pingora's `HttpUpstreamRequestPolicy` (left at its standard setting on every peer) has already
 //! removed `Connection`, the headers it nominates and the other hop-by-hop headers, keeping only a

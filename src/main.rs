@@ -29,6 +29,18 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = cli::Cli::parse();
+    if let Some(cli::Command::Schema) = cli.command {
+        return match serde_json::to_string_pretty(&config::schema()) {
+            Ok(schema) => {
+                println!("{schema}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ccedge: cannot write the schema: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let Some(file) = cli.conf.clone() else {
         eprintln!("ccedge: -c FILE is required (ccedge --help explains the options)");
         return ExitCode::FAILURE;
@@ -66,7 +78,7 @@ fn main() -> ExitCode {
         }
         Some(cli::Command::Supervise) => return supervise::supervise(&file, config),
         Some(cli::Command::Reload) => return supervise::reload(&file, &config),
-        Some(cli::Command::Health) | None => {}
+        Some(cli::Command::Health | cli::Command::Schema) | None => {}
     }
     for warning in process::warnings(&config) {
         log::warn!("{warning}");

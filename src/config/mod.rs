@@ -7,6 +7,7 @@ mod raw;
 mod validate;
 
 pub use model::*;
+pub use raw::schema;
 
 use locate::LineIndex;
 use std::fmt;

@@ -1,30 +1,49 @@
-//! The YAML file as written: serde structures that mirror `shared/spec/config.md` key for key.
+//! The YAML file as written: serde structures with one field per key, documented in
+//! `docs/configuration.md`. The JSON Schema that `ccedge schema` prints is derived from these same
+//! types, and their doc comments are the hover texts an editor shows.
 //!
-//! Nothing here is interpreted; `validate` turns these into the internal model. Defaults are the
-//! contract's, so a key left out and a key written with its default value mean the same.
+//! Nothing here is interpreted; `validate` turns these into the internal model. Defaults are
+//! declared here, so a key left out and a key written with its default value mean the same.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Default, Deserialize)]
+/// A ccedge configuration file: process settings, Cloud Connect front ends and VPN-less Finesse
+/// sites.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(title = "ccedge configuration")]
 pub struct RawConfig {
+    /// Process settings: threads, pid file, upgrade socket, grace periods, access log, admin
+    /// listener.
     #[serde(default)]
     pub server: RawServer,
+    /// Cloud Connect front ends (Webex Connect -> ccedge -> Cloud Connect publisher/subscriber).
     #[serde(default)]
     pub digital_channels: Vec<RawDigital>,
+    /// VPN-less Finesse sites: Finesse, IdS, CUIC, LiveData and chat servers behind one proxy.
     #[serde(default)]
     pub finesse: Vec<RawFinesse>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
+#[schemars(rename = "Server")]
 pub struct RawServer {
+    /// Worker threads per listening service (default: the number of CPUs).
+    #[schemars(range(min = 1))]
     pub threads: Option<usize>,
+    /// Absolute path of the pid file.
     pub pid_file: String,
+    /// Absolute path of the Unix socket listening sockets are handed over on during a reload.
     pub upgrade_sock: String,
+    /// Seconds an old process keeps serving in-flight requests after handing over its sockets.
     pub grace_period_seconds: u64,
+    /// Seconds an old process is given to stop once its grace period is over.
     pub graceful_shutdown_timeout_seconds: u64,
+    /// Where the access log (one JSON object per request) goes: stdout, off, or an absolute path.
     pub access_log: String,
+    /// The admin listener (plain HTTP: /healthz, /status, /metrics); none when left out.
     pub admin: Option<RawAdmin>,
 }
 
@@ -42,51 +61,82 @@ impl Default for RawServer {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Admin")]
 pub struct RawAdmin {
+    /// IP:port of the admin listener, for loopback or a management network.
     pub listen: String,
 }
 
-#[derive(Debug, Deserialize)]
+/// TLS towards clients; leave it out for plain HTTP.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Tls")]
 pub struct RawTls {
+    /// PEM certificate chain, leaf first.
     pub cert: String,
+    /// PEM private key of the certificate.
     pub key: String,
 }
 
-#[derive(Debug, Deserialize)]
+/// TLS towards the internal servers; leave it out for plain HTTP.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "UpstreamTls")]
 pub struct RawUpstreamTls {
+    /// PEM bundle of the CAs that sign the internal servers' certificates (default: the system
+    /// roots).
     pub ca: Option<String>,
+    /// false: accept any upstream certificate (a warning is logged at start).
     #[serde(default = "yes")]
     pub verify: bool,
+    /// PEM certificate ccedge presents to the upstream (mTLS); needs client_key.
     pub client_cert: Option<String>,
+    /// PEM private key of client_cert.
     pub client_key: Option<String>,
-    /// Added key: the name expected in the upstream certificate and sent as SNI
-    /// (default: the upstream's host).
+    /// Name expected in the upstream certificate and sent as SNI (default: the upstream's host).
     pub server_name: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A per-client request rate for paths under a prefix.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "RateLimit")]
 pub struct RawRateLimit {
+    /// Requests whose path starts with this count against the rule.
     #[serde(default = "root_path")]
     pub path_prefix: String,
+    /// Requests per second one client IP may send.
+    #[schemars(range(min = 1))]
     pub per_second: u32,
+    /// Extra requests allowed in a second that follows a calm one.
     #[serde(default)]
     pub burst: u32,
 }
 
-#[derive(Debug, Deserialize)]
+/// Sizes and timeouts of client and upstream connections.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
+#[schemars(rename = "Limits")]
 pub struct RawLimits {
+    /// Largest request body in bytes; larger ones get 413.
+    #[schemars(range(min = 1))]
     pub max_body_bytes: u64,
+    /// Longest wait for request data from a client, in milliseconds.
+    #[schemars(range(min = 1))]
     pub client_header_timeout_ms: u64,
+    /// How long an idle client connection is kept open, in milliseconds.
+    #[schemars(range(min = 1))]
     pub keepalive_timeout_ms: u64,
+    /// Longest wait for a connection to an internal server, in milliseconds.
+    #[schemars(range(min = 1))]
     pub upstream_connect_timeout_ms: u64,
+    /// Longest wait for data from an internal server, in milliseconds.
+    #[schemars(range(min = 1))]
     pub upstream_read_timeout_ms: u64,
-    /// Added key: how long an upgraded (WebSocket) connection may stay silent.
+    /// How long an open WebSocket may stay silent, in milliseconds.
+    #[schemars(range(min = 1))]
     pub websocket_idle_timeout_ms: u64,
 }
 
@@ -103,13 +153,24 @@ impl Default for RawLimits {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// The active health check of both Cloud Connect nodes.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
+#[schemars(rename = "HealthCheck")]
 pub struct RawHealthCheck {
+    /// Path probed with GET; 200 is a pass.
     pub path: String,
+    /// Time between two probes of a node, in milliseconds.
+    #[schemars(range(min = 1))]
     pub interval_ms: u64,
+    /// Longest wait for a probe's answer, in milliseconds.
+    #[schemars(range(min = 1))]
     pub timeout_ms: u64,
+    /// Consecutive passes before a node that was down takes traffic again.
+    #[schemars(range(min = 1))]
     pub rise: u32,
+    /// Consecutive failures before a node is taken out.
+    #[schemars(range(min = 1))]
     pub fall: u32,
 }
 
@@ -125,55 +186,80 @@ impl Default for RawHealthCheck {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// A Cloud Connect front end: the publisher while it is healthy, else the subscriber.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "DigitalChannel")]
 pub struct RawDigital {
+    /// Unique name of the service, used in logs and metrics.
     pub name: String,
+    /// IP:port ccedge listens on.
     pub listen: String,
+    /// host:port Webex Connect uses; sent upstream as Host.
     pub public: String,
     pub tls: Option<RawTls>,
+    /// host:port of the Cloud Connect publisher.
     pub publisher: String,
+    /// host:port of the Cloud Connect subscriber.
     pub subscriber: String,
     pub upstream_tls: Option<RawUpstreamTls>,
     #[serde(default)]
     pub health_check: RawHealthCheck,
+    /// Path prefixes sent only to the publisher, never failed over.
     #[serde(default = "dataconn_paths")]
     pub publisher_only_paths: Vec<String>,
+    /// CIDRs allowed to connect; empty: everyone.
     #[serde(default)]
     pub client_allow: Vec<String>,
+    /// CIDRs of load balancers whose X-Forwarded-For / X-Real-IP names the real client.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// Per-client rate limits, first match counts (default: /drapi/ at 100/s, burst 200;
+    /// [] turns limiting off).
     pub rate_limits: Option<Vec<RawRateLimit>>,
     #[serde(default)]
     pub limits: RawLimits,
 }
 
-#[derive(Debug, Deserialize)]
+/// A VPN-less Finesse site: internal servers chosen by listening port, then by host.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "FinesseSite")]
 pub struct RawFinesse {
+    /// Unique name of the service, used in logs and metrics.
     pub name: String,
+    /// IP address every listening port of the site is bound on.
     #[serde(default = "any_address")]
     pub bind: String,
     pub tls: Option<RawTls>,
+    /// TLS to every server of the site (a server's own upstream_tls replaces it).
     pub upstream_tls: Option<RawUpstreamTls>,
+    /// The internal servers, one entry each.
     pub servers: Vec<RawServerEntry>,
     pub proxy_map: Option<RawProxyMap>,
     pub cache: Option<RawCache>,
     pub auth: Option<RawAuth>,
+    /// Response rewriting rules; the first whose path and content type match applies.
     #[serde(default)]
     pub substitutions: Vec<RawSubstitution>,
+    /// Also rewrite every server's upstream host:port to its public host:port in text responses.
     #[serde(default = "yes")]
     pub rewrite_upstream_hosts: bool,
+    /// CIDRs allowed to connect; empty: everyone.
     #[serde(default)]
     pub client_allow: Vec<String>,
+    /// CIDRs of load balancers whose X-Forwarded-For / X-Real-IP names the real client.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// Per-client rate limits for every server of the site, first match counts (default: each
+    /// server's role sets its limit).
     pub rate_limits: Option<Vec<RawRateLimit>>,
     #[serde(default)]
     pub limits: RawLimits,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+/// What an internal server is; sets its default rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Finesse,
@@ -184,32 +270,49 @@ pub enum Role {
     Other,
 }
 
-#[derive(Debug, Deserialize)]
+/// One internal server and the public host:port browsers reach it by.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "FinesseServer")]
 pub struct RawServerEntry {
+    /// host:port the browser uses; unique across the file.
     pub public: String,
+    /// host:port of the internal server.
     pub upstream: String,
     #[serde(default = "finesse_role")]
     pub role: Role,
+    /// Port ccedge listens on for this server (default: the public port).
+    #[schemars(range(min = 1))]
     pub listen_port: Option<u16>,
-    /// Added key: TLS to this server, replacing the service's `upstream_tls` for it.
+    /// TLS to this server, replacing the site's upstream_tls for it.
     pub upstream_tls: Option<RawUpstreamTls>,
 }
 
-#[derive(Debug, Deserialize)]
+/// The proxy map Finesse, IdS and CUIC poll (lines upstreamhost:port=publichost:port).
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "ProxyMap")]
 pub struct RawProxyMap {
+    /// IP:port the map is served on (with the site's TLS).
     pub listen: String,
+    /// Path of the map.
     #[serde(default = "proxymap_path")]
     pub path: String,
 }
 
-#[derive(Debug, Deserialize)]
+/// The revalidating static cache.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
+#[schemars(rename = "Cache")]
 pub struct RawCache {
+    /// Memory bound in MiB; least recently used entries go first.
+    #[schemars(range(min = 1))]
     pub max_size_mb: u64,
+    /// Freshness when the upstream sends no max-age or Expires.
     pub default_fresh_seconds: u64,
+    /// How long after expiry a stale entry is still served while it is revalidated.
     pub stale_while_revalidate_seconds: u64,
+    /// A GET or HEAD is cacheable when it matches one rule.
     pub rules: Vec<RawCacheRule>,
 }
 
@@ -240,30 +343,47 @@ impl Default for RawCache {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// Which requests may be cached: every part the rule sets must match.
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "CacheRule")]
 pub struct RawCacheRule {
+    /// The path starts with this.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub path_prefix: Option<String>,
+    /// The path ends with one of these.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub path_suffix: Option<Vec<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Authentication at the proxy.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Auth")]
 pub struct RawAuth {
+    /// URL a GET carrying the client's credentials is sent to; 2xx means valid.
     pub validate_url: String,
+    /// How long a validated credential is trusted, in seconds.
     #[serde(default = "auth_cache_seconds")]
     pub cache_seconds: u64,
+    /// Path prefixes served without credentials.
     #[serde(default = "public_paths")]
     pub public_paths: Vec<String>,
     #[serde(default)]
     pub lockout: RawLockout,
 }
 
-#[derive(Debug, Deserialize)]
+/// Brute-force protection: too many failed logins from one IP block it for a while.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
+#[schemars(rename = "Lockout")]
 pub struct RawLockout {
+    /// Failed attempts that block the client IP.
+    #[schemars(range(min = 1))]
     pub failures: u32,
+    /// Seconds within which those failures count.
     pub window_seconds: u64,
+    /// Seconds the client IP stays blocked.
     pub block_seconds: u64,
 }
 
@@ -277,20 +397,29 @@ impl Default for RawLockout {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// Literal replacements in response bodies.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Substitution")]
 pub struct RawSubstitution {
+    /// Responses to requests whose path starts with this.
     #[serde(default = "root_path")]
     pub path_prefix: String,
+    /// Media types of the responses rewritten.
     #[serde(default = "text_content_types")]
     pub content_types: Vec<String>,
+    /// The replacements, applied together in one pass.
     pub replace: Vec<RawReplace>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Replace")]
 pub struct RawReplace {
+    /// Text to find (not empty).
+    #[schemars(length(min = 1))]
     pub from: String,
+    /// Text it is replaced with.
     pub to: String,
 }
 
@@ -328,4 +457,10 @@ fn public_paths() -> Vec<String> {
 
 fn text_content_types() -> Vec<String> {
     super::model::TEXT_TYPES.map(String::from).to_vec()
+}
+
+/// The JSON Schema (draft 7) of the configuration file, for editors and validators.
+pub fn schema() -> serde_json::Value {
+    let generator = schemars::generate::SchemaSettings::draft07().into_generator();
+    generator.into_root_schema_for::<RawConfig>().to_value()
 }

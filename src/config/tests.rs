@@ -326,19 +326,33 @@ fn unknown_role_is_rejected() {
 }
 
 #[test]
-fn contract_example_shape_loads() {
+fn complete_example_loads() {
     let s = Scratch::new("example");
-    let example = include_str!("../../../shared/spec/example.yaml")
-        .replace("/tmp/ccedge-example-tls/proxy.crt", &s.path("proxy.crt"))
-        .replace("/tmp/ccedge-example-tls/proxy.key", &s.path("proxy.key"))
-        .replace("/tmp/ccedge-example-tls/ca.crt", &s.path("proxy.crt"))
-        .replace("/tmp/ccedge-example-tls/client.crt", &s.path("proxy.crt"))
-        .replace("/tmp/ccedge-example-tls/client.key", &s.path("proxy.key"));
+    // Its certificate files, all pointed at the scratch pair (CA bundles at the certificate).
+    let example = include_str!("../../conf/example.yaml")
+        .split_inclusive(char::is_whitespace)
+        .map(
+            |word| match word.trim_end().strip_prefix("/etc/ccedge/tls/") {
+                Some(file) if file.ends_with(".key") => s.path("proxy.key") + "\n",
+                Some(_) => s.path("proxy.crt") + "\n",
+                None => word.to_string(),
+            },
+        )
+        .collect::<String>();
     let config = parse(&example, Path::new("example.yaml")).unwrap();
     assert_eq!(config.digital.len(), 1);
-    assert_eq!(config.finesse[0].servers.len(), 3);
+    assert_eq!(config.finesse[0].servers.len(), 6);
+    assert_eq!(
+        config.finesse[0].listen_ports(),
+        vec![8445, 8553, 12005, 8443]
+    );
     assert_eq!(config.finesse[0].substitutions[0].replace.len(), 1);
     assert!(config.finesse[0].auth.is_some() && config.finesse[0].cache.is_some());
+    let upstream_tls = config.digital[0].upstream_tls.as_ref().unwrap();
+    assert_eq!(
+        upstream_tls.server_name.as_deref(),
+        Some("cloudconnect.cc.internal")
+    );
 }
 
 #[test]
