@@ -1,30 +1,11 @@
 //! The command line: validation without binding, errors that name the line, and the help text.
 
+use crate::harness::fixtures::{conf_example, repo_file};
 use crate::harness::{binary, Ca, TestDir};
-use std::path::PathBuf;
 use std::process::{Command, Output};
 
 fn run(args: &[&str]) -> Output {
     Command::new(binary()).args(args).output().unwrap()
-}
-
-fn example() -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/spec/example.yaml");
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// The certificate files the contract's example names, in the place it names them (written once
-/// per test run: tests run in parallel).
-fn example_certificates() {
-    static WRITTEN: std::sync::Once = std::sync::Once::new();
-    WRITTEN.call_once(|| {
-        let dir = PathBuf::from("/tmp/ccedge-example-tls");
-        std::fs::create_dir_all(&dir).unwrap();
-        let ca = Ca::new("example");
-        ca.write(&dir.join("ca.crt"));
-        ca.server(&dir, "proxy", &["dc.example.com", "finesse1.example.com"]);
-        ca.client(&dir, "client");
-    });
 }
 
 #[test]
@@ -46,29 +27,39 @@ fn help_explains_every_flag() {
 }
 
 #[test]
-fn test_flag_accepts_the_contract_example_without_binding() {
-    example_certificates();
+fn test_flag_accepts_the_complete_example_without_binding() {
     let dir = TestDir::new("cli-example");
-    let config = dir.write("example.yaml", &example());
-    // Hold the example's digital-channel port: -t must not try to bind it.
-    let _held = std::net::TcpListener::bind("127.0.0.1:18443");
+    let example = conf_example(&dir, "example.yaml");
+    // Hold the digital channel's port: -t must not try to bind it.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let text = std::fs::read_to_string(&example)
+        .unwrap()
+        .replace("listen: 0.0.0.0:443", &format!("listen: 127.0.0.1:{port}"));
+    let config = dir.write("held.yaml", &text);
     let out = run(&["-t", "-c", config.to_str().unwrap()]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("is valid"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("is valid: 1 digital channel(s), 1 finesse site(s)"),
+        "{stdout}"
+    );
 }
 
 #[test]
 fn test_flag_names_file_line_and_key_of_a_broken_copy() {
-    example_certificates();
     let dir = TestDir::new("cli-broken");
-    let text = example().replace("upstream: 127.0.0.1:18502", "upstream: 127.0.0.1");
+    let example = conf_example(&dir, "example.yaml");
+    let text = std::fs::read_to_string(&example)
+        .unwrap()
+        .replace("upstream: 10.10.30.31:8553", "upstream: 10.10.30.31");
     let line = text
         .lines()
-        .position(|l| l.trim() == "upstream: 127.0.0.1")
+        .position(|l| l.trim() == "upstream: 10.10.30.31")
         .unwrap()
         + 1;
     let config = dir.write("broken.yaml", &text);
@@ -76,7 +67,7 @@ fn test_flag_names_file_line_and_key_of_a_broken_copy() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let expected = format!(
-        "{}:{line}: finesse[0].servers[1].upstream: `127.0.0.1` is not host:port",
+        "{}:{line}: finesse[0].servers[2].upstream: `10.10.30.31` is not host:port",
         config.display()
     );
     assert!(
@@ -126,37 +117,14 @@ fn unusable_upstream_certificates_stop_the_start() {
     );
 }
 
-/// Copies `conf/NAME` into `dir`, pointing its certificate paths at files made there.
-fn conf_example(dir: &TestDir, name: &str) -> PathBuf {
-    let text = std::fs::read_to_string(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("conf")
-            .join(name),
-    )
-    .unwrap();
-    let tls = dir.join("tls");
-    std::fs::create_dir_all(&tls).unwrap();
-    let ca = Ca::new(name);
-    for word in text.split_whitespace() {
-        let Some(file) = word.strip_prefix("/etc/ccedge/tls/") else {
-            continue;
-        };
-        let file = file.trim_end_matches(['}', ',']);
-        if file.ends_with("-ca.pem") {
-            ca.write(&tls.join(file));
-        } else if let Some(stem) = file.strip_suffix(".crt") {
-            ca.server(&tls, stem, &["example.com"]);
-        }
-    }
-    dir.write(
-        name,
-        &text.replace("/etc/ccedge/tls/", &format!("{}/", tls.display())),
-    )
-}
-
 #[test]
 fn example_configurations_in_conf_are_valid() {
-    for name in ["digital-channels.yaml", "vpnless-finesse.yaml", "both.yaml"] {
+    for name in [
+        "example.yaml",
+        "digital-channels.yaml",
+        "vpnless-finesse.yaml",
+        "both.yaml",
+    ] {
         let dir = TestDir::new("conf-example");
         let file = conf_example(&dir, name);
         let out = run(&["-t", "-c", file.to_str().unwrap()]);
@@ -167,9 +135,7 @@ fn example_configurations_in_conf_are_valid() {
         );
     }
     let dir = TestDir::new("conf-demo");
-    let demo =
-        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("conf/demo.yaml"))
-            .unwrap();
+    let demo = repo_file("conf/demo.yaml");
     let certs = dir.join("target/demo");
     std::fs::create_dir_all(&certs).unwrap();
     Ca::new("demo").server(&certs, "proxy", &["dc.example.com"]);

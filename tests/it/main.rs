@@ -11,4 +11,5 @@ mod header_policy;
 mod observability;
 mod operations;
 mod process;
+mod reference;
 mod tls;

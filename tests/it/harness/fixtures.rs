@@ -72,3 +72,33 @@ pub fn args<'a>(more: &[&'a str], args: &'a [String]) -> Vec<&'a str> {
         .chain(args.iter().map(String::as_str))
         .collect()
 }
+
+/// The repository's own file `path` (relative to its top folder).
+pub fn repo_file(path: &str) -> String {
+    let full = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
+}
+
+/// Copies `conf/NAME` into `dir`, pointing its `/etc/ccedge/tls/` files at certificates made
+/// there: `*-ca.pem` become a CA, `*.crt` (with their `.key`) certificates it signed.
+pub fn conf_example(dir: &TestDir, name: &str) -> std::path::PathBuf {
+    let text = repo_file(&format!("conf/{name}"));
+    let tls = dir.join("tls");
+    std::fs::create_dir_all(&tls).unwrap();
+    let ca = Ca::new(name);
+    for word in text.split_whitespace() {
+        let Some(file) = word.strip_prefix("/etc/ccedge/tls/") else {
+            continue;
+        };
+        let file = file.trim_end_matches(['}', ',']);
+        if file.ends_with("-ca.pem") {
+            ca.write(&tls.join(file));
+        } else if let Some(stem) = file.strip_suffix(".crt") {
+            ca.server(&tls, stem, &["example.com"]);
+        }
+    }
+    dir.write(
+        name,
+        &text.replace("/etc/ccedge/tls/", &format!("{}/", tls.display())),
+    )
+}
