@@ -1,27 +1,12 @@
 //! ccedge: the reverse proxy for contact-center edges.
 
-mod access_log;
-mod admin;
-mod allow_list;
-mod cidr;
 mod cli;
 mod config;
 mod digital;
-mod exchange;
+mod edge;
 mod finesse;
-mod headers;
-mod health;
-mod identity;
-mod limits;
-mod metrics;
-mod process;
-mod proxymap;
-mod reply;
-mod routing;
-mod substitution;
-mod supervise;
-mod tls;
-mod upstream;
+mod observe;
+mod run;
 
 use clap::Parser;
 use std::process::ExitCode;
@@ -48,7 +33,7 @@ fn main() -> ExitCode {
     if let Some(cli::Command::Health) = cli.command {
         // Only the admin address: a health check must not depend on DNS or certificate files.
         return match config::admin_address(&file) {
-            Ok(admin) => admin::probe(admin),
+            Ok(admin) => observe::admin::probe(admin),
             Err(e) => {
                 eprintln!("ccedge: {e}");
                 ExitCode::FAILURE
@@ -62,7 +47,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Err(e) = process::check(&config) {
+    if let Err(e) = run::process::check(&config) {
         eprintln!("ccedge: configuration rejected:\n{}: {e}", file.display());
         return ExitCode::FAILURE;
     }
@@ -72,15 +57,15 @@ fn main() -> ExitCode {
                 if config.finesse.len() > 1 {
                     println!("# {}", site.name);
                 }
-                print!("{}", proxymap::text(&site.servers));
+                print!("{}", finesse::proxymap::text(&site.servers));
             }
             return ExitCode::SUCCESS;
         }
-        Some(cli::Command::Supervise) => return supervise::supervise(&file, config),
-        Some(cli::Command::Reload) => return supervise::reload(&file, &config),
+        Some(cli::Command::Supervise) => return run::supervise::supervise(&file, config),
+        Some(cli::Command::Reload) => return run::supervise::reload(&file, &config),
         Some(cli::Command::Health | cli::Command::Schema) | None => {}
     }
-    for warning in process::warnings(&config) {
+    for warning in run::process::warnings(&config) {
         log::warn!("{warning}");
     }
     if cli.test {
@@ -92,7 +77,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    match process::run(config, cli.daemon, cli.upgrade) {
+    match run::process::run(config, cli.daemon, cli.upgrade) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ccedge: {e}");

@@ -1,9 +1,11 @@
 //! The YAML configuration: read (`raw`), checked and turned into the model the proxy runs on
 //! (`model`). A rejection names the file, the line and the key path.
 
+pub mod cidr;
 mod locate;
 pub mod model;
 mod raw;
+pub mod tls;
 mod validate;
 
 pub use model::*;

@@ -1,8 +1,8 @@
 //! The validated configuration the proxy runs on. Every value here has been checked: addresses
 //! parse, files load, names are unique. Built only by `validate`.
 
-use crate::cidr::CidrSet;
-use crate::tls::{ServerTls, UpstreamTls};
+use crate::config::cidr::CidrSet;
+use crate::config::tls::{ServerTls, UpstreamTls};
 use serde::{Serialize, Serializer};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};

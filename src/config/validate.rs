@@ -4,8 +4,8 @@
 
 use super::model::*;
 use super::raw::*;
-use crate::cidr::CidrSet;
-use crate::tls::{ServerTls, TlsFileError, UpstreamTls};
+use crate::config::cidr::CidrSet;
+use crate::config::tls::{ServerTls, TlsFileError, UpstreamTls};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};

@@ -5,16 +5,18 @@
 //! and so is an idempotent request whose connection broke before any answer. DataConn
 //! (`publisher_only_paths`) never goes to the subscriber.
 
-use crate::access_log::AccessLog;
-use crate::admin::StatusSource;
+mod health;
+
 use crate::config::DigitalService;
-use crate::exchange::{self, Exchange, Front, Labels};
-use crate::headers::{self, RouteHeaders};
-use crate::health::{self, NodeHealth};
-use crate::limits::RateLimiter;
-use crate::upstream;
+use crate::edge::exchange::{self, Exchange, Front, Labels};
+use crate::edge::headers::{self, RouteHeaders};
+use crate::edge::limits::RateLimiter;
+use crate::edge::upstream;
+use crate::observe::access_log::AccessLog;
+use crate::observe::admin::StatusSource;
 use async_trait::async_trait;
 use bytes::Bytes;
+use health::NodeHealth;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::LoadBalancer;

@@ -1,14 +1,14 @@
 //! The process: a validated configuration becomes a Pingora server with one service per
 //! digital channel, one per Finesse site, and the admin listener.
 
-use crate::access_log::AccessLog;
-use crate::admin::{Admin, StatusSource};
-use crate::allow_list::AllowList;
+use crate::config::tls::ServerTls;
 use crate::config::{Config, FinesseService};
 use crate::digital::{DigitalChannel, DigitalProxy};
+use crate::edge::allow_list::AllowList;
+use crate::finesse::proxymap::ProxyMapApp;
 use crate::finesse::{FinesseProxy, FinesseSite};
-use crate::proxymap::ProxyMapApp;
-use crate::tls::ServerTls;
+use crate::observe::access_log::AccessLog;
+use crate::observe::admin::{Admin, StatusSource};
 use pingora::apps::http_app::HttpServer;
 use pingora::apps::HttpServerOptions;
 use pingora::proxy::{ProxyHttp, ProxyServiceBuilder};
@@ -39,7 +39,7 @@ fn server_conf(config: &Config, daemon: bool) -> ServerConf {
 /// What an operator should know about a valid configuration before it runs.
 pub fn warnings(config: &Config) -> Vec<String> {
     let mut warnings = Vec::new();
-    let unverified = |tls: Option<&crate::tls::UpstreamTls>| tls.is_some_and(|t| !t.verify);
+    let unverified = |tls: Option<&crate::config::tls::UpstreamTls>| tls.is_some_and(|t| !t.verify);
     for d in &config.digital {
         if unverified(d.upstream_tls.as_ref()) {
             warnings.push(format!(
@@ -100,7 +100,7 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
         ..Opt::default()
     };
     let mut server = Server::new_with_opt_and_conf(opt, server_conf(&config, daemon));
-    if let Some(ready) = std::env::var_os(crate::supervise::READY_FILE_ENV) {
+    if let Some(ready) = std::env::var_os(crate::run::supervise::READY_FILE_ENV) {
         report_running(&server, PathBuf::from(ready));
     }
     // Everything that can fail is built before bootstrap, which in an upgrade takes over the old

@@ -3,13 +3,13 @@
 //! the access log and the metrics. The per-request context (`Exchange`) and the per-service part
 //! (`Front`) live here.
 
-use crate::access_log::{self, AccessLog, Entry};
-use crate::cidr::CidrSet;
+use crate::config::cidr::CidrSet;
 use crate::config::Limits;
-use crate::identity::{self, ClientIdentity};
-use crate::limits::{self, RateLimiter};
-use crate::metrics::ServiceMetrics;
-use crate::reply;
+use crate::edge::identity::{self, ClientIdentity};
+use crate::edge::limits::{self, RateLimiter};
+use crate::edge::reply;
+use crate::observe::access_log::{self, AccessLog, Entry};
+use crate::observe::metrics::ServiceMetrics;
 use bytes::Bytes;
 use http::header::HeaderValue;
 use pingora::http::ResponseHeader;
@@ -122,8 +122,8 @@ impl Front {
         let header = session.req_header();
         let peer = peer_ip(session);
         ctx.client = Some(identity::resolve(peer, &self.trusted, &header.headers));
-        ctx.tracking_id = Some(crate::headers::tracking_id(&header.headers));
-        ctx.wants_websocket = crate::headers::is_websocket_upgrade(header);
+        ctx.tracking_id = Some(crate::edge::headers::tracking_id(&header.headers));
+        ctx.wants_websocket = crate::edge::headers::is_websocket_upgrade(header);
         self.metrics.in_flight.inc();
         ctx.in_flight = true;
     }
@@ -309,7 +309,7 @@ pub fn local_port(session: &Session) -> u16 {
 /// Response headers on the way to the client (proxied responses).
 pub fn on_response(resp: &mut ResponseHeader, ctx: &Exchange) -> pingora::Result<()> {
     match &ctx.tracking_id {
-        Some(tid) => crate::headers::apply_response(resp, tid),
+        Some(tid) => crate::edge::headers::apply_response(resp, tid),
         None => Ok(()),
     }
 }

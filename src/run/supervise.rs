@@ -7,7 +7,7 @@
 //! saying which server process is current and how the last reload went.
 
 use crate::config::{self, Config};
-use crate::process;
+use crate::run::process;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
@@ -229,7 +229,7 @@ impl Supervisor {
                     ok: false,
                     message,
                     started_ms,
-                    at: crate::access_log::now(),
+                    at: crate::observe::access_log::now(),
                 });
                 self.save();
                 return Err(ExitCode::FAILURE);
@@ -244,7 +244,7 @@ impl Supervisor {
             ok,
             message,
             started_ms,
-            at: crate::access_log::now(),
+            at: crate::observe::access_log::now(),
         });
         self.save();
         Ok(())

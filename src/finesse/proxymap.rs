@@ -1,8 +1,8 @@
 //! The proxy map that Finesse, IdS and CUIC poll: one `upstreamhost:port=publichost:port` line per
 //! server, served on `proxy_map.listen` at `proxy_map.path` and printed by `ccedge proxymap`.
 
-use crate::access_log::{self, AccessLog, Entry};
 use crate::config::FinesseServer;
+use crate::observe::access_log::{self, AccessLog, Entry};
 use async_trait::async_trait;
 use http::{Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;

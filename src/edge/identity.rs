@@ -1,7 +1,7 @@
 //! Who the client is: the TCP peer, or — when the peer is a trusted load balancer — the address
 //! that balancer names in `X-Forwarded-For` / `X-Real-IP`.
 
-use crate::cidr::CidrSet;
+use crate::config::cidr::CidrSet;
 use http::header::HeaderMap;
 use std::net::{IpAddr, SocketAddr};
 

@@ -7,7 +7,7 @@
 //! valid WebSocket upgrade, before these functions run.
 
 use crate::config::Authority;
-use crate::identity::ClientIdentity;
+use crate::edge::identity::ClientIdentity;
 use http::header::{self, HeaderMap, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use std::fmt::Write;

@@ -1,7 +1,7 @@
 //! Responses ccedge writes itself (421, 403, 429, 502, 503, ...): short plain-text bodies that say
 //! what happened, the request's TrackingID, and no `Server` header.
 
-use crate::headers::TRACKING_ID;
+use crate::edge::headers::TRACKING_ID;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use pingora::http::ResponseHeader;

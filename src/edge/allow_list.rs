@@ -1,7 +1,7 @@
 //! `client_allow`: connections from addresses outside the list are dropped as soon as they are
 //! accepted, before any TLS handshake, so nothing is revealed to them.
 
-use crate::cidr::CidrSet;
+use crate::config::cidr::CidrSet;
 use async_trait::async_trait;
 use pingora::listeners::ConnectionFilter;
 use std::net::SocketAddr;
@@ -30,7 +30,7 @@ impl AllowList {
 
     fn report(&self, addr: &SocketAddr) {
         let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
-        crate::metrics::connection_refused(&self.service);
+        crate::observe::metrics::connection_refused(&self.service);
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());

@@ -1,7 +1,7 @@
 //! Finesse route selection: the listening port picks the servers bound to it, the request's host
 //! picks one of them. Anything else is not ours to forward (421).
 
-use crate::headers::absolute_form_authority;
+use crate::edge::headers::absolute_form_authority;
 use pingora::http::RequestHeader;
 
 /// `(listen_port, public host) -> server index`, built once per service.

@@ -1,8 +1,8 @@
 //! Connections to internal servers: one `HttpPeer` per node, built at configuration load and
 //! cloned per request.
 
+use crate::config::tls::UpstreamTls;
 use crate::config::{Limits, Upstream};
-use crate::tls::UpstreamTls;
 use pingora::protocols::tls::HandshakeCompleteHook;
 use pingora::protocols::{Digest, ALPN};
 use pingora::tls::ssl::SslRef;

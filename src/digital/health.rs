@@ -3,8 +3,8 @@
 //! over exactly the connection settings traffic uses (TLS, CA, mTLS identity, IP check).
 
 use crate::config::HealthCheck as CheckSettings;
-use crate::metrics;
-use crate::upstream;
+use crate::edge::upstream;
+use crate::observe::metrics;
 use async_trait::async_trait;
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
@@ -317,7 +317,7 @@ impl HealthCheck for Probe {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         record.changes += 1;
-        record.last_change = Some(crate::access_log::now());
+        record.last_change = Some(crate::observe::access_log::now());
         record.down = !healthy;
         let held = self.held[index].load(Ordering::Relaxed);
         metrics::upstream_health(&self.service, label, address, healthy && !held);

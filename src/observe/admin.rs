@@ -63,7 +63,7 @@ impl ServeHttp for Admin {
             "/metrics" => respond(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
-                crate::metrics::render(),
+                crate::observe::metrics::render(),
             ),
             "/status" => {
                 let mut body = serde_json::to_vec_pretty(&self.status()).unwrap_or_default();

@@ -2,16 +2,18 @@
 //! proxy, selected by listening port and then by host; WebSockets end to end; response bodies and
 //! `Location` headers rewritten from internal to public names.
 
-use crate::access_log::AccessLog;
-use crate::admin::StatusSource;
+pub mod proxymap;
+mod routing;
+mod substitution;
+
 use crate::config::FinesseService;
-use crate::exchange::{self, Exchange, Front, Labels};
-use crate::headers::{self, RouteHeaders};
-use crate::limits::{self, RateLimiter};
-use crate::reply;
-use crate::routing::{self, RouteTable};
-use crate::substitution::{Locations, Plan, StreamRewrite};
-use crate::upstream;
+use crate::edge::exchange::{self, Exchange, Front, Labels};
+use crate::edge::headers::{self, RouteHeaders};
+use crate::edge::limits::{self, RateLimiter};
+use crate::edge::reply;
+use crate::edge::upstream;
+use crate::observe::access_log::AccessLog;
+use crate::observe::admin::StatusSource;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header;
@@ -19,10 +21,12 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use routing::RouteTable;
 use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use substitution::{Locations, Plan, StreamRewrite};
 
 /// One internal server as the proxy uses it.
 struct Route {

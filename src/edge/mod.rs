@@ -1,0 +1,10 @@
+//! What every request goes through, whichever service: client identity, header policy, limits,
+//! ccedge's own replies and the upstream peers.
+
+pub mod allow_list;
+pub mod exchange;
+pub mod headers;
+pub mod identity;
+pub mod limits;
+pub mod reply;
+pub mod upstream;

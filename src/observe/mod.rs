@@ -1,0 +1,5 @@
+//! What operators see: the access log, the metrics and the admin listener.
+
+pub mod access_log;
+pub mod admin;
+pub mod metrics;

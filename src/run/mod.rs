@@ -1,0 +1,4 @@
+//! Process assembly and operations: the Pingora server, the supervisor and reloads.
+
+pub mod process;
+pub mod supervise;
