@@ -142,8 +142,9 @@ async fn failover_to_subscriber_and_back_to_publisher() {
 
 #[tokio::test]
 async fn killed_publisher_loses_no_request() {
-    // Slow checks: the failover under test is the per-request retry, not the health check.
-    let cc = Cc::start("dc-steady", "").await;
+    // Slow checks: the failover under test is the per-request retry, not the health check. No
+    // rate limit: the loop sends faster than the default /drapi/ limit allows.
+    let cc = Cc::start("dc-steady", "    rate_limits: []\n").await;
     let sent = Arc::new(AtomicUsize::new(0));
     let counter = sent.clone();
     let mut client = cc.client();
