@@ -3,7 +3,7 @@
 //! over exactly the connection settings traffic uses (TLS, CA, mTLS identity, IP check).
 
 use crate::config::HealthCheck as CheckSettings;
-use crate::edge::upstream;
+use crate::edge::fetch;
 use crate::observe::metrics;
 use async_trait::async_trait;
 use pingora::connectors::http::Connector;
@@ -19,6 +19,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// The longest probe answer read: a ping answer is a few bytes.
+const PROBE_BODY: usize = 1 << 20;
 
 /// One node to watch.
 pub struct Node {
@@ -248,23 +251,22 @@ impl Probe {
     }
 
     async fn probe(&self, peer: &HttpPeer) -> pingora::Result<()> {
-        let (mut session, _) = self.connector.get_http_session(peer).await?;
-        upstream::check_connection(session.digest())?;
-        session.set_write_timeout(Some(self.timeout));
-        session.set_read_timeout(Some(self.timeout));
-        session
-            .write_request_header(Box::new(self.request.clone()))
-            .await?;
-        session.finish_request_body().await?;
-        session.read_response_header().await?;
-        let status = session.response_header().map_or(0, |r| r.status.as_u16());
+        let request = self.request.clone();
+        let answer = fetch::send(
+            &self.connector,
+            peer,
+            request,
+            self.timeout,
+            PROBE_BODY,
+            false,
+        );
+        let status = answer.await?.status;
         if status != 200 {
             return pingora::Error::e_explain(
                 pingora::ErrorType::CustomCode("unhealthy status", status),
                 format!("{} answered {status}, not 200", self.request.uri.path()),
             );
         }
-        while session.read_response_body().await?.is_some() {}
         Ok(())
     }
 }
@@ -276,13 +278,7 @@ impl HealthCheck for Probe {
             return Ok(());
         };
         let peer = &self.peers[index].2;
-        let result = match tokio::time::timeout(self.timeout, self.probe(peer)).await {
-            Ok(result) => result,
-            Err(_) => pingora::Error::e_explain(
-                pingora::ErrorType::ReadTimedout,
-                format!("no answer within {} ms", self.timeout.as_millis()),
-            ),
-        };
+        let result = self.probe(peer).await;
         match &result {
             Err(e) => {
                 let mut record = self.records[index]

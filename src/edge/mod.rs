@@ -3,6 +3,7 @@
 
 pub mod allow_list;
 pub mod exchange;
+pub mod fetch;
 pub mod headers;
 pub mod identity;
 pub mod limits;

@@ -3,3 +3,4 @@
 pub mod access_log;
 pub mod admin;
 pub mod metrics;
+pub mod throttle;
