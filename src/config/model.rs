@@ -273,12 +273,47 @@ pub struct CacheRule {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct AuthSettings {
-    #[serde(serialize_with = "display")]
-    pub validate_url: http::Uri,
+    #[serde(rename = "validate_url")]
+    pub validate: Endpoint,
     #[serde(rename = "cache_seconds", serialize_with = "seconds")]
     pub cache_for: Duration,
     pub public_paths: Vec<String>,
     pub lockout: Lockout,
+    pub jwt: Option<JwtSettings>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JwtSettings {
+    #[serde(rename = "keys_url")]
+    pub keys: Endpoint,
+    #[serde(rename = "poll_seconds", serialize_with = "seconds")]
+    pub poll: Duration,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    #[serde(rename = "max_token_age_seconds", serialize_with = "seconds")]
+    pub max_token_age: Duration,
+}
+
+/// A URL ccedge itself fetches from an internal server (credential checks, signing keys): where
+/// it is, and the TLS to reach it with (`None`: plain HTTP).
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub url: http::Uri,
+    pub upstream: Upstream,
+    pub tls: Option<UpstreamTls>,
+}
+
+impl Endpoint {
+    /// The request target: path and query.
+    pub fn target(&self) -> &str {
+        self.url.path_and_query().map_or("/", |p| p.as_str())
+    }
+}
+
+impl Serialize for Endpoint {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.url)
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -305,10 +340,6 @@ fn millis<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 
 fn seconds<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(d.as_secs())
-}
-
-fn display<S: Serializer, T: fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(v)
 }
 
 fn tls_summary<S: Serializer>(tls: &Option<ServerTls>, s: S) -> Result<S::Ok, S::Error> {

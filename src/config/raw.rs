@@ -371,6 +371,28 @@ pub struct RawAuth {
     pub public_paths: Vec<String>,
     #[serde(default)]
     pub lockout: RawLockout,
+    pub jwt: Option<RawJwt>,
+}
+
+/// SSO: Bearer tokens that are JWTs are verified at the proxy, never sent to validate_url.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Jwt")]
+pub struct RawJwt {
+    /// URL of the signing keys: a PEM public key or a JWKS document.
+    pub keys_url: String,
+    /// Seconds between two fetches of the keys (they are also fetched on an unknown `kid`).
+    #[serde(default = "jwt_poll_seconds")]
+    #[schemars(range(min = 1))]
+    pub poll_seconds: u64,
+    /// When set, the token's `iss` must equal it.
+    pub issuer: Option<String>,
+    /// When set, the token's `aud` must contain it.
+    pub audience: Option<String>,
+    /// A token issued (`iat`) longer ago than this is refused, even before it expires.
+    #[serde(default = "jwt_max_token_age_seconds")]
+    #[schemars(range(min = 1))]
+    pub max_token_age_seconds: u64,
 }
 
 /// Brute-force protection: too many failed logins from one IP block it for a while.
@@ -449,6 +471,14 @@ fn proxymap_path() -> String {
 
 fn auth_cache_seconds() -> u64 {
     900
+}
+
+fn jwt_poll_seconds() -> u64 {
+    300
+}
+
+fn jwt_max_token_age_seconds() -> u64 {
+    7200
 }
 
 fn public_paths() -> Vec<String> {

@@ -377,3 +377,45 @@ fn publisher_and_subscriber_must_differ() {
         "{err}"
     );
 }
+
+#[test]
+fn auth_urls_resolve_and_take_the_tls_of_their_server() {
+    let s = Scratch::new("auth");
+    let yaml = format!(
+        "{FINESSE}    upstream_tls:\n      ca: @DIR@/proxy.crt\n    auth:\n      \
+         validate_url: https://127.0.0.1:9001/finesse/api/UserAuth\n      jwt:\n        \
+         keys_url: http://127.0.0.1:9002/ids/v1/keys\n        issuer: https://ids\n"
+    );
+    let config = s.load(&yaml).unwrap();
+    let auth = config.finesse[0].auth.as_ref().unwrap();
+    assert_eq!(auth.validate.target(), "/finesse/api/UserAuth");
+    assert_eq!(auth.validate.upstream.addr.port(), 9001);
+    assert!(auth.validate.tls.as_ref().is_some_and(|t| t.ca.is_some()));
+    let jwt = auth.jwt.as_ref().unwrap();
+    assert!(jwt.keys.tls.is_none(), "http:// is plain");
+    assert_eq!(jwt.poll.as_secs(), 300);
+    assert_eq!(jwt.max_token_age.as_secs(), 7200);
+    assert_eq!(jwt.issuer.as_deref(), Some("https://ids"));
+}
+
+#[test]
+fn auth_url_and_jwt_problems_name_their_keys() {
+    let s = Scratch::new("authbad");
+    let yaml = format!(
+        "{FINESSE}    auth:\n      validate_url: ftp://127.0.0.1/x\n      jwt:\n        \
+         keys_url: https://nowhere.invalid/keys\n        poll_seconds: 0\n"
+    );
+    let err = rejected(s.load(&yaml));
+    assert!(
+        err.contains("test.yaml:14: finesse[0].auth.validate_url: `ftp://127.0.0.1/x` is not an http:// or https:// URL"),
+        "{err}"
+    );
+    assert!(
+        err.contains("test.yaml:16: finesse[0].auth.jwt.keys_url: cannot resolve"),
+        "{err}"
+    );
+    assert!(
+        err.contains("test.yaml:17: finesse[0].auth.jwt.poll_seconds: must be greater than 0"),
+        "{err}"
+    );
+}

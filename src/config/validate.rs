@@ -480,8 +480,16 @@ impl Validator {
             .cache
             .as_ref()
             .map(|c| self.cache(&format!("{path}.cache"), c));
+        let tls_for = |at: &Upstream| {
+            let own = servers
+                .iter()
+                .flatten()
+                .find(|s| s.upstream.authority == at.authority);
+            own.and_then(|s| s.upstream_tls.clone())
+                .or_else(|| upstream_tls.clone().flatten())
+        };
         let auth = match &f.auth {
-            Some(a) => Some(self.auth(&format!("{path}.auth"), a)?),
+            Some(a) => Some(self.auth(&format!("{path}.auth"), a, &tls_for)?),
             None => None,
         };
         let substitutions = f
@@ -590,30 +598,44 @@ impl Validator {
         }
     }
 
-    fn auth(&mut self, path: &str, a: &RawAuth) -> Option<AuthSettings> {
-        let url_path = format!("{path}.validate_url");
-        let url = self.check(
-            &url_path,
-            a.validate_url
-                .parse::<http::Uri>()
-                .ok()
-                .filter(|u| {
-                    matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some()
-                })
-                .ok_or_else(|| {
-                    format!(
-                        "`{}` is not an http:// or https:// URL with a host",
-                        a.validate_url
-                    )
-                }),
-        );
+    /// `tls` gives the TLS settings for an upstream of the site (a server's own, else the
+    /// site's), which `https://` URLs to the same place use.
+    fn auth(
+        &mut self,
+        path: &str,
+        a: &RawAuth,
+        tls: &dyn Fn(&Upstream) -> Option<UpstreamTls>,
+    ) -> Option<AuthSettings> {
+        let validate = self.endpoint(&format!("{path}.validate_url"), &a.validate_url, tls);
         let public_paths = self.paths(&format!("{path}.public_paths"), &a.public_paths);
         let lockout = &a.lockout;
         if lockout.failures == 0 {
             self.problem(&format!("{path}.lockout.failures"), "must be at least 1");
         }
+        let jwt = match &a.jwt {
+            Some(j) => {
+                let at = format!("{path}.jwt");
+                let keys = self.endpoint(&format!("{at}.keys_url"), &j.keys_url, tls);
+                for (key, value) in [
+                    ("poll_seconds", j.poll_seconds),
+                    ("max_token_age_seconds", j.max_token_age_seconds),
+                ] {
+                    if value == 0 {
+                        self.problem(&format!("{at}.{key}"), "must be greater than 0");
+                    }
+                }
+                Some(JwtSettings {
+                    keys: keys?,
+                    poll: Duration::from_secs(j.poll_seconds),
+                    issuer: j.issuer.clone(),
+                    audience: j.audience.clone(),
+                    max_token_age: Duration::from_secs(j.max_token_age_seconds),
+                })
+            }
+            None => None,
+        };
         Some(AuthSettings {
-            validate_url: url?,
+            validate: validate?,
             cache_for: Duration::from_secs(a.cache_seconds),
             public_paths,
             lockout: Lockout {
@@ -621,7 +643,50 @@ impl Validator {
                 window: Duration::from_secs(lockout.window_seconds),
                 block: Duration::from_secs(lockout.block_seconds),
             },
+            jwt,
         })
+    }
+
+    /// An `http://` or `https://` URL ccedge fetches itself: its host resolved as an upstream's
+    /// is; `https://` uses the TLS `tls` gives for that upstream (else verification against the
+    /// system's roots).
+    fn endpoint(
+        &mut self,
+        path: &str,
+        text: &str,
+        tls: &dyn Fn(&Upstream) -> Option<UpstreamTls>,
+    ) -> Option<Endpoint> {
+        let url = self.check(
+            path,
+            text.parse::<http::Uri>()
+                .ok()
+                .filter(|u| {
+                    matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some()
+                })
+                .ok_or_else(|| format!("`{text}` is not an http:// or https:// URL with a host")),
+        )?;
+        let https = url.scheme_str() == Some("https");
+        let authority = url.authority().expect("checked above");
+        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let host_port = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        let upstream = self.upstream(path, &host_port)?;
+        let tls = https.then(|| {
+            tls(&upstream).unwrap_or(UpstreamTls {
+                verify: true,
+                ca: None,
+                client: None,
+                server_name: None,
+            })
+        });
+        Some(Endpoint { url, upstream, tls })
     }
 
     fn substitution(&mut self, path: &str, s: &RawSubstitution) -> Substitution {

@@ -34,6 +34,8 @@ pub struct Exchange {
     pub upstream_status: Option<u16>,
     /// Why ccedge answered this request itself, shown to the client and in the log.
     pub refusal: Option<String>,
+    /// Who the request is from, once authentication said so (or the name a refused one gave).
+    pub user: Option<Arc<str>>,
     body_bytes: u64,
     /// Counted in the in-flight gauge (until it is logged).
     in_flight: bool,
@@ -55,6 +57,7 @@ impl Exchange {
             failed_node: None,
             upstream_status: None,
             refusal: None,
+            user: None,
             body_bytes: 0,
             in_flight: false,
             wants_websocket: false,
@@ -229,6 +232,7 @@ impl Front {
             service: &self.name,
             route: labels.route,
             client_ip: ctx.client.map(|c| c.ip.to_string()),
+            user: ctx.user.as_deref().map(clip),
             method: req.method.as_str(),
             host: req
                 .headers

@@ -56,6 +56,19 @@ pub fn for_request(peer: &HttpPeer, upgrade: bool, limits: &Limits) -> Box<HttpP
     peer
 }
 
+/// Sends the request upstream with `path` in place of its own, keeping its query.
+pub fn set_path(req: &mut pingora::http::RequestHeader, path: &str) -> pingora::Result<()> {
+    let target = match req.uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_string(),
+    };
+    let uri = target.parse::<http::Uri>().map_err(|e| {
+        pingora::Error::because(pingora::ErrorType::InvalidHTTPHeader, "normalised path", e)
+    })?;
+    req.set_uri(uri);
+    Ok(())
+}
+
 /// The outcome of checking an upstream certificate's IP addresses, carried on the connection.
 struct CertNamesIp {
     ip: IpAddr,

@@ -2,6 +2,7 @@
 //! proxy, selected by listening port and then by host; WebSockets end to end; response bodies and
 //! `Location` headers rewritten from internal to public names.
 
+mod auth;
 pub mod proxymap;
 mod routing;
 mod substitution;
@@ -15,6 +16,7 @@ use crate::edge::upstream;
 use crate::observe::access_log::AccessLog;
 use crate::observe::admin::StatusSource;
 use async_trait::async_trait;
+use auth::{Auth, Decision};
 use bytes::Bytes;
 use http::header;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -45,6 +47,7 @@ pub struct FinesseSite {
     front: Front,
     plan: Plan,
     locations: Locations,
+    auth: Option<Auth>,
     status: serde_json::Value,
 }
 
@@ -129,6 +132,10 @@ impl FinesseSite {
                 service.rewrite_upstream_hosts,
             ),
             locations: Locations::new(&service.servers, https),
+            auth: service
+                .auth
+                .as_ref()
+                .map(|a| Auth::new(&service.name, a, &service.limits)),
             status,
         }
     }
@@ -181,9 +188,24 @@ impl FinesseSite {
     }
 }
 
+impl FinesseSite {
+    /// The background task keeping the SSO signing keys current, when the site has one.
+    pub fn key_refresh(&self) -> Option<auth::KeyRefresh> {
+        self.auth.as_ref().and_then(Auth::key_refresh)
+    }
+}
+
 impl StatusSource for FinesseSite {
     fn status(&self) -> serde_json::Value {
-        self.status.clone()
+        let mut status = self.status.clone();
+        if let Some(auth) = &self.auth {
+            status["auth"] = auth.status();
+        }
+        status
+    }
+
+    fn lift_block(&self, ip: std::net::IpAddr) -> bool {
+        self.auth.as_ref().is_some_and(|a| a.lift_block(ip))
     }
 }
 
@@ -197,9 +219,11 @@ impl FinesseProxy {
     }
 }
 
-/// Per-request state: what every request has, and the body rewrite of this response.
+/// Per-request state: what every request has, the path sent upstream when authentication
+/// normalised it, and the body rewrite of this response.
 pub struct FinesseCtx {
     exchange: Exchange,
+    path: Option<String>,
     rewrite: Option<StreamRewrite>,
 }
 
@@ -210,6 +234,7 @@ impl ProxyHttp for FinesseProxy {
     fn new_ctx(&self) -> FinesseCtx {
         FinesseCtx {
             exchange: Exchange::new(),
+            path: None,
             rewrite: None,
         }
     }
@@ -220,20 +245,39 @@ impl ProxyHttp for FinesseProxy {
         ctx: &mut FinesseCtx,
     ) -> pingora::Result<bool> {
         let site = &self.site;
-        let ctx = &mut ctx.exchange;
+        let FinesseCtx { exchange, path, .. } = ctx;
+        let ctx = exchange;
         site.front.begin(session, ctx);
         let port = exchange::local_port(session);
         let route = routing::request_host(session.req_header())
             .and_then(|host| site.table.lookup(port, host));
-        match route {
-            Some(route) => {
-                ctx.route = Some(route);
-                site.front.admit(session, ctx).await
+        let Some(route) = route else {
+            let message = "no server is configured for this host and port";
+            reply::send(session, 421, message, ctx.tracking_id.as_ref(), &[]).await?;
+            ctx.refusal = Some(message.into());
+            return Ok(true);
+        };
+        ctx.route = Some(route);
+        if site.front.admit(session, ctx).await? {
+            return Ok(true);
+        }
+        let (Some(auth), Some(client)) = (&site.auth, ctx.client) else {
+            return Ok(false);
+        };
+        match auth
+            .check(session.req_header(), client.ip, ctx.wants_websocket)
+            .await
+        {
+            Decision::Pass { user, path: normal } => {
+                ctx.user = user;
+                *path = normal;
+                Ok(false)
             }
-            None => {
-                let message = "no server is configured for this host and port";
-                reply::send(session, 421, message, ctx.tracking_id.as_ref(), &[]).await?;
-                ctx.refusal = Some(message.into());
+            Decision::Refuse(r) => {
+                let tid = ctx.tracking_id.as_ref();
+                reply::send(session, r.status, &r.message, tid, &r.headers).await?;
+                ctx.user = r.user;
+                ctx.refusal = Some(r.message);
                 Ok(true)
             }
         }
@@ -285,6 +329,9 @@ impl ProxyHttp for FinesseProxy {
         req: &mut RequestHeader,
         ctx: &mut FinesseCtx,
     ) -> pingora::Result<()> {
+        if let Some(path) = ctx.path.take() {
+            upstream::set_path(req, &path)?;
+        }
         let ctx = &ctx.exchange;
         let (client, tid) = ctx.identity()?;
         let route = ctx.route.unwrap_or_default();

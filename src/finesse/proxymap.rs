@@ -56,6 +56,7 @@ impl ServeHttp for ProxyMapApp {
                 .client_addr()
                 .and_then(|a| a.as_inet())
                 .map(|a| a.ip().to_canonical().to_string()),
+            user: None,
             method: req.method.as_str(),
             host: req
                 .headers

@@ -20,6 +20,8 @@ pub struct Entry<'a> {
     pub service: &'a str,
     pub route: Option<&'a str>,
     pub client_ip: Option<String>,
+    /// Who the request was from: the Basic user name or the JWT `sub`.
+    pub user: Option<&'a str>,
     pub method: &'a str,
     pub host: Option<&'a str>,
     pub path: &'a str,
@@ -198,6 +200,7 @@ mod tests {
                 service: "cc",
                 route: Some("publisher"),
                 client_ip: Some("127.0.0.1".into()),
+                user: None,
                 method: "GET",
                 host: None,
                 path: "/a\"b",

@@ -6,12 +6,19 @@ use http::{Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::json;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// A service that can describe itself on `/status`.
+/// A service as the admin listener sees it: it describes itself on `/status`, and lifts a
+/// login lockout when asked.
 pub trait StatusSource: Send + Sync {
     fn status(&self) -> serde_json::Value;
+
+    /// Lifts the block on client address `ip`; false when this service had none.
+    fn lift_block(&self, _ip: IpAddr) -> bool {
+        false
+    }
 }
 
 pub struct Admin {
@@ -40,6 +47,42 @@ impl Admin {
     }
 }
 
+impl Admin {
+    /// `DELETE /auth/lockouts/<ip>`: lifts that address's login lockout on every site.
+    fn lockout(&self, method: &http::Method, ip: &str) -> Response<Vec<u8>> {
+        let text = "text/plain; charset=utf-8";
+        if method != http::Method::DELETE {
+            return respond(
+                StatusCode::METHOD_NOT_ALLOWED,
+                text,
+                b"DELETE only\n".to_vec(),
+            );
+        }
+        let Ok(ip) = ip.parse::<IpAddr>() else {
+            return respond(
+                StatusCode::BAD_REQUEST,
+                text,
+                b"not an IP address\n".to_vec(),
+            );
+        };
+        let ip = ip.to_canonical();
+        let lifted = self.sources.iter().filter(|s| s.lift_block(ip)).count();
+        if lifted > 0 {
+            respond(
+                StatusCode::OK,
+                text,
+                format!("{ip} unblocked\n").into_bytes(),
+            )
+        } else {
+            respond(
+                StatusCode::NOT_FOUND,
+                text,
+                format!("{ip} is not blocked\n").into_bytes(),
+            )
+        }
+    }
+}
+
 fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
     Response::builder()
         .status(status)
@@ -55,6 +98,9 @@ impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
         let text = "text/plain; charset=utf-8";
+        if let Some(ip) = req.uri.path().strip_prefix("/auth/lockouts/") {
+            return self.lockout(&req.method, ip);
+        }
         if req.method != http::Method::GET && req.method != http::Method::HEAD {
             return respond(StatusCode::METHOD_NOT_ALLOWED, text, b"GET only\n".to_vec());
         }
@@ -73,7 +119,8 @@ impl ServeHttp for Admin {
             _ => respond(
                 StatusCode::NOT_FOUND,
                 text,
-                b"not found: try /healthz, /status or /metrics\n".to_vec(),
+                b"not found: try /healthz, /status, /metrics or DELETE /auth/lockouts/<ip>\n"
+                    .to_vec(),
             ),
         }
     }

@@ -25,6 +25,12 @@ struct Families {
     refused_connections: IntCounterVec,
     upstream_up: IntGaugeVec,
     health_changes: IntCounterVec,
+    auth_validations: IntCounterVec,
+    auth_kept: IntCounterVec,
+    auth_jwt: IntCounterVec,
+    auth_key_fetches: IntCounterVec,
+    auth_lockouts: IntCounterVec,
+    auth_blocked: IntCounterVec,
 }
 
 fn families() -> &'static Families {
@@ -85,6 +91,36 @@ fn families() -> &'static Families {
             "Health state changes of a node, by the state it changed to.",
             &["service", "node", "to"],
         );
+        let auth_validations = counter(
+            "ccedge_auth_validations_total",
+            "Credentials checked with validate_url, by outcome (valid, invalid, unavailable).",
+            &["service", "outcome"],
+        );
+        let auth_kept = counter(
+            "ccedge_auth_verdict_cache_hits_total",
+            "Requests whose credential verdict was reused, without a validation or verification.",
+            &["service"],
+        );
+        let auth_jwt = counter(
+            "ccedge_auth_jwt_verifications_total",
+            "JWTs verified at the proxy, by outcome (valid, invalid, unavailable).",
+            &["service", "outcome"],
+        );
+        let auth_key_fetches = counter(
+            "ccedge_auth_key_fetches_total",
+            "Fetches of the JWT signing keys from keys_url, by outcome (ok, failed).",
+            &["service", "outcome"],
+        );
+        let auth_lockouts = counter(
+            "ccedge_auth_lockouts_total",
+            "Client addresses blocked after too many failed logins.",
+            &["service"],
+        );
+        let auth_blocked = counter(
+            "ccedge_auth_blocked_requests_total",
+            "Requests refused with 429 because their client address is blocked.",
+            &["service"],
+        );
         let duration = HistogramVec::new(
             HistogramOpts::new(
                 "ccedge_request_duration_seconds",
@@ -110,6 +146,12 @@ fn families() -> &'static Families {
             refused_connections,
             upstream_up,
             health_changes,
+            auth_validations,
+            auth_kept,
+            auth_jwt,
+            auth_key_fetches,
+            auth_lockouts,
+            auth_blocked,
         }
     })
 }
@@ -160,6 +202,37 @@ impl ServiceMetrics {
         let class = usize::from(status / 100).min(CLASSES.len() - 1);
         self.requests[route][class].inc();
         self.duration.observe(elapsed.as_secs_f64());
+    }
+}
+
+/// Outcomes of a credential check, as metric labels.
+pub const OUTCOMES: [&str; 3] = ["valid", "invalid", "unavailable"];
+
+/// One Finesse site's authentication metrics, labels resolved.
+pub struct AuthMetrics {
+    /// By `OUTCOMES` index.
+    pub validations: [IntCounter; 3],
+    pub kept: IntCounter,
+    /// By `OUTCOMES` index.
+    pub jwt: [IntCounter; 3],
+    /// Succeeded, failed.
+    pub key_fetches: [IntCounter; 2],
+    pub lockouts: IntCounter,
+    pub blocked: IntCounter,
+}
+
+impl AuthMetrics {
+    pub fn new(service: &str) -> AuthMetrics {
+        let f = families();
+        AuthMetrics {
+            validations: OUTCOMES.map(|o| f.auth_validations.with_label_values(&[service, o])),
+            kept: f.auth_kept.with_label_values(&[service]),
+            jwt: OUTCOMES.map(|o| f.auth_jwt.with_label_values(&[service, o])),
+            key_fetches: ["ok", "failed"]
+                .map(|o| f.auth_key_fetches.with_label_values(&[service, o])),
+            lockouts: f.auth_lockouts.with_label_values(&[service]),
+            blocked: f.auth_blocked.with_label_values(&[service]),
+        }
     }
 }
 

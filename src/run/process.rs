@@ -14,6 +14,7 @@ use pingora::apps::HttpServerOptions;
 use pingora::proxy::{ProxyHttp, ProxyServiceBuilder};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{ExecutionPhase, RunArgs, Server};
+use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -53,13 +54,6 @@ pub fn warnings(config: &Config) -> Vec<String> {
         if unverified(f.upstream_tls.as_ref()) || servers.into_iter().any(unverified) {
             warnings.push(format!(
                 "service {}: upstream_tls.verify is false: internal server certificates are not checked",
-                f.name
-            ));
-        }
-        if f.auth.is_some() {
-            warnings.push(format!(
-                "service {}: `auth` is accepted but not enforced by this version of ccedge: \
-                 requests reach the internal servers WITHOUT authentication at the proxy",
                 f.name
             ));
         }
@@ -132,6 +126,10 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
     for f in &config.finesse {
         let site = Arc::new(FinesseSite::new(f, log.clone()));
         sources.push(site.clone());
+        if let Some(refresh) = site.key_refresh() {
+            let name = format!("{} signing keys", f.name);
+            server.add_service(background_service(&name, refresh));
+        }
         let mut service = proxy_service(&conf, &f.name, FinesseProxy::new(site));
         let allow = AllowList::new(&f.name, &f.clients.allow).map(Arc::new);
         if let Some(filter) = &allow {

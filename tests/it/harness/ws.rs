@@ -11,6 +11,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use tokio::net::TcpStream;
 use tokio_openssl::SslStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
@@ -20,6 +21,19 @@ pub type Client = WebSocketStream<SslStream<TcpStream>>;
 
 /// Opens `wss://host:port/path` through loopback, trusting `ca_pem`, offering HTTP/1.1 only.
 pub async fn connect(host: &str, port: u16, path: &str, ca_pem: &str) -> Client {
+    connect_with(host, port, path, ca_pem, &[])
+        .await
+        .unwrap_or_else(|status| panic!("WebSocket refused with {status}"))
+}
+
+/// As `connect`, with extra request `headers`; `Err` carries the status of a refused upgrade.
+pub async fn connect_with(
+    host: &str,
+    port: u16,
+    path: &str,
+    ca_pem: &str,
+    headers: &[(&'static str, &str)],
+) -> Result<Client, u16> {
     let mut tls = SslConnector::builder(SslMethod::tls()).unwrap();
     tls.cert_store_mut()
         .add_cert(X509::from_pem(ca_pem.as_bytes()).unwrap())
@@ -29,10 +43,22 @@ pub async fn connect(host: &str, port: u16, path: &str, ca_pem: &str) -> Client 
     let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let mut stream = SslStream::new(ssl, tcp).unwrap();
     Pin::new(&mut stream).connect().await.unwrap();
-    let url = format!("wss://{host}:{port}{path}");
-    let (client, response) = tokio_tungstenite::client_async(url, stream).await.unwrap();
-    assert_eq!(response.status(), 101);
-    client
+    let mut request = format!("wss://{host}:{port}{path}")
+        .into_client_request()
+        .unwrap();
+    for (name, value) in headers {
+        request.headers_mut().insert(*name, value.parse().unwrap());
+    }
+    match tokio_tungstenite::client_async(request, stream).await {
+        Ok((client, response)) => {
+            assert_eq!(response.status(), 101);
+            Ok(client)
+        }
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            Err(response.status().as_u16())
+        }
+        Err(e) => panic!("WebSocket handshake failed: {e}"),
+    }
 }
 
 /// Sends `text` and checks that the same text comes back.
@@ -51,8 +77,9 @@ pub struct EchoLog {
     pub endings: Mutex<Vec<String>>,
 }
 
-/// An upstream handler that accepts WebSocket upgrades and echoes every message; a text message
-/// `close-please` makes it close the connection itself.
+/// An upstream handler that accepts WebSocket upgrades (choosing the `xmpp` subprotocol when
+/// offered, as Finesse does) and echoes every message; a text message `close-please` makes it
+/// close the connection itself.
 pub fn echo_handler(log: Arc<EchoLog>) -> Handler {
     Arc::new(move |mut req: Request<Incoming>| {
         let log = log.clone();
@@ -94,13 +121,20 @@ pub fn echo_handler(log: Arc<EchoLog>) -> Handler {
                 };
                 log.endings.lock().unwrap().push(ending);
             });
-            let response: Response<Body> = Response::builder()
+            let xmpp = req
+                .headers()
+                .get("sec-websocket-protocol")
+                .and_then(|p| p.to_str().ok())
+                .is_some_and(|p| p.split(',').any(|e| e.trim() == "xmpp"));
+            let mut response = Response::builder()
                 .status(101)
                 .header("Connection", "Upgrade")
                 .header("Upgrade", "websocket")
-                .header("Sec-WebSocket-Accept", accept)
-                .body(full(""))
-                .unwrap();
+                .header("Sec-WebSocket-Accept", accept);
+            if xmpp {
+                response = response.header("Sec-WebSocket-Protocol", "xmpp");
+            }
+            let response: Response<Body> = response.body(full("")).unwrap();
             response
         })
     })

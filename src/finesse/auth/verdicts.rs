@@ -1,0 +1,238 @@
+//! Verdicts on credentials, kept for a while under a keyed hash of the credential (HMAC-SHA256
+//! with a key drawn at random when the process starts): the credential itself is never stored,
+//! and a hash is worthless outside this process. The store is bounded (least useful entries
+//! go first), and concurrent requests with one new credential wait for a single judgement.
+
+use hmac::{Hmac, Mac};
+use pingora_memory_cache::MemoryCache;
+use sha2::Sha256;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::OnceCell;
+
+/// Verdicts kept per site at most; a flood of distinct credentials evicts, it does not grow.
+const MAX_VERDICTS: usize = 50_000;
+
+/// A keyed hash of a credential.
+pub type Digest = [u8; 32];
+
+/// What a credential was found to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Valid, for the user named (the Basic user name or the JWT `sub`).
+    Valid { user: Option<Arc<str>> },
+    /// Not valid, and why (never the credential itself).
+    Invalid(Arc<str>),
+    /// Could not be judged (the validator or the keys were unreachable), and why.
+    Unavailable(Arc<str>),
+}
+
+/// A verdict and how long it may be reused.
+#[derive(Debug, Clone)]
+pub struct Judged {
+    pub verdict: Verdict,
+    pub keep: Duration,
+}
+
+/// Where a verdict came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Kept from an earlier request.
+    Kept,
+    /// Judged for another request that was waiting at the same time.
+    Shared,
+    /// Judged for this request.
+    Judged,
+}
+
+#[derive(Clone)]
+struct Entry {
+    digest: Digest,
+    verdict: Verdict,
+}
+
+type Pending = Mutex<HashMap<Digest, Arc<OnceCell<Judged>>>>;
+
+pub struct Verdicts {
+    key: [u8; 32],
+    kept: MemoryCache<Digest, Entry>,
+    pending: Pending,
+}
+
+impl Verdicts {
+    pub fn new() -> Self {
+        Verdicts {
+            key: rand::random(),
+            kept: MemoryCache::new(MAX_VERDICTS),
+            pending: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn digest(&self, credential: &[u8]) -> Digest {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("any key length");
+        mac.update(credential);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// The verdict for `digest`: kept, or from `judge`, which runs once however many requests
+    /// ask at the same time (should the request running it go away, a waiting one takes over).
+    pub async fn get_or_judge<F, Fut>(&self, digest: Digest, judge: F) -> (Verdict, Source)
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Judged>,
+    {
+        if let (Some(entry), _) = self.kept.get(&digest) {
+            // The store is keyed by a 64-bit hash of the digest: compare the whole digest.
+            if entry.digest == digest {
+                return (entry.verdict, Source::Kept);
+            }
+        }
+        let cell = {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            pending.entry(digest).or_default().clone()
+        };
+        let waiting = Waiting {
+            pending: &self.pending,
+            digest,
+            cell,
+        };
+        let mut ran = false;
+        let judged = waiting
+            .cell
+            .get_or_init(|| {
+                ran = true;
+                judge()
+            })
+            .await
+            .clone();
+        if ran && !judged.keep.is_zero() {
+            let entry = Entry {
+                digest,
+                verdict: judged.verdict.clone(),
+            };
+            self.kept.put(&digest, entry, Some(judged.keep));
+        }
+        let source = if ran { Source::Judged } else { Source::Shared };
+        (judged.verdict, source)
+    }
+
+    /// Judgements in progress.
+    #[cfg(test)]
+    fn pending_len(&self) -> usize {
+        self.pending.lock().unwrap().len()
+    }
+}
+
+/// One request's interest in a pending judgement: the last one out removes it, whether the
+/// judgement finished or every request waiting for it went away.
+struct Waiting<'a> {
+    pending: &'a Pending,
+    digest: Digest,
+    cell: Arc<OnceCell<Judged>>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let ours = pending
+            .get(&self.digest)
+            .is_some_and(|c| Arc::ptr_eq(c, &self.cell));
+        // The map holds one reference and this request another: nobody else is waiting.
+        if ours && (self.cell.initialized() || Arc::strong_count(&self.cell) <= 2) {
+            pending.remove(&self.digest);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn valid(user: &str) -> Judged {
+        Judged {
+            verdict: Verdict::Valid {
+                user: Some(user.into()),
+            },
+            keep: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn digests_are_keyed_per_store() {
+        let a = Verdicts::new();
+        let b = Verdicts::new();
+        assert_eq!(a.digest(b"Basic x"), a.digest(b"Basic x"));
+        assert_ne!(a.digest(b"Basic x"), a.digest(b"Basic y"));
+        assert_ne!(a.digest(b"Basic x"), b.digest(b"Basic x"));
+    }
+
+    #[tokio::test]
+    async fn a_verdict_is_kept_and_reused() {
+        let v = Verdicts::new();
+        let d = v.digest(b"Basic x");
+        let (verdict, source) = v.get_or_judge(d, || async { valid("a") }).await;
+        assert_eq!(source, Source::Judged);
+        assert!(matches!(verdict, Verdict::Valid { .. }));
+        let (_, source) = v.get_or_judge(d, || async { panic!("judged twice") }).await;
+        assert_eq!(source, Source::Kept);
+        assert_eq!(v.pending_len(), 0);
+    }
+
+    #[tokio::test]
+    async fn zero_keep_is_not_kept() {
+        let v = Verdicts::new();
+        let d = v.digest(b"Bearer t");
+        let down = || async {
+            Judged {
+                verdict: Verdict::Unavailable("down".into()),
+                keep: Duration::ZERO,
+            }
+        };
+        assert_eq!(v.get_or_judge(d, down).await.1, Source::Judged);
+        assert_eq!(v.get_or_judge(d, down).await.1, Source::Judged);
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_share_one_judgement() {
+        let v = Arc::new(Verdicts::new());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let d = v.digest(b"Basic new");
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let (v, calls) = (v.clone(), calls.clone());
+                tokio::spawn(async move {
+                    v.get_or_judge(d, || async {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        valid("a")
+                    })
+                    .await
+                })
+            })
+            .collect();
+        for task in tasks {
+            assert!(matches!(task.await.unwrap().0, Verdict::Valid { .. }));
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(v.pending_len(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_judgement_leaves_nothing_behind() {
+        let v = Verdicts::new();
+        let d = v.digest(b"Basic gone");
+        let slow = v.get_or_judge(d, || async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            valid("a")
+        });
+        assert!(tokio::time::timeout(Duration::from_millis(20), slow)
+            .await
+            .is_err());
+        assert_eq!(v.pending_len(), 0);
+        let (_, source) = v.get_or_judge(d, || async { valid("a") }).await;
+        assert_eq!(source, Source::Judged);
+    }
+}

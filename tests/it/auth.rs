@@ -1,0 +1,644 @@
+//! Authentication at the proxy (Finesse sites): credentials checked by a real validator that
+//! counts its calls, SSO tokens signed with an RSA key made here, the lockout, public paths and
+//! the path tricks that must not reach them, WebSocket credentials, a validator that is down.
+
+use crate::harness::http::{Answer, Client, Proto};
+use crate::harness::upstream::{full, Handler};
+use crate::harness::ws::{self, EchoLog};
+use crate::harness::{curl, free_port, server_block, Ca, Ccedge, TestDir, Upstream};
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use openssl::rsa::Rsa;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const HOST: &str = "finesse1.example.com";
+const ISSUER: &str = "https://ids.example.com/ids";
+
+fn basic(user: &str, password: &str) -> String {
+    format!("Basic {}", STANDARD.encode(format!("{user}:{password}")))
+}
+
+/// A validator like Finesse's UserAuth: `agent1:secret` and the token `opaque-good` are valid.
+#[derive(Default)]
+struct Validator {
+    calls: AtomicUsize,
+    delay_ms: AtomicU64,
+    broken: AtomicBool,
+}
+
+impl Validator {
+    fn handler(self: &Arc<Self>) -> Handler {
+        let state = self.clone();
+        Arc::new(move |req: Request<Incoming>| {
+            let state = state.clone();
+            Box::pin(async move {
+                state.calls.fetch_add(1, Ordering::SeqCst);
+                let delay = state.delay_ms.load(Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                let given = req
+                    .headers()
+                    .get("authorization")
+                    .map(|v| v.as_bytes().to_vec());
+                let valid = given.as_deref() == Some(basic("agent1", "secret").as_bytes())
+                    || given.as_deref() == Some(b"Bearer opaque-good".as_slice());
+                let status = match (state.broken.load(Ordering::SeqCst), valid) {
+                    (true, _) => 500,
+                    (false, true) => 200,
+                    (false, false) => 401,
+                };
+                Response::builder().status(status).body(full("")).unwrap()
+            })
+        })
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+/// Serves the signing keys (whatever `document` holds now) and counts the fetches.
+#[derive(Default)]
+struct KeyServer {
+    document: Mutex<String>,
+    fetches: AtomicUsize,
+}
+
+impl KeyServer {
+    fn handler(self: &Arc<Self>) -> Handler {
+        let state = self.clone();
+        Arc::new(move |_req: Request<Incoming>| {
+            let state = state.clone();
+            Box::pin(async move {
+                state.fetches.fetch_add(1, Ordering::SeqCst);
+                let body = state.document.lock().unwrap().clone();
+                Response::builder()
+                    .header("Content-Type", "application/json")
+                    .body(full(body))
+                    .unwrap()
+            })
+        })
+    }
+}
+
+/// An RSA signing key with its id.
+struct SigningKey {
+    kid: String,
+    private_pem: Vec<u8>,
+    jwk: Value,
+}
+
+impl SigningKey {
+    fn new(kid: &str) -> SigningKey {
+        let rsa = Rsa::generate(2048).unwrap();
+        SigningKey {
+            kid: kid.to_string(),
+            private_pem: rsa.private_key_to_pem().unwrap(),
+            jwk: json!({
+                "kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid,
+                "e": URL_SAFE_NO_PAD.encode(rsa.e().to_vec()),
+                "n": URL_SAFE_NO_PAD.encode(rsa.n().to_vec()),
+            }),
+        }
+    }
+
+    /// A token with `claims`, signed with this key and naming `kid`.
+    fn sign_as(&self, kid: &str, claims: &Value) -> String {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(kid.to_string());
+        let key = EncodingKey::from_rsa_pem(&self.private_pem).unwrap();
+        jsonwebtoken::encode(&header, claims, &key).unwrap()
+    }
+
+    fn sign(&self, claims: &Value) -> String {
+        self.sign_as(&self.kid, claims)
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// Claims of a good token for `sub`, issued `age` seconds ago.
+fn claims(sub: &str, age: i64) -> Value {
+    json!({"sub": sub, "iss": ISSUER, "aud": "finesse", "iat": now() - age, "exp": now() + 3600})
+}
+
+/// A TLS Finesse site (`finesse1.example.com` on one port) with `auth` in front of an echo
+/// upstream; `jwt` adds an SSO block whose keys come from `keys`.
+struct AuthSite {
+    dir: TestDir,
+    ca: Ca,
+    port: u16,
+    admin: u16,
+    app: Upstream,
+    validator: Arc<Validator>,
+    validator_upstream: Upstream,
+    ccedge: Ccedge,
+}
+
+impl AuthSite {
+    async fn start(name: &str, jwt: Option<&Upstream>) -> AuthSite {
+        Self::start_with(name, jwt, None).await
+    }
+
+    async fn start_with(name: &str, jwt: Option<&Upstream>, app: Option<Upstream>) -> AuthSite {
+        let dir = TestDir::new(name);
+        let ca = Ca::new(name);
+        ca.write(&dir.join("ca.crt"));
+        let cert = ca.server(&dir.path, "proxy", &[HOST]);
+        let app = match app {
+            Some(app) => app,
+            None => Upstream::plain("finesse").await,
+        };
+        let validator = Arc::new(Validator::default());
+        let validator_upstream = Upstream::custom("validator", validator.handler()).await;
+        let port = free_port();
+        let admin = free_port();
+        let jwt_block = jwt.map_or(String::new(), |keys| {
+            format!(
+                "      jwt:\n        keys_url: http://{}/ids/v1/keys\n        poll_seconds: 300\n        \
+                 issuer: {ISSUER}\n        audience: finesse\n        max_token_age_seconds: 7200\n",
+                keys.authority()
+            )
+        });
+        let yaml = format!(
+            "{server}finesse:\n  - name: desktop\n    bind: 127.0.0.1\n    tls:\n      cert: {c}\n      key: {k}\n    \
+             servers:\n      - public: {HOST}:{port}\n        upstream: {app}\n        role: other\n    \
+             auth:\n      validate_url: http://{v}/finesse/api/UserAuth\n      cache_seconds: 900\n      \
+             public_paths: [/desktop/, /finesse/api/SystemInfo]\n      lockout: {{failures: 5, window_seconds: 30, block_seconds: 1800}}\n{jwt_block}",
+            server = server_block(&dir.path, Some(admin)),
+            c = cert.cert.display(),
+            k = cert.key.display(),
+            app = app.authority(),
+            v = validator_upstream.authority(),
+        );
+        let ccedge = Ccedge::start(&dir, &yaml, &[port, admin]).await;
+        AuthSite {
+            dir,
+            ca,
+            port,
+            admin,
+            app,
+            validator,
+            validator_upstream,
+            ccedge,
+        }
+    }
+
+    fn client(&self) -> Client {
+        Client::tls(HOST, self.port, &self.ca.pem, Proto::H2)
+    }
+
+    async fn get(&self, path: &str, authorization: Option<&str>) -> Answer {
+        let headers: Vec<(&str, &str)> = authorization
+            .map(|a| ("Authorization", a))
+            .into_iter()
+            .collect();
+        self.client()
+            .send("GET", path, &headers, b"")
+            .await
+            .unwrap()
+    }
+
+    /// curl with the path sent exactly as written (no dot-segment cleaning by curl).
+    async fn raw(&self, path: &str, authorization: Option<&str>) -> crate::harness::Reply {
+        let mut args = vec![
+            "--path-as-is".to_string(),
+            "--cacert".into(),
+            self.dir.join("ca.crt").display().to_string(),
+            "--resolve".into(),
+            format!("{HOST}:{}:127.0.0.1", self.port),
+        ];
+        if let Some(a) = authorization {
+            args.push("-H".into());
+            args.push(format!("Authorization: {a}"));
+        }
+        args.push(format!("https://{HOST}:{}{path}", self.port));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        curl(&args).await.unwrap()
+    }
+
+    async fn metrics(&self) -> String {
+        let reply = curl(&[&format!("http://127.0.0.1:{}/metrics", self.admin)])
+            .await
+            .unwrap();
+        reply.body
+    }
+
+    async fn status(&self) -> Value {
+        let reply = curl(&[&format!("http://127.0.0.1:{}/status", self.admin)])
+            .await
+            .unwrap();
+        serde_json::from_str(&reply.body).unwrap()
+    }
+}
+
+/// The value of a metric line `name{labels} value`, 0 when absent.
+fn metric(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn no_credentials_get_401_and_nothing_goes_upstream() {
+    let site = AuthSite::start("auth-none", None).await;
+    let answer = site.get("/finesse/api/User/agent1", None).await;
+    assert_eq!(answer.status, 401, "{}", answer.body);
+    let challenge = answer.headers["www-authenticate"].to_str().unwrap();
+    assert!(
+        challenge.starts_with("Basic realm=\"desktop\""),
+        "{challenge}"
+    );
+    assert!(answer.headers.contains_key("trackingid"));
+    let garbled = site.get("/finesse/api/User", Some("Basic !!!")).await;
+    assert_eq!(garbled.status, 401);
+    let other_scheme = site.get("/finesse/api/User", Some("Negotiate abc")).await;
+    assert_eq!(other_scheme.status, 401);
+    assert_eq!(
+        site.app.hits(),
+        0,
+        "a request without credentials reached Finesse"
+    );
+    assert_eq!(site.validator.calls(), 0);
+    let tid = answer.headers["trackingid"].to_str().unwrap();
+    let line = site.ccedge.log_entry(tid).await;
+    assert_eq!(line["status"], 401);
+    assert_eq!(line["user"], Value::Null);
+    assert_eq!(line["upstream"], Value::Null);
+}
+
+#[tokio::test]
+async fn valid_basic_credentials_pass_and_100_requests_make_one_validation() {
+    let site = AuthSite::start("auth-basic", None).await;
+    let good = basic("agent1", "secret");
+    let mut client = site.client();
+    let mut last = None;
+    for i in 0..100 {
+        let answer = client
+            .send(
+                "GET",
+                &format!("/finesse/api/User/agent1?n={i}"),
+                &[("Authorization", &good)],
+                b"",
+            )
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 200, "request {i}: {}", answer.body);
+        last = Some(answer);
+    }
+    assert_eq!(
+        site.validator.calls(),
+        1,
+        "validations for 100 requests with one credential"
+    );
+    assert_eq!(site.app.hits(), 100);
+    let answer = last.unwrap();
+    let echo = crate::harness::upstream::Echo::parse(&answer.body);
+    assert_eq!(
+        echo.header("authorization"),
+        Some(good.clone()),
+        "Finesse checks them too"
+    );
+    let tid = answer.headers["trackingid"].to_str().unwrap();
+    let line = site.ccedge.log_entry(tid).await;
+    assert_eq!(line["user"], "agent1");
+    let log = std::fs::read_to_string(&site.ccedge.access_log).unwrap();
+    let stderr = site.ccedge.stderr_text();
+    let secret = STANDARD.encode("agent1:secret");
+    assert!(
+        !log.contains(&secret) && !stderr.contains(&secret),
+        "a credential was logged"
+    );
+    let metrics = site.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "ccedge_auth_validations_total{outcome=\"valid\",service=\"desktop\"}"
+        ),
+        1
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "ccedge_auth_verdict_cache_hits_total{service=\"desktop\"}"
+        ),
+        99
+    );
+
+    // An opaque Bearer token goes to the validator too.
+    let bearer = site
+        .get("/finesse/api/User/agent1", Some("Bearer opaque-good"))
+        .await;
+    assert_eq!(bearer.status, 200);
+    assert_eq!(site.validator.calls(), 2);
+}
+
+#[tokio::test]
+async fn twenty_concurrent_first_requests_make_one_validation() {
+    let site = AuthSite::start("auth-concurrent", None).await;
+    site.validator.delay_ms.store(300, Ordering::SeqCst);
+    let good = basic("agent1", "secret");
+    let requests: Vec<_> = (0..20)
+        .map(|_| {
+            let mut client = site.client();
+            let good = good.clone();
+            tokio::spawn(async move {
+                client
+                    .send(
+                        "GET",
+                        "/finesse/api/User/agent1",
+                        &[("Authorization", &good)],
+                        b"",
+                    )
+                    .await
+                    .unwrap()
+                    .status
+            })
+        })
+        .collect();
+    for request in requests {
+        assert_eq!(request.await.unwrap(), 200);
+    }
+    assert_eq!(site.validator.calls(), 1);
+}
+
+#[tokio::test]
+async fn five_failures_block_the_address_until_the_admin_lifts_it() {
+    let site = AuthSite::start("auth-lockout", None).await;
+    let wrong = basic("agent1", "guess");
+    for i in 0..5 {
+        let answer = site.get("/finesse/api/User/agent1", Some(&wrong)).await;
+        assert_eq!(answer.status, 401, "attempt {i}: {}", answer.body);
+        assert!(answer.headers.contains_key("www-authenticate"));
+    }
+    let validations = site.validator.calls();
+    assert!(validations >= 1);
+    let blocked = site.get("/finesse/api/User/agent1", Some(&wrong)).await;
+    assert_eq!(blocked.status, 429, "{}", blocked.body);
+    let retry: u64 = blocked.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1790..=1800).contains(&retry), "Retry-After {retry}");
+    // Blocked means blocked: the right password does not get through either, and nothing is
+    // asked of the validator.
+    let right = site
+        .get("/finesse/api/User/agent1", Some(&basic("agent1", "secret")))
+        .await;
+    assert_eq!(right.status, 429);
+    assert_eq!(site.validator.calls(), validations);
+    assert_eq!(site.app.hits(), 0);
+    let stderr = site
+        .ccedge
+        .wait_stderr("127.0.0.1 blocked for 1800 seconds after 5 failed logins")
+        .await;
+    assert_eq!(
+        stderr.matches("blocked for 1800 seconds").count(),
+        1,
+        "{stderr}"
+    );
+    let tid = blocked.headers["trackingid"].to_str().unwrap();
+    assert_eq!(site.ccedge.log_entry(tid).await["status"], 429);
+    // Public paths stay public.
+    assert_eq!(site.get("/desktop/", None).await.status, 200);
+
+    let status = site.status().await;
+    assert_eq!(
+        status["services"][0]["auth"]["lockouts"][0]["client_ip"],
+        "127.0.0.1"
+    );
+    let metrics = site.metrics().await;
+    assert_eq!(
+        metric(&metrics, "ccedge_auth_lockouts_total{service=\"desktop\"}"),
+        1
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "ccedge_auth_blocked_requests_total{service=\"desktop\"}"
+        ),
+        2
+    );
+
+    let lift = |method: &'static str| {
+        let url = format!("http://127.0.0.1:{}/auth/lockouts/127.0.0.1", site.admin);
+        async move { curl(&["-X", method, &url]).await.unwrap() }
+    };
+    assert_eq!(lift("GET").await.status, 405);
+    let lifted = lift("DELETE").await;
+    assert_eq!(lifted.status, 200, "{}", lifted.body);
+    assert_eq!(lift("DELETE").await.status, 404);
+    let right = site
+        .get("/finesse/api/User/agent1", Some(&basic("agent1", "secret")))
+        .await;
+    assert_eq!(right.status, 200);
+}
+
+#[tokio::test]
+async fn public_paths_pass_and_path_tricks_do_not_reach_them() {
+    let site = AuthSite::start("auth-paths", None).await;
+    assert_eq!(site.raw("/desktop/js/app.js", None).await.status, 200);
+    assert_eq!(site.raw("/finesse/api/SystemInfo", None).await.status, 200);
+    assert_eq!(site.app.hits(), 2);
+    for trick in [
+        "/desktop/../finesse/api/User/agent1",
+        "/desktop/%2e%2e/finesse/api/User/agent1",
+        "/desktop/%2E%2e/finesse/api/User/agent1",
+        "/desktop/..;/finesse/api/User/agent1",
+        "/desktop/./../finesse/api/User/agent1",
+        "//desktop/../finesse/api/User/agent1",
+    ] {
+        let reply = site.raw(trick, None).await;
+        assert_eq!(reply.status, 401, "{trick}: {}", reply.body);
+    }
+    for unsafe_path in [
+        "/desktop/..%2ffinesse/api/User/agent1",
+        "/desktop/..%5cfinesse/api/User/agent1",
+        "/desktop/%252e%252e/finesse/api/User/agent1",
+        "/desktop/../../finesse/api/User/agent1",
+    ] {
+        let reply = site.raw(unsafe_path, None).await;
+        assert_eq!(reply.status, 400, "{unsafe_path}: {}", reply.body);
+    }
+    assert_eq!(site.app.hits(), 2, "a trick reached the upstream");
+    // With credentials, the upstream receives the path as it was judged.
+    let good = basic("agent1", "secret");
+    let reply = site
+        .raw("/desktop/%2e%2e/finesse/api/User/agent1?x=1", Some(&good))
+        .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.echo().target(), "/finesse/api/User/agent1?x=1");
+}
+
+#[tokio::test]
+async fn websocket_upgrades_carry_their_credentials_in_the_subprotocol() {
+    let log = Arc::new(EchoLog::default());
+    let app = Upstream::custom("notifications", ws::echo_handler(log.clone())).await;
+    let site = AuthSite::start_with("auth-ws", None, Some(app)).await;
+    let refused = ws::connect_with(HOST, site.port, "/ws/", &site.ca.pem, &[]).await;
+    assert_eq!(refused.err(), Some(401));
+    let wrong = URL_SAFE_NO_PAD.encode("agent1:guess");
+    let proto = format!("xmpp, {wrong}");
+    let refused = ws::connect_with(
+        HOST,
+        site.port,
+        "/ws/",
+        &site.ca.pem,
+        &[("Sec-WebSocket-Protocol", &proto)],
+    )
+    .await;
+    assert_eq!(refused.err(), Some(401));
+    assert!(log.upgrades.lock().unwrap().is_empty());
+
+    let good = URL_SAFE_NO_PAD.encode("agent1:secret");
+    let proto = format!("xmpp, {good}");
+    let mut client = ws::connect_with(
+        HOST,
+        site.port,
+        "/ws/",
+        &site.ca.pem,
+        &[("Sec-WebSocket-Protocol", &proto)],
+    )
+    .await
+    .expect("the upgrade with credentials passes");
+    ws::echoes(&mut client, "presence").await;
+    let seen = log.upgrades.lock().unwrap()[0].clone();
+    assert_eq!(seen["sec-websocket-protocol"].to_str().unwrap(), proto);
+    assert_eq!(site.validator.calls(), 2);
+}
+
+#[tokio::test]
+async fn the_validator_down_is_503_never_a_pass_nor_a_failed_login() {
+    let site = AuthSite::start("auth-down", None).await;
+    site.validator.broken.store(true, Ordering::SeqCst);
+    let good = basic("agent1", "secret");
+    let answer = site.get("/finesse/api/User/agent1", Some(&good)).await;
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert!(answer.headers.contains_key("retry-after"));
+    site.validator_upstream.stop().await;
+    for i in 0..7 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let answer = site
+            .get(
+                "/finesse/api/User/agent1",
+                Some(&basic("agent1", &format!("x{i}"))),
+            )
+            .await;
+        assert_eq!(answer.status, 503, "request {i}: {}", answer.body);
+    }
+    assert_eq!(site.app.hits(), 0);
+    site.ccedge
+        .wait_stderr("credentials cannot be checked")
+        .await;
+    let metrics = site.metrics().await;
+    assert_eq!(
+        metric(&metrics, "ccedge_auth_lockouts_total{service=\"desktop\"}"),
+        0
+    );
+    assert!(
+        metric(
+            &metrics,
+            "ccedge_auth_validations_total{outcome=\"unavailable\",service=\"desktop\"}"
+        ) >= 2
+    );
+}
+
+#[tokio::test]
+async fn sso_tokens_are_verified_at_the_proxy() {
+    let keys = Arc::new(KeyServer::default());
+    let first = SigningKey::new("k1");
+    *keys.document.lock().unwrap() = json!({"keys": [first.jwk]}).to_string();
+    let key_upstream = Upstream::custom("ids", keys.handler()).await;
+    let site = AuthSite::start("auth-jwt", Some(&key_upstream)).await;
+
+    let token = first.sign(&claims("agent7", 60));
+    let bearer = format!("Bearer {token}");
+    let answer = site.get("/finesse/api/User/agent7", Some(&bearer)).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(site.validator.calls(), 0, "a JWT went to the validator");
+    let tid = answer.headers["trackingid"].to_str().unwrap();
+    assert_eq!(site.ccedge.log_entry(tid).await["user"], "agent7");
+    let challenge = site.get("/finesse/api/User", None).await;
+    assert!(challenge.headers["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .contains("Bearer realm="));
+
+    let stranger = SigningKey::new("k1");
+    let mut expired = claims("agent7", 60);
+    expired["exp"] = json!(now() - 5);
+    let mut other_issuer = claims("agent7", 60);
+    other_issuer["iss"] = json!("https://evil.example.com");
+    let mut other_audience = claims("agent7", 60);
+    other_audience["aud"] = json!("cuic");
+    let mut no_iat = claims("agent7", 60);
+    no_iat.as_object_mut().unwrap().remove("iat");
+    for (what, bad) in [
+        ("expired", first.sign(&expired)),
+        (
+            "signed by another key",
+            stranger.sign(&claims("agent7", 60)),
+        ),
+        ("another issuer", first.sign(&other_issuer)),
+        ("another audience", first.sign(&other_audience)),
+        (
+            "older than max_token_age",
+            first.sign(&claims("agent7", 7300)),
+        ),
+        ("without iat", first.sign(&no_iat)),
+    ] {
+        let answer = site
+            .get("/finesse/api/User/agent7", Some(&format!("Bearer {bad}")))
+            .await;
+        assert_eq!(answer.status, 401, "{what}: {}", answer.body);
+        let lift = format!("http://127.0.0.1:{}/auth/lockouts/127.0.0.1", site.admin);
+        curl(&["-X", "DELETE", &lift]).await.unwrap();
+    }
+    assert_eq!(site.validator.calls(), 0);
+
+    // The identity service rotates its key: the new kid is fetched when first seen.
+    let fetches = keys.fetches.load(Ordering::SeqCst);
+    let second = SigningKey::new("k2");
+    *keys.document.lock().unwrap() = json!({"keys": [first.jwk, second.jwk]}).to_string();
+    let rotated = second.sign(&claims("agent8", 10));
+    let answer = site
+        .get(
+            "/finesse/api/User/agent8",
+            Some(&format!("Bearer {rotated}")),
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(keys.fetches.load(Ordering::SeqCst), fetches + 1);
+    // A made-up kid does not make ccedge fetch again at once.
+    let made_up = second.sign_as("k-none", &claims("agent8", 10));
+    let answer = site
+        .get(
+            "/finesse/api/User/agent8",
+            Some(&format!("Bearer {made_up}")),
+        )
+        .await;
+    assert_eq!(answer.status, 401);
+    assert_eq!(keys.fetches.load(Ordering::SeqCst), fetches + 1);
+    assert_eq!(site.app.hits(), 2);
+    let metrics = site.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "ccedge_auth_jwt_verifications_total{outcome=\"valid\",service=\"desktop\"}"
+        ),
+        2
+    );
+    let status = site.status().await;
+    assert_eq!(status["services"][0]["auth"]["signing_keys"]["keys"], 2);
+}
