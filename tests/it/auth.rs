@@ -147,10 +147,16 @@ struct AuthSite {
 
 impl AuthSite {
     async fn start(name: &str, jwt: Option<&Upstream>) -> AuthSite {
-        Self::start_with(name, jwt, None).await
+        Self::start_with(name, jwt, None, "").await
     }
 
-    async fn start_with(name: &str, jwt: Option<&Upstream>, app: Option<Upstream>) -> AuthSite {
+    /// As `start`, with `app` as the upstream and `extra` in the service block.
+    async fn start_with(
+        name: &str,
+        jwt: Option<&Upstream>,
+        app: Option<Upstream>,
+        extra: &str,
+    ) -> AuthSite {
         let dir = TestDir::new(name);
         let ca = Ca::new(name);
         ca.write(&dir.join("ca.crt"));
@@ -171,7 +177,7 @@ impl AuthSite {
             )
         });
         let yaml = format!(
-            "{server}finesse:\n  - name: desktop\n    bind: 127.0.0.1\n    tls:\n      cert: {c}\n      key: {k}\n    \
+            "{server}finesse:\n  - name: desktop\n    bind: 127.0.0.1\n{extra}    tls:\n      cert: {c}\n      key: {k}\n    \
              servers:\n      - public: {HOST}:{port}\n        upstream: {app}\n        role: other\n    \
              auth:\n      validate_url: http://{v}/finesse/api/UserAuth\n      cache_seconds: 900\n      \
              public_paths: [/desktop/, /finesse/api/SystemInfo]\n      lockout: {{failures: 5, window_seconds: 30, block_seconds: 1800}}\n{jwt_block}",
@@ -264,6 +270,13 @@ async fn no_credentials_get_401_and_nothing_goes_upstream() {
     assert_eq!(garbled.status, 401);
     let other_scheme = site.get("/finesse/api/User", Some("Negotiate abc")).await;
     assert_eq!(other_scheme.status, 401);
+    let no_password = format!("Basic {}", STANDARD.encode("agent1"));
+    assert_eq!(
+        site.get("/finesse/api/User", Some(&no_password))
+            .await
+            .status,
+        401
+    );
     assert_eq!(
         site.app.hits(),
         0,
@@ -275,6 +288,25 @@ async fn no_credentials_get_401_and_nothing_goes_upstream() {
     assert_eq!(line["status"], 401);
     assert_eq!(line["user"], Value::Null);
     assert_eq!(line["upstream"], Value::Null);
+
+    // A CORS preflight never carries credentials: the server's own CORS policy answers it.
+    let preflight = [
+        ("Origin", "https://finesse1.example.com"),
+        ("Access-Control-Request-Method", "PUT"),
+    ];
+    let mut client = site.client();
+    let path = "/finesse/api/User/agent1";
+    let answer = client.send("OPTIONS", path, &preflight, b"").await.unwrap();
+    assert_eq!(answer.status, 200);
+    assert_eq!(site.app.hits(), 1);
+    let options = client
+        .send("OPTIONS", path, &preflight[..1], b"")
+        .await
+        .unwrap();
+    assert_eq!(
+        options.status, 401,
+        "an OPTIONS that is no preflight needs credentials"
+    );
 }
 
 #[tokio::test]
@@ -446,6 +478,34 @@ async fn five_failures_block_the_address_until_the_admin_lifts_it() {
 }
 
 #[tokio::test]
+async fn behind_a_trusted_balancer_the_lockout_blocks_the_client_it_names() {
+    let site =
+        AuthSite::start_with("auth-lb", None, None, "    trusted_proxies: [127.0.0.1]\n").await;
+    let wrong = basic("agent1", "guess");
+    let from = |client: &'static str, auth: String| {
+        let mut http = site.client();
+        async move {
+            let headers = [
+                ("Authorization", auth.as_str()),
+                ("X-Forwarded-For", client),
+            ];
+            http.send("GET", "/finesse/api/User", &headers, b"")
+                .await
+                .unwrap()
+                .status
+        }
+    };
+    for _ in 0..5 {
+        assert_eq!(from("203.0.113.5", wrong.clone()).await, 401);
+    }
+    assert_eq!(from("203.0.113.5", basic("agent1", "secret")).await, 429);
+    assert_eq!(from("203.0.113.6", basic("agent1", "secret")).await, 200);
+    site.ccedge
+        .wait_stderr("203.0.113.5 blocked for 1800 seconds after 5 failed logins")
+        .await;
+}
+
+#[tokio::test]
 async fn public_paths_pass_and_path_tricks_do_not_reach_them() {
     let site = AuthSite::start("auth-paths", None).await;
     assert_eq!(site.raw("/desktop/js/app.js", None).await.status, 200);
@@ -485,7 +545,7 @@ async fn public_paths_pass_and_path_tricks_do_not_reach_them() {
 async fn websocket_upgrades_carry_their_credentials_in_the_subprotocol() {
     let log = Arc::new(EchoLog::default());
     let app = Upstream::custom("notifications", ws::echo_handler(log.clone())).await;
-    let site = AuthSite::start_with("auth-ws", None, Some(app)).await;
+    let site = AuthSite::start_with("auth-ws", None, Some(app), "").await;
     let refused = ws::connect_with(HOST, site.port, "/ws/", &site.ca.pem, &[]).await;
     assert_eq!(refused.err(), Some(401));
     let wrong = URL_SAFE_NO_PAD.encode("agent1:guess");

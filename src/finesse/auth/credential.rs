@@ -14,11 +14,9 @@ use http::header::{HeaderMap, HeaderValue, AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL
 /// A credential, in the form an `Authorization` header carries it.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Credential {
-    /// `Basic <base64 of user:password>`, with the user name.
-    Basic {
-        authorization: HeaderValue,
-        user: String,
-    },
+    /// `Basic <standard base64 of user:password>`. Taken as the request sent it when it is in
+    /// that form already (no copy, nothing decoded until a check needs it).
+    Basic { authorization: HeaderValue },
     /// `Bearer <token>`: a JWT or an opaque token.
     Bearer { authorization: HeaderValue },
 }
@@ -37,7 +35,7 @@ impl Credential {
     /// The `Authorization` value to send to a validator; also what the keyed hash is taken of.
     pub fn authorization(&self) -> &HeaderValue {
         match self {
-            Credential::Basic { authorization, .. } | Credential::Bearer { authorization } => {
+            Credential::Basic { authorization } | Credential::Bearer { authorization } => {
                 authorization
             }
         }
@@ -51,11 +49,16 @@ impl Credential {
         }
     }
 
-    pub fn user(&self) -> Option<&str> {
-        match self {
-            Credential::Basic { user, .. } => Some(user),
-            Credential::Bearer { .. } => None,
-        }
+    /// The user name of a Basic credential; `None` for a Bearer token, or when the Basic
+    /// credential is not base64 of `user:password`.
+    pub fn user(&self) -> Option<String> {
+        let Credential::Basic { authorization } = self else {
+            return None;
+        };
+        let encoded = authorization.as_bytes().get(6..)?;
+        let pair = String::from_utf8(STANDARD.decode(encoded).ok()?).ok()?;
+        let (user, _) = pair.split_once(':')?;
+        Some(user.to_string())
     }
 }
 
@@ -63,7 +66,7 @@ impl Credential {
 /// counts when there is no `Authorization` header.
 pub fn presented(headers: &HeaderMap, websocket: bool) -> Presented {
     if let Some(value) = headers.get(AUTHORIZATION) {
-        return from_authorization(value.as_bytes());
+        return from_authorization(value);
     }
     if !websocket {
         return Presented::Nothing;
@@ -83,7 +86,27 @@ pub fn presented(headers: &HeaderMap, websocket: bool) -> Presented {
     }
 }
 
-fn from_authorization(value: &[u8]) -> Presented {
+fn from_authorization(header: &HeaderValue) -> Presented {
+    if canonical_basic(header.as_bytes()) {
+        return Presented::Credential(Credential::Basic {
+            authorization: header.clone(),
+        });
+    }
+    from_value(header.as_bytes())
+}
+
+/// `Basic ` and standard, padded base64: the form browsers send, kept as it is.
+fn canonical_basic(value: &[u8]) -> bool {
+    value.strip_prefix(b"Basic ").is_some_and(|b64| {
+        !b64.is_empty()
+            && b64.len() % 4 == 0
+            && b64
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
+    })
+}
+
+fn from_value(value: &[u8]) -> Presented {
     let Some(space) = value.iter().position(|b| *b == b' ') else {
         return Presented::Unusable("the Authorization header has no scheme");
     };
@@ -104,7 +127,7 @@ fn from_subprotocol(entry: &str) -> Presented {
         .as_deref()
         .is_some_and(|l| l.starts_with("basic ") || l == "bearer ")
     {
-        return from_authorization(entry.as_bytes());
+        return from_value(entry.as_bytes());
     }
     if looks_like_jwt(entry) {
         return bearer(entry.as_bytes());
@@ -119,7 +142,7 @@ fn from_subprotocol(entry: &str) -> Presented {
 }
 
 /// Three dot-separated base64url parts.
-fn looks_like_jwt(token: &str) -> bool {
+pub fn looks_like_jwt(token: &str) -> bool {
     let parts: Vec<&str> = token.split('.').collect();
     parts.len() == 3
         && parts[..2].iter().all(|p| !p.is_empty())
@@ -136,15 +159,12 @@ fn basic(encoded: &[u8], engines: &[base64::engine::GeneralPurpose]) -> Presente
     let Some(pair) = decoded.and_then(|d| String::from_utf8(d).ok()) else {
         return Presented::Unusable("the Basic credentials are not base64 of user:password");
     };
-    let Some((user, _)) = pair.split_once(':') else {
+    if !pair.contains(':') {
         return Presented::Unusable("the Basic credentials have no ':' between user and password");
-    };
+    }
     let value = format!("Basic {}", STANDARD.encode(pair.as_bytes()));
     match HeaderValue::from_str(&value) {
-        Ok(authorization) => Presented::Credential(Credential::Basic {
-            authorization,
-            user: user.to_string(),
-        }),
+        Ok(authorization) => Presented::Credential(Credential::Basic { authorization }),
         Err(_) => Presented::Unusable("the Basic credentials cannot be forwarded"),
     }
 }
@@ -191,7 +211,7 @@ mod tests {
     fn basic_header() {
         let value = format!("basic {}", basic_of("agent1", "s3cret:x"));
         let c = credential(presented(&headers(&[("authorization", &value)]), false));
-        assert_eq!(c.user(), Some("agent1"));
+        assert_eq!(c.user().as_deref(), Some("agent1"));
         assert_eq!(
             c.authorization().to_str().unwrap(),
             format!("Basic {}", basic_of("agent1", "s3cret:x"))
@@ -212,10 +232,11 @@ mod tests {
     fn unusable_and_missing() {
         let p = |v: &str| presented(&headers(&[("authorization", v)]), false);
         assert!(matches!(p("Basic !!!"), Presented::Unusable(_)));
-        assert!(matches!(
-            p(&format!("Basic {}", STANDARD.encode("nocolon"))),
-            Presented::Unusable(_)
-        ));
+        let no_colon = format!("basic {}", STANDARD.encode("nocolon"));
+        assert!(matches!(p(&no_colon), Presented::Unusable(_)));
+        // The browser's own form is taken as sent; a check finds it malformed when it needs to.
+        let taken = credential(p(&format!("Basic {}", STANDARD.encode("nocolon"))));
+        assert_eq!(taken.user(), None);
         assert!(matches!(p("Negotiate abc"), Presented::Unusable(_)));
         assert!(matches!(p("Bearer "), Presented::Unusable(_)));
         assert_eq!(presented(&headers(&[]), true), Presented::Nothing);

@@ -8,6 +8,7 @@
 //! names a key id (`kid`) not seen yet, at most once every `REFETCH_GAP`, so that tokens with
 //! made-up ids cannot make ccedge hammer the identity service.
 
+use super::credential::looks_like_jwt;
 use super::verdicts::{Judged, Verdict, Verdicts};
 use super::{count_kept, Attempt, Method};
 use crate::config::{JwtSettings, Limits};
@@ -39,6 +40,8 @@ const KEYS_MAX: usize = 1 << 20;
 const CLOCK_SKEW: i64 = 60;
 /// The longest wait for the keys document once connected.
 const ANSWER_WAIT: Duration = Duration::from_secs(10);
+/// How long a refused token's verdict is reused (a burst of requests with it is judged once).
+const INVALID_KEEP: Duration = Duration::from_secs(2);
 
 const ACCEPTED: [Algorithm; 8] = [
     Algorithm::RS256,
@@ -337,8 +340,23 @@ impl JwtMethod {
         v
     }
 
-    async fn verify(&self, token: &str, alg: Algorithm, kid: Option<&str>) -> Judged {
-        let judged = self.verify_signed(token, alg, kid).await;
+    async fn verify(&self, token: &str) -> Judged {
+        let judged = match jsonwebtoken::decode_header(token) {
+            Ok(header) if ACCEPTED.contains(&header.alg) => {
+                self.verify_signed(token, header.alg, header.kid.as_deref())
+                    .await
+            }
+            Ok(header) => Judged {
+                verdict: Verdict::Invalid(
+                    format!("the token's algorithm {:?} is not accepted", header.alg).into(),
+                ),
+                keep: INVALID_KEEP,
+            },
+            Err(e) => Judged {
+                verdict: Verdict::Invalid(format!("the token's header is not valid: {e}").into()),
+                keep: INVALID_KEEP,
+            },
+        };
         let outcome = match &judged.verdict {
             Verdict::Valid { .. } => 0,
             Verdict::Invalid(_) => 1,
@@ -351,7 +369,7 @@ impl JwtMethod {
     async fn verify_signed(&self, token: &str, alg: Algorithm, kid: Option<&str>) -> Judged {
         let invalid = |why: String| Judged {
             verdict: Verdict::Invalid(why.into()),
-            keep: Duration::from_secs(2),
+            keep: INVALID_KEEP,
         };
         if *self.keys.generation.borrow() == 0 && !self.keys.newer_than(0).await {
             return Judged {
@@ -391,7 +409,7 @@ impl JwtMethod {
     fn judge_claims(&self, claims: Claims) -> Judged {
         let invalid = |why: &str| Judged {
             verdict: Verdict::Invalid(why.into()),
-            keep: Duration::from_secs(2),
+            keep: INVALID_KEEP,
         };
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -423,19 +441,11 @@ impl JwtMethod {
 impl Method for JwtMethod {
     async fn judge(&self, attempt: &Attempt<'_>) -> Option<Verdict> {
         let credential = attempt.credential()?;
-        let token = credential.bearer_token()?;
-        let header = jsonwebtoken::decode_header(token).ok()?;
-        if !ACCEPTED.contains(&header.alg) {
-            self.metrics.jwt[1].inc();
-            return Some(Verdict::Invalid(
-                format!("the token's algorithm {:?} is not accepted", header.alg).into(),
-            ));
-        }
+        let token = credential.bearer_token().filter(|t| looks_like_jwt(t))?;
         let digest = self.verdicts.digest(credential.authorization().as_bytes());
-        let kid = header.kid.as_deref();
         let (verdict, source) = self
             .verdicts
-            .get_or_judge(digest, || self.verify(token, header.alg, kid))
+            .get_or_judge(digest, || self.verify(token))
             .await;
         count_kept(source, &self.metrics);
         Some(verdict)

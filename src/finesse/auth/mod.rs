@@ -157,11 +157,11 @@ impl Auth {
             Cow::Owned(p) => Some(p.clone()),
             Cow::Borrowed(_) => None,
         };
-        if self
+        let public = self
             .public_paths
             .iter()
-            .any(|p| path.starts_with(p.as_str()))
-        {
+            .any(|p| path.starts_with(p.as_str()));
+        if public || is_preflight(req) {
             return Decision::Pass {
                 user: None,
                 path: changed,
@@ -268,6 +268,16 @@ impl Auth {
             "signing_keys": self.keys.as_ref().map(|k| k.status()),
         })
     }
+}
+
+/// A CORS preflight: browsers never send credentials with one, and it runs nothing upstream;
+/// the internal server's CORS policy answers it.
+fn is_preflight(req: &RequestHeader) -> bool {
+    req.method == http::Method::OPTIONS
+        && req.headers.contains_key(http::header::ORIGIN)
+        && req
+            .headers
+            .contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
 }
 
 /// Counts a verdict reused from the store or shared with a concurrent request.

@@ -3,6 +3,7 @@
 //! invalid; anything else, or no answer: the validator is unavailable, which is never a pass and
 //! never counts as a failed login.
 
+use super::credential::Credential;
 use super::verdicts::{Digest, Judged, Verdict, Verdicts};
 use super::{count_kept, Attempt, Method};
 use crate::config::{Endpoint, Limits};
@@ -10,7 +11,6 @@ use crate::edge::{fetch, upstream};
 use crate::observe::metrics::AuthMetrics;
 use crate::observe::throttle::OncePerSecond;
 use async_trait::async_trait;
-use http::header::HeaderValue;
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use pingora::prelude::HttpPeer;
@@ -73,8 +73,20 @@ impl Validator {
         }
     }
 
-    async fn validate(&self, authorization: HeaderValue, user: Option<Arc<str>>) -> Judged {
+    async fn validate(&self, credential: &Credential) -> Judged {
+        let user = credential.user();
+        if matches!(credential, Credential::Basic { .. }) && user.is_none() {
+            self.metrics.validations[1].inc();
+            return Judged {
+                verdict: Verdict::Invalid(
+                    "the Basic credentials are not base64 of user:password".into(),
+                ),
+                keep: INVALID_KEEP,
+            };
+        }
+        let user = user.map(Arc::from);
         let mut request = self.request.clone();
+        let authorization = credential.authorization().clone();
         let judged = match request.insert_header(http::header::AUTHORIZATION, authorization) {
             Ok(()) => {
                 let answer = fetch::send(
@@ -135,8 +147,10 @@ impl Method for Validator {
         let credential = attempt.credential()?;
         let authorization = credential.authorization();
         let digest: Digest = self.verdicts.digest(authorization.as_bytes());
-        let judge = || self.validate(authorization.clone(), credential.user().map(Arc::from));
-        let (verdict, source) = self.verdicts.get_or_judge(digest, judge).await;
+        let (verdict, source) = self
+            .verdicts
+            .get_or_judge(digest, || self.validate(credential))
+            .await;
         count_kept(source, &self.metrics);
         Some(verdict)
     }

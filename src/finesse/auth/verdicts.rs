@@ -56,22 +56,24 @@ struct Entry {
 type Pending = Mutex<HashMap<Digest, Arc<OnceCell<Judged>>>>;
 
 pub struct Verdicts {
-    key: [u8; 32],
+    /// HMAC-SHA256 keyed with 32 random bytes, ready to hash (the key's blocks done once).
+    mac: Hmac<Sha256>,
     kept: MemoryCache<Digest, Entry>,
     pending: Pending,
 }
 
 impl Verdicts {
     pub fn new() -> Self {
+        let key: [u8; 32] = rand::random();
         Verdicts {
-            key: rand::random(),
+            mac: Hmac::new_from_slice(&key).expect("any key length"),
             kept: MemoryCache::new(MAX_VERDICTS),
             pending: Mutex::new(HashMap::new()),
         }
     }
 
     pub fn digest(&self, credential: &[u8]) -> Digest {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("any key length");
+        let mut mac = self.mac.clone();
         mac.update(credential);
         mac.finalize().into_bytes().into()
     }
