@@ -45,6 +45,13 @@ pub enum Command {
     /// Exit 0 when the admin listener of FILE answers /healthz, 1 otherwise (for container
     /// health checks).
     Health,
+    /// Empty the caches of the running ccedge (through the admin listener of FILE); with
+    /// --prefix, only the entries whose request path starts with it.
+    Purge {
+        /// Only entries whose path starts with this (for example /desktop/).
+        #[arg(long, value_name = "PATH")]
+        prefix: Option<String>,
+    },
     /// Print the JSON Schema of the configuration file (for editors: completion, hover help
     /// and errors while typing) and exit. Needs no -c.
     Schema,

@@ -30,14 +30,18 @@ fn main() -> ExitCode {
         eprintln!("ccedge: -c FILE is required (ccedge --help explains the options)");
         return ExitCode::FAILURE;
     };
-    if let Some(cli::Command::Health) = cli.command {
-        // Only the admin address: a health check must not depend on DNS or certificate files.
-        return match config::admin_address(&file) {
-            Ok(admin) => observe::admin::probe(admin),
+    if let Some(cli::Command::Health | cli::Command::Purge { .. }) = &cli.command {
+        // Only the admin address: these must not depend on DNS or certificate files.
+        let admin = match config::admin_address(&file) {
+            Ok(admin) => admin,
             Err(e) => {
                 eprintln!("ccedge: {e}");
-                ExitCode::FAILURE
+                return ExitCode::FAILURE;
             }
+        };
+        return match &cli.command {
+            Some(cli::Command::Purge { prefix }) => observe::admin::purge(admin, prefix.as_deref()),
+            _ => observe::admin::probe(admin),
         };
     }
     let config = match config::load(&file) {
@@ -63,7 +67,7 @@ fn main() -> ExitCode {
         }
         Some(cli::Command::Supervise) => return run::supervise::supervise(&file, config),
         Some(cli::Command::Reload) => return run::supervise::reload(&file, &config),
-        Some(cli::Command::Health | cli::Command::Schema) | None => {}
+        Some(cli::Command::Health | cli::Command::Purge { .. } | cli::Command::Schema) | None => {}
     }
     for warning in run::process::warnings(&config) {
         log::warn!("{warning}");

@@ -3,6 +3,7 @@
 //! `Location` headers rewritten from internal to public names.
 
 mod auth;
+mod cache;
 pub mod proxymap;
 mod routing;
 mod substitution;
@@ -14,11 +15,15 @@ use crate::edge::limits::{self, RateLimiter};
 use crate::edge::reply;
 use crate::edge::upstream;
 use crate::observe::access_log::AccessLog;
-use crate::observe::admin::StatusSource;
+use crate::observe::admin::{Purged, StatusSource};
+use crate::observe::throttle::OncePerSecond;
 use async_trait::async_trait;
 use auth::{Auth, Decision};
 use bytes::Bytes;
+use cache::SiteCache;
 use http::header;
+use pingora::cache::key::HashBinary;
+use pingora::cache::{CacheKey, CacheMeta, NoCacheReason, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::protocols::Digest;
@@ -48,7 +53,10 @@ pub struct FinesseSite {
     plan: Plan,
     locations: Locations,
     auth: Option<Auth>,
+    cache: Option<SiteCache>,
     status: serde_json::Value,
+    /// Stale copies served for a failing upstream are logged at most once a second.
+    stale_report: OncePerSecond,
 }
 
 impl FinesseSite {
@@ -136,15 +144,23 @@ impl FinesseSite {
                 .auth
                 .as_ref()
                 .map(|a| Auth::new(&service.name, a, &service.limits)),
+            cache: service
+                .cache
+                .as_ref()
+                .map(|c| SiteCache::new(&service.name, c, &service.limits)),
             status,
+            stale_report: OncePerSecond::default(),
         }
     }
 
     /// Prepares the body rewrite for a response to `req` (and adjusts its headers), if one
     /// applies.
+    /// `head_upstream`: the upstream was asked with `HEAD` (a cached `HEAD` is fetched with `GET`,
+    /// and its body is stored rewritten).
     fn rewrite_for(
         &self,
         req: &RequestHeader,
+        head_upstream: bool,
         resp: &mut ResponseHeader,
         route: usize,
     ) -> Option<StreamRewrite> {
@@ -159,7 +175,7 @@ impl FinesseSite {
             }
         }
         let status = resp.status.as_u16();
-        if matches!(status, 101 | 204 | 206 | 304) || req.method == http::Method::HEAD {
+        if matches!(status, 101 | 204 | 206 | 304) || head_upstream {
             return None;
         }
         let path = req.uri.path();
@@ -201,7 +217,20 @@ impl StatusSource for FinesseSite {
         if let Some(auth) = &self.auth {
             status["auth"] = auth.status();
         }
+        if let Some(cache) = &self.cache {
+            status["cache"] = cache.status();
+        }
         status
+    }
+
+    fn purge_cache(&self, prefix: Option<&str>) -> Option<Purged> {
+        self.cache.as_ref().map(|c| c.purge(prefix))
+    }
+
+    fn refresh_metrics(&self) {
+        if let Some(cache) = &self.cache {
+            cache.refresh_metrics();
+        }
     }
 
     fn lift_block(&self, ip: std::net::IpAddr) -> bool {
@@ -293,6 +322,82 @@ impl ProxyHttp for FinesseProxy {
         self.site.front.count_body(body, &mut ctx.exchange)
     }
 
+    fn request_cache_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut FinesseCtx,
+    ) -> pingora::Result<()> {
+        let Some(cache) = &self.site.cache else {
+            return Ok(());
+        };
+        let req = session.req_header();
+        let path = ctx.path.as_deref().unwrap_or(req.uri.path());
+        if cache.wants(&req.method, path, ctx.exchange.wants_websocket) {
+            cache.enable(session);
+        }
+        Ok(())
+    }
+
+    fn cache_key_callback(
+        &self,
+        session: &Session,
+        ctx: &mut FinesseCtx,
+    ) -> pingora::Result<CacheKey> {
+        let route = &self.site.routes[ctx.exchange.route.unwrap_or_default()];
+        let uri = &session.req_header().uri;
+        let path = ctx.path.as_deref().unwrap_or(uri.path());
+        Ok(SiteCache::key(
+            &route.upstream,
+            &route.public,
+            path,
+            uri.query(),
+        ))
+    }
+
+    fn response_cache_filter(
+        &self,
+        _session: &Session,
+        resp: &ResponseHeader,
+        _ctx: &mut FinesseCtx,
+    ) -> pingora::Result<RespCacheable> {
+        Ok(match &self.site.cache {
+            Some(cache) => cache.judge(resp),
+            None => RespCacheable::Uncacheable(NoCacheReason::NeverEnabled),
+        })
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        _ctx: &mut FinesseCtx,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        cache::variance(meta, req)
+    }
+
+    fn should_serve_stale(
+        &self,
+        session: &mut Session,
+        ctx: &mut FinesseCtx,
+        error: Option<&pingora::Error>,
+    ) -> bool {
+        let Some(e) = error else {
+            // Within stale_while_revalidate: serve the stale copy while one request revalidates.
+            return true;
+        };
+        let upstream = e.esource() == &pingora::ErrorSource::Upstream;
+        if upstream && self.site.stale_report.ready() {
+            let route = &self.site.routes[ctx.exchange.route.unwrap_or_default()];
+            log::warn!(
+                "service {}: {} failed while revalidating {}: the stale copy is served ({e})",
+                self.site.front.name,
+                route.upstream,
+                session.req_header().uri.path()
+            );
+        }
+        upstream
+    }
+
     async fn upstream_peer(
         &self,
         _session: &mut Session,
@@ -347,7 +452,9 @@ impl ProxyHttp for FinesseProxy {
     ) -> pingora::Result<()> {
         self.site.front.upstream_answered(resp, &mut ctx.exchange);
         if let Some(route) = ctx.exchange.route {
-            ctx.rewrite = self.site.rewrite_for(session.req_header(), resp, route);
+            let req = session.req_header();
+            let head_upstream = req.method == http::Method::HEAD && !session.cache.enabled();
+            ctx.rewrite = self.site.rewrite_for(req, head_upstream, resp, route);
         }
         Ok(())
     }
@@ -392,10 +499,14 @@ impl ProxyHttp for FinesseProxy {
     ) {
         let site = &self.site;
         let ctx = &mut ctx.exchange;
+        let phase = session.cache.phase();
+        if let Some(cache) = &site.cache {
+            cache.count(phase);
+        }
         let labels = Labels {
             route: ctx.route.map(|r| site.routes[r].public.as_str()),
             upstream: ctx.upstream.map(|r| site.routes[r].upstream.as_str()),
-            cache: "BYPASS",
+            cache: SiteCache::outcome(phase),
         };
         site.front.finish(session, ctx, labels, e);
     }

@@ -6,7 +6,8 @@ use http::{Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::json;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,6 +20,22 @@ pub trait StatusSource: Send + Sync {
     fn lift_block(&self, _ip: IpAddr) -> bool {
         false
     }
+
+    /// Empties the service's cache (entries whose path starts with `prefix`, when given);
+    /// `None` when the service has no cache.
+    fn purge_cache(&self, _prefix: Option<&str>) -> Option<Purged> {
+        None
+    }
+
+    /// Brings gauges that are read from the service's state up to date, before a scrape.
+    fn refresh_metrics(&self) {}
+}
+
+/// What a cache purge removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Purged {
+    pub entries: usize,
+    pub bytes: usize,
 }
 
 pub struct Admin {
@@ -48,6 +65,49 @@ impl Admin {
 }
 
 impl Admin {
+    /// `DELETE /cache[?prefix=/path/]`: empties every site's cache, or the entries under a path.
+    fn purge(&self, method: &http::Method, query: Option<&str>) -> Response<Vec<u8>> {
+        let text = "text/plain; charset=utf-8";
+        if method != http::Method::DELETE {
+            return respond(
+                StatusCode::METHOD_NOT_ALLOWED,
+                text,
+                b"DELETE only\n".to_vec(),
+            );
+        }
+        let prefix = query
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .find_map(|pair| pair.strip_prefix("prefix="));
+        if prefix.is_some_and(|p| !p.starts_with('/')) {
+            return respond(
+                StatusCode::BAD_REQUEST,
+                text,
+                b"prefix must start with '/'\n".to_vec(),
+            );
+        }
+        let purged: Vec<Purged> = self
+            .sources
+            .iter()
+            .filter_map(|s| s.purge_cache(prefix))
+            .collect();
+        if purged.is_empty() {
+            return respond(
+                StatusCode::NOT_FOUND,
+                text,
+                b"no service has a cache\n".to_vec(),
+            );
+        }
+        let entries: usize = purged.iter().map(|p| p.entries).sum();
+        let bytes: usize = purged.iter().map(|p| p.bytes).sum();
+        log::warn!(
+            "cache purged by the admin listener{}: {entries} entries, {bytes} bytes",
+            prefix.map_or(String::new(), |p| format!(" (prefix {p})"))
+        );
+        let body = format!("purged {entries} entries ({bytes} bytes)\n");
+        respond(StatusCode::OK, text, body.into_bytes())
+    }
+
     /// `DELETE /auth/lockouts/<ip>`: lifts that address's login lockout on every site.
     fn lockout(&self, method: &http::Method, ip: &str) -> Response<Vec<u8>> {
         let text = "text/plain; charset=utf-8";
@@ -101,16 +161,24 @@ impl ServeHttp for Admin {
         if let Some(ip) = req.uri.path().strip_prefix("/auth/lockouts/") {
             return self.lockout(&req.method, ip);
         }
+        if req.uri.path() == "/cache" {
+            return self.purge(&req.method, req.uri.query());
+        }
         if req.method != http::Method::GET && req.method != http::Method::HEAD {
             return respond(StatusCode::METHOD_NOT_ALLOWED, text, b"GET only\n".to_vec());
         }
         match req.uri.path() {
             "/healthz" => respond(StatusCode::OK, text, b"ok\n".to_vec()),
-            "/metrics" => respond(
-                StatusCode::OK,
-                "text/plain; version=0.0.4; charset=utf-8",
-                crate::observe::metrics::render(),
-            ),
+            "/metrics" => {
+                for source in &self.sources {
+                    source.refresh_metrics();
+                }
+                respond(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    crate::observe::metrics::render(),
+                )
+            }
             "/status" => {
                 let mut body = serde_json::to_vec_pretty(&self.status()).unwrap_or_default();
                 body.push(b'\n');
@@ -127,12 +195,55 @@ impl ServeHttp for Admin {
 }
 
 /// `ccedge health`: asks the admin listener at `admin` for `/healthz`.
-pub fn probe(admin: Option<std::net::SocketAddr>) -> std::process::ExitCode {
+pub fn probe(admin: Option<SocketAddr>) -> ExitCode {
+    match ask(admin, "GET", "/healthz") {
+        Ok((addr, 200, _)) => {
+            println!("ccedge: healthy ({addr})");
+            ExitCode::SUCCESS
+        }
+        Ok((_, status, body)) => {
+            eprintln!("ccedge: unhealthy: {status} {}", body.trim());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("ccedge: unhealthy: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `ccedge purge`: asks the admin listener at `admin` to empty the caches (or the entries under
+/// `prefix`).
+pub fn purge(admin: Option<SocketAddr>, prefix: Option<&str>) -> ExitCode {
+    let target = match prefix {
+        Some(p) => format!("/cache?prefix={p}"),
+        None => "/cache".to_string(),
+    };
+    match ask(admin, "DELETE", &target) {
+        Ok((_, 200, body)) => {
+            println!("ccedge: {}", body.trim());
+            ExitCode::SUCCESS
+        }
+        Ok((_, status, body)) => {
+            eprintln!("ccedge: purge refused ({status}): {}", body.trim());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("ccedge: purge failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One request to the admin listener: the address asked, the status and the body.
+fn ask(
+    admin: Option<SocketAddr>,
+    method: &str,
+    target: &str,
+) -> Result<(SocketAddr, u16, String), String> {
     use std::io::{Read, Write};
-    use std::process::ExitCode;
     let Some(mut addr) = admin else {
-        eprintln!("ccedge: health needs server.admin.listen in the configuration");
-        return ExitCode::FAILURE;
+        return Err("this needs server.admin.listen in the configuration".into());
     };
     if addr.ip().is_unspecified() {
         addr.set_ip(if addr.is_ipv4() {
@@ -142,28 +253,21 @@ pub fn probe(admin: Option<std::net::SocketAddr>) -> std::process::ExitCode {
         });
     }
     let timeout = std::time::Duration::from_secs(3);
-    let answer = std::net::TcpStream::connect_timeout(&addr, timeout).and_then(|mut tcp| {
+    let reply = std::net::TcpStream::connect_timeout(&addr, timeout).and_then(|mut tcp| {
         tcp.set_read_timeout(Some(timeout))?;
-        tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: ccedge\r\nConnection: close\r\n\r\n")?;
+        let request =
+            format!("{method} {target} HTTP/1.1\r\nHost: ccedge\r\nConnection: close\r\n\r\n");
+        tcp.write_all(request.as_bytes())?;
         let mut reply = String::new();
         tcp.read_to_string(&mut reply)?;
         Ok(reply)
     });
-    match answer {
-        Ok(reply) if reply.starts_with("HTTP/1.1 200") => {
-            println!("ccedge: healthy ({addr})");
-            ExitCode::SUCCESS
-        }
-        Ok(reply) => {
-            eprintln!(
-                "ccedge: unhealthy: {}",
-                reply.lines().next().unwrap_or("no answer")
-            );
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("ccedge: unhealthy: {addr}: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    let reply = reply.map_err(|e| format!("{addr}: {e}"))?;
+    let status = reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("{addr}: no HTTP answer"))?;
+    let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Ok((addr, status, body.to_string()))
 }

@@ -31,6 +31,10 @@ struct Families {
     auth_key_fetches: IntCounterVec,
     auth_lockouts: IntCounterVec,
     auth_blocked: IntCounterVec,
+    cache_lookups: IntCounterVec,
+    cache_entries: IntGaugeVec,
+    cache_bytes: IntGaugeVec,
+    cache_evictions: IntCounterVec,
 }
 
 fn families() -> &'static Families {
@@ -121,6 +125,26 @@ fn families() -> &'static Families {
             "Requests refused with 429 because their client address is blocked.",
             &["service"],
         );
+        let cache_lookups = counter(
+            "ccedge_cache_lookups_total",
+            "Cacheable requests by outcome (HIT, MISS, STALE, REVALIDATED, BYPASS).",
+            &["service", "outcome"],
+        );
+        let cache_entries = gauge(
+            "ccedge_cache_entries",
+            "Responses held in the cache.",
+            &["service"],
+        );
+        let cache_bytes = gauge(
+            "ccedge_cache_stored_bytes",
+            "Bytes the cached responses are counted for (bodies and overhead).",
+            &["service"],
+        );
+        let cache_evictions = counter(
+            "ccedge_cache_evictions_total",
+            "Responses evicted to keep the cache within max_size_mb.",
+            &["service"],
+        );
         let duration = HistogramVec::new(
             HistogramOpts::new(
                 "ccedge_request_duration_seconds",
@@ -152,6 +176,10 @@ fn families() -> &'static Families {
             auth_key_fetches,
             auth_lockouts,
             auth_blocked,
+            cache_lookups,
+            cache_entries,
+            cache_bytes,
+            cache_evictions,
         }
     })
 }
@@ -232,6 +260,28 @@ impl AuthMetrics {
                 .map(|o| f.auth_key_fetches.with_label_values(&[service, o])),
             lockouts: f.auth_lockouts.with_label_values(&[service]),
             blocked: f.auth_blocked.with_label_values(&[service]),
+        }
+    }
+}
+
+/// One Finesse site's cache metrics, labels resolved.
+pub struct CacheMetrics {
+    /// By outcome, in the order given to `new`.
+    pub lookups: [IntCounter; 5],
+    pub entries: IntGauge,
+    pub bytes: IntGauge,
+    pub evictions: IntCounter,
+}
+
+impl CacheMetrics {
+    /// `outcomes` name the lookup outcomes, in the order `lookups` counts them.
+    pub fn new(service: &str, outcomes: &[&str; 5]) -> CacheMetrics {
+        let f = families();
+        CacheMetrics {
+            lookups: outcomes.map(|o| f.cache_lookups.with_label_values(&[service, o])),
+            entries: f.cache_entries.with_label_values(&[service]),
+            bytes: f.cache_bytes.with_label_values(&[service]),
+            evictions: f.cache_evictions.with_label_values(&[service]),
         }
     }
 }

@@ -57,12 +57,6 @@ pub fn warnings(config: &Config) -> Vec<String> {
                 f.name
             ));
         }
-        if f.cache.is_some() {
-            warnings.push(format!(
-                "service {}: `cache` is accepted but not applied by this version of ccedge: nothing is cached",
-                f.name
-            ));
-        }
     }
     warnings
 }

@@ -4,6 +4,7 @@
 mod harness;
 
 mod auth;
+mod cache;
 mod cli;
 mod digital_channels;
 mod finesse_routing;
