@@ -404,8 +404,10 @@ pub struct RawLockout {
     #[schemars(range(min = 1))]
     pub failures: u32,
     /// Seconds within which those failures count.
+    #[schemars(range(min = 1))]
     pub window_seconds: u64,
     /// Seconds the client IP stays blocked.
+    #[schemars(range(min = 1))]
     pub block_seconds: u64,
 }
 

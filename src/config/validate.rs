@@ -608,9 +608,26 @@ impl Validator {
     ) -> Option<AuthSettings> {
         let validate = self.endpoint(&format!("{path}.validate_url"), &a.validate_url, tls);
         let public_paths = self.paths(&format!("{path}.public_paths"), &a.public_paths);
+        for (i, p) in public_paths.iter().enumerate() {
+            let dotted = p
+                .split('/')
+                .any(|segment| segment == "." || segment == "..");
+            if dotted || p.contains("//") || p.contains(['%', ';', '\\', '?', '#']) {
+                self.problem(
+                    &format!("{path}.public_paths[{i}]"),
+                    format!("`{p}` is not a plain path: write it normalised, without `.`/`..` segments, `//`, escapes or parameters"),
+                );
+            }
+        }
         let lockout = &a.lockout;
-        if lockout.failures == 0 {
-            self.problem(&format!("{path}.lockout.failures"), "must be at least 1");
+        for (key, value) in [
+            ("failures", u64::from(lockout.failures)),
+            ("window_seconds", lockout.window_seconds),
+            ("block_seconds", lockout.block_seconds),
+        ] {
+            if value == 0 {
+                self.problem(&format!("{path}.lockout.{key}"), "must be greater than 0");
+            }
         }
         let jwt = match &a.jwt {
             Some(j) => {

@@ -56,15 +56,22 @@ pub fn for_request(peer: &HttpPeer, upgrade: bool, limits: &Limits) -> Box<HttpP
     peer
 }
 
-/// Sends the request upstream with `path` in place of its own, keeping its query.
+/// Puts `path` in place of the request's own path, keeping its query (and its scheme and
+/// authority, for an HTTP/2 or absolute-form request).
 pub fn set_path(req: &mut pingora::http::RequestHeader, path: &str) -> pingora::Result<()> {
     let target = match req.uri.query() {
         Some(query) => format!("{path}?{query}"),
         None => path.to_string(),
     };
-    let uri = target.parse::<http::Uri>().map_err(|e| {
-        pingora::Error::because(pingora::ErrorType::InvalidHTTPHeader, "normalised path", e)
-    })?;
+    let mut parts = req.uri.clone().into_parts();
+    let bad = |e: &dyn std::fmt::Display| {
+        pingora::Error::explain(
+            pingora::ErrorType::InvalidHTTPHeader,
+            format!("normalised path {target:?}: {e}"),
+        )
+    };
+    parts.path_and_query = Some(target.parse().map_err(|e| bad(&e))?);
+    let uri = http::Uri::from_parts(parts).map_err(|e| bad(&e))?;
     req.set_uri(uri);
     Ok(())
 }

@@ -248,11 +248,9 @@ impl FinesseProxy {
     }
 }
 
-/// Per-request state: what every request has, the path sent upstream when authentication
-/// normalised it, and the body rewrite of this response.
+/// Per-request state: what every request has, and the body rewrite of this response.
 pub struct FinesseCtx {
     exchange: Exchange,
-    path: Option<String>,
     rewrite: Option<StreamRewrite>,
 }
 
@@ -263,7 +261,6 @@ impl ProxyHttp for FinesseProxy {
     fn new_ctx(&self) -> FinesseCtx {
         FinesseCtx {
             exchange: Exchange::new(),
-            path: None,
             rewrite: None,
         }
     }
@@ -274,8 +271,7 @@ impl ProxyHttp for FinesseProxy {
         ctx: &mut FinesseCtx,
     ) -> pingora::Result<bool> {
         let site = &self.site;
-        let FinesseCtx { exchange, path, .. } = ctx;
-        let ctx = exchange;
+        let ctx = &mut ctx.exchange;
         site.front.begin(session, ctx);
         let port = exchange::local_port(session);
         let route = routing::request_host(session.req_header())
@@ -290,16 +286,21 @@ impl ProxyHttp for FinesseProxy {
         if site.front.admit(session, ctx).await? {
             return Ok(true);
         }
-        let (Some(auth), Some(client)) = (&site.auth, ctx.client) else {
+        let Some(auth) = &site.auth else {
             return Ok(false);
         };
+        let client = *ctx.identity()?.0;
         match auth
             .check(session.req_header(), client.ip, ctx.wants_websocket)
             .await
         {
-            Decision::Pass { user, path: normal } => {
+            Decision::Pass { user, path } => {
                 ctx.user = user;
-                *path = normal;
+                // From here on the request is the one judged: the cache key, the substitution
+                // rules and every upstream attempt (retries included) see the normalised path.
+                if let Some(path) = path {
+                    upstream::set_path(session.req_header_mut(), &path)?;
+                }
                 Ok(false)
             }
             Decision::Refuse(r) => {
@@ -331,8 +332,7 @@ impl ProxyHttp for FinesseProxy {
             return Ok(());
         };
         let req = session.req_header();
-        let path = ctx.path.as_deref().unwrap_or(req.uri.path());
-        if cache.wants(&req.method, path, ctx.exchange.wants_websocket) {
+        if cache.wants(&req.method, req.uri.path(), ctx.exchange.wants_websocket) {
             cache.enable(session);
         }
         Ok(())
@@ -345,11 +345,10 @@ impl ProxyHttp for FinesseProxy {
     ) -> pingora::Result<CacheKey> {
         let route = &self.site.routes[ctx.exchange.route.unwrap_or_default()];
         let uri = &session.req_header().uri;
-        let path = ctx.path.as_deref().unwrap_or(uri.path());
         Ok(SiteCache::key(
             &route.upstream,
             &route.public,
-            path,
+            uri.path(),
             uri.query(),
         ))
     }
@@ -434,9 +433,6 @@ impl ProxyHttp for FinesseProxy {
         req: &mut RequestHeader,
         ctx: &mut FinesseCtx,
     ) -> pingora::Result<()> {
-        if let Some(path) = ctx.path.take() {
-            upstream::set_path(req, &path)?;
-        }
         let ctx = &ctx.exchange;
         let (client, tid) = ctx.identity()?;
         let route = ctx.route.unwrap_or_default();

@@ -50,6 +50,27 @@ pub fn warnings(config: &Config) -> Vec<String> {
         }
     }
     for f in &config.finesse {
+        if let Some(auth) = &f.auth {
+            let plain = |e: &crate::config::Endpoint| e.tls.is_none();
+            if plain(&auth.validate) {
+                warnings.push(format!(
+                    "service {}: auth.validate_url is plain http: agents' credentials cross the network in clear",
+                    f.name
+                ));
+            }
+            if auth.jwt.as_ref().is_some_and(|j| plain(&j.keys)) {
+                warnings.push(format!(
+                    "service {}: auth.jwt.keys_url is plain http: whoever can change the keys on the way can sign tokens",
+                    f.name
+                ));
+            }
+            if auth.public_paths.iter().any(|p| p == "/") {
+                warnings.push(format!(
+                    "service {}: auth.public_paths contains `/`: every path is public, nothing is authenticated",
+                    f.name
+                ));
+            }
+        }
         let servers = f.servers.iter().map(|s| s.upstream_tls.as_ref());
         if unverified(f.upstream_tls.as_ref()) || servers.into_iter().any(unverified) {
             warnings.push(format!(

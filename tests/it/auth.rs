@@ -307,6 +307,26 @@ async fn no_credentials_get_401_and_nothing_goes_upstream() {
         options.status, 401,
         "an OPTIONS that is no preflight needs credentials"
     );
+    let mut with_password = preflight.to_vec();
+    let wrong = basic("agent1", "guess");
+    with_password.push(("Authorization", &wrong));
+    let probe = client
+        .send("OPTIONS", path, &with_password, b"")
+        .await
+        .unwrap();
+    assert_eq!(
+        probe.status, 401,
+        "a preflight with credentials is checked like any request"
+    );
+    assert_eq!(site.app.hits(), 1);
+    // A user name shaped like a log line of its own is not logged.
+    let forged = basic(
+        "x 198.51.100.77 blocked for 1800 seconds after 5 failed logins",
+        "pw",
+    );
+    let refused = site.get("/finesse/api/User", Some(&forged)).await;
+    let tid = refused.headers["trackingid"].to_str().unwrap();
+    assert_eq!(site.ccedge.log_entry(tid).await["user"], Value::Null);
 }
 
 #[tokio::test]
@@ -346,11 +366,16 @@ async fn valid_basic_credentials_pass_and_100_requests_make_one_validation() {
     assert_eq!(line["user"], "agent1");
     let log = std::fs::read_to_string(&site.ccedge.access_log).unwrap();
     let stderr = site.ccedge.stderr_text();
-    let secret = STANDARD.encode("agent1:secret");
-    assert!(
-        !log.contains(&secret) && !stderr.contains(&secret),
-        "a credential was logged"
-    );
+    for form in [
+        STANDARD.encode("agent1:secret"),
+        URL_SAFE_NO_PAD.encode("agent1:secret"),
+        "secret".to_string(),
+    ] {
+        assert!(
+            !log.contains(&form) && !stderr.contains(&form),
+            "a credential was logged ({form})"
+        );
+    }
     let metrics = site.metrics().await;
     assert_eq!(
         metric(
@@ -439,6 +464,16 @@ async fn five_failures_block_the_address_until_the_admin_lifts_it() {
         stderr.matches("blocked for 1800 seconds").count(),
         1,
         "{stderr}"
+    );
+    // The line fail2ban's anchored filter matches: `[time WARN target] <ip> blocked ...`.
+    let line = stderr.lines().find(|l| l.contains("blocked for")).unwrap();
+    assert!(
+        line.starts_with('[')
+            && line.contains(" WARN ")
+            && line.ends_with(
+                "] 127.0.0.1 blocked for 1800 seconds after 5 failed logins (service desktop)"
+            ),
+        "{line}"
     );
     let tid = blocked.headers["trackingid"].to_str().unwrap();
     assert_eq!(site.ccedge.log_entry(tid).await["status"], 429);
@@ -539,6 +574,35 @@ async fn public_paths_pass_and_path_tricks_do_not_reach_them() {
         .await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.echo().target(), "/finesse/api/User/agent1?x=1");
+}
+
+#[tokio::test]
+async fn a_retried_request_still_carries_the_path_that_was_judged() {
+    let site = AuthSite::start("auth-retry", None).await;
+    let good = basic("agent1", "secret");
+    let mut client = site.client();
+    let first = client
+        .send(
+            "GET",
+            "/finesse/api/User/a",
+            &[("Authorization", &good)],
+            b"",
+        )
+        .await
+        .unwrap();
+    assert_eq!(first.status, 200);
+    // The pooled connection goes stale: ccedge's attempt on it fails and it tries a new one.
+    site.app.drop_reused_requests();
+    let reply = site
+        .raw("/desktop/%2e%2e/finesse//api/User/b", Some(&good))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let paths = site.app.paths();
+    assert!(paths.len() >= 3, "no retry happened: {paths:?}");
+    assert!(
+        paths[1..].iter().all(|p| p == "/finesse/api/User/b"),
+        "an attempt went upstream with another path: {paths:?}"
+    );
 }
 
 #[tokio::test]
@@ -644,7 +708,28 @@ async fn sso_tokens_are_verified_at_the_proxy() {
     other_audience["aud"] = json!("cuic");
     let mut no_iat = claims("agent7", 60);
     no_iat.as_object_mut().unwrap().remove("iat");
+    let mut no_iss = claims("agent7", 60);
+    no_iss.as_object_mut().unwrap().remove("iss");
+    let mut no_aud = claims("agent7", 60);
+    no_aud.as_object_mut().unwrap().remove("aud");
+    let mut hs256 = Header::new(Algorithm::HS256);
+    hs256.kid = Some("k1".into());
+    let shared_secret = jsonwebtoken::encode(
+        &hs256,
+        &claims("agent7", 60),
+        &EncodingKey::from_secret(b"guessable"),
+    )
+    .unwrap();
+    let unsigned = format!(
+        "{}.{}.",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT","kid":"k1"}"#),
+        URL_SAFE_NO_PAD.encode(claims("agent7", 60).to_string())
+    );
     for (what, bad) in [
+        ("without iss", first.sign(&no_iss)),
+        ("without aud", first.sign(&no_aud)),
+        ("HS256 with a shared secret", shared_secret),
+        ("alg none", unsigned),
         ("expired", first.sign(&expired)),
         (
             "signed by another key",
@@ -680,17 +765,18 @@ async fn sso_tokens_are_verified_at_the_proxy() {
         .await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert_eq!(keys.fetches.load(Ordering::SeqCst), fetches + 1);
-    // A made-up kid does not make ccedge fetch again at once.
-    let made_up = second.sign_as("k-none", &claims("agent8", 10));
-    let answer = site
-        .get(
-            "/finesse/api/User/agent8",
-            Some(&format!("Bearer {made_up}")),
-        )
-        .await;
-    assert_eq!(answer.status, 401);
+    // Another new kid right after: no second fetch so soon; 503 (try again), not a failed login.
+    let made_up = format!("Bearer {}", second.sign_as("k-none", &claims("agent8", 10)));
+    let answer = site.get("/finesse/api/User/agent8", Some(&made_up)).await;
+    assert_eq!(answer.status, 503, "{}", answer.body);
     assert_eq!(keys.fetches.load(Ordering::SeqCst), fetches + 1);
     assert_eq!(site.app.hits(), 2);
+    // Once the pause is over, the keys are fetched for it, and a key that is not there is a
+    // refusal.
+    tokio::time::sleep(Duration::from_millis(10_500)).await;
+    let answer = site.get("/finesse/api/User/agent8", Some(&made_up)).await;
+    assert_eq!(answer.status, 401, "{}", answer.body);
+    assert_eq!(keys.fetches.load(Ordering::SeqCst), fetches + 2);
     let metrics = site.metrics().await;
     assert_eq!(
         metric(

@@ -37,7 +37,7 @@ const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(10);
 /// The longest keys document read.
 const KEYS_MAX: usize = 1 << 20;
 /// How far in the future `iat` and `nbf` may lie (the identity service's clock may run ahead).
-const CLOCK_SKEW: i64 = 60;
+const CLOCK_SKEW: u64 = 60;
 /// The longest wait for the keys document once connected.
 const ANSWER_WAIT: Duration = Duration::from_secs(10);
 /// How long a refused token's verdict is reused (a burst of requests with it is judged once).
@@ -130,8 +130,11 @@ pub struct Keys {
     current: ArcSwap<KeySet>,
     /// Counts successful fetches; 0 until the first.
     generation: watch::Sender<u64>,
+    /// Counts finished fetches, successful or not.
+    attempts: watch::Sender<u64>,
     wake: Notify,
-    last_asked: Mutex<Option<Instant>>,
+    /// When a fetch was last asked for by a token, and `attempts` then.
+    last_asked: Mutex<Option<(Instant, u64)>>,
     record: Mutex<FetchRecord>,
     metrics: Arc<AuthMetrics>,
 }
@@ -167,6 +170,7 @@ impl Keys {
             poll: settings.poll,
             current: ArcSwap::from_pointee(KeySet::default()),
             generation: watch::channel(0).0,
+            attempts: watch::channel(0).0,
             wake: Notify::new(),
             last_asked: Mutex::new(None),
             record: Mutex::new(FetchRecord::default()),
@@ -176,6 +180,12 @@ impl Keys {
 
     /// Fetches the keys once; true when they were replaced.
     async fn fetch(&self) -> bool {
+        let replaced = self.fetch_once().await;
+        self.attempts.send_modify(|a| *a += 1);
+        replaced
+    }
+
+    async fn fetch_once(&self) -> bool {
         let answer = fetch::send(
             &self.connector,
             &self.peer,
@@ -227,26 +237,50 @@ impl Keys {
         }
     }
 
-    /// Waits, up to the fetch timeout, for keys newer than `seen`; true when they came.
-    async fn newer_than(&self, seen: u64) -> bool {
-        let mut changes = self.generation.subscribe();
-        let came = tokio::time::timeout(self.within, changes.wait_for(|g| *g > seen)).await;
+    /// Waits, up to the fetch timeout, for a fetch to finish after the `seen`th; false when
+    /// none did in time.
+    async fn fetched_after(&self, seen: u64) -> bool {
+        let mut attempts = self.attempts.subscribe();
+        let came = tokio::time::timeout(self.within, attempts.wait_for(|a| *a > seen)).await;
         matches!(came, Ok(Ok(_)))
     }
 
-    /// Asks for a fetch now (unless one was asked for within `REFETCH_GAP`) and waits for it;
-    /// true when new keys arrived.
-    async fn refetch(&self) -> bool {
-        {
+    /// For a token naming a key id not known: fetches the keys now, or, when a token asked for a
+    /// fetch within `REFETCH_GAP`, waits for that one if it is still running.
+    async fn refetch(&self) -> Refetch {
+        let seen = *self.attempts.borrow();
+        let asked_before = {
             let mut asked = self.last_asked.lock().unwrap_or_else(|p| p.into_inner());
-            if asked.is_some_and(|t| t.elapsed() < REFETCH_GAP) {
-                return false;
+            match *asked {
+                Some((when, at)) if when.elapsed() < REFETCH_GAP => Some(at),
+                _ => {
+                    *asked = Some((Instant::now(), seen));
+                    None
+                }
             }
-            *asked = Some(Instant::now());
+        };
+        match asked_before {
+            None => {
+                let loaded = *self.generation.borrow();
+                self.wake.notify_one();
+                if !self.fetched_after(seen).await {
+                    return Refetch::Failed;
+                }
+                if *self.generation.borrow() > loaded {
+                    Refetch::Done
+                } else {
+                    Refetch::Failed
+                }
+            }
+            Some(at) if seen == at => {
+                if self.fetched_after(at).await {
+                    Refetch::Waited
+                } else {
+                    Refetch::Failed
+                }
+            }
+            Some(_) => Refetch::Throttled,
         }
-        let seen = *self.generation.borrow();
-        self.wake.notify_one();
-        self.newer_than(seen).await
     }
 
     pub fn status(&self) -> Value {
@@ -258,6 +292,18 @@ impl Keys {
             "last_error": record.last_error,
         })
     }
+}
+
+/// What asking for fresh keys came to.
+enum Refetch {
+    /// A fetch this token asked for loaded the keys.
+    Done,
+    /// A fetch another token asked for finished meanwhile.
+    Waited,
+    /// The keys could not be fetched.
+    Failed,
+    /// A fetch ran within `REFETCH_GAP`: not again so soon.
+    Throttled,
 }
 
 /// Keeps a site's signing keys current: fetches at start, every `poll_seconds`, and when asked.
@@ -331,12 +377,17 @@ impl JwtMethod {
         v.leeway = 0;
         v.validate_nbf = false;
         v.validate_aud = self.audience.is_some();
+        // A configured issuer or audience is required, not only compared when present.
+        let mut required = vec!["exp"];
         if let Some(aud) = &self.audience {
             v.set_audience(&[aud]);
+            required.push("aud");
         }
         if let Some(iss) = &self.issuer {
             v.set_issuer(&[iss]);
+            required.push("iss");
         }
+        v.set_required_spec_claims(&required);
         v
     }
 
@@ -371,19 +422,29 @@ impl JwtMethod {
             verdict: Verdict::Invalid(why.into()),
             keep: INVALID_KEEP,
         };
-        if *self.keys.generation.borrow() == 0 && !self.keys.newer_than(0).await {
-            return Judged {
-                verdict: Verdict::Unavailable("the SSO signing keys are not loaded".into()),
-                keep: Duration::ZERO,
-            };
+        let unavailable = |why: &str| Judged {
+            verdict: Verdict::Unavailable(why.into()),
+            keep: Duration::ZERO,
+        };
+        if *self.keys.generation.borrow() == 0 {
+            let seen = *self.keys.attempts.borrow();
+            if seen == 0 {
+                self.keys.fetched_after(0).await;
+            }
+            if *self.keys.generation.borrow() == 0 {
+                return unavailable("the SSO signing keys are not loaded");
+            }
         }
-        if let Some(kid) = kid {
-            if !self.keys.current.load().knows(kid) && !self.keys.refetch().await {
-                // Keys without ids may still match; an unknown id alone is not a verdict.
-                log::debug!(
-                    "service {}: token key id {kid:?} is unknown",
-                    self.keys.service
-                );
+        if let Some(kid) = kid.filter(|k| !self.keys.current.load().knows(k)) {
+            // A new key id: the identity service may have rotated its keys. Only a fetch made
+            // for this token can tell that the id is unknown; otherwise the client is to retry.
+            match self.keys.refetch().await {
+                Refetch::Done => {}
+                Refetch::Waited if self.keys.current.load().knows(kid) => {}
+                Refetch::Waited | Refetch::Throttled => {
+                    return unavailable("the token names a signing key not loaded yet")
+                }
+                Refetch::Failed => return unavailable("the SSO signing keys cannot be fetched"),
             }
         }
         let set = self.keys.current.load();
@@ -407,33 +468,41 @@ impl JwtMethod {
     }
 
     fn judge_claims(&self, claims: Claims) -> Judged {
-        let invalid = |why: &str| Judged {
-            verdict: Verdict::Invalid(why.into()),
-            keep: INVALID_KEEP,
-        };
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        let Some(iat) = claims.iat.map(|t| t as i64) else {
-            return invalid("the token has no iat (issue time)");
-        };
-        if iat > now + CLOCK_SKEW {
-            return invalid("the token was issued in the future");
-        }
-        let max_age = self.max_age.as_secs() as i64;
-        if now - iat > max_age {
-            return invalid("the token is older than max_token_age_seconds");
-        }
-        if claims.nbf.is_some_and(|nbf| nbf as i64 > now + CLOCK_SKEW) {
-            return invalid("the token is not valid yet (nbf)");
-        }
-        let left = (claims.exp as i64 - now).min(iat + max_age - now).max(0) as u64;
-        Judged {
-            verdict: Verdict::Valid {
-                user: claims.sub.map(Arc::from),
-            },
-            keep: self.keep_valid.min(Duration::from_secs(left)),
-        }
+        judge_claims(claims, SystemTime::now(), self.max_age, self.keep_valid)
+    }
+}
+
+/// The verdict on a signed token's claims at `now`: `iat` present, not in the future and not
+/// older than `max_age`, `nbf` reached; kept no longer than `keep`, its `exp` or `iat + max_age`.
+fn judge_claims(claims: Claims, now: SystemTime, max_age: Duration, keep: Duration) -> Judged {
+    let invalid = |why: &str| Judged {
+        verdict: Verdict::Invalid(why.into()),
+        keep: INVALID_KEEP,
+    };
+    let seconds = |t: f64| -> SystemTime {
+        let t = Duration::try_from_secs_f64(t.max(0.0)).unwrap_or(Duration::MAX);
+        UNIX_EPOCH.checked_add(t).unwrap_or(SystemTime::UNIX_EPOCH)
+    };
+    let skew = Duration::from_secs(CLOCK_SKEW);
+    let Some(iat) = claims.iat.map(seconds) else {
+        return invalid("the token has no iat (issue time)");
+    };
+    if iat > now + skew {
+        return invalid("the token was issued in the future");
+    }
+    let too_old = iat.checked_add(max_age).unwrap_or(iat);
+    if now >= too_old {
+        return invalid("the token is older than max_token_age_seconds");
+    }
+    if claims.nbf.map(seconds).is_some_and(|nbf| nbf > now + skew) {
+        return invalid("the token is not valid yet (nbf)");
+    }
+    let end = seconds(claims.exp).min(too_old);
+    Judged {
+        verdict: Verdict::Valid {
+            user: claims.sub.map(Arc::from),
+        },
+        keep: keep.min(end.duration_since(now).unwrap_or_default()),
     }
 }
 
@@ -495,6 +564,49 @@ mod tests {
         assert_eq!(set.candidates(Some("a"), Algorithm::RS256).count(), 1);
         assert_eq!(set.candidates(Some("b"), Algorithm::RS256).count(), 0);
         assert_eq!(set.candidates(Some("a"), Algorithm::ES256).count(), 0);
+    }
+
+    fn claims(iat: f64, exp: f64, nbf: Option<f64>) -> Claims {
+        Claims {
+            sub: Some("a".into()),
+            iat: Some(iat),
+            nbf,
+            exp,
+        }
+    }
+
+    #[test]
+    fn a_kept_token_verdict_ends_with_the_token() {
+        let now = SystemTime::now();
+        let t = now.duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
+        let (hour, day) = (Duration::from_secs(3600), Duration::from_secs(86400));
+        let keep = |c: Claims| judge_claims(c, now, hour, day);
+        let soon = keep(claims(t - 10.0, t + 5.5, None));
+        assert!(matches!(soon.verdict, Verdict::Valid { .. }));
+        assert!(soon.keep <= Duration::from_millis(5500), "{:?}", soon.keep);
+        let old = keep(claims(t - 3590.0, t + 600.0, None));
+        assert!(
+            old.keep <= Duration::from_secs(10),
+            "ends at iat + max age: {:?}",
+            old.keep
+        );
+        assert_eq!(keep(claims(t - 3601.0, t + 600.0, None)).keep, INVALID_KEEP);
+        assert!(matches!(
+            keep(claims(t + 120.0, t + 600.0, None)).verdict,
+            Verdict::Invalid(_)
+        ));
+        assert!(matches!(
+            keep(claims(t, t + 600.0, Some(t + 120.0))).verdict,
+            Verdict::Invalid(_)
+        ));
+        assert!(matches!(
+            keep(claims(f64::MAX, f64::MAX, None)).verdict,
+            Verdict::Invalid(_)
+        ));
+        assert!(matches!(
+            keep(claims(-1e300, t + 60.0, None)).verdict,
+            Verdict::Invalid(_)
+        ));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use crate::config::Lockout as Settings;
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -30,8 +30,11 @@ pub struct Blocked {
 pub struct Lockouts {
     settings: Settings,
     table: Mutex<HashMap<IpAddr, Record>>,
-    /// Addresses blocked now (or until looked at again): while 0, a request needs no lock.
-    blocked: AtomicUsize,
+    /// Where `latest_end` counts from.
+    origin: Instant,
+    /// When the last block to end ends, in milliseconds since `origin`: past it, no address is
+    /// blocked and a request needs no lock.
+    latest_end: AtomicU64,
 }
 
 impl Lockouts {
@@ -39,8 +42,13 @@ impl Lockouts {
         Lockouts {
             settings: settings.clone(),
             table: Mutex::new(HashMap::new()),
-            blocked: AtomicUsize::new(0),
+            origin: Instant::now(),
+            latest_end: AtomicU64::new(0),
         }
+    }
+
+    fn millis(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.origin).as_millis()).unwrap_or(u64::MAX)
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Record>> {
@@ -49,18 +57,12 @@ impl Lockouts {
 
     /// How long `ip` stays blocked, if it is.
     pub fn blocked(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
-        if self.blocked.load(Ordering::Relaxed) == 0 {
+        if self.millis(now) >= self.latest_end.load(Ordering::Relaxed) {
             return None;
         }
-        let mut table = self.table();
-        let record = table.get_mut(&ip)?;
-        let until = record.blocked_until?;
-        if until > now {
-            return Some(until - now);
-        }
-        record.blocked_until = None;
-        self.blocked.fetch_sub(1, Ordering::Relaxed);
-        None
+        let table = self.table();
+        let until = table.get(&ip)?.blocked_until?;
+        (until > now).then(|| until - now)
     }
 
     /// Counts a failed attempt from `ip`; `Some` when it blocks the address.
@@ -71,6 +73,10 @@ impl Lockouts {
         }
         let record = table.entry(ip).or_default();
         record.last_seen = Some(now);
+        if record.blocked_until.is_some_and(|u| u > now) {
+            // Already blocked: a request that was in flight when the block began.
+            return None;
+        }
         let window = self.settings.window;
         while record
             .failures
@@ -84,13 +90,10 @@ impl Lockouts {
             return None;
         }
         record.failures.clear();
-        if record
-            .blocked_until
-            .replace(now + self.settings.block)
-            .is_none()
-        {
-            self.blocked.fetch_add(1, Ordering::Relaxed);
-        }
+        let until = now + self.settings.block;
+        record.blocked_until = Some(until);
+        self.latest_end
+            .fetch_max(self.millis(until), Ordering::Relaxed);
         Some(Blocked {
             after_failures: self.settings.failures,
             seconds: self.settings.block.as_secs(),
@@ -98,20 +101,20 @@ impl Lockouts {
     }
 
     /// Lifts a block on `ip`; false when it was not blocked.
-    pub fn clear(&self, ip: IpAddr) -> bool {
-        let mut table = self.table();
-        match table.remove(&ip) {
-            Some(record) if record.blocked_until.is_some() => {
-                self.blocked.fetch_sub(1, Ordering::Relaxed);
-                true
-            }
-            _ => false,
-        }
+    pub fn clear(&self, ip: IpAddr, now: Instant) -> bool {
+        let record = self.table().remove(&ip);
+        record.is_some_and(|r| r.blocked_until.is_some_and(|u| u > now))
     }
 
     /// The addresses blocked now, with the seconds left.
     pub fn current(&self, now: Instant) -> Vec<(IpAddr, u64)> {
-        let table = self.table();
+        let mut table = self.table();
+        table.retain(|_, r| {
+            r.blocked_until.is_some_and(|u| u > now)
+                || r.failures
+                    .back()
+                    .is_some_and(|t| now.duration_since(*t) < self.settings.window)
+        });
         let mut blocked: Vec<(IpAddr, u64)> = table
             .iter()
             .filter_map(|(ip, r)| {
@@ -127,18 +130,12 @@ impl Lockouts {
     /// has been idle longest, addresses not blocked first.
     fn make_room(&self, table: &mut HashMap<IpAddr, Record>, now: Instant) {
         let window = self.settings.window;
-        let mut lifted = 0;
         table.retain(|_, r| {
-            let blocked = r.blocked_until.is_some_and(|u| u > now);
-            if !blocked && r.blocked_until.is_some() {
-                lifted += 1;
-            }
-            blocked
+            r.blocked_until.is_some_and(|u| u > now)
                 || r.failures
                     .back()
                     .is_some_and(|t| now.duration_since(*t) < window)
         });
-        self.blocked.fetch_sub(lifted, Ordering::Relaxed);
         if table.len() < MAX_TRACKED {
             return;
         }
@@ -149,11 +146,7 @@ impl Lockouts {
         let cut = MAX_TRACKED / 8;
         idle.select_nth_unstable(cut);
         for (_, _, ip) in &idle[..cut] {
-            if let Some(r) = table.remove(ip) {
-                if r.blocked_until.is_some() {
-                    self.blocked.fetch_sub(1, Ordering::Relaxed);
-                }
-            }
+            table.remove(ip);
         }
     }
 
@@ -201,6 +194,19 @@ mod tests {
         assert_eq!(l.current(t + Duration::from_secs(5)), vec![(ip(1), 1800)]);
         assert_eq!(l.blocked(ip(1), t + Duration::from_secs(1806)), None);
         assert!(l.current(t + Duration::from_secs(1806)).is_empty());
+        assert_eq!(l.tracked(), 0, "an ended block is forgotten");
+    }
+
+    #[test]
+    fn failures_in_flight_during_a_block_neither_extend_nor_repeat_it() {
+        let l = lockouts(2, 30, 600);
+        let t = Instant::now();
+        l.failed(ip(1), t);
+        assert!(l.failed(ip(1), t).is_some());
+        for s in 1..5 {
+            assert_eq!(l.failed(ip(1), t + Duration::from_secs(s)), None);
+        }
+        assert_eq!(l.blocked(ip(1), t).unwrap().as_secs(), 600);
     }
 
     #[test]
@@ -218,9 +224,14 @@ mod tests {
         let t = Instant::now();
         assert!(l.failed(ip(7), t).is_some());
         assert!(l.blocked(ip(7), t).is_some());
-        assert!(l.clear(ip(7)));
-        assert!(!l.clear(ip(7)));
+        assert!(l.clear(ip(7), t));
+        assert!(!l.clear(ip(7), t));
         assert_eq!(l.blocked(ip(7), t), None);
+        assert!(l.failed(ip(8), t).is_some());
+        assert!(
+            !l.clear(ip(8), t + Duration::from_secs(61)),
+            "an ended block is no block"
+        );
     }
 
     #[test]

@@ -157,18 +157,14 @@ impl Auth {
             Cow::Owned(p) => Some(p.clone()),
             Cow::Borrowed(_) => None,
         };
-        let public = self
-            .public_paths
-            .iter()
-            .any(|p| path.starts_with(p.as_str()));
+        let public = self.public_paths.iter().any(|p| under(&path, p));
         if public || is_preflight(req) {
             return Decision::Pass {
                 user: None,
                 path: changed,
             };
         }
-        let now = Instant::now();
-        if let Some(left) = self.lockouts.blocked(client, now) {
+        if let Some(left) = self.lockouts.blocked(client, Instant::now()) {
             self.metrics.blocked.inc();
             let seconds = left.as_secs().max(1);
             let retry = [("Retry-After", HeaderValue::from(seconds))];
@@ -178,23 +174,24 @@ impl Auth {
         }
         let attempt = Attempt::new(req, websocket);
         if let Presented::Unusable(why) = attempt.presented() {
-            return self.failed(client, now, Arc::from(*why), None);
+            return self.failed(client, Arc::from(*why), None);
         }
         let user = || {
             attempt
                 .credential()
                 .and_then(Credential::user)
+                .filter(|u| loggable(u))
                 .map(Arc::from)
         };
         for method in &self.methods {
             match method.judge(&attempt).await {
                 Some(Verdict::Valid { user: proven }) => {
                     return Decision::Pass {
-                        user: proven,
+                        user: proven.filter(|u| loggable(u)),
                         path: changed,
                     }
                 }
-                Some(Verdict::Invalid(why)) => return self.failed(client, now, why, user()),
+                Some(Verdict::Invalid(why)) => return self.failed(client, why, user()),
                 Some(Verdict::Unavailable(why)) => {
                     let message = format!("credentials cannot be checked right now: {why}");
                     let retry = vec![("Retry-After", HeaderValue::from_static("1"))];
@@ -208,14 +205,9 @@ impl Auth {
     }
 
     /// A failed attempt: 401, counted towards the lockout (and the security line when it blocks).
-    fn failed(
-        &self,
-        client: IpAddr,
-        now: Instant,
-        why: Arc<str>,
-        user: Option<Arc<str>>,
-    ) -> Decision {
-        if let Some(blocked) = self.lockouts.failed(client, now) {
+    fn failed(&self, client: IpAddr, why: Arc<str>, user: Option<Arc<str>>) -> Decision {
+        // The clock is read now: a check may have taken a while.
+        if let Some(blocked) = self.lockouts.failed(client, Instant::now()) {
             self.metrics.lockouts.inc();
             log::warn!(
                 "{client} blocked for {} seconds after {} failed logins (service {})",
@@ -245,7 +237,7 @@ impl Auth {
 
     /// Lifts a block on `ip`; false when it was not blocked.
     pub fn lift_block(&self, ip: IpAddr) -> bool {
-        let lifted = self.lockouts.clear(ip);
+        let lifted = self.lockouts.clear(ip, Instant::now());
         if lifted {
             log::warn!(
                 "{ip} unblocked by the admin listener (service {})",
@@ -270,19 +262,104 @@ impl Auth {
     }
 }
 
-/// A CORS preflight: browsers never send credentials with one, and it runs nothing upstream;
-/// the internal server's CORS policy answers it.
+/// `path` lies under public prefix `public`: a prefix ending in `/` covers what follows it; one
+/// that does not covers itself and what follows it after a `/` or `;` (so `/finesse/api/SystemInfo`
+/// does not open `/finesse/api/SystemInfoX`).
+fn under(path: &str, public: &str) -> bool {
+    match path.strip_prefix(public) {
+        Some(rest) => public.ends_with('/') || rest.is_empty() || rest.starts_with(['/', ';']),
+        None => false,
+    }
+}
+
+/// A CORS preflight as browsers send it: `OPTIONS` with `Origin` and
+/// `Access-Control-Request-Method`, and no credentials, cookies, body or upgrade, which browsers
+/// never put on one. It runs nothing upstream; the internal server's CORS policy answers it.
 fn is_preflight(req: &RequestHeader) -> bool {
+    use http::header::*;
+    let h = &req.headers;
+    let no_body = h.get(CONTENT_LENGTH).is_none_or(|l| l.as_bytes() == b"0")
+        && !h.contains_key(TRANSFER_ENCODING);
     req.method == http::Method::OPTIONS
-        && req.headers.contains_key(http::header::ORIGIN)
-        && req
-            .headers
-            .contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+        && h.contains_key(ORIGIN)
+        && h.contains_key(ACCESS_CONTROL_REQUEST_METHOD)
+        && no_body
+        && [AUTHORIZATION, COOKIE, UPGRADE, SEC_WEBSOCKET_PROTOCOL]
+            .iter()
+            .all(|name| !h.contains_key(name))
+}
+
+/// A user name worth writing to the access log: a name a directory would hold, never text a
+/// client could shape into a log line of its own.
+fn loggable(user: &str) -> bool {
+    !user.is_empty()
+        && user.len() <= 128
+        && user
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@' | b'\\'))
 }
 
 /// Counts a verdict reused from the store or shared with a concurrent request.
 fn count_kept(source: Source, metrics: &AuthMetrics) {
     if source != Source::Judged {
         metrics.kept.inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_prefixes_end_at_a_segment() {
+        assert!(under("/desktop/js/a.js", "/desktop/"));
+        assert!(!under("/desktopx/a.js", "/desktop/"));
+        assert!(under("/finesse/api/SystemInfo", "/finesse/api/SystemInfo"));
+        assert!(under("/finesse/api/SystemInfo/", "/finesse/api/SystemInfo"));
+        assert!(under(
+            "/finesse/api/SystemInfo;x=1",
+            "/finesse/api/SystemInfo"
+        ));
+        assert!(!under(
+            "/finesse/api/SystemInfoX",
+            "/finesse/api/SystemInfo"
+        ));
+        assert!(!under("/finesse/api/User", "/finesse/api/SystemInfo"));
+    }
+
+    fn options(headers: &[(&'static str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("OPTIONS", b"/finesse/api/User", None).unwrap();
+        for (k, v) in headers {
+            r.insert_header(*k, *v).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn only_a_browser_shaped_preflight_passes() {
+        let base = [
+            ("Origin", "https://a"),
+            ("Access-Control-Request-Method", "PUT"),
+        ];
+        assert!(is_preflight(&options(&base)));
+        assert!(!is_preflight(&options(&base[..1])));
+        for extra in [
+            ("Authorization", "Basic eDp5"),
+            ("Cookie", "a=b"),
+            ("Content-Length", "5"),
+            ("Transfer-Encoding", "chunked"),
+            ("Upgrade", "websocket"),
+        ] {
+            let mut headers = base.to_vec();
+            headers.push(extra);
+            assert!(!is_preflight(&options(&headers)), "{extra:?}");
+        }
+    }
+
+    #[test]
+    fn user_names_that_could_forge_a_line_are_not_logged() {
+        assert!(loggable("agent1") && loggable("jane.doe@example.com") && loggable("CORP\\jdoe"));
+        assert!(!loggable("x 198.51.100.77 blocked for 1800 seconds"));
+        assert!(!loggable("a\nb") && !loggable("") && !loggable(&"a".repeat(129)));
     }
 }

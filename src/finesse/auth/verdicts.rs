@@ -98,11 +98,11 @@ impl Verdicts {
         let waiting = Waiting {
             pending: &self.pending,
             digest,
-            cell,
+            cell: Some(cell),
         };
         let mut ran = false;
         let judged = waiting
-            .cell
+            .cell()
             .get_or_init(|| {
                 ran = true;
                 judge()
@@ -132,19 +132,29 @@ impl Verdicts {
 struct Waiting<'a> {
     pending: &'a Pending,
     digest: Digest,
-    cell: Arc<OnceCell<Judged>>,
+    /// Taken (and so released) under the map's lock, so that the reference count read there is
+    /// exact.
+    cell: Option<Arc<OnceCell<Judged>>>,
+}
+
+impl Waiting<'_> {
+    fn cell(&self) -> &OnceCell<Judged> {
+        self.cell.as_ref().expect("held until dropped")
+    }
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let cell = self.cell.take().expect("held until dropped");
         let ours = pending
             .get(&self.digest)
-            .is_some_and(|c| Arc::ptr_eq(c, &self.cell));
+            .is_some_and(|c| Arc::ptr_eq(c, &cell));
         // The map holds one reference and this request another: nobody else is waiting.
-        if ours && (self.cell.initialized() || Arc::strong_count(&self.cell) <= 2) {
+        if ours && (cell.initialized() || Arc::strong_count(&cell) <= 2) {
             pending.remove(&self.digest);
         }
+        drop(cell);
     }
 }
 
@@ -219,6 +229,34 @@ mod tests {
             assert!(matches!(task.await.unwrap().0, Verdict::Valid { .. }));
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(v.pending_len(), 0);
+    }
+
+    #[tokio::test]
+    async fn waiters_going_away_together_leave_nothing_behind() {
+        let v = Arc::new(Verdicts::new());
+        let d = v.digest(b"Basic pair");
+        for _ in 0..200 {
+            let tasks: Vec<_> = (0..2)
+                .map(|_| {
+                    let v = v.clone();
+                    tokio::spawn(async move {
+                        v.get_or_judge(d, || async {
+                            tokio::time::sleep(Duration::from_secs(60)).await;
+                            valid("a")
+                        })
+                        .await
+                    })
+                })
+                .collect();
+            tokio::task::yield_now().await;
+            for task in &tasks {
+                task.abort();
+            }
+            for task in tasks {
+                let _ = task.await;
+            }
+        }
         assert_eq!(v.pending_len(), 0);
     }
 

@@ -49,11 +49,14 @@ struct Seen {
     health_checks: AtomicUsize,
     /// When set, requests other than health checks get their connection closed, unanswered.
     dropping: AtomicBool,
+    /// When set, a connection's second request gets the connection closed, unanswered.
+    dropping_reused: AtomicBool,
 }
 
 impl Seen {
-    /// Records the request; false when it is to be dropped unanswered.
-    fn record(&self, req: &Request<Incoming>) -> bool {
+    /// Records the request (the `nth` on its connection); false when it is to be dropped
+    /// unanswered.
+    fn record(&self, req: &Request<Incoming>, nth: usize) -> bool {
         let agent = req
             .headers()
             .get("user-agent")
@@ -67,7 +70,8 @@ impl Seen {
                 .lock()
                 .unwrap()
                 .push(req.uri().path().to_string());
-            !self.dropping.load(Ordering::SeqCst)
+            let reused = nth > 1 && self.dropping_reused.load(Ordering::SeqCst);
+            !self.dropping.load(Ordering::SeqCst) && !reused
         }
     }
 }
@@ -183,6 +187,12 @@ impl Upstream {
         self.seen.dropping.store(true, Ordering::SeqCst);
     }
 
+    /// From now on, close a connection when its second request comes, unanswered: a pooled
+    /// connection that went stale, which the proxy retries on a new one.
+    pub fn drop_reused_requests(&self) {
+        self.seen.dropping_reused.store(true, Ordering::SeqCst);
+    }
+
     pub fn health_checks(&self) -> usize {
         self.seen.health_checks.load(Ordering::SeqCst)
     }
@@ -201,9 +211,11 @@ async fn serve<IO>(
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let requests = AtomicUsize::new(0);
     let service = service_fn(move |req: Request<Incoming>| {
         let node = node.clone();
-        let answer = seen.record(&req);
+        let nth = requests.fetch_add(1, Ordering::SeqCst) + 1;
+        let answer = seen.record(&req, nth);
         let handler = handler.clone();
         async move {
             if !answer {
