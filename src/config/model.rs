@@ -169,6 +169,9 @@ pub struct Limits {
     pub upstream_read_timeout: Duration,
     #[serde(rename = "websocket_idle_timeout_ms", serialize_with = "millis")]
     pub websocket_idle_timeout: Duration,
+    /// `None`: the service kind's default (per role for Finesse); `Some(0)`: no limit.
+    pub max_connections_per_ip: Option<u32>,
+    pub max_streams_per_connection: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -138,6 +138,12 @@ pub struct RawLimits {
     /// How long an open WebSocket may stay silent, in milliseconds.
     #[schemars(range(min = 1))]
     pub websocket_idle_timeout_ms: u64,
+    /// Open connections one client IP may hold (0: no limit). Default: 50 for digital channels;
+    /// for a Finesse site, by the roles on each port (finesse 12, ids 4, others 12).
+    pub max_connections_per_ip: Option<u32>,
+    /// Concurrent HTTP/2 streams one client connection may open.
+    #[schemars(range(min = 1))]
+    pub max_streams_per_connection: u32,
 }
 
 impl Default for RawLimits {
@@ -149,6 +155,8 @@ impl Default for RawLimits {
             upstream_connect_timeout_ms: 3_000,
             upstream_read_timeout_ms: 60_000,
             websocket_idle_timeout_ms: 3_600_000,
+            max_connections_per_ip: None,
+            max_streams_per_connection: 150,
         }
     }
 }

@@ -351,7 +351,15 @@ impl Validator {
             ),
             upstream_read_timeout: ms("upstream_read_timeout_ms", l.upstream_read_timeout_ms),
             websocket_idle_timeout: ms("websocket_idle_timeout_ms", l.websocket_idle_timeout_ms),
+            max_connections_per_ip: l.max_connections_per_ip,
+            max_streams_per_connection: l.max_streams_per_connection,
         };
+        if l.max_streams_per_connection == 0 {
+            self.problem(
+                &format!("{path}.max_streams_per_connection"),
+                "must be at least 1",
+            );
+        }
         if l.max_body_bytes == 0 {
             self.problem(&format!("{path}.max_body_bytes"), "must be greater than 0");
         }

@@ -42,6 +42,23 @@ pub fn role_default(role: Role) -> Option<RateRule> {
     })
 }
 
+/// The open connections a client address may hold on a Finesse port whose servers have `roles`,
+/// when the site sets no `max_connections_per_ip` (the vendor's values: finesse 12, ids 4,
+/// others 12; with several roles on one port, the most generous).
+pub fn role_connections(roles: impl IntoIterator<Item = Role>) -> u32 {
+    roles
+        .into_iter()
+        .map(|role| match role {
+            Role::Ids => 4,
+            _ => 12,
+        })
+        .max()
+        .unwrap_or(12)
+}
+
+/// The open connections a client address may hold on a digital channel by default.
+pub const DIGITAL_CONNECTIONS: u32 = 50;
+
 /// A request refused by a rate rule.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Exceeded<'a> {

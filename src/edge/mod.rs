@@ -2,6 +2,7 @@
 //! ccedge's own replies and the upstream peers.
 
 pub mod allow_list;
+pub mod connections;
 pub mod exchange;
 pub mod fetch;
 pub mod headers;

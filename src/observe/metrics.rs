@@ -35,6 +35,8 @@ struct Families {
     cache_entries: IntGaugeVec,
     cache_bytes: IntGaugeVec,
     cache_evictions: IntCounterVec,
+    connections_open: IntGaugeVec,
+    connections_over_limit: IntCounterVec,
 }
 
 fn families() -> &'static Families {
@@ -145,6 +147,16 @@ fn families() -> &'static Families {
             "Responses evicted to keep the cache within max_size_mb.",
             &["service"],
         );
+        let connections_open = gauge(
+            "ccedge_connections_open",
+            "Client connections open now.",
+            &["service"],
+        );
+        let connections_over_limit = counter(
+            "ccedge_connections_over_limit_total",
+            "Client connections refused because their address held max_connections_per_ip.",
+            &["service"],
+        );
         let duration = HistogramVec::new(
             HistogramOpts::new(
                 "ccedge_request_duration_seconds",
@@ -180,6 +192,8 @@ fn families() -> &'static Families {
             cache_entries,
             cache_bytes,
             cache_evictions,
+            connections_open,
+            connections_over_limit,
         }
     })
 }
@@ -284,6 +298,15 @@ impl CacheMetrics {
             evictions: f.cache_evictions.with_label_values(&[service]),
         }
     }
+}
+
+/// A service's open-connection gauge and over-the-limit counter.
+pub fn connections(service: &str) -> (IntGauge, IntCounter) {
+    let f = families();
+    (
+        f.connections_open.with_label_values(&[service]),
+        f.connections_over_limit.with_label_values(&[service]),
+    )
 }
 
 pub fn connection_refused(service: &str) {

@@ -2,16 +2,20 @@
 //! digital channel, one per Finesse site, and the admin listener.
 
 use crate::config::tls::ServerTls;
+use crate::config::Limits;
 use crate::config::{Config, FinesseService};
 use crate::digital::{DigitalChannel, DigitalProxy};
 use crate::edge::allow_list::AllowList;
+use crate::edge::connections::{ConnectionLimits, Limited};
+use crate::edge::limits::{role_connections, DIGITAL_CONNECTIONS};
 use crate::finesse::proxymap::ProxyMapApp;
 use crate::finesse::{FinesseProxy, FinesseSite};
 use crate::observe::access_log::AccessLog;
 use crate::observe::admin::{Admin, StatusSource};
 use pingora::apps::http_app::HttpServer;
 use pingora::apps::HttpServerOptions;
-use pingora::proxy::{ProxyHttp, ProxyServiceBuilder};
+use pingora::protocols::http::v2::server::default_h2_options;
+use pingora::proxy::{HttpProxy, ProxyHttp};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{ExecutionPhase, RunArgs, Server};
 use pingora::services::background::background_service;
@@ -123,7 +127,18 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
         let (channel, checks) = DigitalChannel::new(d, log.clone(), health_state);
         let channel = Arc::new(channel);
         sources.push(channel.clone());
-        let mut service = proxy_service(&conf, &d.name, DigitalProxy::new(channel));
+        let connections = ConnectionLimits::new(
+            &d.name,
+            vec![(
+                d.listen.port(),
+                d.limits
+                    .max_connections_per_ip
+                    .unwrap_or(DIGITAL_CONNECTIONS),
+            )],
+            &d.clients.trusted_proxies,
+        );
+        let service = DigitalProxy::new(channel);
+        let mut service = proxy_service(&conf, &d.name, service, &d.limits, connections);
         if let Some(filter) = AllowList::new(&d.name, &d.clients.allow) {
             service.set_connection_filter(Arc::new(filter));
         }
@@ -145,7 +160,21 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
             let name = format!("{} signing keys", f.name);
             server.add_service(background_service(&name, refresh));
         }
-        let mut service = proxy_service(&conf, &f.name, FinesseProxy::new(site));
+        let per_port = f
+            .listen_ports()
+            .into_iter()
+            .map(|port| {
+                let roles = f.servers.iter().filter(|s| s.listen_port == port);
+                let default = || role_connections(roles.map(|s| s.role));
+                (
+                    port,
+                    f.limits.max_connections_per_ip.unwrap_or_else(default),
+                )
+            })
+            .collect();
+        let connections = ConnectionLimits::new(&f.name, per_port, &f.clients.trusted_proxies);
+        let service = FinesseProxy::new(site);
+        let mut service = proxy_service(&conf, &f.name, service, &f.limits, connections);
         let allow = AllowList::new(&f.name, &f.clients.allow).map(Arc::new);
         if let Some(filter) = &allow {
             service.set_connection_filter(filter.clone());
@@ -156,6 +185,7 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
             let mut service =
                 Service::new(format!("{} proxy map", f.name), HttpServer::new_app(app));
             service.threads = Some(1);
+            service.handshake_timeout = Some(f.limits.client_header_timeout);
             if let Some(filter) = &allow {
                 service.set_connection_filter(filter.clone());
             }
@@ -213,21 +243,31 @@ fn finesse_addrs(f: &FinesseService) -> Vec<SocketAddr> {
         .collect()
 }
 
+/// A proxy service: `limits` bound the handshake and each request header's arrival, HTTP/2
+/// streams per connection and, through `connections`, open connections per client address.
 fn proxy_service<P>(
     conf: &Arc<ServerConf>,
     name: &str,
     proxy: P,
-) -> Service<pingora::proxy::HttpProxy<P>>
+    limits: &Limits,
+    connections: Arc<ConnectionLimits>,
+) -> Service<Limited<HttpProxy<P>>>
 where
     P: ProxyHttp + Send + Sync + 'static,
     P::CTX: Send + Sync + 'static,
 {
     let mut options = HttpServerOptions::default();
     options.keepalive_request_limit = Some(KEEPALIVE_REQUESTS);
-    ProxyServiceBuilder::new(conf, proxy)
-        .name(name)
-        .server_options(options)
-        .build()
+    options.header_read_timeout = Some(limits.client_header_timeout);
+    options.h2_idle_timeout = Some(limits.keepalive_timeout);
+    let mut h2 = default_h2_options();
+    h2.max_concurrent_streams(limits.max_streams_per_connection);
+    let mut proxy = pingora::proxy::http_proxy(conf, proxy);
+    proxy.server_options = Some(options);
+    proxy.h2_options = Some(h2);
+    let mut service = Service::new(name.to_string(), Limited::new(proxy, connections));
+    service.handshake_timeout = Some(limits.client_header_timeout);
+    service
 }
 
 fn listen<A: Send + Sync + 'static>(

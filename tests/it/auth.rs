@@ -402,7 +402,9 @@ async fn valid_basic_credentials_pass_and_100_requests_make_one_validation() {
 
 #[tokio::test]
 async fn twenty_concurrent_first_requests_make_one_validation() {
-    let site = AuthSite::start("auth-concurrent", None).await;
+    // Twenty connections from one address: more than the default limit allows.
+    let unlimited = "    limits:\n      max_connections_per_ip: 0\n";
+    let site = AuthSite::start_with("auth-concurrent", None, None, unlimited).await;
     site.validator.delay_ms.store(300, Ordering::SeqCst);
     let good = basic("agent1", "secret");
     let requests: Vec<_> = (0..20)

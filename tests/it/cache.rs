@@ -292,7 +292,9 @@ async fn expired_entries_are_revalidated_and_changes_show_through_without_a_purg
 
 #[tokio::test]
 async fn fifty_concurrent_misses_make_one_upstream_request() {
-    let site = CacheSite::start("cache-lock", 300, &cache_block(16, 0), "").await;
+    // Fifty connections from one address: more than the default limit allows.
+    let unlimited = "    limits:\n      max_connections_per_ip: 0\n";
+    let site = CacheSite::start("cache-lock", 300, &cache_block(16, 0), unlimited).await;
     site.origin.delay_ms.store(400, Ordering::SeqCst);
     let requests: Vec<_> = (0..50)
         .map(|_| {

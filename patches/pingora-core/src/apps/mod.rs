@@ -89,6 +89,12 @@ pub struct HttpServerOptions {
     ///
     /// Default: `None`
     pub h2_idle_timeout: Option<Duration>,
+
+    /// ccedge patch: the longest a client may take to send a request's header, counted from the
+    /// moment a new connection is ready for its first request, and from the first byte of each
+    /// later request on a keep-alive connection. It also bounds the HTTP/2 handshake.
+    /// `None`: only the per-read timeouts apply.
+    pub header_read_timeout: Option<Duration>,
 }
 
 /// Settings persisted across HTTP/1.x keepalive requests on the same downstream connection.
@@ -307,7 +313,19 @@ where
             });
 
             let h2_options = self.h2_options();
-            let h2_conn = match server::handshake(stream, h2_options).await {
+            let handshake = server::handshake(stream, h2_options);
+            let header_read_timeout = self.server_options().and_then(|o| o.header_read_timeout);
+            let handshake = match header_read_timeout {
+                Some(limit) => match pingora_timeout::timeout(limit, handshake).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        debug!("H2 handshake not done within {limit:?}");
+                        return None;
+                    }
+                },
+                None => handshake.await,
+            };
+            let h2_conn = match handshake {
                 Err(e) => {
                     error!("H2 handshake error {e}");
                     return None;
@@ -356,6 +374,8 @@ where
                 self.server_options()
                     .and_then(|opts| opts.keepalive_request_limit),
             );
+            let header_read_timeout = self.server_options().and_then(|o| o.header_read_timeout);
+            session.set_header_read_timeout(header_read_timeout, true);
 
             let mut result = self.process_new_http(session, shutdown).await;
             while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
@@ -363,6 +383,7 @@ where
                 if let Some(persistent_settings) = persistent_settings {
                     persistent_settings.apply_to_session(&mut session);
                 }
+                session.set_header_read_timeout(header_read_timeout, false);
 
                 result = self.process_new_http(session, shutdown).await;
             }

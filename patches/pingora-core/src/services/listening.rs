@@ -50,6 +50,9 @@ pub struct Service<A> {
     app_logic: Option<A>,
     /// The number of preferred threads. `None` to follow global setting.
     pub threads: Option<usize>,
+    /// ccedge patch: the longest a new connection's handshake (TLS, or what a pre-TLS callback
+    /// reads) may take. `None`: 60 seconds.
+    pub handshake_timeout: Option<Duration>,
     runtime_opts_override: Option<RuntimeOptsOverride>,
     #[cfg(feature = "connection_filter")]
     connection_filter: Arc<dyn ConnectionFilter>,
@@ -63,6 +66,7 @@ impl<A> Service<A> {
             listeners: Listeners::new(),
             app_logic: Some(app_logic),
             threads: None,
+            handshake_timeout: None,
             runtime_opts_override: None,
             #[cfg(feature = "connection_filter")]
             connection_filter: Arc::new(AcceptAllFilter),
@@ -77,6 +81,7 @@ impl<A> Service<A> {
             listeners,
             app_logic: Some(app_logic),
             threads: None,
+            handshake_timeout: None,
             runtime_opts_override: None,
             #[cfg(feature = "connection_filter")]
             connection_filter: Arc::new(AcceptAllFilter),
@@ -203,6 +208,7 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
         app_logic: Arc<A>,
         mut stack: TransportStack,
         mut shutdown: ShutdownWatch,
+        handshake_timeout: Duration,
     ) {
         // the accept loop, until the system is shutting down
         loop {
@@ -231,7 +237,7 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                     let shutdown = shutdown.clone();
                     current_handle().spawn(async move {
                         let peer_addr = io.peer_addr();
-                        match timeout(Duration::from_secs(60), io.handshake()).await {
+                        match timeout(handshake_timeout, io.handshake()).await {
                             Ok(handshake) => {
                                 match handshake {
                                     Ok(io) => Self::handle_event(io, app, shutdown).await,
@@ -299,6 +305,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceTrait for Service<A> {
         let app_logic = Arc::new(app_logic);
 
         let mut handlers = Vec::new();
+        let handshake_timeout = self.handshake_timeout.unwrap_or(Duration::from_secs(60));
 
         endpoints.into_iter().for_each(|endpoint| {
             for _ in 0..listeners_per_fd {
@@ -307,7 +314,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceTrait for Service<A> {
                 let endpoint = endpoint.clone();
 
                 let jh = runtime.spawn(async move {
-                    Self::run_endpoint(my_app_logic, endpoint, shutdown).await;
+                    Self::run_endpoint(my_app_logic, endpoint, shutdown, handshake_timeout).await;
                 });
 
                 handlers.push(jh);

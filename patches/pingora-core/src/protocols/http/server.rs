@@ -311,6 +311,16 @@ impl Session {
         }
     }
 
+    /// ccedge patch: bound the time the request header may take to arrive (see
+    /// [`crate::apps::HttpServerOptions::header_read_timeout`]); counted from now when
+    /// `from_now`, else from the request's first byte. Noop for h2 (its handshake is bounded
+    /// instead) and subrequests.
+    pub fn set_header_read_timeout(&mut self, timeout: Option<Duration>, from_now: bool) {
+        if let Self::H1(s) = self {
+            s.set_header_read_timeout(timeout, from_now);
+        }
+    }
+
     /// Set connection reuse. `duration` defines how long the connection is kept open for the next
     /// request to reuse. Noop for h2 and subrequest
     pub fn set_keepalive(&mut self, duration: Option<u64>) {

@@ -35,6 +35,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::body::{BodyReader, BodyWriter};
 use super::common::*;
 use super::header::HeaderWriter;
+
+/// ccedge patch: the largest request header accepted from a client (Pingora's own limit,
+/// `MAX_HEADER_SIZE`, is 1 MiB and also applies to upstream responses); larger gets 431.
+const MAX_REQUEST_HEADER_SIZE: usize = 64 * 1024;
 use crate::protocols::http::{
     authority::validate_request_authority, body_buffer::FixedBuffer, date, HttpTask,
     ReusableHttpStream,
@@ -158,6 +162,10 @@ pub struct HttpSession {
     /// [`super::super::HttpPersistentSettings`] into the next session.
     /// Scoped narrowly so it cannot affect FIN / `abort_on_close` semantics.
     pipelined_idle_bytes_stashed: bool,
+    /// ccedge patch: the longest the request header may take, and when it runs out (set when the
+    /// session starts or at the header's first byte).
+    header_read_timeout: Option<Duration>,
+    header_deadline: Option<tokio::time::Instant>,
 }
 
 impl HttpSession {
@@ -206,7 +214,29 @@ impl HttpSession {
             pipelining_enabled: false,
             pipelined_prefix: None,
             pipelined_idle_bytes_stashed: false,
+            header_read_timeout: None,
+            header_deadline: None,
         }
+    }
+
+    /// ccedge patch: answers `431 Request Header Fields Too Large` and ends the session (no
+    /// request is returned, so the connection is closed without a second answer).
+    async fn refuse_header_size(&mut self, what: &str) -> Result<Option<usize>> {
+        debug!("request header {what}: 431 to {:?}", self.underlying_stream);
+        let answer = b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\n\
+                       Connection: close\r\n\r\n";
+        let _ = self.underlying_stream.write_all(answer).await;
+        let _ = self.underlying_stream.flush().await;
+        Ok(None)
+    }
+
+    /// ccedge patch: bound the time the request header may take to arrive, counted from now when
+    /// `from_now`, else from its first byte. Exceeded: the read fails with a timeout.
+    pub fn set_header_read_timeout(&mut self, timeout: Option<Duration>, from_now: bool) {
+        self.header_read_timeout = timeout;
+        self.header_deadline = timeout
+            .filter(|_| from_now)
+            .map(|t| tokio::time::Instant::now() + t);
     }
 
     async fn read_request_buf(
@@ -214,8 +244,26 @@ impl HttpSession {
         buf: &mut BytesMut,
         already_read: usize,
     ) -> Result<Option<usize>> {
+        if self.header_deadline.is_none() && already_read > 0 {
+            self.header_deadline = self
+                .header_read_timeout
+                .map(|t| tokio::time::Instant::now() + t);
+        }
+        let deadline = self.header_deadline;
         let read_result = {
-            let read_event = self.underlying_stream.read_buf(buf);
+            let read_event = async {
+                let read = self.underlying_stream.read_buf(buf);
+                match deadline {
+                    Some(d) => match tokio::time::timeout_at(d, read).await {
+                        Ok(result) => result,
+                        Err(_) => Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "request header not received in time",
+                        )),
+                    },
+                    None => read.await,
+                }
+            };
             match self.keepalive_timeout {
                 KeepaliveStatus::Timeout(d) => match timeout(d, read_event).await {
                     Ok(res) => res,
@@ -305,14 +353,11 @@ impl HttpSession {
         let mut skip_next_read = already_read != 0;
         let mut detached_suffix = None;
         loop {
-            if already_read > MAX_HEADER_SIZE {
+            if already_read > MAX_REQUEST_HEADER_SIZE {
                 /* NOTE: this check only blocks second read. The first large read is allowed
                 since the buf is already allocated. The goal is to avoid slowly bloating
                 this buffer */
-                return Error::e_explain(
-                    InvalidHTTPHeader,
-                    format!("Request header larger than {MAX_HEADER_SIZE}"),
-                );
+                return self.refuse_header_size("larger than the limit").await;
             }
 
             // On the first iteration after a pipelined prefix was injected,
@@ -461,6 +506,9 @@ impl HttpSession {
                                     e,
                                 );
                             }
+                        }
+                        httparse::Error::TooManyHeaders => {
+                            return self.refuse_header_size("with too many fields").await;
                         }
                         _ => {
                             debug!("Invalid request header from {:?}", self.underlying_stream);

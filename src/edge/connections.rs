@@ -1,0 +1,202 @@
+//! Client connections, counted while they are open: per service for the metrics, and per
+//! listening port and client address against `limits.max_connections_per_ip`. A connection over
+//! the limit is answered `503` and closed (HTTP/1.1) or closed at once (HTTP/2), after its TLS
+//! handshake, which `client_header_timeout_ms` bounds. Addresses in `trusted_proxies` are not
+//! limited: a load balancer carries many clients.
+
+use crate::config::cidr::CidrSet;
+use crate::observe::metrics;
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::{Stream, ALPN};
+use pingora::server::ShutdownWatch;
+use prometheus::{IntCounter, IntGauge};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::io::AsyncWriteExt;
+
+const OVER_LIMIT: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n\
+Content-Length: 44\r\nRetry-After: 1\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n\
+too many open connections from your address\n";
+
+struct Open {
+    count: u32,
+    /// The second (since the epoch) this address was last reported over its limit.
+    reported: u64,
+}
+
+pub struct ConnectionLimits {
+    service: String,
+    /// The limit on each listening port; a port not listed (or 0) has none.
+    limits: Vec<(u16, u32)>,
+    trusted: CidrSet,
+    open: Mutex<HashMap<(u16, IpAddr), Open>>,
+    open_gauge: IntGauge,
+    over_limit: IntCounter,
+}
+
+impl ConnectionLimits {
+    pub fn new(service: &str, limits: Vec<(u16, u32)>, trusted: &CidrSet) -> Arc<Self> {
+        let (open_gauge, over_limit) = metrics::connections(service);
+        Arc::new(ConnectionLimits {
+            service: service.to_string(),
+            limits,
+            trusted: trusted.clone(),
+            open: Mutex::new(HashMap::new()),
+            open_gauge,
+            over_limit,
+        })
+    }
+
+    fn limit(&self, port: u16, ip: IpAddr) -> Option<u32> {
+        if self.trusted.contains(ip) {
+            return None;
+        }
+        self.limits
+            .iter()
+            .find(|(p, _)| *p == port)
+            .map(|(_, l)| *l)
+            .filter(|l| *l > 0)
+    }
+
+    /// Counts a new connection from `ip` on `port`; `None` when it is over the limit.
+    fn enter(self: &Arc<Self>, port: u16, ip: IpAddr) -> Option<Slot> {
+        let limit = self.limit(port, ip);
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = open.entry((port, ip)).or_insert(Open {
+            count: 0,
+            reported: 0,
+        });
+        if limit.is_some_and(|l| entry.count >= l) {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let report = entry.reported < now;
+            entry.reported = now;
+            drop(open);
+            self.over_limit.inc();
+            if report {
+                log::warn!(
+                    "service {}: {ip} holds {} connections on port {port}, its limit: further ones are refused",
+                    self.service,
+                    limit.unwrap_or_default()
+                );
+            }
+            return None;
+        }
+        entry.count += 1;
+        self.open_gauge.inc();
+        Some(Slot {
+            limits: self.clone(),
+            key: (port, ip),
+        })
+    }
+}
+
+/// One open connection, counted until dropped.
+struct Slot {
+    limits: Arc<ConnectionLimits>,
+    key: (u16, IpAddr),
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.limits.open_gauge.dec();
+        let mut open = self.limits.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = open.get_mut(&self.key) {
+            entry.count -= 1;
+            if entry.count == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// A server application whose connections are counted and limited.
+pub struct Limited<A> {
+    app: Arc<A>,
+    limits: Arc<ConnectionLimits>,
+}
+
+impl<A> Limited<A> {
+    pub fn new(app: A, limits: Arc<ConnectionLimits>) -> Self {
+        Limited {
+            app: Arc::new(app),
+            limits,
+        }
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for Limited<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let socket = stream.get_socket_digest();
+        let inet = |a: Option<&pingora::protocols::l4::socket::SocketAddr>| {
+            a.and_then(|a| a.as_inet()).copied()
+        };
+        let peer = socket.as_ref().and_then(|s| inet(s.peer_addr()));
+        let local = socket.as_ref().and_then(|s| inet(s.local_addr()));
+        let (Some(peer), Some(local)) = (peer, local) else {
+            return self.app.process_new(stream, shutdown).await;
+        };
+        let ip = peer.ip().to_canonical();
+        match self.limits.enter(local.port(), ip) {
+            Some(_counted) => self.app.process_new(stream, shutdown).await,
+            None => {
+                if stream.selected_alpn_proto() != Some(ALPN::H2) {
+                    let _ = stream.write_all(OVER_LIMIT).await;
+                    let _ = stream.flush().await;
+                }
+                None
+            }
+        }
+    }
+
+    async fn cleanup(&self) {
+        self.app.cleanup().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_over_limit_answer_declares_its_length() {
+        let text = std::str::from_utf8(OVER_LIMIT).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("Content-Length: {}", body.len())));
+    }
+
+    #[test]
+    fn limits_per_port_and_address_trusted_proxies_aside() {
+        let trusted = CidrSet::new(vec!["10.0.0.1/32".parse().unwrap()]);
+        let l = ConnectionLimits::new("conn-test", vec![(8445, 2), (8553, 0)], &trusted);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let one = l.enter(8445, a).unwrap();
+        let two = l.enter(8445, a).unwrap();
+        assert!(l.enter(8445, a).is_none());
+        assert!(
+            l.enter(8445, b).is_some(),
+            "another address has its own count"
+        );
+        assert!(l.enter(9999, a).is_some(), "a port without a limit");
+        let many: Vec<_> = (0..10).map(|_| l.enter(8553, a).unwrap()).collect();
+        let balancer: Vec<_> = (0..10)
+            .map(|_| l.enter(8445, "10.0.0.1".parse().unwrap()).unwrap())
+            .collect();
+        drop(one);
+        let three = l.enter(8445, a);
+        assert!(three.is_some(), "a closed connection frees its place");
+        drop((two, three, many, balancer));
+        assert!(l.open.lock().unwrap().is_empty());
+    }
+}
