@@ -9,6 +9,7 @@ mod cli;
 mod digital_channels;
 mod finesse_routing;
 mod finesse_site;
+mod hardening;
 mod header_policy;
 mod observability;
 mod operations;

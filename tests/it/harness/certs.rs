@@ -44,11 +44,31 @@ impl Ca {
         self.leaf(dir, stem, names, ExtendedKeyUsagePurpose::ServerAuth)
     }
 
+    /// A server certificate for `names` that expired yesterday.
+    pub fn expired_server(&self, dir: &Path, stem: &str, names: &[&str]) -> Pair {
+        let yesterday = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+        self.leaf_with(dir, stem, names, ExtendedKeyUsagePurpose::ServerAuth, |p| {
+            p.not_before = yesterday - time::Duration::days(30);
+            p.not_after = yesterday;
+        })
+    }
+
     pub fn client(&self, dir: &Path, stem: &str) -> Pair {
         self.leaf(dir, stem, &[stem], ExtendedKeyUsagePurpose::ClientAuth)
     }
 
     fn leaf(&self, dir: &Path, stem: &str, names: &[&str], usage: ExtendedKeyUsagePurpose) -> Pair {
+        self.leaf_with(dir, stem, names, usage, |_| {})
+    }
+
+    fn leaf_with(
+        &self,
+        dir: &Path,
+        stem: &str,
+        names: &[&str],
+        usage: ExtendedKeyUsagePurpose,
+        adjust: impl FnOnce(&mut CertificateParams),
+    ) -> Pair {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.distinguished_name.push(DnType::CommonName, names[0]);
         for name in names {
@@ -58,6 +78,7 @@ impl Ca {
             });
         }
         params.extended_key_usages = vec![usage];
+        adjust(&mut params);
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
         let pair = Pair {

@@ -3,8 +3,10 @@
 pub mod certs;
 pub mod client;
 pub mod fixtures;
+pub mod h2raw;
 pub mod http;
 pub mod proxy;
+pub mod raw;
 pub mod upstream;
 pub mod ws;
 

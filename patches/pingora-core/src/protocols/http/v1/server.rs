@@ -380,6 +380,11 @@ impl HttpSession {
                 let mut req = httparse::Request::new(&mut headers);
                 let parsed = parse_req_buffer(&mut req, &buf);
                 match parsed {
+                    HeaderParseState::Complete(s) if s > MAX_REQUEST_HEADER_SIZE => {
+                        // ccedge patch: a header that arrived whole in few reads is held to the
+                        // same limit as one that kept the loop reading.
+                        return self.refuse_header_size("larger than the limit").await;
+                    }
                     HeaderParseState::Complete(s) => {
                         self.raw_header = Some(BufRef(0, s));
 
