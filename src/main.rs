@@ -1,13 +1,8 @@
 //! ccedge: the reverse proxy for contact-center edges.
 
 mod cli;
-mod config;
-mod digital;
-mod edge;
-mod finesse;
-mod observe;
-mod run;
 
+use ccedge::{config, finesse, observe, run};
 use clap::Parser;
 use std::process::ExitCode;
 

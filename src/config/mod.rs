@@ -6,7 +6,7 @@ mod locate;
 pub mod model;
 mod raw;
 pub mod tls;
-mod validate;
+pub mod validate;
 
 pub use model::*;
 pub use raw::schema;
@@ -41,6 +41,15 @@ pub fn load(file: &Path) -> Result<Config, ConfigError> {
 
 /// Parses and validates configuration `text`, naming `file` in errors.
 pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+    parse_with(text, file, validate::system_resolve)
+}
+
+/// As `parse`, with upstream names resolved by `resolve` (the fuzz targets resolve without DNS).
+pub fn parse_with(
+    text: &str,
+    file: &Path,
+    resolve: validate::Resolve,
+) -> Result<Config, ConfigError> {
     let shown = file.display();
     let raw: raw::RawConfig = if text.trim().is_empty() {
         raw::RawConfig::default()
@@ -49,7 +58,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
             lines: vec![describe_yaml_error(&shown.to_string(), &e)],
         })?
     };
-    validate::validate(raw, file).map_err(|problems| {
+    validate::validate(raw, file, resolve).map_err(|problems| {
         let index = LineIndex::new(text);
         ConfigError {
             lines: problems

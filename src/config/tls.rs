@@ -36,7 +36,7 @@ impl ServerTls {
     }
 
     /// Listener settings: TLS 1.2 minimum, ALPN h2 then http/1.1, AEAD-only TLS 1.2 suites, no
-    /// compression, no session tickets (nothing that outlives a key rotation).
+    /// compression, no renegotiation, no session tickets (nothing that outlives a key rotation).
     pub fn settings(&self) -> pingora::Result<TlsSettings> {
         let cert = self.cert.to_string_lossy();
         let key = self.key.to_string_lossy();
@@ -46,7 +46,9 @@ impl ServerTls {
             .map_err(|e| tls_error("minimum TLS version", e))?;
         tls.set_cipher_list(TLS12_CIPHERS)
             .map_err(|e| tls_error("TLS 1.2 cipher list", e))?;
-        tls.set_options(SslOptions::NO_COMPRESSION | SslOptions::NO_TICKET);
+        tls.set_options(
+            SslOptions::NO_COMPRESSION | SslOptions::NO_TICKET | SslOptions::NO_RENEGOTIATION,
+        );
         Ok(tls)
     }
 }

@@ -18,9 +18,21 @@ pub struct Problem {
     pub message: String,
 }
 
-pub fn validate(raw: RawConfig, file: &Path) -> Result<Config, Vec<Problem>> {
+/// How an upstream's host name becomes an address.
+pub type Resolve = fn(&str, u16) -> Result<SocketAddr, String>;
+
+/// Name resolution through the system's resolver.
+pub fn system_resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| e.to_string())
+        .and_then(|mut addrs| addrs.next().ok_or_else(|| "no address".to_string()))
+}
+
+pub fn validate(raw: RawConfig, file: &Path, resolve: Resolve) -> Result<Config, Vec<Problem>> {
     let mut v = Validator {
         base: file.parent().map(Path::to_path_buf).unwrap_or_default(),
+        resolve: Some(resolve),
         ..Validator::default()
     };
     let server = v.server(&raw.server);
@@ -65,6 +77,7 @@ struct Validator {
     names: HashMap<String, String>,
     /// Finesse public host:port with their key.
     publics: HashMap<Authority, String>,
+    resolve: Option<Resolve>,
 }
 
 impl Validator {
@@ -174,14 +187,9 @@ impl Validator {
 
     fn upstream(&mut self, path: &str, text: &str) -> Option<Upstream> {
         let authority = self.check(path, Authority::parse(text))?;
-        let resolved = (authority.host.as_str(), authority.port)
-            .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve `{text}`: {e}"))
-            .and_then(|mut addrs| {
-                addrs
-                    .next()
-                    .ok_or_else(|| format!("`{text}` resolves to no address"))
-            });
+        let resolve = self.resolve.unwrap_or(system_resolve);
+        let resolved = resolve(&authority.host, authority.port)
+            .map_err(|e| format!("cannot resolve `{text}`: {e}"));
         let addr = self.check(path, resolved)?;
         Some(Upstream { authority, addr })
     }

@@ -45,6 +45,12 @@ pub struct Exchange {
     websocket: bool,
 }
 
+impl Default for Exchange {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Exchange {
     pub fn new() -> Self {
         Exchange {

@@ -6,7 +6,7 @@ mod auth;
 mod cache;
 pub mod proxymap;
 mod routing;
-mod substitution;
+pub mod substitution;
 
 use crate::config::FinesseService;
 use crate::edge::exchange::{self, Exchange, Front, Labels};

@@ -41,9 +41,9 @@ impl Rewriter {
         })
     }
 
-    /// Rewrites one whole buffer (a test aid and the reference for the streaming form).
-    #[cfg(test)]
-    fn apply(&self, text: &[u8]) -> Vec<u8> {
+    /// Rewrites one whole buffer: the reference the streaming form must agree with (tests and
+    /// the fuzz target compare them).
+    pub fn apply(&self, text: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         self.matcher
             .try_replace_all_with_bytes(text, &mut out, |m, _, dst| {

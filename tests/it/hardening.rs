@@ -715,7 +715,10 @@ async fn http2_pseudo_header_abuse_never_reaches_the_upstream() {
         .flat_map(|f| f.2.clone())
         .collect();
     // HPACK's static table: 0x88 is `:status 200`, 0x8c `:status 400`.
-    let status = frames.iter().find(|f| f.0 == HEADERS && f.1 == 1).map(|f| f.2[0]);
+    let status = frames
+        .iter()
+        .find(|f| f.0 == HEADERS && f.1 == 1)
+        .map(|f| f.2[0]);
     match status {
         Some(0x8c) => assert_eq!(site.app.hits(), 0, "refused, yet forwarded"),
         Some(0x88) => {
