@@ -167,6 +167,10 @@ impl DigitalProxy {
 impl ProxyHttp for DigitalProxy {
     type CTX = Exchange;
 
+    /// No downstream modules: ccedge never compresses responses, and Pingora's default adds a
+    /// (disabled) compression module to every request.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     fn new_ctx(&self) -> Exchange {
         Exchange::new()
     }

@@ -9,11 +9,33 @@
 use crate::config::Authority;
 use crate::edge::identity::ClientIdentity;
 use http::header::{self, HeaderMap, HeaderValue};
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::{PrebuiltHeaderName, RequestHeader, ResponseHeader};
 use std::fmt::Write;
 use std::net::IpAddr;
+use std::sync::LazyLock;
 
 pub const TRACKING_ID: &str = "TrackingID";
+
+/// The names of the headers every request or response gets, parsed once.
+struct Names {
+    x_forwarded_for: PrebuiltHeaderName,
+    x_client_ip: PrebuiltHeaderName,
+    x_real_ip: PrebuiltHeaderName,
+    x_forwarded_port: PrebuiltHeaderName,
+    x_forwarded_proto: PrebuiltHeaderName,
+    host: PrebuiltHeaderName,
+    tracking_id: PrebuiltHeaderName,
+}
+
+static NAMES: LazyLock<Names> = LazyLock::new(|| Names {
+    x_forwarded_for: PrebuiltHeaderName::from_static("x-forwarded-for", "X-Forwarded-For"),
+    x_client_ip: PrebuiltHeaderName::from_static("x-client-ip", "X-Client-IP"),
+    x_real_ip: PrebuiltHeaderName::from_static("x-real-ip", "X-Real-IP"),
+    x_forwarded_port: PrebuiltHeaderName::from_static("x-forwarded-port", "X-Forwarded-Port"),
+    x_forwarded_proto: PrebuiltHeaderName::from_static("x-forwarded-proto", "X-Forwarded-Proto"),
+    host: PrebuiltHeaderName::from_static("host", "Host"),
+    tracking_id: PrebuiltHeaderName::from_static("trackingid", TRACKING_ID),
+});
 const TRACKING_PREFIX: &[u8] = b"CCEDGE_";
 
 /// Values fixed per route, computed once at configuration load.
@@ -92,16 +114,20 @@ pub fn apply_request(
     let _ = write!(chain, "{}", client.ip);
     let ip = HeaderValue::from_str(&chain[start..]).expect("an IP is a header value");
     let _ = write!(chain, ", {}", proxy_ip.to_canonical());
-    req.insert_header("X-Forwarded-For", chain)?;
-    req.insert_header("X-Client-IP", ip.clone())?;
-    req.insert_header("X-Real-IP", ip)?;
-    req.insert_header("X-Forwarded-Port", route.port.clone())?;
-    req.insert_header("X-Forwarded-Proto", route.proto.clone())?;
-    req.insert_header(header::HOST, route.host.clone())?;
+    let chain = HeaderValue::try_from(chain).map_err(|e| {
+        pingora::Error::because(pingora::ErrorType::InvalidHTTPHeader, "X-Forwarded-For", e)
+    })?;
+    let n = &*NAMES;
+    req.insert_prebuilt_header(&n.x_forwarded_for, chain);
+    req.insert_prebuilt_header(&n.x_client_ip, ip.clone());
+    req.insert_prebuilt_header(&n.x_real_ip, ip);
+    req.insert_prebuilt_header(&n.x_forwarded_port, route.port.clone());
+    req.insert_prebuilt_header(&n.x_forwarded_proto, route.proto.clone());
+    req.insert_prebuilt_header(&n.host, route.host.clone());
     if route.strip_accept_encoding {
         req.remove_header(&header::ACCEPT_ENCODING);
     }
-    req.insert_header(TRACKING_ID, tracking_id.clone())?;
+    req.insert_prebuilt_header(&n.tracking_id, tracking_id.clone());
     to_origin_form(req)
 }
 
@@ -155,7 +181,8 @@ pub fn absolute_form_authority(target: &[u8]) -> Option<&[u8]> {
 /// Rewrites a response about to go to the client: no upstream `Server`, the request's TrackingID.
 pub fn apply_response(resp: &mut ResponseHeader, tracking_id: &HeaderValue) -> pingora::Result<()> {
     resp.remove_header(&header::SERVER);
-    resp.insert_header(TRACKING_ID, tracking_id.clone())
+    resp.insert_prebuilt_header(&NAMES.tracking_id, tracking_id.clone());
+    Ok(())
 }
 
 #[cfg(test)]

@@ -258,6 +258,10 @@ pub struct FinesseCtx {
 impl ProxyHttp for FinesseProxy {
     type CTX = FinesseCtx;
 
+    /// No downstream modules: ccedge never compresses responses, and Pingora's default adds a
+    /// (disabled) compression module to every request.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     fn new_ctx(&self) -> FinesseCtx {
         FinesseCtx {
             exchange: Exchange::new(),

@@ -23,6 +23,11 @@ impl CaseHeaderName {
     pub fn new(name: String) -> Self {
         CaseHeaderName(name.into())
     }
+
+    /// ccedge patch: a static spelling, shared rather than copied.
+    pub fn from_static(name: &'static str) -> Self {
+        CaseHeaderName(Bytes::from_static(name.as_bytes()))
+    }
 }
 
 impl CaseHeaderName {
