@@ -4,6 +4,10 @@ mod cli;
 
 use ccedge::{config, finesse, observe, run};
 use clap::Parser;
+
+/// mimalloc: ccedge allocates and frees many small objects per request (bench/RESULTS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {

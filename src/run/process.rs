@@ -37,6 +37,8 @@ fn server_conf(config: &Config, daemon: bool) -> ServerConf {
         upgrade_sock: s.upgrade_sock.clone(),
         grace_period_seconds: Some(s.grace_period_seconds),
         graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout_seconds),
+        // Each connection stays on the thread that accepted it (bench/RESULTS.md).
+        work_stealing: false,
         ..ServerConf::default()
     }
 }
