@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import ssl
@@ -118,7 +119,7 @@ def nginx_conf(work, access_log):
       proxy_hide_header Server;"""
     return f"""{user}
 worker_processes 1;
-worker_rlimit_nofile 65536;
+
 daemon off;
 pid {work}/nginx.pid;
 error_log {work}/nginx-error.log error;
@@ -183,7 +184,7 @@ def origin_conf(work):
     user = f"user {os.environ.get('USER', 'root')};" if os.geteuid() == 0 else ""
     return f"""{user}
 worker_processes 1;
-worker_rlimit_nofile 65536;
+
 daemon off;
 pid {work}/origin.pid;
 error_log {work}/origin-error.log error;
@@ -342,34 +343,50 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=5, help="per round and proxy")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--websockets", type=int, default=10000)
+    parser.add_argument("--websockets", type=int,
+                        help="idle WebSockets per proxy (default 10,000, fewer when the descriptor "
+                             "limit is lower: each takes two descriptors in the proxy)")
     parser.add_argument("--access-log", choices=["off", "on", "both"], default="both")
     parser.add_argument("--only", nargs="*", help="scenarios to run (default: all)")
     parser.add_argument("--ccedge", default="target/release/ccedge")
     parser.add_argument("--baseline", metavar="CCEDGE",
                         help="compare with this other ccedge binary instead of nginx (before/after)")
     args = parser.parse_args()
+    if args.websockets is None:
+        fits = (resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 1000) // 2
+        args.websockets = min(10000, fits)
+        if fits < 10000:
+            print(f"idle WebSockets: {args.websockets}, as many as the descriptor limit allows", file=sys.stderr)
 
     work = tempfile.mkdtemp(prefix="ccedge-bench-")
     os.chmod(work, 0o755)
     files(work)
     procs = []
     try:
-        open(f"{work}/origin.conf", "w").write(origin_conf(work))
-        procs.append(Proc("origin", ["nginx", "-c", f"{work}/origin.conf", "-p", work]))
-        ws = Proc("ws-origin", [sys.executable, __file__, "--ws-origin", str(WS_ORIGIN)])
-        procs.append(ws)
-        for port in (ORIGIN, WS_ORIGIN):
-            wait_port(port)
-        report = []
-        logs = {"off": [False], "on": [True], "both": [False, True]}[args.access_log]
-        for access_log in logs:
-            report += run_all(args, work, access_log, procs)
-        print_report(report, args)
+        run(args, work, procs)
+    except SystemExit:
+        for log in ("nginx-error.log", "origin-error.log", "ccedge.err"):
+            if os.path.exists(f"{work}/{log}"):
+                print(f"--- {log}:\n" + open(f"{work}/{log}").read()[-2000:], file=sys.stderr)
+        raise
     finally:
         for p in reversed(procs):
             p.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args, work, procs):
+    open(f"{work}/origin.conf", "w").write(origin_conf(work))
+    procs.append(Proc("origin", ["nginx", "-c", f"{work}/origin.conf", "-p", work]))
+    ws = Proc("ws-origin", [sys.executable, __file__, "--ws-origin", str(WS_ORIGIN)])
+    procs.append(ws)
+    for port in (ORIGIN, WS_ORIGIN):
+        wait_port(port)
+    report = []
+    logs = {"off": [False], "on": [True], "both": [False, True]}[args.access_log]
+    for access_log in logs:
+        report += run_all(args, work, access_log, procs)
+    print_report(report, args)
 
 
 def start_ccedge(binary, work, access_log, ports, name, procs):

@@ -29,6 +29,9 @@ use crate::utils::BufRef;
 
 // TODO: make this dynamically adjusted
 const BODY_BUFFER_SIZE: usize = 1024 * 64;
+/// ccedge patch: the first read of a body asks for this much; each read that fills its buffer
+/// doubles the next, up to `body_buf_size`.
+const FIRST_BODY_READ: usize = 4096;
 // limit how much incomplete chunk-size and chunk-ext to buffer
 const PARTIAL_CHUNK_HEAD_LIMIT: usize = 1024 * 8;
 // Trailers: https://datatracker.ietf.org/doc/html/rfc9112#section-7.1.2
@@ -148,6 +151,8 @@ pub struct BodyReader {
     pub body_state: ParseState,
     pub body_buf: Option<BytesMut>,
     pub body_buf_size: usize,
+    /// ccedge patch: how much the next read of an unsized body asks for (see `FIRST_BODY_READ`).
+    next_read_size: usize,
     rewind_buf_len: usize,
     upstream: bool,
     body_buf_overread: Option<BytesMut>,
@@ -159,6 +164,7 @@ impl BodyReader {
             body_state: PS::ToStart,
             body_buf: None,
             body_buf_size: BODY_BUFFER_SIZE,
+            next_read_size: FIRST_BODY_READ,
             rewind_buf_len: 0,
             upstream,
             body_buf_overread: None,
@@ -173,8 +179,11 @@ impl BodyReader {
         self.body_state = PS::ToStart;
     }
 
-    fn prepare_buf(&mut self, buf_to_rewind: &[u8]) {
-        let mut body_buf = BytesMut::with_capacity(self.body_buf_size.max(buf_to_rewind.len()));
+    /// ccedge patch: `size` is what the body is expected to need at first (its length when
+    /// known), rather than always `body_buf_size`.
+    fn prepare_buf(&mut self, buf_to_rewind: &[u8], size: usize) {
+        let size = size.min(self.body_buf_size);
+        let mut body_buf = BytesMut::with_capacity(size.max(buf_to_rewind.len()));
         if !buf_to_rewind.is_empty() {
             self.rewind_buf_len = buf_to_rewind.len();
             // TODO: this is still 1 copy. Make it zero
@@ -200,6 +209,20 @@ impl BodyReader {
     /// every previously buffered byte has been parsed and handed to the caller. Paths that still
     /// need the buffered bytes (a pending rewind, a partial chunk head, or the trailer tail left
     /// behind by [`Self::do_read_chunked_body`]) must reuse the existing buffer instead.
+    /// ccedge patch: the size of the next read of a body whose end is not known from here: small
+    /// at first (an idle upgraded connection holds its reads' buffers for as long as it lives),
+    /// growing as reads come back full.
+    fn unsized_read_size(&self) -> usize {
+        self.next_read_size.min(self.body_buf_size)
+    }
+
+    /// ccedge patch: a read of `asked` bytes returned `got`; a full read doubles the next.
+    fn grow_read_size(&mut self, asked: usize, got: usize) {
+        if got == asked {
+            self.next_read_size = (self.next_read_size * 2).min(self.body_buf_size);
+        }
+    }
+
     fn prepare_buf_for_io(&mut self, read_size: usize) -> &mut BytesMut {
         let body_buf = self.body_buf.get_or_insert_default();
         body_buf.clear();
@@ -221,7 +244,7 @@ impl BodyReader {
 
     pub fn init_chunked(&mut self, buf_to_rewind: &[u8]) {
         self.body_state = PS::Chunked(0, 0, 0, 0);
-        self.prepare_buf(buf_to_rewind);
+        self.prepare_buf(buf_to_rewind, FIRST_BODY_READ);
     }
 
     /// Zero-copy variant of [`Self::init_chunked`].
@@ -246,7 +269,7 @@ impl BodyReader {
                 }
             }
             _ => {
-                self.prepare_buf(buf_to_rewind);
+                self.prepare_buf(buf_to_rewind, cl);
                 self.body_state = PS::Partial(0, cl);
             }
         }
@@ -270,7 +293,7 @@ impl BodyReader {
     }
 
     pub fn init_close_delimited(&mut self, buf_to_rewind: &[u8]) {
-        self.prepare_buf(buf_to_rewind);
+        self.prepare_buf(buf_to_rewind, FIRST_BODY_READ);
         self.body_state = PS::UntilClose(0);
     }
 
@@ -403,8 +426,10 @@ impl BodyReader {
 
         // downstream should not discard remaining data if peer sent more, so cap the read at what
         // is left of this body and leave anything past it on the stream
+        // ccedge patch: a body of known length gets a buffer of its length (not 64 KiB for a
+        // 64-byte body), upstream as well as downstream.
         let read_size = match self.body_state {
-            PS::Partial(_, remaining) if !self.upstream => remaining.min(self.body_buf_size),
+            PS::Partial(_, remaining) => remaining.min(self.body_buf_size),
             _ => self.body_buf_size,
         };
         if n == 0 {
@@ -462,13 +487,14 @@ impl BodyReader {
         self.rewind_buf_len = 0; // we only need to read rewind data once
         if n == 0 {
             /* Need to actually read */
-            let read_size = self.body_buf_size;
+            let read_size = self.unsized_read_size();
             let body_buf = self.prepare_buf_for_io(read_size);
             n = stream
                 .take(read_size as u64)
                 .read_buf(body_buf)
                 .await
                 .or_err(ReadError, "when reading body")?;
+            self.grow_read_size(read_size, n);
         }
         match self.body_state {
             PS::UntilClose(read) => {
@@ -500,13 +526,14 @@ impl BodyReader {
                         existing_buf_end = self.rewind_buf_len;
                         self.rewind_buf_len = 0; // we only need to read rewind data once
                         if existing_buf_end == 0 {
-                            let read_size = self.body_buf_size;
+                            let read_size = self.unsized_read_size();
                             let body_buf = self.prepare_buf_for_io(read_size);
                             existing_buf_end = stream
                                 .take(read_size as u64)
                                 .read_buf(body_buf)
                                 .await
                                 .or_err(ReadError, "when reading body")?;
+                            self.grow_read_size(read_size, existing_buf_end);
                         }
                     } else {
                         /* existing_buf_end != 0 this is partial chunk head */
