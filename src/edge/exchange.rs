@@ -140,7 +140,11 @@ impl Front {
     /// Applies timeouts and checks rate and declared body size, once the route is known.
     /// `Ok(true)`: the request was answered here (429 or 413) and must not go further.
     pub async fn admit(&self, session: &mut Session, ctx: &mut Exchange) -> pingora::Result<bool> {
-        session.set_keepalive(Some(self.limits.keepalive_timeout.as_secs().max(1)));
+        // A stopping process answers with `Connection: close` (Pingora has already turned
+        // keep-alive off for it); only a running one keeps connections.
+        if !session.is_process_shutting_down() {
+            session.set_keepalive(Some(self.limits.keepalive_timeout.as_secs().max(1)));
+        }
         let read_timeout = if ctx.wants_websocket {
             self.limits.websocket_idle_timeout
         } else {

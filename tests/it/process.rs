@@ -100,3 +100,62 @@ async fn daemon_flag_runs_in_the_background() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// What arrives on `tcp` within `limit`, and whether the server closed the connection.
+async fn read_for(tcp: &mut tokio::net::TcpStream, limit: Duration) -> (String, bool) {
+    use tokio::io::AsyncReadExt;
+    let deadline = Instant::now() + limit;
+    let (mut got, mut chunk) = (Vec::new(), [0u8; 4096]);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, tcp.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&got).into(), true),
+            Ok(Ok(n)) => got.extend_from_slice(&chunk[..n]),
+            Err(_) => return (String::from_utf8_lossy(&got).into(), false),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_stopping_process_answers_the_first_request_of_every_connection_it_accepted() {
+    use tokio::io::AsyncWriteExt;
+    const GET: &[u8] = b"GET /drapi/v1/ping HTTP/1.1\r\nHost: dc.example.com\r\n\r\n";
+    let dir = TestDir::new("proc-stop-accepted");
+    let upstream = Upstream::plain("publisher").await;
+    let (port, admin) = (free_port(), free_port());
+    let yaml = plain_digital(&dir, port, admin, &upstream).replace(
+        "graceful_shutdown_timeout_seconds: 1",
+        "graceful_shutdown_timeout_seconds: 5",
+    );
+    let mut ccedge = Ccedge::launch(&dir, "ccedge", &yaml, &[], &[port, admin]).await;
+
+    // A kept-alive connection, idle after one answer, and a connection that has sent nothing yet.
+    let mut idle = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    idle.write_all(GET).await.unwrap();
+    let (first, closed) = read_for(&mut idle, Duration::from_millis(500)).await;
+    assert!(first.starts_with("HTTP/1.1 200") && !closed, "{first}");
+    let mut fresh = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    ccedge.signal("TERM");
+    // The idle connection is let go at once (its client resends on a new connection)...
+    let (said, closed) = read_for(&mut idle, Duration::from_secs(5)).await;
+    assert!(
+        closed && said.is_empty(),
+        "idle connection: {closed} {said:?}"
+    );
+    // ...but the request on the connection accepted before the stop, sent after it, is answered.
+    fresh.write_all(GET).await.unwrap();
+    let (answer, closed) = read_for(&mut fresh, Duration::from_secs(3)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "lost: {answer:?}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close") && closed,
+        "the answer should close the connection: {answer}"
+    );
+    assert!(answer.contains("\"node\":\"publisher\""), "{answer}");
+    assert_eq!(ccedge.wait_exit(15).await, Some(0));
+}

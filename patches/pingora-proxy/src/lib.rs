@@ -329,13 +329,23 @@ where
     {
         // phase 1 read request header
 
-        let res = tokio::select! {
-            biased; // biased select is cheaper, and we don't want to drop already buffered requests
-            res = downstream_session.read_request() => { res }
-            _ = self.await_shutdown() => {
-                // service shutting down, dropping the connection to stop more req from coming in
-                return None;
+        // ccedge patch: only an idle kept-alive connection is dropped when the service shuts
+        // down. A connection's first request is read in any case: the listener accepted the
+        // connection before it stopped, so its client has sent, or is sending, a request that
+        // dropping would lose (a fresh connection closed unanswered is not retried the way a
+        // reused one is). The read stays bounded by the header read timeout, and the answer
+        // closes the connection.
+        let res = if downstream_session.is_reused() {
+            tokio::select! {
+                biased; // biased select is cheaper, and we don't want to drop already buffered requests
+                res = downstream_session.read_request() => { res }
+                _ = self.await_shutdown() => {
+                    // service shutting down, dropping the connection to stop more req from coming in
+                    return None;
+                }
             }
+        } else {
+            downstream_session.read_request().await
         };
         match res {
             Ok(true) => {

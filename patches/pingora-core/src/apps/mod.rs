@@ -380,6 +380,10 @@ where
             let mut result = self.process_new_http(session, shutdown).await;
             while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
                 let mut session = ServerSession::new_http1(stream);
+                // ccedge patch: lets the application tell idle kept-alive connections apart.
+                if let ServerSession::H1(s) = &mut session {
+                    s.set_reused();
+                }
                 if let Some(persistent_settings) = persistent_settings {
                     persistent_settings.apply_to_session(&mut session);
                 }

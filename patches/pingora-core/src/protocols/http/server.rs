@@ -321,6 +321,16 @@ impl Session {
         }
     }
 
+    /// ccedge patch: whether this session is a later request on a kept-alive HTTP/1.x
+    /// connection. Always false for h2 (each stream is its own request), subrequests and custom
+    /// sessions.
+    pub fn is_reused(&self) -> bool {
+        match self {
+            Self::H1(s) => s.is_reused(),
+            Self::H2(_) | Self::Subrequest(_) | Self::Custom(_) => false,
+        }
+    }
+
     /// Set connection reuse. `duration` defines how long the connection is kept open for the next
     /// request to reuse. Noop for h2 and subrequest
     pub fn set_keepalive(&mut self, duration: Option<u64>) {

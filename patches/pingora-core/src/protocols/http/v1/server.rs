@@ -166,6 +166,8 @@ pub struct HttpSession {
     /// session starts or at the header's first byte).
     header_read_timeout: Option<Duration>,
     header_deadline: Option<tokio::time::Instant>,
+    /// ccedge patch: an earlier request was served on this connection (see [`Self::set_reused`]).
+    reused: bool,
 }
 
 impl HttpSession {
@@ -216,7 +218,19 @@ impl HttpSession {
             pipelined_idle_bytes_stashed: false,
             header_read_timeout: None,
             header_deadline: None,
+            reused: false,
         }
+    }
+
+    /// ccedge patch: mark this session as a later request on a kept-alive connection.
+    pub fn set_reused(&mut self) {
+        self.reused = true;
+    }
+
+    /// ccedge patch: whether an earlier request was served on this connection. A session that
+    /// is not reused holds a connection whose client has not been answered yet.
+    pub fn is_reused(&self) -> bool {
+        self.reused
     }
 
     /// ccedge patch: answers `431 Request Header Fields Too Large` and ends the session (no
