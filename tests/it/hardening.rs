@@ -385,26 +385,55 @@ async fn ambiguous_framing_reaches_the_upstream_unambiguous_or_not_at_all() {
             &[400, 200],
         ),
     ];
+    // Each case gets its own path prefix, so that a request the upstream reads late is still
+    // counted against the case that sent it.
+    let marker = |i: usize| format!("/drapi/v1/case{i}/");
     let mut problems = Vec::new();
-    for (what, request, allowed) in cases {
-        let before = edge.publisher.requests().len();
-        let status = status_of(&edge, &request).await;
+    for (i, (what, request, allowed)) in cases.iter().enumerate() {
+        let request = String::from_utf8_lossy(request).replace("/drapi/v1/", &marker(i));
+        let status = status_of(&edge, request.as_bytes()).await;
         if !allowed.contains(&status) {
             problems.push(format!(
                 "{what}: answered {status}, expected one of {allowed:?}"
             ));
         }
-        let seen = edge.publisher.requests()[before..].to_vec();
-        if seen.len() > 1 {
-            problems.push(format!("{what}: the upstream saw {} requests", seen.len()));
+    }
+    let mut seen = edge.publisher.requests();
+    let settled = Instant::now() + Duration::from_secs(5);
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = edge.publisher.requests();
+        if now.len() == seen.len() || Instant::now() > settled {
+            break;
         }
-        for request in &seen {
+        seen = now;
+    }
+    for (i, (what, _, _)) in cases.iter().enumerate() {
+        let mine: Vec<&String> = seen
+            .iter()
+            .filter(|r| r.lines().next().is_some_and(|l| l.contains(&marker(i))))
+            .collect();
+        if mine.len() > 1 {
+            problems.push(format!("{what}: the upstream saw {} requests", mine.len()));
+        }
+        for request in mine {
             if let Err(why) = unambiguous(request) {
                 problems.push(format!(
                     "{what}: the upstream saw an ambiguous request ({why}):\n{request}"
                 ));
             }
         }
+    }
+    let unmarked: Vec<&String> = seen
+        .iter()
+        .filter(|r| {
+            !(0..cases.len()).any(|i| r.lines().next().is_some_and(|l| l.contains(&marker(i))))
+        })
+        .collect();
+    if !unmarked.is_empty() {
+        problems.push(format!(
+            "requests no case sent reached the upstream: {unmarked:?}"
+        ));
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
