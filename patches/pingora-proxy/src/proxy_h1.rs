@@ -324,11 +324,17 @@ where
                 },
 
                 body = rx.recv(), if !request_done => {
+                    // ccedge patch (pingora#946): the end of the upgrade request's own body is
+                    // a plain `Body` end. When the 101 was read before it, it is not the end of
+                    // the tunnel: the upgraded stream from downstream follows.
+                    let request_body_end = matches!(body, Some(HttpTask::Body(_, true)));
                     match send_body_to1(client_session, body).await {
                         Ok(send_done) => {
                             request_done = send_done;
-                            // An upgraded request is terminated when either side is done
-                            if request_done && client_session.was_upgraded() {
+                            if request_body_end && upgraded {
+                                request_done = false;
+                            } else if request_done && client_session.was_upgraded() {
+                                // An upgraded request is terminated when either side is done
                                 response_done = true;
                             }
                         },
