@@ -266,6 +266,23 @@ async fn no_credentials_get_401_and_nothing_goes_upstream() {
         "{challenge}"
     );
     assert!(answer.headers.contains_key("trackingid"));
+    // A page's script gets a challenge browsers do not answer with their own dialog.
+    for marker in [
+        ("Sec-Fetch-Mode", "cors"),
+        ("X-Requested-With", "XMLHttpRequest"),
+    ] {
+        let scripted = site
+            .client()
+            .send("GET", "/finesse/api/User/agent1", &[marker], b"")
+            .await
+            .unwrap();
+        assert_eq!(scripted.status, 401);
+        let challenge = scripted.headers["www-authenticate"].to_str().unwrap();
+        assert!(
+            challenge.starts_with("xBasic realm=\"desktop\""),
+            "{challenge}"
+        );
+    }
     let garbled = site.get("/finesse/api/User", Some("Basic !!!")).await;
     assert_eq!(garbled.status, 401);
     let other_scheme = site.get("/finesse/api/User", Some("Negotiate abc")).await;

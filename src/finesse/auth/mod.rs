@@ -93,7 +93,9 @@ pub struct Auth {
     lockouts: Lockouts,
     methods: Vec<Box<dyn Method>>,
     keys: Option<Arc<jwt::Keys>>,
+    /// The `WWW-Authenticate` of a 401, and the one for a browser's scripts (see `challenge`).
     challenge: HeaderValue,
+    script_challenge: HeaderValue,
     metrics: Arc<AuthMetrics>,
 }
 
@@ -103,7 +105,7 @@ impl Auth {
         let verdicts = Arc::new(Verdicts::new());
         let mut methods: Vec<Box<dyn Method>> = Vec::new();
         let mut keys = None;
-        let mut challenge = format!("Basic realm=\"{service}\", charset=\"UTF-8\"");
+        let mut challenge = format!("realm=\"{service}\", charset=\"UTF-8\"");
         if let Some(settings_jwt) = &settings.jwt {
             let store = Arc::new(jwt::Keys::new(
                 service,
@@ -135,7 +137,10 @@ impl Auth {
             lockouts: Lockouts::new(&settings.lockout),
             methods,
             keys,
-            challenge: HeaderValue::from_str(&challenge).expect("service names are visible ASCII"),
+            challenge: HeaderValue::from_str(&format!("Basic {challenge}"))
+                .expect("service names are visible ASCII"),
+            script_challenge: HeaderValue::from_str(&format!("{SCRIPT_SCHEME} {challenge}"))
+                .expect("service names are visible ASCII"),
             metrics,
         }
     }
@@ -174,7 +179,7 @@ impl Auth {
         }
         let attempt = Attempt::new(req, websocket);
         if let Presented::Unusable(why) = attempt.presented() {
-            return self.failed(client, Arc::from(*why), None);
+            return self.failed(req, client, Arc::from(*why), None);
         }
         let user = || {
             attempt
@@ -191,7 +196,7 @@ impl Auth {
                         path: changed,
                     }
                 }
-                Some(Verdict::Invalid(why)) => return self.failed(client, why, user()),
+                Some(Verdict::Invalid(why)) => return self.failed(req, client, why, user()),
                 Some(Verdict::Unavailable(why)) => {
                     let message = format!("credentials cannot be checked right now: {why}");
                     let retry = vec![("Retry-After", HeaderValue::from_static("1"))];
@@ -200,12 +205,29 @@ impl Auth {
                 None => {}
             }
         }
-        let challenge = vec![("WWW-Authenticate", self.challenge.clone())];
+        let challenge = vec![("WWW-Authenticate", self.challenge(req))];
         self.refuse(401, "credentials required".into(), None, challenge)
     }
 
+    /// The challenge of a 401 to `req`. A request from a page's script (`fetch`, XHR) gets a
+    /// scheme browsers do not answer: a `Basic` challenge would make the browser open its own
+    /// sign-in dialog over the desktop's (and hang a headless one). Other clients get `Basic`.
+    fn challenge(&self, req: &RequestHeader) -> HeaderValue {
+        if from_script(req) {
+            self.script_challenge.clone()
+        } else {
+            self.challenge.clone()
+        }
+    }
+
     /// A failed attempt: 401, counted towards the lockout (and the security line when it blocks).
-    fn failed(&self, client: IpAddr, why: Arc<str>, user: Option<Arc<str>>) -> Decision {
+    fn failed(
+        &self,
+        req: &RequestHeader,
+        client: IpAddr,
+        why: Arc<str>,
+        user: Option<Arc<str>>,
+    ) -> Decision {
         // The clock is read now: a check may have taken a while.
         if let Some(blocked) = self.lockouts.failed(client, Instant::now()) {
             self.metrics.lockouts.inc();
@@ -216,7 +238,7 @@ impl Auth {
                 self.service
             );
         }
-        let challenge = vec![("WWW-Authenticate", self.challenge.clone())];
+        let challenge = vec![("WWW-Authenticate", self.challenge(req))];
         self.refuse(401, format!("credentials refused: {why}"), user, challenge)
     }
 
@@ -270,6 +292,20 @@ fn under(path: &str, public: &str) -> bool {
         Some(rest) => public.ends_with('/') || rest.is_empty() || rest.starts_with(['/', ';']),
         None => false,
     }
+}
+
+/// The scheme of the challenge sent to a browser's scripts: not one a browser answers itself.
+const SCRIPT_SCHEME: &str = "xBasic";
+
+/// A request a page's script made (`fetch` or XHR), as browsers mark them: a `Sec-Fetch-Mode`
+/// other than `navigate` (and `websocket`, where no dialog can open anyway), or the
+/// `X-Requested-With: XMLHttpRequest` that script libraries add.
+fn from_script(req: &RequestHeader) -> bool {
+    let h = &req.headers;
+    h.get("sec-fetch-mode")
+        .is_some_and(|m| !matches!(m.as_bytes(), b"navigate" | b"websocket"))
+        || h.get("x-requested-with")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"XMLHttpRequest"))
 }
 
 /// A CORS preflight as browsers send it: `OPTIONS` with `Origin` and
@@ -353,6 +389,26 @@ mod tests {
             let mut headers = base.to_vec();
             headers.push(extra);
             assert!(!is_preflight(&options(&headers)), "{extra:?}");
+        }
+    }
+
+    #[test]
+    fn scripts_are_told_apart_from_navigations_and_other_clients() {
+        for script in [
+            [("Sec-Fetch-Mode", "cors")],
+            [("Sec-Fetch-Mode", "same-origin")],
+            [("Sec-Fetch-Mode", "no-cors")],
+            [("X-Requested-With", "XMLHttpRequest")],
+        ] {
+            assert!(from_script(&options(&script)), "{script:?}");
+        }
+        for other in [
+            &[("Sec-Fetch-Mode", "navigate")][..],
+            &[("Sec-Fetch-Mode", "websocket")],
+            &[("User-Agent", "curl/8")],
+            &[],
+        ] {
+            assert!(!from_script(&options(other)), "{other:?}");
         }
     }
 
