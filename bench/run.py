@@ -132,7 +132,10 @@ http {{
     '"upstream":"$upstream_addr","upstream_status":"$upstream_status",'
     '"cache":"$upstream_cache_status","tracking_id":"$request_id"}}';
   {log}
-  upstream origin {{ server 127.0.0.1:{ORIGIN}; keepalive 128; }}
+  # Pingora puts no limit on requests per connection, downstream or upstream; nginx's default
+  # (1000) would make it reconnect, and h2load does not reconnect after a GOAWAY.
+  keepalive_requests 10000000;
+  upstream origin {{ server 127.0.0.1:{ORIGIN}; keepalive 128; keepalive_requests 10000000; }}
   upstream ws_origin {{ server 127.0.0.1:{WS_ORIGIN}; }}
   proxy_cache_path {work}/nginx-cache keys_zone=desktop:16m max_size=256m;
   server {{
@@ -292,7 +295,10 @@ def h2load(url, seconds, work):
 
 async def ws_origin_main(port):
     async def handle(reader, writer):
-        head = await reader.readuntil(b"\r\n\r\n")
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return  # a connection closed before its request (a proxy's probe or shutdown)
         key = re.search(rb"(?i)sec-websocket-key:\s*(\S+)", head).group(1)
         accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
         writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
