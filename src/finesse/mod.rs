@@ -4,10 +4,12 @@
 
 mod auth;
 mod cache;
+mod health;
 pub mod proxymap;
 mod routing;
 pub mod substitution;
 
+use crate::config::tls;
 use crate::config::FinesseService;
 use crate::edge::exchange::{self, Exchange, Front, Labels};
 use crate::edge::headers::{self, RouteHeaders};
@@ -16,6 +18,7 @@ use crate::edge::reply;
 use crate::edge::upstream;
 use crate::observe::access_log::AccessLog;
 use crate::observe::admin::{Purged, StatusSource};
+use crate::observe::metrics::Totals;
 use crate::observe::throttle::OncePerSecond;
 use async_trait::async_trait;
 use auth::{Auth, Decision};
@@ -29,7 +32,7 @@ use pingora::prelude::HttpPeer;
 use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use routing::RouteTable;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +46,8 @@ struct Route {
     peer: HttpPeer,
     /// Set once an encoded body has been passed through unrewritten (logged once per route).
     encoded_seen: AtomicBool,
+    /// What the latest request to the server said about it.
+    observed: health::Observed,
 }
 
 /// Everything a Finesse site needs per request, built once at load.
@@ -75,6 +80,7 @@ impl FinesseSite {
                     &service.limits,
                 ),
                 encoded_seen: AtomicBool::new(false),
+                observed: health::Observed::default(),
             })
             .collect();
         let table = RouteTable::new(
@@ -100,6 +106,10 @@ impl FinesseSite {
                 .map(|p| std::net::SocketAddr::new(service.bind, *p).to_string())
                 .collect::<Vec<_>>(),
             "tls": service.tls.as_ref().map(|t| &t.summary),
+            "certificates": tls::certificate_status(
+                service.tls.as_ref(),
+                service.upstream_tls.iter().chain(service.servers.iter().filter_map(|s| s.upstream_tls.as_ref())),
+            ),
             "routes": service.servers.iter().map(|s| json!({
                 "public": s.public.to_string(),
                 "listen_port": s.listen_port,
@@ -214,6 +224,15 @@ impl FinesseSite {
 impl StatusSource for FinesseSite {
     fn status(&self) -> serde_json::Value {
         let mut status = self.status.clone();
+        if let Some(upstreams) = status["upstreams"].as_array_mut() {
+            for (upstream, route) in upstreams.iter_mut().zip(&self.routes) {
+                if let (Some(fields), Value::Object(seen)) =
+                    (upstream.as_object_mut(), route.observed.status())
+                {
+                    fields.extend(seen);
+                }
+            }
+        }
         if let Some(auth) = &self.auth {
             status["auth"] = auth.status();
         }
@@ -235,6 +254,10 @@ impl StatusSource for FinesseSite {
 
     fn lift_block(&self, ip: std::net::IpAddr) -> bool {
         self.auth.as_ref().is_some_and(|a| a.lift_block(ip))
+    }
+
+    fn totals(&self) -> Totals {
+        self.front.metrics.totals()
     }
 }
 
@@ -502,6 +525,14 @@ impl ProxyHttp for FinesseProxy {
         let phase = session.cache.phase();
         if let Some(cache) = &site.cache {
             cache.count(phase);
+        }
+        if let Some(upstream) = ctx.upstream {
+            let observed = &site.routes[upstream].observed;
+            match e {
+                _ if ctx.upstream_status.is_some() => observed.answered(),
+                Some(e) if *e.esource() == pingora::ErrorSource::Upstream => observed.failed(e),
+                _ => {}
+            }
         }
         let labels = Labels {
             route: ctx.route.map(|r| site.routes[r].public.as_str()),

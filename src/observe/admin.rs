@@ -1,15 +1,22 @@
-//! The admin listener (plain HTTP, meant for loopback or a management network):
-//! `GET /healthz`, `GET /status` and `GET /metrics`.
+//! The admin listener (plain HTTP, meant for loopback or a management network): the status
+//! page at `/`, `GET /healthz`, `GET /status` and `GET /metrics`.
 
+use crate::observe::metrics::Totals;
+use crate::observe::traffic::{self, History};
 use async_trait::async_trait;
 use http::{Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
 use serde_json::json;
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
+
+/// The operator's status page: one HTML file, its styles and script inline, no other asset.
+const STATUS_PAGE: &str = include_str!("status_page.html");
 
 /// A service as the admin listener sees it: it describes itself on `/status`, and lifts a
 /// login lockout when asked.
@@ -29,6 +36,9 @@ pub trait StatusSource: Send + Sync {
 
     /// Brings gauges that are read from the service's state up to date, before a scrape.
     fn refresh_metrics(&self) {}
+
+    /// The service's request counts so far.
+    fn totals(&self) -> Totals;
 }
 
 /// What a cache purge removed.
@@ -38,28 +48,79 @@ pub struct Purged {
     pub bytes: usize,
 }
 
+/// The services the admin listener reports on, and their recent traffic.
+struct Watched {
+    sources: Vec<Arc<dyn StatusSource>>,
+    history: History,
+}
+
+impl Watched {
+    fn totals(&self) -> Vec<Totals> {
+        self.sources.iter().map(|s| s.totals()).collect()
+    }
+}
+
+/// Samples the services' request counters, for the rates of the last minute.
+pub struct TrafficSampler(Arc<Watched>);
+
+#[async_trait]
+impl BackgroundService for TrafficSampler {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(traffic::EVERY) => {}
+                _ = shutdown.changed() => return,
+            }
+            self.0.history.record(Instant::now(), self.0.totals());
+        }
+    }
+}
+
 pub struct Admin {
     started: Instant,
     config_file: String,
-    sources: Vec<Arc<dyn StatusSource>>,
+    watched: Arc<Watched>,
 }
 
 impl Admin {
-    pub fn new(config_file: String, sources: Vec<Arc<dyn StatusSource>>) -> Self {
-        Admin {
-            started: Instant::now(),
-            config_file,
+    /// The admin application, and the background service that samples the traffic it reports.
+    pub fn new(config_file: String, sources: Vec<Arc<dyn StatusSource>>) -> (Self, TrafficSampler) {
+        let started = Instant::now();
+        let watched = Arc::new(Watched {
+            history: History::new(sources.len(), started),
             sources,
-        }
+        });
+        let admin = Admin {
+            started,
+            config_file,
+            watched: watched.clone(),
+        };
+        (admin, TrafficSampler(watched))
     }
 
     fn status(&self) -> serde_json::Value {
+        let rates = self
+            .watched
+            .history
+            .rates(Instant::now(), &self.watched.totals());
+        let services: Vec<serde_json::Value> = self
+            .watched
+            .sources
+            .iter()
+            .zip(rates)
+            .map(|(source, rates)| {
+                let mut status = source.status();
+                status["traffic"] = json!(rates);
+                status
+            })
+            .collect();
         json!({
             "version": env!("CARGO_PKG_VERSION"),
             "pid": std::process::id(),
             "config": self.config_file,
             "uptime_seconds": self.started.elapsed().as_secs(),
-            "services": self.sources.iter().map(|s| s.status()).collect::<Vec<_>>(),
+            "now": crate::observe::access_log::now(),
+            "services": services,
         })
     }
 }
@@ -87,6 +148,7 @@ impl Admin {
             );
         }
         let purged: Vec<Purged> = self
+            .watched
             .sources
             .iter()
             .filter_map(|s| s.purge_cache(prefix))
@@ -126,7 +188,12 @@ impl Admin {
             );
         };
         let ip = ip.to_canonical();
-        let lifted = self.sources.iter().filter(|s| s.lift_block(ip)).count();
+        let lifted = self
+            .watched
+            .sources
+            .iter()
+            .filter(|s| s.lift_block(ip))
+            .count();
         if lifted > 0 {
             respond(
                 StatusCode::OK,
@@ -168,9 +235,14 @@ impl ServeHttp for Admin {
             return respond(StatusCode::METHOD_NOT_ALLOWED, text, b"GET only\n".to_vec());
         }
         match req.uri.path() {
+            "/" | "/ui" => respond(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                STATUS_PAGE.as_bytes().to_vec(),
+            ),
             "/healthz" => respond(StatusCode::OK, text, b"ok\n".to_vec()),
             "/metrics" => {
-                for source in &self.sources {
+                for source in &self.watched.sources {
                     source.refresh_metrics();
                 }
                 respond(
@@ -187,7 +259,7 @@ impl ServeHttp for Admin {
             _ => respond(
                 StatusCode::NOT_FOUND,
                 text,
-                b"not found: try /healthz, /status, /metrics or DELETE /auth/lockouts/<ip>\n"
+                b"not found: try / (the status page), /healthz, /status, /metrics, DELETE /cache or DELETE /auth/lockouts/<ip>\n"
                     .to_vec(),
             ),
         }

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 /// Status classes a request can end in; 0 is a request that got no response at all.
 const CLASSES: [&str; 6] = ["none", "1xx", "2xx", "3xx", "4xx", "5xx"];
+/// The index of "5xx" in `CLASSES`.
+const SERVER_ERRORS: usize = 5;
 /// The route label of requests no route took (refused before routing).
 const NO_ROUTE: &str = "none";
 
@@ -205,6 +207,14 @@ pub fn render() -> Vec<u8> {
     out
 }
 
+/// A service's request counts since the process started.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    pub requests: u64,
+    /// Answered with a 5xx status (by ccedge or by the upstream).
+    pub errors: u64,
+}
+
 /// One service's request metrics, labels resolved.
 pub struct ServiceMetrics {
     /// `[route][class]`, the last route being "none".
@@ -234,6 +244,16 @@ impl ServiceMetrics {
             failovers: f.failovers.with_label_values(&[service]),
             rate_limited: f.rate_limited.with_label_values(&[service]),
         }
+    }
+
+    /// Requests answered so far and, of those, answered with a 5xx status.
+    pub fn totals(&self) -> Totals {
+        let mut totals = Totals::default();
+        for route in &self.requests {
+            totals.requests += route.iter().map(|c| c.get()).sum::<u64>();
+            totals.errors += route[SERVER_ERRORS].get();
+        }
+        totals
     }
 
     /// Counts one finished request.

@@ -208,12 +208,13 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
         );
     }
     if let Some(addr) = config.server.admin {
-        let admin = Admin::new(config.file.display().to_string(), sources);
+        let (admin, sampler) = Admin::new(config.file.display().to_string(), sources);
         let mut service = Service::new("admin".to_string(), HttpServer::new_app(admin));
         service.threads = Some(1);
         service.add_tcp(&addr.to_string());
         server.add_service(service);
-        log::info!("admin listener on http://{addr}/ (/healthz, /status, /metrics)");
+        server.add_service(background_service("traffic sampler", sampler));
+        log::info!("admin listener on http://{addr}/ (status page; /healthz, /status, /metrics)");
     }
     server.bootstrap();
     server.run(RunArgs::default());

@@ -4,6 +4,7 @@
 mod harness;
 
 mod auth;
+mod browser;
 mod cache;
 mod cli;
 mod digital_channels;

@@ -53,6 +53,15 @@ impl Ca {
         })
     }
 
+    /// A server certificate for `names` that expires in `days` days.
+    pub fn server_expiring(&self, dir: &Path, stem: &str, names: &[&str], days: i64) -> Pair {
+        let now = time::OffsetDateTime::now_utc();
+        self.leaf_with(dir, stem, names, ExtendedKeyUsagePurpose::ServerAuth, |p| {
+            p.not_before = now - time::Duration::days(1);
+            p.not_after = now + time::Duration::days(days) + time::Duration::hours(1);
+        })
+    }
+
     pub fn client(&self, dir: &Path, stem: &str) -> Pair {
         self.leaf(dir, stem, &[stem], ExtendedKeyUsagePurpose::ClientAuth)
     }

@@ -1,5 +1,6 @@
 //! The integration harness: real ccedge processes, real upstreams and real clients on loopback.
 
+pub mod browser;
 pub mod certs;
 pub mod client;
 pub mod fixtures;
