@@ -52,6 +52,18 @@ pub enum Command {
         #[arg(long, value_name = "PATH")]
         prefix: Option<String>,
     },
+    /// Check FILE against the live systems: listener certificates (key, names, chain, expiry),
+    /// every internal server (DNS, TCP, TLS and mTLS, its certificate, an HTTP probe sent as
+    /// ccedge sends requests), the credential check and signing keys, the proxy map. One line
+    /// per check (OK, WARN, FAIL) with what to do; exit 0 when nothing failed.
+    Doctor {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The longest wait, in seconds, for each stage of a check (resolve, connect, TLS, HTTP).
+        #[arg(long, value_name = "SECONDS", default_value_t = 5)]
+        timeout: u64,
+    },
     /// Print the JSON Schema of the configuration file (for editors: completion, hover help
     /// and errors while typing) and exit. Needs no -c.
     Schema,

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod digital;
+pub mod doctor;
 pub mod edge;
 pub mod finesse;
 #[doc(hidden)]

@@ -2,7 +2,7 @@
 
 mod cli;
 
-use ccedge::{config, finesse, observe, run};
+use ccedge::{config, doctor, finesse, observe, run};
 use clap::Parser;
 
 /// mimalloc: ccedge allocates and frees many small objects per request (bench/RESULTS.md).
@@ -66,6 +66,13 @@ fn main() -> ExitCode {
         }
         Some(cli::Command::Supervise) => return run::supervise::supervise(&file, config),
         Some(cli::Command::Reload) => return run::supervise::reload(&file, &config),
+        Some(cli::Command::Doctor { json, timeout }) => {
+            return doctor::run(
+                &config,
+                json,
+                std::time::Duration::from_secs(timeout.max(1)),
+            )
+        }
         Some(cli::Command::Health | cli::Command::Purge { .. } | cli::Command::Schema) | None => {}
     }
     for warning in run::process::warnings(&config) {

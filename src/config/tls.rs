@@ -4,7 +4,7 @@
 use pingora::listeners::tls::TlsSettings;
 use pingora::tls::pkey::{PKey, Private};
 use pingora::tls::ssl::{SslOptions, SslVersion};
-use pingora::tls::x509::X509;
+use pingora::tls::x509::{X509Ref, X509};
 use pingora::utils::tls::CertKey;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,7 +34,7 @@ pub struct CertFacts {
 }
 
 impl CertFacts {
-    pub fn of(cert: &X509) -> CertFacts {
+    pub fn of(cert: &X509Ref) -> CertFacts {
         CertFacts {
             subject: subject(cert),
             not_after: not_after(cert),
@@ -93,24 +93,24 @@ fn tls_error(what: &str, e: pingora::tls::error::ErrorStack) -> Box<pingora::Err
     pingora::Error::because(pingora::ErrorType::TLSHandshakeFailure, what.to_string(), e)
 }
 
-/// The certificates a service presents, for `/status`: its listener's, and the client
-/// certificates it shows upstreams (each once).
-pub fn certificate_status<'a>(
-    listener: Option<&ServerTls>,
+/// The certificates a service presents: its listener's (with its file), and the client
+/// certificates it shows upstreams (each once), by role (`listener`, `upstream client`).
+pub fn presented<'a>(
+    listener: Option<&'a ServerTls>,
     upstreams: impl Iterator<Item = &'a UpstreamTls>,
-) -> Vec<serde_json::Value> {
-    let mut out: Vec<serde_json::Value> = listener
-        .map(|t| t.leaf.to_json("listener", Some(&t.cert)))
+) -> Vec<(&'static str, CertFacts, Option<&'a Path>)> {
+    let mut certs: Vec<(&str, CertFacts, Option<&Path>)> = listener
+        .map(|t| ("listener", t.leaf.clone(), Some(t.cert.as_path())))
         .into_iter()
         .collect();
     let mut seen: Vec<&Arc<CertKey>> = Vec::new();
     for client in upstreams.filter_map(|u| u.client.as_ref()) {
         if !seen.iter().any(|s| Arc::ptr_eq(s, client)) {
             seen.push(client);
-            out.push(CertFacts::of(client.leaf()).to_json("upstream client", None));
+            certs.push(("upstream client", CertFacts::of(client.leaf()), None));
         }
     }
-    out
+    certs
 }
 
 /// How ccedge checks an upstream and who it says it is.
@@ -223,7 +223,7 @@ fn describe(cert: &X509) -> String {
     format!("subject={} not_after={}", subject(cert), cert.not_after())
 }
 
-fn subject(cert: &X509) -> String {
+fn subject(cert: &X509Ref) -> String {
     cert.subject_name()
         .entries()
         .filter_map(|e| e.data().to_string().ok())
@@ -232,7 +232,7 @@ fn subject(cert: &X509) -> String {
 }
 
 /// The certificate's end of validity in Unix seconds (OpenSSL keeps it as an ASN.1 time).
-fn not_after(cert: &X509) -> i64 {
+fn not_after(cert: &X509Ref) -> i64 {
     let epoch = openssl::asn1::Asn1Time::from_unix(0).expect("the epoch is a valid time");
     epoch
         .diff(cert.not_after())

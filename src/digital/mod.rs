@@ -14,7 +14,7 @@ use crate::edge::headers::{self, RouteHeaders};
 use crate::edge::limits::RateLimiter;
 use crate::edge::upstream;
 use crate::observe::access_log::AccessLog;
-use crate::observe::admin::StatusSource;
+use crate::observe::admin::{self, StatusSource};
 use crate::observe::metrics::Totals;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -58,7 +58,7 @@ impl DigitalChannel {
     ) -> (Self, GenBackgroundService<LoadBalancer<RoundRobin>>) {
         let tls = service.upstream_tls.as_ref();
         let nodes = [&service.publisher, &service.subscriber];
-        let peers = nodes.map(|n| upstream::peer(n, tls, &service.limits));
+        let peers = nodes.map(|n| upstream::peer(&service.name, n, tls, &service.limits));
         let node_addrs = nodes.map(|n| n.authority.to_string());
         let watched = (0..2)
             .map(|i| health::Node {
@@ -93,7 +93,10 @@ impl DigitalChannel {
                 "kind": "digital_channel",
                 "listen": service.listen.to_string(),
                 "tls": service.tls.as_ref().map(|t| &t.summary),
-                "certificates": tls::certificate_status(service.tls.as_ref(), tls.into_iter()),
+                "certificates": admin::certificate_status(
+                    &service.name,
+                    tls::presented(service.tls.as_ref(), tls.into_iter()),
+                ),
                 "public": service.public.to_string(),
                 "routes": [
                     {"name": ROUTE_NAMES[ROUTE_DEFAULT], "paths": "/", "nodes": NODE_NAMES},

@@ -1,12 +1,14 @@
 //! Connections to internal servers: one `HttpPeer` per node, built at configuration load and
 //! cloned per request.
 
-use crate::config::tls::UpstreamTls;
+use crate::config::tls::{CertFacts, UpstreamTls};
 use crate::config::{Limits, Upstream};
+use crate::observe::metrics;
 use pingora::protocols::tls::HandshakeCompleteHook;
 use pingora::protocols::{Digest, ALPN};
 use pingora::tls::ssl::SslRef;
 use pingora::upstreams::peer::{HttpPeer, HttpUpstreamRequestPolicy};
+use prometheus::IntGauge;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +17,14 @@ use std::time::Duration;
 /// keep-alive, so ccedge does not reuse a connection the server is about to close.
 const POOL_IDLE: Duration = Duration::from_secs(15);
 
-pub fn peer(upstream: &Upstream, tls: Option<&UpstreamTls>, limits: &Limits) -> HttpPeer {
+/// The peer for `upstream` of `service`. Over TLS, each new connection records the end of the
+/// upstream certificate's validity in `ccedge_certificate_expiry_timestamp_seconds`.
+pub fn peer(
+    service: &str,
+    upstream: &Upstream,
+    tls: Option<&UpstreamTls>,
+    limits: &Limits,
+) -> HttpPeer {
     let name = tls.and_then(|t| t.server_name.clone());
     let sni = name
         .clone()
@@ -35,12 +44,18 @@ pub fn peer(upstream: &Upstream, tls: Option<&UpstreamTls>, limits: &Limits) -> 
         o.ca = tls.ca.clone();
         peer.client_cert_key = tls.client.clone();
         let ip = upstream.authority.host.parse::<IpAddr>().ok();
-        if let (true, None, Some(ip)) = (tls.verify, name, ip) {
-            // Pingora matches names with X509_VERIFY_PARAM_add1_host, which never matches an
-            // IP address: verify the chain there and the address here.
-            o.verify_hostname = false;
-            o.upstream_tls_handshake_complete_hook = Some(ip_check_hook(ip));
-        }
+        let check_ip = match (tls.verify, name, ip) {
+            (true, None, Some(ip)) => {
+                // Pingora matches names with X509_VERIFY_PARAM_add1_host, which never matches
+                // an IP address: verify the chain there and the address here.
+                o.verify_hostname = false;
+                Some(ip)
+            }
+            _ => None,
+        };
+        let expiry =
+            metrics::certificate_expiry(service, "upstream", &upstream.authority.to_string());
+        o.upstream_tls_handshake_complete_hook = Some(handshake_hook(check_ip, expiry));
     }
     peer
 }
@@ -82,10 +97,16 @@ struct CertNamesIp {
     named: bool,
 }
 
-fn ip_check_hook(ip: IpAddr) -> HandshakeCompleteHook {
+/// After each handshake: the certificate's expiry into `expiry`, and, with `check_ip`, whether
+/// the certificate names that address.
+fn handshake_hook(check_ip: Option<IpAddr>, expiry: IntGauge) -> HandshakeCompleteHook {
     Arc::new(move |ssl: &SslRef| {
-        let named = ssl
-            .peer_certificate()
+        let cert = ssl.peer_certificate();
+        if let Some(cert) = &cert {
+            expiry.set(CertFacts::of(cert).not_after);
+        }
+        let ip = check_ip?;
+        let named = cert
             .and_then(|cert| cert.subject_alt_names())
             .is_some_and(|names| {
                 names
@@ -93,7 +114,7 @@ fn ip_check_hook(ip: IpAddr) -> HandshakeCompleteHook {
                     .filter_map(|n| n.ipaddress())
                     .any(|bytes| ip_bytes_match(ip, bytes))
             });
-        Some(Arc::new(CertNamesIp { ip, named }))
+        Some(Arc::new(CertNamesIp { ip, named }) as Arc<dyn std::any::Any + Send + Sync>)
     })
 }
 

@@ -17,10 +17,11 @@ use crate::edge::limits::{self, RateLimiter};
 use crate::edge::reply;
 use crate::edge::upstream;
 use crate::observe::access_log::AccessLog;
-use crate::observe::admin::{Purged, StatusSource};
+use crate::observe::admin::{self, Purged, StatusSource};
 use crate::observe::metrics::Totals;
 use crate::observe::throttle::OncePerSecond;
 use async_trait::async_trait;
+pub use auth::signing_keys_in;
 use auth::{Auth, Decision};
 use bytes::Bytes;
 use cache::SiteCache;
@@ -75,6 +76,7 @@ impl FinesseSite {
                 upstream: s.upstream.authority.to_string(),
                 headers: RouteHeaders::new(&s.public, https, true),
                 peer: upstream::peer(
+                    &service.name,
                     &s.upstream,
                     s.upstream_tls.as_ref().or(service.upstream_tls.as_ref()),
                     &service.limits,
@@ -106,10 +108,12 @@ impl FinesseSite {
                 .map(|p| std::net::SocketAddr::new(service.bind, *p).to_string())
                 .collect::<Vec<_>>(),
             "tls": service.tls.as_ref().map(|t| &t.summary),
-            "certificates": tls::certificate_status(
+            "certificates": admin::certificate_status(
+                &service.name,
+                tls::presented(
                 service.tls.as_ref(),
                 service.upstream_tls.iter().chain(service.servers.iter().filter_map(|s| s.upstream_tls.as_ref())),
-            ),
+            )),
             "routes": service.servers.iter().map(|s| json!({
                 "public": s.public.to_string(),
                 "listen_port": s.listen_port,

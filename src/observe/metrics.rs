@@ -39,6 +39,7 @@ struct Families {
     cache_evictions: IntCounterVec,
     connections_open: IntGaugeVec,
     connections_over_limit: IntCounterVec,
+    certificate_expiry: IntGaugeVec,
 }
 
 fn families() -> &'static Families {
@@ -159,6 +160,12 @@ fn families() -> &'static Families {
             "Client connections refused because their address held max_connections_per_ip.",
             &["service"],
         );
+        let certificate_expiry = gauge(
+            "ccedge_certificate_expiry_timestamp_seconds",
+            "When a certificate stops being valid (Unix seconds): each listener's and each client \
+             certificate at load, each upstream's at every new TLS connection to it.",
+            &["service", "role", "certificate"],
+        );
         let duration = HistogramVec::new(
             HistogramOpts::new(
                 "ccedge_request_duration_seconds",
@@ -196,6 +203,7 @@ fn families() -> &'static Families {
             cache_evictions,
             connections_open,
             connections_over_limit,
+            certificate_expiry,
         }
     })
 }
@@ -327,6 +335,14 @@ pub fn connections(service: &str) -> (IntGauge, IntCounter) {
         f.connections_open.with_label_values(&[service]),
         f.connections_over_limit.with_label_values(&[service]),
     )
+}
+
+/// The expiry gauge of a certificate: `role` is `listener`, `upstream client` or `upstream`;
+/// `certificate` its subject (listener and client) or the upstream's address.
+pub fn certificate_expiry(service: &str, role: &str, certificate: &str) -> IntGauge {
+    families()
+        .certificate_expiry
+        .with_label_values(&[service, role, certificate])
 }
 
 pub fn connection_refused(service: &str) {

@@ -8,6 +8,7 @@ mod browser;
 mod cache;
 mod cli;
 mod digital_channels;
+mod doctor;
 mod finesse_routing;
 mod finesse_site;
 mod hardening;

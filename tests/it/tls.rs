@@ -51,7 +51,7 @@ async fn tls_upstream_site(
     upstream_tls: &str,
     signed_by_test_ca: bool,
     cert_names: &[&str],
-) -> (TestDir, Upstream, Ccedge, u16) {
+) -> (TestDir, Upstream, Ccedge, u16, u16) {
     let dir = TestDir::new(name);
     let ca = Ca::new(name);
     ca.write(&dir.join("ca.crt"));
@@ -60,25 +60,25 @@ async fn tls_upstream_site(
     let issuer = if signed_by_test_ca { &ca } else { &other_ca };
     let upstream_cert = issuer.server(&dir.path, "upstream", cert_names);
     let upstream = Upstream::tls("finesse", &upstream_cert, None).await;
-    let port = free_port();
+    let (port, admin) = (free_port(), free_port());
     let yaml = format!(
         "{server}finesse:\n  - name: desktop\n    bind: 127.0.0.1\n    tls:\n      cert: {c}\n      key: {k}\n\
          {upstream_tls}    servers:\n      - public: finesse1.example.com:{port}\n        upstream: {u}\n",
-        server = server_block(&dir.path, None),
+        server = server_block(&dir.path, Some(admin)),
         c = proxy.cert.display(),
         k = proxy.key.display(),
         upstream_tls = upstream_tls.replace("@DIR@", &dir.path.display().to_string()),
         u = upstream.authority(),
     );
-    let ccedge = Ccedge::start(&dir, &yaml, &[port]).await;
-    (dir, upstream, ccedge, port)
+    let ccedge = Ccedge::start(&dir, &yaml, &[port, admin]).await;
+    (dir, upstream, ccedge, port, admin)
 }
 
 #[tokio::test]
 async fn upstream_certificate_is_verified_against_the_configured_ca() {
     let verified =
         "    upstream_tls:\n      ca: @DIR@/ca.crt\n      server_name: finesse1.cc.internal\n";
-    let (dir, upstream, _proxy, port) =
+    let (dir, upstream, _proxy, port, admin) =
         tls_upstream_site("tls-up-ok", verified, true, &["finesse1.cc.internal"]).await;
     let reply = curl(&args(
         &[],
@@ -88,12 +88,45 @@ async fn upstream_certificate_is_verified_against_the_configured_ca() {
     .unwrap();
     assert_eq!(reply.echo().node(), "finesse");
     assert_eq!(upstream.hits(), 1);
+    // Both certificates' expiry is a metric: the listener's from the start, the upstream's
+    // from the first connection to it.
+    let metrics = curl(&[&format!("http://127.0.0.1:{admin}/metrics")])
+        .await
+        .unwrap()
+        .body;
+    let expiry = |labels: &str| -> i64 {
+        let series = format!("ccedge_certificate_expiry_timestamp_seconds{{{labels}}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .unwrap_or_else(|| panic!("no {series}in\n{metrics}"))
+            .parse()
+            .unwrap()
+    };
+    let file_expiry = |file: &str| -> i64 {
+        let pem = std::fs::read(dir.join(file)).unwrap();
+        let cert = openssl::x509::X509::from_pem(&pem).unwrap();
+        let epoch = openssl::asn1::Asn1Time::from_unix(0).unwrap();
+        let d = epoch.diff(cert.not_after()).unwrap();
+        i64::from(d.days) * 86_400 + i64::from(d.secs)
+    };
+    assert_eq!(
+        expiry(r#"certificate="finesse1.example.com",role="listener",service="desktop""#),
+        file_expiry("proxy.crt")
+    );
+    assert_eq!(
+        expiry(&format!(
+            r#"certificate="{}",role="upstream",service="desktop""#,
+            upstream.authority()
+        )),
+        file_expiry("upstream.crt")
+    );
 }
 
 #[tokio::test]
 async fn upstream_ip_address_is_checked_against_the_certificate() {
     let verified = "    upstream_tls:\n      ca: @DIR@/ca.crt\n";
-    let (dir, _upstream, _proxy, port) = tls_upstream_site(
+    let (dir, _upstream, _proxy, port, _) = tls_upstream_site(
         "tls-up-ip",
         verified,
         true,
@@ -105,7 +138,7 @@ async fn upstream_ip_address_is_checked_against_the_certificate() {
         .unwrap();
     assert_eq!(reply.echo().node(), "finesse");
 
-    let (dir, upstream, proxy, port) = tls_upstream_site(
+    let (dir, upstream, proxy, port, _) = tls_upstream_site(
         "tls-up-ip-wrong",
         verified,
         true,
@@ -131,7 +164,7 @@ async fn upstream_ip_address_is_checked_against_the_certificate() {
 async fn upstream_from_an_unknown_ca_is_refused_unless_verify_is_off() {
     let strict =
         "    upstream_tls:\n      ca: @DIR@/ca.crt\n      server_name: finesse1.cc.internal\n";
-    let (dir, upstream, proxy, port) =
+    let (dir, upstream, proxy, port, _) =
         tls_upstream_site("tls-up-bad", strict, false, &["finesse1.cc.internal"]).await;
     let reply = curl(&args(&[], &https(&dir, "finesse1.example.com", port, "/")))
         .await
@@ -145,7 +178,7 @@ async fn upstream_from_an_unknown_ca_is_refused_unless_verify_is_off() {
     );
 
     let lax = "    upstream_tls:\n      verify: false\n";
-    let (dir, upstream, proxy, port) =
+    let (dir, upstream, proxy, port, _) =
         tls_upstream_site("tls-up-lax", lax, false, &["finesse1.cc.internal"]).await;
     let reply = curl(&args(&[], &https(&dir, "finesse1.example.com", port, "/")))
         .await

@@ -54,6 +54,11 @@ const ACCEPTED: [Algorithm; 8] = [
     Algorithm::ES384,
 ];
 
+/// How many usable signing keys a PEM key or JWKS document `body` holds (for `ccedge doctor`).
+pub fn signing_keys_in(body: &[u8]) -> Result<usize, String> {
+    KeySet::parse(body).map(|set| set.keys.len())
+}
+
 /// The signing keys as last fetched.
 #[derive(Default)]
 struct KeySet {
@@ -163,7 +168,7 @@ impl Keys {
         Keys {
             service: service.to_string(),
             url: endpoint.url.to_string(),
-            peer: upstream::peer(&endpoint.upstream, endpoint.tls.as_ref(), limits),
+            peer: upstream::peer(service, &endpoint.upstream, endpoint.tls.as_ref(), limits),
             request,
             connector: Connector::new(None),
             within: limits.upstream_connect_timeout + ANSWER_WAIT.min(limits.upstream_read_timeout),

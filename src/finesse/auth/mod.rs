@@ -14,7 +14,7 @@ mod path;
 mod validator;
 mod verdicts;
 
-pub use jwt::KeyRefresh;
+pub use jwt::{signing_keys_in, KeyRefresh};
 
 use crate::config::{AuthSettings, Limits};
 use crate::observe::metrics::AuthMetrics;

@@ -62,7 +62,7 @@ impl Validator {
         Validator {
             service: service.to_string(),
             url: endpoint.url.to_string(),
-            peer: upstream::peer(&endpoint.upstream, endpoint.tls.as_ref(), limits),
+            peer: upstream::peer(service, &endpoint.upstream, endpoint.tls.as_ref(), limits),
             request,
             connector: Connector::new(None),
             within: limits.upstream_connect_timeout + ANSWER_WAIT.min(limits.upstream_read_timeout),

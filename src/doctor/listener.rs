@@ -1,0 +1,218 @@
+//! The certificates ccedge presents to clients: each listener's chain, the names it covers, its
+//! expiry; and whether every line of a proxy map is served by a listener of the configuration.
+
+use super::names;
+use super::report::{self, Check};
+use crate::config::tls::ServerTls;
+use crate::config::{Authority, FinesseService};
+use openssl::x509::store::X509StoreBuilder;
+use openssl::x509::{X509StoreContext, X509VerifyResult, X509};
+use std::time::Duration;
+
+/// The checks of one listener certificate: it loads with its key, covers each of `hosts`, has a
+/// complete chain, and is not about to expire.
+pub fn certificate(service: &str, tls: &ServerTls, hosts: &[&str], now: i64) -> Vec<Check> {
+    let what = format!("listener {service}: certificate {}", tls.cert.display());
+    let chain = match std::fs::read(&tls.cert)
+        .map_err(|e| e.to_string())
+        .and_then(|pem| X509::stack_from_pem(&pem).map_err(|e| e.to_string()))
+    {
+        Ok(chain) if !chain.is_empty() => chain,
+        Ok(_) => {
+            return vec![Check::fail(
+                what,
+                "holds no certificate",
+                "put the PEM chain, leaf first, in the file",
+            )]
+        }
+        Err(e) => {
+            return vec![Check::fail(
+                what,
+                format!("cannot be read: {e}"),
+                "check the path and the file's permissions",
+            )]
+        }
+    };
+    let leaf = &chain[0];
+    let subject = super::subject(leaf);
+    let mut checks = vec![Check::ok(
+        format!("{what}: key"),
+        format!("{subject}: matches {}", tls.key.display()),
+    )];
+    for host in hosts {
+        let check = format!("listener {service}: certificate covers {host}");
+        if names::covers(leaf, host) {
+            checks.push(Check::ok(check, format!("named by {subject}")));
+        } else {
+            checks.push(Check::fail(
+                check,
+                format!(
+                    "{subject} names only {}",
+                    names::dns_names(leaf).join(", ")
+                ),
+                format!("have the certificate reissued with {host} in its subjectAltName (or a wildcard covering it)"),
+            ));
+        }
+    }
+    checks.push(chain_check(&what, &chain));
+    let ends = chain
+        .iter()
+        .map(|c| (super::not_after(c), super::subject(c)))
+        .min_by_key(|(end, _)| *end)
+        .expect("a chain has a leaf");
+    checks.push(report::expiry(
+        format!("{what}: expiry"),
+        &ends.1,
+        ends.0,
+        now,
+    ));
+    checks
+}
+
+/// Each certificate of the file is issued by the next one, and the last is a root, or issued by
+/// one this machine trusts.
+fn chain_check(what: &str, chain: &[X509]) -> Check {
+    let check = format!("{what}: chain");
+    for pair in chain.windows(2) {
+        if pair[1].issued(&pair[0]) != X509VerifyResult::OK {
+            return Check::fail(
+                check,
+                format!(
+                    "{} is not issued by the next certificate in the file, {}",
+                    super::subject(&pair[0]),
+                    super::subject(&pair[1])
+                ),
+                "order the file leaf first, then each issuer",
+            );
+        }
+    }
+    let last = chain.last().expect("a chain has a leaf");
+    if last.issued(last) == X509VerifyResult::OK {
+        return Check::ok(
+            check,
+            format!("{} certificate(s) up to a root", chain.len()),
+        );
+    }
+    let trusted = (|| {
+        let mut store = X509StoreBuilder::new()?;
+        store.set_default_paths()?;
+        let store = store.build();
+        let mut rest = openssl::stack::Stack::new()?;
+        for c in &chain[1..] {
+            rest.push(c.clone())?;
+        }
+        let mut context = X509StoreContext::new()?;
+        context.init(&store, &chain[0], &rest, |c| c.verify_cert())
+    })()
+    .unwrap_or(false);
+    let issuer = super::name(last.issuer_name());
+    if trusted {
+        Check::ok(
+            check,
+            format!(
+                "{} certificate(s), ending at one issued by {issuer}, which this machine trusts",
+                chain.len()
+            ),
+        )
+    } else {
+        Check::warn(
+            check,
+            format!(
+                "{} certificate(s); the last is issued by {issuer}, which is neither in the file nor trusted by this machine",
+                chain.len()
+            ),
+            "append the intermediate certificates to the file (leaf first); with a private CA, make sure agents' browsers trust it",
+        )
+    }
+}
+
+/// The checks of a site's proxy map: every line's public `host:port` must reach a listener of
+/// this configuration. A server on its public port is served directly; one with another
+/// `listen_port` relies on a port mapping, which is tried (within `within`) by connecting to
+/// the public address and comparing the certificate presented with the site's.
+pub async fn proxy_map(site: &FinesseService, within: Duration) -> Vec<Check> {
+    let mut checks = Vec::new();
+    for server in &site.servers {
+        let line = format!("{}={}", server.upstream.authority, server.public);
+        let check = format!("proxy map {}: {line}", site.name);
+        if server.listen_port == server.public.port {
+            checks.push(Check::ok(
+                check,
+                format!(
+                    "served by the listener on {}:{}",
+                    site.bind, server.listen_port
+                ),
+            ));
+            continue;
+        }
+        let reached = reaches_site(&server.public, site.tls.as_ref(), within).await;
+        match reached {
+            Ok(()) => checks.push(Check::ok(
+                check,
+                format!(
+                    "{} reaches this site's listener on port {} through the port mapping",
+                    server.public, server.listen_port
+                ),
+            )),
+            Err(why) => checks.push(Check::fail(
+                check,
+                format!(
+                    "{} is not served by a listener of this configuration ({why}); ccedge listens on port {} for it",
+                    server.public, server.listen_port
+                ),
+                format!(
+                    "forward port {} of {} to port {} of this host, or set listen_port to {}",
+                    server.public.port, server.public.host, server.listen_port, server.public.port
+                ),
+            )),
+        }
+    }
+    checks
+}
+
+/// Whether `public` answers with this site's certificate (or at all, for a plain site).
+async fn reaches_site(
+    public: &Authority,
+    tls: Option<&ServerTls>,
+    within: Duration,
+) -> Result<(), String> {
+    let attempt = async {
+        let tcp = tokio::net::TcpStream::connect((public.host.as_str(), public.port))
+            .await
+            .map_err(|e| format!("connecting: {e}"))?;
+        let Some(tls) = tls else {
+            return Ok(());
+        };
+        let mut connector = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls())
+            .map_err(|e| e.to_string())?;
+        connector.set_verify(openssl::ssl::SslVerifyMode::NONE);
+        let ssl = connector
+            .build()
+            .configure()
+            .and_then(|c| c.into_ssl(&public.host))
+            .map_err(|e| e.to_string())?;
+        let mut stream =
+            pingora::tls::tokio_ssl::SslStream::new(ssl, tcp).map_err(|e| e.to_string())?;
+        std::pin::Pin::new(&mut stream)
+            .connect()
+            .await
+            .map_err(|e| format!("TLS: {e}"))?;
+        let ours = std::fs::read(&tls.cert)
+            .ok()
+            .and_then(|pem| X509::from_pem(&pem).ok())
+            .and_then(|c| c.to_der().ok());
+        let theirs = stream
+            .ssl()
+            .peer_certificate()
+            .and_then(|c| c.to_der().ok());
+        if ours.is_some() && ours == theirs {
+            Ok(())
+        } else {
+            Err("what answers there presents another certificate".to_string())
+        }
+    };
+    match tokio::time::timeout(within, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("no answer within {} s", within.as_secs())),
+    }
+}

@@ -1,0 +1,90 @@
+//! Whether a certificate names a host, as a browser or ccedge checks it: the subjectAltName DNS
+//! entries (a `*` only as the whole leftmost label, standing for exactly one label) and IP
+//! entries; the subject's CN is not looked at, as browsers no longer do.
+
+use openssl::x509::X509Ref;
+use std::net::IpAddr;
+
+/// Whether `cert` names `host` (a DNS name or an IP address).
+pub fn covers(cert: &X509Ref, host: &str) -> bool {
+    let Some(names) = cert.subject_alt_names() else {
+        return false;
+    };
+    match host.parse::<IpAddr>() {
+        Ok(ip) => names
+            .iter()
+            .filter_map(|n| n.ipaddress())
+            .any(|bytes| match ip {
+                IpAddr::V4(v4) => bytes == v4.octets(),
+                IpAddr::V6(v6) => bytes == v6.octets(),
+            }),
+        Err(_) => names
+            .iter()
+            .filter_map(|n| n.dnsname())
+            .any(|pattern| name_matches(pattern, host)),
+    }
+}
+
+/// The DNS names `cert` carries, for messages.
+pub fn dns_names(cert: &X509Ref) -> Vec<String> {
+    cert.subject_alt_names()
+        .map(|names| {
+            names
+                .iter()
+                .filter_map(|n| {
+                    n.dnsname()
+                        .map(str::to_string)
+                        .or_else(|| n.ipaddress().and_then(ip_text))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn ip_text(bytes: &[u8]) -> Option<String> {
+    match bytes.len() {
+        4 => Some(IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?).to_string()),
+        16 => Some(IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?).to_string()),
+        _ => None,
+    }
+}
+
+/// Whether DNS name `pattern` from a certificate matches `host` (case-insensitive, a trailing
+/// dot ignored).
+pub fn name_matches(pattern: &str, host: &str) -> bool {
+    let pattern = pattern.trim_end_matches('.').to_ascii_lowercase();
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    match pattern.strip_prefix("*.") {
+        Some(rest) => {
+            !rest.contains('*')
+                && rest.contains('.')
+                && host
+                    .split_once('.')
+                    .is_some_and(|(label, tail)| !label.is_empty() && tail == rest)
+        }
+        None => !pattern.contains('*') && pattern == host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards_stand_for_exactly_one_leftmost_label() {
+        assert!(name_matches(
+            "finesse1.example.com",
+            "FINESSE1.example.com."
+        ));
+        assert!(name_matches("*.example.com", "cuic1.example.com"));
+        assert!(!name_matches("*.example.com", "example.com"));
+        assert!(!name_matches("*.example.com", "a.b.example.com"));
+        assert!(
+            !name_matches("*.com", "example.com"),
+            "a wildcard needs two labels after it"
+        );
+        assert!(!name_matches("f*.example.com", "finesse.example.com"));
+        assert!(!name_matches("*.*.example.com", "a.b.example.com"));
+        assert!(!name_matches("other.example.com", "finesse1.example.com"));
+    }
+}
