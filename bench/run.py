@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HZ = os.sysconf("SC_CLK_TCK")
@@ -355,6 +356,9 @@ def main():
     parser.add_argument("--access-log", choices=["off", "on", "both"], default="both")
     parser.add_argument("--only", nargs="*", help="scenarios to run (default: all)")
     parser.add_argument("--ccedge", default="target/release/ccedge")
+    parser.add_argument("--syscalls", action="store_true",
+                        help="instead of the scenarios: system calls per request (strace -c) and "
+                             "upstream connections each proxy holds, on HTTP/1.1 and HTTP/2")
     parser.add_argument("--baseline", metavar="CCEDGE",
                         help="compare with this other ccedge binary instead of nginx (before/after)")
     args = parser.parse_args()
@@ -388,6 +392,8 @@ def run(args, work, procs):
     procs.append(ws)
     for port in (ORIGIN, WS_ORIGIN):
         wait_port(port)
+    if args.syscalls:
+        return syscalls(args, work, procs)
     report = []
     logs = {"off": [False], "on": [True], "both": [False, True]}[args.access_log]
     for access_log in logs:
@@ -470,6 +476,55 @@ def run_all(args, work, access_log, procs):
         procs.remove(proxy)
     time.sleep(1)
     return results
+
+
+def upstream_connections(pid):
+    """Established connections from process `pid` to the origin."""
+    out = sh(["ss", "-tnpH", "state", "established", f"( dport = :{ORIGIN} )"]).stdout
+    return sum(1 for line in out.splitlines() if f"pid={pid}," in line)
+
+
+def syscalls(args, work, procs):
+    """System calls per request (strace -c on every thread of the proxy, while a load runs) and
+    the upstream connections each proxy holds during it, with the access log off."""
+    (nginx, NGINX), (ccedge, CCEDGE) = start_proxies(args, work, False, procs)
+    loads = [
+        ("HTTP/1.1 keep-alive, 64 B", "h1", lambda port: wrk(f"http://127.0.0.1:{port}/drapi/v1/tasks", args.seconds, 32)),
+        ("HTTPS + HTTP/2, 64 B", "h2", lambda port: h2load(f"https://127.0.0.1:{port}/drapi/v1/tasks", args.seconds, work)),
+    ]
+    print("\n| load | proxy | syscalls per request | most frequent (per request) | upstream connections |")
+    print("|---|---|---|---|---|")
+    for name, kind, load in loads:
+        for proxy, ports in ((nginx, NGINX), (ccedge, CCEDGE)):
+            load(ports[kind])  # warm up
+            out = f"{work}/strace-{proxy.name}-{kind}.txt"
+            tracer = subprocess.Popen(["strace", "-c", "-f", "-o", out, "-p", str(proxy.pid)],
+                                      stderr=subprocess.DEVNULL)
+            time.sleep(1)
+            counted = {}
+
+            def watch():
+                counted["conns"] = upstream_connections(proxy.pid)
+
+            timer = threading.Timer(args.seconds / 2, watch)
+            timer.start()
+            m = load(ports[kind])
+            timer.join()
+            tracer.send_signal(signal.SIGINT)
+            tracer.wait(30)
+            calls = {}
+            for line in open(out):
+                parts = line.split()
+                if len(parts) >= 5 and parts[0][0].isdigit() and parts[-1] != "total":
+                    calls[parts[-1]] = int(parts[3])
+            total = sum(calls.values())
+            top = sorted(calls.items(), key=lambda kv: -kv[1])[:4]
+            top_text = ", ".join(f"{k} {v / m['requests']:.2f}" for k, v in top)
+            print(f"| {name} | {proxy.name} | {total / m['requests']:.2f} | {top_text} | {counted.get('conns', '?')} |")
+    print(f"\nstrace slows both proxies; counts per request are what matters. {args.seconds} s per load.")
+    for proxy in (nginx, ccedge):
+        proxy.stop()
+        procs.remove(proxy)
 
 
 def slot(proxy, ccedge):

@@ -46,10 +46,20 @@ fn main() -> ExitCode {
     let config = match config::load(&file) {
         Ok(config) => config,
         Err(e) => {
+            if let Some(cli::Command::Doctor { json, .. }) = cli.command {
+                return doctor::unloadable(&file, &e.to_string(), json);
+            }
             eprintln!("ccedge: configuration rejected:\n{e}");
             return ExitCode::FAILURE;
         }
     };
+    if let Some(cli::Command::Doctor { json, timeout }) = cli.command {
+        return doctor::run(
+            &config,
+            json,
+            std::time::Duration::from_secs(timeout.max(1)),
+        );
+    }
     if let Err(e) = run::process::check(&config) {
         eprintln!("ccedge: configuration rejected:\n{}: {e}", file.display());
         return ExitCode::FAILURE;

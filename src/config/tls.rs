@@ -93,21 +93,44 @@ fn tls_error(what: &str, e: pingora::tls::error::ErrorStack) -> Box<pingora::Err
     pingora::Error::because(pingora::ErrorType::TLSHandshakeFailure, what.to_string(), e)
 }
 
-/// The certificates a service presents: its listener's (with its file), and the client
-/// certificates it shows upstreams (each once), by role (`listener`, `upstream client`).
+/// A certificate a service presents, by role (`listener`, `upstream client`).
+#[derive(Debug, Clone)]
+pub struct Presented {
+    pub role: &'static str,
+    pub facts: CertFacts,
+    pub file: Option<PathBuf>,
+}
+
+impl Presented {
+    /// For `/status`, with the days left as of now.
+    pub fn to_json(&self) -> serde_json::Value {
+        self.facts.to_json(self.role, self.file.as_deref())
+    }
+}
+
+/// The certificates a service presents: its listener's, and the client certificates it shows
+/// upstreams (each once).
 pub fn presented<'a>(
     listener: Option<&'a ServerTls>,
     upstreams: impl Iterator<Item = &'a UpstreamTls>,
-) -> Vec<(&'static str, CertFacts, Option<&'a Path>)> {
-    let mut certs: Vec<(&str, CertFacts, Option<&Path>)> = listener
-        .map(|t| ("listener", t.leaf.clone(), Some(t.cert.as_path())))
+) -> Vec<Presented> {
+    let mut certs: Vec<Presented> = listener
+        .map(|t| Presented {
+            role: "listener",
+            facts: t.leaf.clone(),
+            file: Some(t.cert.clone()),
+        })
         .into_iter()
         .collect();
     let mut seen: Vec<&Arc<CertKey>> = Vec::new();
     for client in upstreams.filter_map(|u| u.client.as_ref()) {
         if !seen.iter().any(|s| Arc::ptr_eq(s, client)) {
             seen.push(client);
-            certs.push(("upstream client", CertFacts::of(client.leaf()), None));
+            certs.push(Presented {
+                role: "upstream client",
+                facts: CertFacts::of(client.leaf()),
+                file: None,
+            });
         }
     }
     certs

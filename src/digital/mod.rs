@@ -7,7 +7,7 @@
 
 mod health;
 
-use crate::config::tls;
+use crate::config::tls::{self, Presented};
 use crate::config::DigitalService;
 use crate::edge::exchange::{self, Exchange, Front, Labels};
 use crate::edge::headers::{self, RouteHeaders};
@@ -46,6 +46,7 @@ pub struct DigitalChannel {
     publisher_only_paths: Vec<String>,
     front: Front,
     status: serde_json::Value,
+    certificates: Vec<Presented>,
 }
 
 impl DigitalChannel {
@@ -74,7 +75,12 @@ impl DigitalChannel {
             &service.public.to_string(),
             health_state,
         );
+        let certificates = admin::watch_certificates(
+            &service.name,
+            tls::presented(service.tls.as_ref(), tls.into_iter()),
+        );
         let channel = DigitalChannel {
+            certificates,
             route_headers: RouteHeaders::new(&service.public, service.tls.is_some(), false),
             peers,
             node_addrs,
@@ -93,10 +99,6 @@ impl DigitalChannel {
                 "kind": "digital_channel",
                 "listen": service.listen.to_string(),
                 "tls": service.tls.as_ref().map(|t| &t.summary),
-                "certificates": admin::certificate_status(
-                    &service.name,
-                    tls::presented(service.tls.as_ref(), tls.into_iter()),
-                ),
                 "public": service.public.to_string(),
                 "routes": [
                     {"name": ROUTE_NAMES[ROUTE_DEFAULT], "paths": "/", "nodes": NODE_NAMES},
@@ -155,6 +157,7 @@ impl StatusSource for DigitalChannel {
         let mut status = self.status.clone();
         let health = self.health.status();
         status["upstreams"] = health["nodes"].clone();
+        status["certificates"] = self.certificates.iter().map(Presented::to_json).collect();
         status
     }
 

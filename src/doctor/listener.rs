@@ -69,8 +69,9 @@ pub fn certificate(service: &str, tls: &ServerTls, hosts: &[&str], now: i64) -> 
     checks
 }
 
-/// Each certificate of the file is issued by the next one, and the last is a root, or issued by
-/// one this machine trusts.
+/// Each certificate of the file is issued by the next one, and the chain verifies up to a root
+/// this machine trusts (OpenSSL's default trust store, which `SSL_CERT_FILE` and
+/// `SSL_CERT_DIR` can point elsewhere).
 fn chain_check(what: &str, chain: &[X509]) -> Check {
     let check = format!("{what}: chain");
     for pair in chain.windows(2) {
@@ -86,14 +87,7 @@ fn chain_check(what: &str, chain: &[X509]) -> Check {
             );
         }
     }
-    let last = chain.last().expect("a chain has a leaf");
-    if last.issued(last) == X509VerifyResult::OK {
-        return Check::ok(
-            check,
-            format!("{} certificate(s) up to a root", chain.len()),
-        );
-    }
-    let trusted = (|| {
+    let verified = (|| {
         let mut store = X509StoreBuilder::new()?;
         store.set_default_paths()?;
         let store = store.build();
@@ -102,72 +96,84 @@ fn chain_check(what: &str, chain: &[X509]) -> Check {
             rest.push(c.clone())?;
         }
         let mut context = X509StoreContext::new()?;
-        context.init(&store, &chain[0], &rest, |c| c.verify_cert())
+        context.init(&store, &chain[0], &rest, |c| {
+            Ok(if c.verify_cert()? {
+                Ok(())
+            } else {
+                Err(c.error().error_string().to_string())
+            })
+        })
     })()
-    .unwrap_or(false);
-    let issuer = super::name(last.issuer_name());
-    if trusted {
-        Check::ok(
-            check,
-            format!(
-                "{} certificate(s), ending at one issued by {issuer}, which this machine trusts",
-                chain.len()
-            ),
-        )
+    .unwrap_or_else(|e| Err(e.to_string()));
+    let last = chain.last().expect("a chain has a leaf");
+    let ends = if last.issued(last) == X509VerifyResult::OK {
+        format!("the root {}", super::subject(last))
     } else {
-        Check::warn(
+        format!(
+            "a certificate issued by {}",
+            super::name(last.issuer_name())
+        )
+    };
+    match verified {
+        Ok(()) => Check::ok(
             check,
             format!(
-                "{} certificate(s); the last is issued by {issuer}, which is neither in the file nor trusted by this machine",
+                "{} certificate(s) ending at {ends}, trusted by this machine",
                 chain.len()
             ),
-            "append the intermediate certificates to the file (leaf first); with a private CA, make sure agents' browsers trust it",
-        )
+        ),
+        Err(why) => Check::warn(
+            check,
+            format!(
+                "{} certificate(s) ending at {ends}, which does not verify here: {why}",
+                chain.len()
+            ),
+            "append the intermediate certificates to the file (leaf first) and renew any expired one; with a private CA, make sure agents' browsers trust it",
+        ),
     }
 }
 
-/// The checks of a site's proxy map: every line's public `host:port` must reach a listener of
-/// this configuration. A server on its public port is served directly; one with another
-/// `listen_port` relies on a port mapping, which is tried (within `within`) by connecting to
-/// the public address and comparing the certificate presented with the site's.
-pub async fn proxy_map(site: &FinesseService, within: Duration) -> Vec<Check> {
-    let mut checks = Vec::new();
-    for server in &site.servers {
-        let line = format!("{}={}", server.upstream.authority, server.public);
-        let check = format!("proxy map {}: {line}", site.name);
-        if server.listen_port == server.public.port {
-            checks.push(Check::ok(
-                check,
-                format!(
-                    "served by the listener on {}:{}",
-                    site.bind, server.listen_port
-                ),
-            ));
-            continue;
-        }
-        let reached = reaches_site(&server.public, site.tls.as_ref(), within).await;
-        match reached {
-            Ok(()) => checks.push(Check::ok(
-                check,
-                format!(
-                    "{} reaches this site's listener on port {} through the port mapping",
-                    server.public, server.listen_port
-                ),
-            )),
-            Err(why) => checks.push(Check::fail(
-                check,
-                format!(
-                    "{} is not served by a listener of this configuration ({why}); ccedge listens on port {} for it",
-                    server.public, server.listen_port
-                ),
-                format!(
-                    "forward port {} of {} to port {} of this host, or set listen_port to {}",
-                    server.public.port, server.public.host, server.listen_port, server.public.port
-                ),
-            )),
-        }
-    }
-    checks
+/// The checks of a site's proxy map, started at once: every line's public `host:port` must
+/// reach a listener of this configuration. A server on its public port is served directly; one
+/// with another `listen_port` relies on a port mapping, which is tried (within `within`) by
+/// connecting to the public address and comparing the certificate presented with the site's.
+pub fn proxy_map(site: &FinesseService, within: Duration) -> Vec<tokio::task::JoinHandle<Check>> {
+    site.servers
+        .iter()
+        .map(|server| {
+            let line = format!("{}={}", server.upstream.authority, server.public);
+            let check = format!("proxy map {}: {line}", site.name);
+            let (bind, name) = (site.bind, site.name.clone());
+            let (public, listen_port) = (server.public.clone(), server.listen_port);
+            let tls = site.tls.clone();
+            tokio::spawn(async move {
+                if listen_port == public.port {
+                    return Check::ok(
+                        check,
+                        format!("served by the listener on {bind}:{listen_port} of {name}"),
+                    );
+                }
+                match reaches_site(&public, tls.as_ref(), within).await {
+                    Ok(()) => Check::ok(
+                        check,
+                        format!(
+                            "{public} reaches this site's listener on port {listen_port} through the port mapping"
+                        ),
+                    ),
+                    Err(why) => Check::fail(
+                        check,
+                        format!(
+                            "{public} is not served by a listener of this configuration ({why}); ccedge listens on port {listen_port} for it"
+                        ),
+                        format!(
+                            "forward port {} of {} to port {listen_port} of this host, or set listen_port to {}",
+                            public.port, public.host, public.port
+                        ),
+                    ),
+                }
+            })
+        })
+        .collect()
 }
 
 /// Whether `public` answers with this site's certificate (or at all, for a plain site).

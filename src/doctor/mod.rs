@@ -30,12 +30,34 @@ pub fn run(config: &Config, json: bool, timeout: Duration) -> ExitCode {
         }
     };
     let checks = runtime.block_on(checks(config, timeout));
+    // A name lookup that timed out still runs on a blocking thread: do not wait for it.
+    runtime.shutdown_background();
+    print(&checks, json)
+}
+
+/// `ccedge doctor` on a file that does not load: each problem is a failed check.
+pub fn unloadable(file: &std::path::Path, problems: &str, json: bool) -> ExitCode {
+    let checks: Vec<Check> = problems
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|problem| {
+            Check::fail(
+                format!("configuration {}", file.display()),
+                problem.trim(),
+                "fix the configuration first: names that do not resolve and unreadable or mismatched certificate files stop ccedge from starting (ccedge -t -c FILE lists every problem)",
+            )
+        })
+        .collect();
+    print(&checks, json)
+}
+
+fn print(checks: &[Check], json: bool) -> ExitCode {
     if json {
         let failed = checks.iter().any(|c| c.status == Status::Fail);
         let out = serde_json::json!({"ok": !failed, "checks": checks});
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     } else {
-        print!("{}", report::text(&checks));
+        print!("{}", report::text(checks));
     }
     if checks.iter().any(|c| c.status == Status::Fail) {
         ExitCode::FAILURE
@@ -72,20 +94,19 @@ async fn checks(config: &Config, within: Duration) -> Vec<Check> {
         .finesse
         .iter()
         .filter(|f| f.proxy_map.is_some())
-        .map(|f| listener::proxy_map(f, within))
+        .flat_map(|f| listener::proxy_map(f, within))
         .collect();
+    let broken = |e: tokio::task::JoinError| {
+        Check::fail("doctor", e.to_string(), "report this as a ccedge bug")
+    };
     for task in tasks {
         match task.await {
             Ok(found) => checks.extend(found),
-            Err(e) => checks.push(Check::fail(
-                "doctor",
-                e.to_string(),
-                "report this as a ccedge bug",
-            )),
+            Err(e) => checks.push(broken(e)),
         }
     }
     for map in maps {
-        checks.extend(map.await);
+        checks.push(map.await.unwrap_or_else(broken));
     }
     checks
 }

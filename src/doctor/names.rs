@@ -25,6 +25,60 @@ pub fn covers(cert: &X509Ref, host: &str) -> bool {
     }
 }
 
+/// Whether `cert` names `host` the way ccedge checks an upstream: an IP address against the
+/// subjectAltName IP entries (ccedge's own check), a DNS name as OpenSSL's host check with
+/// default flags, which Pingora uses: subjectAltName DNS entries (a `*` may be part of the
+/// leftmost label), or the subject's CN when there are none.
+pub fn upstream_covers(cert: &X509Ref, host: &str) -> bool {
+    if host.parse::<IpAddr>().is_ok() {
+        return covers(cert, host);
+    }
+    let dns: Vec<String> = cert
+        .subject_alt_names()
+        .map(|names| {
+            names
+                .iter()
+                .filter_map(|n| n.dnsname().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let candidates = if dns.is_empty() {
+        cert.subject_name()
+            .entries_by_nid(openssl::nid::Nid::COMMONNAME)
+            .filter_map(|e| e.data().to_string().ok())
+            .collect()
+    } else {
+        dns
+    };
+    candidates.iter().any(|p| partial_wildcard_matches(p, host))
+}
+
+/// OpenSSL's rule: at most one `*`, in the leftmost label, which it may share with a prefix
+/// and a suffix; at least two labels after it; not inside an IDN label.
+fn partial_wildcard_matches(pattern: &str, host: &str) -> bool {
+    let pattern = pattern.trim_end_matches('.').to_ascii_lowercase();
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    if !pattern.contains('*') {
+        return pattern == host;
+    }
+    let (Some((first, rest)), Some((label, host_rest))) =
+        (pattern.split_once('.'), host.split_once('.'))
+    else {
+        return false;
+    };
+    let Some((prefix, suffix)) = first.split_once('*') else {
+        return false;
+    };
+    !suffix.contains('*')
+        && !rest.contains('*')
+        && rest.contains('.')
+        && rest == host_rest
+        && !(label.starts_with("xn--") && (!prefix.is_empty() || !suffix.is_empty()))
+        && label.len() >= prefix.len() + suffix.len()
+        && label.starts_with(prefix)
+        && label.ends_with(suffix)
+}
+
 /// The DNS names `cert` carries, for messages.
 pub fn dns_names(cert: &X509Ref) -> Vec<String> {
     cert.subject_alt_names()
@@ -86,5 +140,38 @@ mod tests {
         assert!(!name_matches("f*.example.com", "finesse.example.com"));
         assert!(!name_matches("*.*.example.com", "a.b.example.com"));
         assert!(!name_matches("other.example.com", "finesse1.example.com"));
+    }
+
+    #[test]
+    fn upstream_names_follow_openssl_partial_wildcards() {
+        assert!(partial_wildcard_matches(
+            "f*.example.com",
+            "finesse.example.com"
+        ));
+        assert!(partial_wildcard_matches(
+            "*1.cc.internal",
+            "finesse1.cc.internal"
+        ));
+        assert!(partial_wildcard_matches(
+            "*.cc.internal",
+            "finesse1.cc.internal"
+        ));
+        assert!(!partial_wildcard_matches(
+            "f*.example.com",
+            "cuic.example.com"
+        ));
+        assert!(!partial_wildcard_matches("*.com", "example.com"));
+        assert!(!partial_wildcard_matches(
+            "a.*.example.com",
+            "a.b.example.com"
+        ));
+        assert!(!partial_wildcard_matches(
+            "x*.example.com",
+            "xn--abc.example.com"
+        ));
+        assert!(partial_wildcard_matches(
+            "finesse1.cc.internal",
+            "FINESSE1.cc.internal"
+        ));
     }
 }

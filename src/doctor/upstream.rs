@@ -139,6 +139,10 @@ pub async fn check(target: Target, within: Duration, now: i64) -> Vec<Check> {
     } else {
         drop(tcp);
     }
+    if checks.iter().any(|c| c.status == report::Status::Fail) {
+        // ccedge could not talk to this server either; the probe would only repeat why.
+        return checks;
+    }
     checks.push(probe(&target, within, &what("HTTP")).await);
     checks
 }
@@ -265,7 +269,7 @@ fn certificate_checks(
         )),
     }
     let expected = tls.server_name.as_deref().unwrap_or(&name.host);
-    if names::covers(leaf, expected) {
+    if names::upstream_covers(leaf, expected) {
         checks.push(Check::ok(
             what("certificate name"),
             format!("{subject} names {expected}"),
@@ -292,20 +296,37 @@ fn certificate_checks(
 }
 
 /// A server that ended the connection right after a completed handshake, before any request:
-/// with TLS 1.3 that is how a refused client certificate (or a missing one) shows.
+/// with TLS 1.3 that is how a refused client certificate (or a missing one) shows, with an
+/// alert naming it when the server sends one.
 fn refused_after_handshake(check: String, why: &str, tls: &UpstreamTls) -> Check {
-    match &tls.client {
-        None => Check::fail(
-            check,
-            format!("mTLS refused: the server ended the connection after the handshake ({why}); it requires a client certificate and ccedge has none"),
-            "set upstream_tls.client_cert and client_key, and add the CA that issued them to the server's trust store",
-        ),
-        Some(_) => Check::fail(
-            check,
-            format!("mTLS refused: the server ended the connection after the handshake ({why}): it did not accept ccedge's client certificate"),
-            "import the CA that issued ccedge's client certificate into the server's trust store (the certificates were not exchanged)",
-        ),
+    if mtls_alert(why) {
+        return tls_failure(check, why, tls);
     }
+    let (found, advice) = match &tls.client {
+        None => (
+            format!("the server ended the connection right after the handshake ({why}): it probably requires a client certificate (mTLS), and ccedge has none"),
+            "if the server requires mTLS, set upstream_tls.client_cert and client_key and add the CA that issued them to the server's trust store",
+        ),
+        Some(_) => (
+            format!("the server ended the connection right after the handshake ({why}): it probably did not accept ccedge's client certificate (mTLS)"),
+            "import the CA that issued ccedge's client certificate into the server's trust store (the certificates may not have been exchanged)",
+        ),
+    };
+    Check::fail(check, found, advice)
+}
+
+/// Whether a TLS error names a refused or missing client certificate.
+fn mtls_alert(error: &str) -> bool {
+    let lower = error.to_ascii_lowercase();
+    [
+        "certificate required",
+        "unknown ca",
+        "bad certificate",
+        "certificate unknown",
+        "access denied",
+    ]
+    .iter()
+    .any(|w| lower.contains(w))
 }
 
 /// A failed handshake, explained: most often mutual TLS.
@@ -387,16 +408,16 @@ async fn probe(target: &Target, within: Duration, check: &str) -> Check {
         Ok(answer) => answer,
         Err(e) => {
             let text = e.to_string();
-            if text.to_ascii_lowercase().contains("alert") {
-                if let Some(tls) = &target.tls {
-                    return tls_failure(check.to_string(), &text, tls);
-                }
+            if let (true, Some(tls)) = (mtls_alert(&text), &target.tls) {
+                return tls_failure(check.to_string(), &text, tls);
             }
-            return Check::fail(
-                check,
-                format!("{sent}: {text}"),
-                "the server accepts connections but does not answer HTTP in time: check the service and the upstream's port",
-            );
+            use pingora::ErrorType::*;
+            let advice = match e.etype() {
+                ReadTimedout | WriteTimedout => "the server accepts connections but does not answer HTTP in time: check the service and the upstream's port",
+                ConnectRefused | ConnectTimedout | ConnectError | ConnectNoRoute => "the server stopped accepting connections during the check: check the service",
+                _ => "the server accepted the connection but did not answer the request: check the service, the upstream's port and whether it speaks HTTP (or TLS)",
+            };
+            return Check::fail(check, format!("{sent}: {text}"), advice);
         }
     };
     let status = answer.status;
@@ -408,7 +429,7 @@ async fn probe(target: &Target, within: Duration, check: &str) -> Check {
             match status {
                 400 | 403 => format!(
                     "Cloud Connect refuses this proxy: add {} to its allowed reverse-proxy hosts and this host's address to its allow list, and exchange the mTLS certificates",
-                    target.host
+                    host_only(&target.host)
                 ),
                 _ => "the Cloud Connect service is not healthy: check it on the node".to_string(),
             },

@@ -8,7 +8,6 @@ use pingora::protocols::tls::HandshakeCompleteHook;
 use pingora::protocols::{Digest, ALPN};
 use pingora::tls::ssl::SslRef;
 use pingora::upstreams::peer::{HttpPeer, HttpUpstreamRequestPolicy};
-use prometheus::IntGauge;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,9 +52,11 @@ pub fn peer(
             }
             _ => None,
         };
-        let expiry =
-            metrics::certificate_expiry(service, "upstream", &upstream.authority.to_string());
-        o.upstream_tls_handshake_complete_hook = Some(handshake_hook(check_ip, expiry));
+        o.upstream_tls_handshake_complete_hook = Some(handshake_hook(
+            check_ip,
+            service.to_string(),
+            upstream.authority.to_string(),
+        ));
     }
     peer
 }
@@ -97,13 +98,19 @@ struct CertNamesIp {
     named: bool,
 }
 
-/// After each handshake: the certificate's expiry into `expiry`, and, with `check_ip`, whether
-/// the certificate names that address.
-fn handshake_hook(check_ip: Option<IpAddr>, expiry: IntGauge) -> HandshakeCompleteHook {
+/// After each handshake: the certificate's expiry into the metric of `service`'s upstream at
+/// `address` (a series that exists only once a certificate was seen), and, with `check_ip`,
+/// whether the certificate names that address.
+fn handshake_hook(
+    check_ip: Option<IpAddr>,
+    service: String,
+    address: String,
+) -> HandshakeCompleteHook {
     Arc::new(move |ssl: &SslRef| {
         let cert = ssl.peer_certificate();
         if let Some(cert) = &cert {
-            expiry.set(CertFacts::of(cert).not_after);
+            metrics::certificate_expiry(&service, "upstream", &address)
+                .set(CertFacts::of(cert).not_after);
         }
         let ip = check_ip?;
         let named = cert

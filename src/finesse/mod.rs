@@ -9,7 +9,7 @@ pub mod proxymap;
 mod routing;
 pub mod substitution;
 
-use crate::config::tls;
+use crate::config::tls::{self, Presented};
 use crate::config::FinesseService;
 use crate::edge::exchange::{self, Exchange, Front, Labels};
 use crate::edge::headers::{self, RouteHeaders};
@@ -61,6 +61,7 @@ pub struct FinesseSite {
     auth: Option<Auth>,
     cache: Option<SiteCache>,
     status: serde_json::Value,
+    certificates: Vec<Presented>,
     /// Stale copies served for a failing upstream are logged at most once a second.
     stale_report: OncePerSecond,
 }
@@ -108,12 +109,6 @@ impl FinesseSite {
                 .map(|p| std::net::SocketAddr::new(service.bind, *p).to_string())
                 .collect::<Vec<_>>(),
             "tls": service.tls.as_ref().map(|t| &t.summary),
-            "certificates": admin::certificate_status(
-                &service.name,
-                tls::presented(
-                service.tls.as_ref(),
-                service.upstream_tls.iter().chain(service.servers.iter().filter_map(|s| s.upstream_tls.as_ref())),
-            )),
             "routes": service.servers.iter().map(|s| json!({
                 "public": s.public.to_string(),
                 "listen_port": s.listen_port,
@@ -137,7 +132,16 @@ impl FinesseSite {
             .map(|s| s.public.to_string())
             .collect();
         let route_names: Vec<&str> = route_names.iter().map(String::as_str).collect();
+        let clients = service.upstream_tls.iter().chain(
+            service
+                .servers
+                .iter()
+                .filter_map(|s| s.upstream_tls.as_ref()),
+        );
+        let certificates =
+            admin::watch_certificates(&service.name, tls::presented(service.tls.as_ref(), clients));
         FinesseSite {
+            certificates,
             table,
             routes,
             front: Front::new(
@@ -228,6 +232,7 @@ impl FinesseSite {
 impl StatusSource for FinesseSite {
     fn status(&self) -> serde_json::Value {
         let mut status = self.status.clone();
+        status["certificates"] = self.certificates.iter().map(Presented::to_json).collect();
         if let Some(upstreams) = status["upstreams"].as_array_mut() {
             for (upstream, route) in upstreams.iter_mut().zip(&self.routes) {
                 if let (Some(fields), Value::Object(seen)) =

@@ -1,7 +1,7 @@
 //! The admin listener (plain HTTP, meant for loopback or a management network): the status
 //! page at `/`, `GET /healthz`, `GET /status` and `GET /metrics`.
 
-use crate::config::tls::CertFacts;
+use crate::config::tls::Presented;
 use crate::observe::metrics::Totals;
 use crate::observe::traffic::{self, History};
 use async_trait::async_trait;
@@ -42,20 +42,14 @@ pub trait StatusSource: Send + Sync {
     fn totals(&self) -> Totals;
 }
 
-/// The `certificates` of a service's `/status`, from what it presents; their expiry also goes
-/// to `ccedge_certificate_expiry_timestamp_seconds`.
-pub fn certificate_status(
-    service: &str,
-    presented: Vec<(&'static str, CertFacts, Option<&std::path::Path>)>,
-) -> Vec<serde_json::Value> {
+/// Puts the expiry of each certificate `service` presents in
+/// `ccedge_certificate_expiry_timestamp_seconds`, and keeps them for its `/status`.
+pub fn watch_certificates(service: &str, presented: Vec<Presented>) -> Vec<Presented> {
+    for cert in &presented {
+        crate::observe::metrics::certificate_expiry(service, cert.role, &cert.facts.subject)
+            .set(cert.facts.not_after);
+    }
     presented
-        .into_iter()
-        .map(|(role, facts, file)| {
-            crate::observe::metrics::certificate_expiry(service, role, &facts.subject)
-                .set(facts.not_after);
-            facts.to_json(role, file)
-        })
-        .collect()
 }
 
 /// What a cache purge removed.

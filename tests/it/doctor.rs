@@ -7,9 +7,18 @@ use crate::harness::{binary, free_port, server_block, Ca, TestDir, Upstream};
 use serde_json::Value;
 use std::sync::Arc;
 
-/// Runs `ccedge doctor -c FILE` with `flags`: exit code and stdout.
-async fn doctor(config: &std::path::Path, flags: &[&str]) -> (i32, String) {
-    let out = tokio::process::Command::new(binary())
+/// Runs `ccedge doctor -c FILE` with `flags`, trusting the CA in `trusted` as this machine's
+/// roots when given: exit code and output.
+async fn doctor(
+    config: &std::path::Path,
+    flags: &[&str],
+    trusted: Option<&std::path::Path>,
+) -> (i32, String) {
+    let mut command = tokio::process::Command::new(binary());
+    if let Some(ca) = trusted {
+        command.env("SSL_CERT_FILE", ca).env_remove("SSL_CERT_DIR");
+    }
+    let out = command
         .args(["doctor", "-c", config.to_str().unwrap()])
         .args(flags)
         .output()
@@ -88,7 +97,8 @@ async fn a_healthy_set_up_is_all_ok() {
         k = keys.authority(),
     );
     let file = dir.write("ccedge.yaml", &yaml);
-    let (code, said) = doctor(&file, &[]).await;
+    // The listener chains end at the test CA, which this machine trusts for the run.
+    let (code, said) = doctor(&file, &[], Some(&ca_file)).await;
     assert_eq!(code, 0, "{said}");
     let lines: Vec<&str> = said.lines().filter(|l| !l.starts_with("     ->")).collect();
     let (checks, summary) = lines.split_at(lines.len() - 1);
@@ -100,7 +110,7 @@ async fn a_healthy_set_up_is_all_ok() {
     for expected in [
         "listener cc: certificate covers dc.example.com",
         "listener desktop: certificate covers finesse.example.com",
-        "chain: 2 certificate(s) up to a root",
+        "chain: 2 certificate(s) ending at the root doctor test CA, trusted by this machine",
         &format!("digital cc publisher {}: TLS", publisher.authority()),
         "names 127.0.0.1",
         "GET /drapi/v1/ping with Host dc.example.com:443: 200",
@@ -159,7 +169,7 @@ async fn each_deployment_mistake_is_a_fail_with_its_advice() {
         q = silent.authority(),
     );
     let file = dir.write("ccedge.yaml", &yaml);
-    let (code, said) = doctor(&file, &["--timeout", "2"]).await;
+    let (code, said) = doctor(&file, &["--timeout", "2"], None).await;
     assert_eq!(code, 1, "{said}");
     let fail = |check: &str, found: &str, advice: &str| {
         let at = said
@@ -217,7 +227,7 @@ async fn each_deployment_mistake_is_a_fail_with_its_advice() {
         &format!("forward port {unserved} of 127.0.0.1 to port {moved}"),
     );
 
-    let (code, json) = doctor(&file, &["--json", "--timeout", "2"]).await;
+    let (code, json) = doctor(&file, &["--json", "--timeout", "2"], None).await;
     assert_eq!(code, 1);
     let report: Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
     assert_eq!(report["ok"], false);
@@ -234,4 +244,23 @@ async fn each_deployment_mistake_is_a_fail_with_its_advice() {
     assert!(failed
         .iter()
         .all(|c| c["advice"].as_str().is_some_and(|a| !a.is_empty())));
+}
+
+#[tokio::test]
+async fn a_configuration_that_does_not_load_is_a_fail_too() {
+    let dir = TestDir::new("doctor-unloadable");
+    let port = free_port();
+    let yaml = format!(
+        "{server}digital_channels:\n  - name: cc\n    listen: 127.0.0.1:{port}\n    public: dc.example.com:443\n    \
+         publisher: no-such-host.invalid:8445\n    subscriber: 127.0.0.1:9\n",
+        server = server_block(&dir.path, None),
+    );
+    let file = dir.write("ccedge.yaml", &yaml);
+    let (code, said) = doctor(&file, &[], None).await;
+    assert_eq!(code, 1, "{said}");
+    assert!(
+        said.lines()
+            .any(|l| l.starts_with("FAIL configuration") && l.contains("no-such-host.invalid")),
+        "{said}"
+    );
 }
