@@ -362,6 +362,12 @@ async fn an_agent_signs_in_and_stays_connected_through_a_reload() {
     if browser.eval("e2e.problems").await != serde_json::json!([]) {
         panic!("the page saw problems: {}", page_state(&mut browser).await);
     }
+    if browser.eval("e2e.wsErrors").await != 0 {
+        panic!(
+            "the page's WebSocket reported an error: {}",
+            page_state(&mut browser).await
+        );
+    }
     let opens = browser.eval("e2e.opens").await.as_u64().unwrap();
     assert!(
         (1..=2).contains(&opens),
