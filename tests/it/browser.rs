@@ -2,13 +2,14 @@
 //! end, and the operator's status page.
 
 use crate::harness::browser::Browser;
+use crate::harness::fixtures::{args, https};
+use crate::harness::proxy::{reload, server_pid};
 use crate::harness::upstream::{full, Handler};
-use crate::harness::{binary, curl, free_port, server_block, Ca, Ccedge, TestDir, Upstream};
+use crate::harness::{curl, free_port, server_block, Ca, Ccedge, TestDir, Upstream};
 use base64::Engine;
 use futures_util::SinkExt;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use serde_json::Value;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -160,21 +161,6 @@ fn finesse(upgrades: Arc<AtomicUsize>) -> Handler {
             }
         })
     })
-}
-
-/// `ccedge reload -c file`: whether it succeeded, and what it said.
-async fn reload(config: &std::path::Path) -> (bool, String) {
-    let out = tokio::process::Command::new(binary())
-        .args(["reload", "-c", config.to_str().unwrap()])
-        .output()
-        .await
-        .unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), said)
 }
 
 /// What the page saw, for a failure message: its own record and the browser's WebSocket events.
@@ -381,16 +367,6 @@ async fn an_agent_signs_in_and_stays_connected_through_a_reload() {
     );
 }
 
-/// The pid of the server process that answers on the admin listener.
-async fn server_pid(admin: u16) -> u64 {
-    let reply = curl(&[&format!("http://127.0.0.1:{admin}/status")])
-        .await
-        .unwrap();
-    serde_json::from_str::<Value>(&reply.body).unwrap()["pid"]
-        .as_u64()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn the_status_page_shows_what_an_operator_needs_and_keeps_itself_current() {
     let dir = TestDir::new("e2e-status");
@@ -426,19 +402,10 @@ async fn the_status_page_shows_what_an_operator_needs_and_keeps_itself_current()
     let Some(mut browser) = Browser::launch("e2e-status", None).await else {
         return;
     };
-    let https = |host: &str, port: u16, path: &str| {
-        vec![
-            "--cacert".to_string(),
-            dir.join("ca.crt").display().to_string(),
-            "--resolve".to_string(),
-            format!("{host}:{port}:127.0.0.1"),
-            format!("https://{host}:{port}{path}"),
-        ]
-    };
     for _ in 0..20 {
-        let reply = curl(&crate::harness::fixtures::args(
+        let reply = curl(&args(
             &[],
-            &https("dc.example.com", dc_port, "/drapi/v1/tasks"),
+            &https(&dir, "dc.example.com", dc_port, "/drapi/v1/tasks"),
         ))
         .await
         .unwrap();
@@ -446,21 +413,14 @@ async fn the_status_page_shows_what_an_operator_needs_and_keeps_itself_current()
     }
     // The desktop's public pages fill the cache and show the server answering.
     for _ in 0..2 {
-        let page = https(HOST, site_port, "/desktop/index.html");
-        let reply = curl(&crate::harness::fixtures::args(&[], &page))
-            .await
-            .unwrap();
+        let page = https(&dir, HOST, site_port, "/desktop/index.html");
+        let reply = curl(&args(&[], &page)).await.unwrap();
         assert_eq!(reply.status, 200);
     }
     // Two failed logins lock this address out.
     for _ in 0..2 {
-        let login = https(HOST, site_port, "/finesse/api/User/agent1");
-        let reply = curl(&crate::harness::fixtures::args(
-            &["-u", "agent1:wrong"],
-            &login,
-        ))
-        .await
-        .unwrap();
+        let login = https(&dir, HOST, site_port, "/finesse/api/User/agent1");
+        let reply = curl(&args(&["-u", "agent1:wrong"], &login)).await.unwrap();
         assert_eq!(reply.status, 401);
     }
 

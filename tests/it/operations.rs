@@ -3,6 +3,7 @@
 
 use crate::harness::fixtures::{args, Digital};
 use crate::harness::http::{Client, Proto};
+use crate::harness::proxy::{reload, server_pid};
 use crate::harness::upstream::{full, Handler};
 use crate::harness::ws::{self, EchoLog};
 use crate::harness::{binary, curl, free_port, Ca, Ccedge, TestDir, Upstream};
@@ -60,34 +61,11 @@ async fn answered_by(ca: &Ca, port: u16, node: &str) {
     }
 }
 
-async fn reload(config: &std::path::Path) -> (bool, String) {
-    let out = tokio::process::Command::new(binary())
-        .args(["reload", "-c", config.to_str().unwrap()])
-        .output()
-        .await
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
 /// The server process the supervisor has as current.
 fn supervised_server(dir: &TestDir) -> u64 {
     let state: Value =
         serde_json::from_slice(&std::fs::read(dir.join("ccedge.pid.json")).unwrap()).unwrap();
     state["server_pid"].as_u64().unwrap()
-}
-
-async fn server_pid(admin: u16) -> u64 {
-    let reply = curl(&[&format!("http://127.0.0.1:{admin}/status")])
-        .await
-        .unwrap();
-    serde_json::from_str::<Value>(&reply.body).unwrap()["pid"]
-        .as_u64()
-        .unwrap()
 }
 
 /// A client loop that runs until `stop`, returning every failure it saw and the nodes that

@@ -160,3 +160,28 @@ impl Ccedge {
         }
     }
 }
+
+/// `ccedge reload -c config`: whether it succeeded, and what it said.
+pub async fn reload(config: &std::path::Path) -> (bool, String) {
+    let out = tokio::process::Command::new(super::binary())
+        .args(["reload", "-c", config.to_str().unwrap()])
+        .output()
+        .await
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), said)
+}
+
+/// The pid of the server process that answers on the admin listener at `admin`.
+pub async fn server_pid(admin: u16) -> u64 {
+    let reply = super::curl(&[&format!("http://127.0.0.1:{admin}/status")])
+        .await
+        .unwrap();
+    serde_json::from_str::<Value>(&reply.body).unwrap()["pid"]
+        .as_u64()
+        .unwrap()
+}
