@@ -255,7 +255,7 @@ fn subject(cert: &X509Ref) -> String {
 }
 
 /// The certificate's end of validity in Unix seconds (OpenSSL keeps it as an ASN.1 time).
-fn not_after(cert: &X509Ref) -> i64 {
+pub fn not_after(cert: &X509Ref) -> i64 {
     let epoch = openssl::asn1::Asn1Time::from_unix(0).expect("the epoch is a valid time");
     epoch
         .diff(cert.not_after())

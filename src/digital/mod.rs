@@ -75,10 +75,8 @@ impl DigitalChannel {
             &service.public.to_string(),
             health_state,
         );
-        let certificates = admin::watch_certificates(
-            &service.name,
-            tls::presented(service.tls.as_ref(), tls.into_iter()),
-        );
+        let certificates = tls::presented(service.tls.as_ref(), tls.into_iter());
+        admin::record_certificates(&service.name, &certificates);
         let channel = DigitalChannel {
             certificates,
             route_headers: RouteHeaders::new(&service.public, service.tls.is_some(), false),

@@ -8,6 +8,7 @@ mod names;
 mod report;
 mod upstream;
 
+use crate::config::tls::not_after;
 use crate::config::{AuthSettings, Config, Endpoint, Limits};
 use openssl::x509::{X509NameRef, X509Ref};
 use report::{Check, Status};
@@ -182,9 +183,4 @@ fn name(name: &X509NameRef) -> String {
             .collect::<Vec<_>>()
             .join(",")
     })
-}
-
-/// A certificate's end of validity in Unix seconds.
-fn not_after(cert: &X509Ref) -> i64 {
-    crate::config::tls::CertFacts::of(cert).not_after
 }

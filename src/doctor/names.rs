@@ -11,13 +11,7 @@ pub fn covers(cert: &X509Ref, host: &str) -> bool {
         return false;
     };
     match host.parse::<IpAddr>() {
-        Ok(ip) => names
-            .iter()
-            .filter_map(|n| n.ipaddress())
-            .any(|bytes| match ip {
-                IpAddr::V4(v4) => bytes == v4.octets(),
-                IpAddr::V6(v6) => bytes == v6.octets(),
-            }),
+        Ok(ip) => crate::edge::upstream::names_ip(cert, ip),
         Err(_) => names
             .iter()
             .filter_map(|n| n.dnsname())

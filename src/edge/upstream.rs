@@ -7,9 +7,10 @@ use crate::observe::metrics;
 use pingora::protocols::tls::HandshakeCompleteHook;
 use pingora::protocols::{Digest, ALPN};
 use pingora::tls::ssl::SslRef;
+use pingora::tls::x509::X509Ref;
 use pingora::upstreams::peer::{HttpPeer, HttpUpstreamRequestPolicy};
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// How long an idle pooled upstream connection is kept: below the usual 20 s server-side
@@ -106,22 +107,27 @@ fn handshake_hook(
     service: String,
     address: String,
 ) -> HandshakeCompleteHook {
+    let expiry = OnceLock::new();
     Arc::new(move |ssl: &SslRef| {
         let cert = ssl.peer_certificate();
         if let Some(cert) = &cert {
-            metrics::certificate_expiry(&service, "upstream", &address)
+            expiry
+                .get_or_init(|| metrics::certificate_expiry(&service, "upstream", &address))
                 .set(CertFacts::of(cert).not_after);
         }
         let ip = check_ip?;
-        let named = cert
-            .and_then(|cert| cert.subject_alt_names())
-            .is_some_and(|names| {
-                names
-                    .iter()
-                    .filter_map(|n| n.ipaddress())
-                    .any(|bytes| ip_bytes_match(ip, bytes))
-            });
+        let named = cert.is_some_and(|cert| names_ip(&cert, ip));
         Some(Arc::new(CertNamesIp { ip, named }) as Arc<dyn std::any::Any + Send + Sync>)
+    })
+}
+
+/// Whether `cert` names `ip` among its subjectAltName IP addresses.
+pub fn names_ip(cert: &X509Ref, ip: IpAddr) -> bool {
+    cert.subject_alt_names().is_some_and(|names| {
+        names
+            .iter()
+            .filter_map(|n| n.ipaddress())
+            .any(|bytes| ip_bytes_match(ip, bytes))
     })
 }
 

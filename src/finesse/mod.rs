@@ -138,8 +138,8 @@ impl FinesseSite {
                 .iter()
                 .filter_map(|s| s.upstream_tls.as_ref()),
         );
-        let certificates =
-            admin::watch_certificates(&service.name, tls::presented(service.tls.as_ref(), clients));
+        let certificates = tls::presented(service.tls.as_ref(), clients);
+        admin::record_certificates(&service.name, &certificates);
         FinesseSite {
             certificates,
             table,

@@ -43,13 +43,12 @@ pub trait StatusSource: Send + Sync {
 }
 
 /// Puts the expiry of each certificate `service` presents in
-/// `ccedge_certificate_expiry_timestamp_seconds`, and keeps them for its `/status`.
-pub fn watch_certificates(service: &str, presented: Vec<Presented>) -> Vec<Presented> {
-    for cert in &presented {
+/// `ccedge_certificate_expiry_timestamp_seconds`.
+pub fn record_certificates(service: &str, presented: &[Presented]) {
+    for cert in presented {
         crate::observe::metrics::certificate_expiry(service, cert.role, &cert.facts.subject)
             .set(cert.facts.not_after);
     }
-    presented
 }
 
 /// What a cache purge removed.
