@@ -295,6 +295,11 @@ fn certificate_checks(
     checks
 }
 
+/// What to do when the server wants a client certificate ccedge does not present.
+const GIVE_CLIENT_CERT: &str = "set upstream_tls.client_cert and client_key, and add the CA that issued them to the server's trust store";
+/// What to do when the server refuses the one ccedge presents.
+const TRUST_CLIENT_CERT: &str = "import the CA that issued ccedge's client certificate into the server's trust store (the certificates were not exchanged)";
+
 /// A server that ended the connection right after a completed handshake, before any request:
 /// with TLS 1.3 that is how a refused client certificate (or a missing one) shows, with an
 /// alert naming it when the server sends one.
@@ -305,11 +310,11 @@ fn refused_after_handshake(check: String, why: &str, tls: &UpstreamTls) -> Check
     let (found, advice) = match &tls.client {
         None => (
             format!("the server ended the connection right after the handshake ({why}): it probably requires a client certificate (mTLS), and ccedge has none"),
-            "if the server requires mTLS, set upstream_tls.client_cert and client_key and add the CA that issued them to the server's trust store",
+            GIVE_CLIENT_CERT,
         ),
         Some(_) => (
             format!("the server ended the connection right after the handshake ({why}): it probably did not accept ccedge's client certificate (mTLS)"),
-            "import the CA that issued ccedge's client certificate into the server's trust store (the certificates may not have been exchanged)",
+            TRUST_CLIENT_CERT,
         ),
     };
     Check::fail(check, found, advice)
@@ -337,7 +342,7 @@ fn tls_failure(check: String, error: &str, tls: &UpstreamTls) -> Check {
         Check::fail(
             check,
             format!("mTLS refused: the server requires a client certificate and ccedge has none ({error})"),
-            "set upstream_tls.client_cert and client_key, and add the CA that issued them to the server's trust store",
+            GIVE_CLIENT_CERT,
         )
     } else if tls.client.is_some()
         && alert(&[
@@ -351,8 +356,10 @@ fn tls_failure(check: String, error: &str, tls: &UpstreamTls) -> Check {
     {
         Check::fail(
             check,
-            format!("mTLS refused: the server did not accept ccedge's client certificate ({error})"),
-            "import the CA that issued ccedge's client certificate into the server's trust store (the certificates were not exchanged)",
+            format!(
+                "mTLS refused: the server did not accept ccedge's client certificate ({error})"
+            ),
+            TRUST_CLIENT_CERT,
         )
     } else {
         Check::fail(
