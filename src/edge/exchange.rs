@@ -238,10 +238,10 @@ impl Front {
     ) {
         let req = session.req_header();
         self.log.write(&Entry {
-            time: access_log::now(),
+            time: access_log::Timestamp::now(),
             service: &self.name,
             route: labels.route,
-            client_ip: ctx.client.map(|c| c.ip.to_string()),
+            client_ip: ctx.client.map(|c| c.ip),
             user: ctx.user.as_deref().map(clip),
             method: req.method.as_str(),
             host: req

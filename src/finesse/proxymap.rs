@@ -49,13 +49,13 @@ impl ServeHttp for ProxyMapApp {
             (StatusCode::NOT_FOUND, b"not found\n".to_vec())
         };
         self.log.write(&Entry {
-            time: access_log::now(),
+            time: access_log::Timestamp::now(),
             service: &self.service,
             route: Some("proxy_map"),
             client_ip: session
                 .client_addr()
                 .and_then(|a| a.as_inet())
-                .map(|a| a.ip().to_canonical().to_string()),
+                .map(|a| a.ip().to_canonical()),
             user: None,
             method: req.method.as_str(),
             host: req

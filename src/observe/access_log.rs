@@ -1,25 +1,34 @@
 //! The access log: one JSON object per request, written by a dedicated thread so that a slow
-//! disk or a blocked stdout never stalls a worker. Lines are handed over through a bounded
-//! queue; if the writer falls that far behind, lines are dropped and the drop is reported.
+//! disk or a blocked stdout never stalls a worker. A request's line is formatted in a buffer of
+//! its worker thread and appended to a shared batch; the writer takes the batch every
+//! `FLUSH_EVERY` (sooner once it is large) and writes it with one call, so a busy proxy makes a
+//! few writes a second instead of one per request and wakes no thread per line. If the writer
+//! falls far behind, lines are dropped and the drop is reported.
 
 use crate::config::AccessLogTarget;
 use serde::Serialize;
+use std::cell::RefCell;
 use std::fs::OpenOptions;
-use std::io::{BufWriter, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::io::Write;
+use std::net::IpAddr;
+use std::sync::{Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
-const QUEUE_LINES: usize = 65_536;
+/// How long a line may wait for the writer.
+const FLUSH_EVERY: Duration = Duration::from_millis(50);
+/// A batch this large is written at once, without waiting for `FLUSH_EVERY`.
+const WRITE_AT_BYTES: usize = 256 * 1024;
+/// Past this much unwritten text (about 40,000 lines), lines are dropped and counted.
+const MAX_PENDING_BYTES: usize = 16 * 1024 * 1024;
 
 /// One request, as the contract lists it (plus a few fields that help an operator).
 #[derive(Debug, Serialize)]
 pub struct Entry<'a> {
-    pub time: String,
+    pub time: Timestamp,
     pub service: &'a str,
     pub route: Option<&'a str>,
-    pub client_ip: Option<String>,
+    pub client_ip: Option<IpAddr>,
     /// Who the request was from: the Basic user name or the JWT `sub`.
     pub user: Option<&'a str>,
     pub method: &'a str,
@@ -38,17 +47,30 @@ pub struct Entry<'a> {
     pub error: Option<String>,
 }
 
-enum Message {
-    Line(Vec<u8>),
-    Stop,
+/// Lines waiting for the writer.
+#[derive(Default)]
+struct Pending {
+    text: Vec<u8>,
+    dropped: u64,
+    stop: bool,
+}
+
+#[derive(Default)]
+struct Batch {
+    pending: Mutex<Pending>,
+    large: Condvar,
 }
 
 pub struct AccessLog {
     enabled: bool,
     output: Mutex<Option<Box<dyn Write + Send>>>,
-    sender: OnceLock<Option<SyncSender<Message>>>,
+    batch: OnceLock<Option<&'static Batch>>,
     worker: Mutex<Option<JoinHandle<()>>>,
-    dropped: Arc<AtomicU64>,
+}
+
+thread_local! {
+    /// Each worker thread formats its lines here, so a line costs no allocation.
+    static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
 }
 
 impl AccessLog {
@@ -69,54 +91,65 @@ impl AccessLog {
         Ok(AccessLog {
             enabled: output.is_some(),
             output: Mutex::new(output),
-            sender: OnceLock::new(),
+            batch: OnceLock::new(),
             worker: Mutex::new(None),
-            dropped: Arc::new(AtomicU64::new(0)),
         })
     }
 
     pub fn write(&self, entry: &Entry) {
-        let Some(sender) = self.sender.get_or_init(|| self.start()) else {
+        let Some(batch) = self.batch.get_or_init(|| self.start()) else {
             return;
         };
-        let mut line = Vec::with_capacity(384);
-        if serde_json::to_writer(&mut line, entry).is_err() {
-            return;
-        }
-        line.push(b'\n');
-        if let Err(TrySendError::Full(_)) = sender.try_send(Message::Line(line)) {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-        }
+        LINE.with_borrow_mut(|line| {
+            line.clear();
+            if serde_json::to_writer(&mut *line, entry).is_err() {
+                return;
+            }
+            line.push(b'\n');
+            let Ok(mut pending) = batch.pending.lock() else {
+                return;
+            };
+            if pending.text.len() + line.len() > MAX_PENDING_BYTES {
+                pending.dropped += 1;
+                return;
+            }
+            let before = pending.text.len();
+            pending.text.extend_from_slice(line);
+            if before < WRITE_AT_BYTES && pending.text.len() >= WRITE_AT_BYTES {
+                batch.large.notify_one();
+            }
+        });
     }
 
-    fn start(&self) -> Option<SyncSender<Message>> {
+    fn start(&self) -> Option<&'static Batch> {
         let output = self.output.lock().ok()?.take()?;
-        let (sender, receiver) = sync_channel(QUEUE_LINES);
-        let dropped = self.dropped.clone();
+        // One per process, living as long as it: the writer thread holds it to the end.
+        let batch: &'static Batch = Box::leak(Box::default());
         let handle = std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || writer(output, receiver, &dropped))
+            .spawn(move || writer(output, batch))
             .map_err(|e| log::error!("access log writer could not start: {e}"))
             .ok()?;
         *self.worker.lock().ok()? = Some(handle);
-        Some(sender)
+        Some(batch)
     }
 
     /// Writes out everything queued so far and stops the writer (at process exit). Waits at
     /// most a few seconds: a destination that does not take writes must not hold the exit.
     pub fn close(&self) {
-        let Some(Some(sender)) = self.sender.get() else {
+        let Some(Some(batch)) = self.batch.get() else {
             return;
         };
-        if sender.try_send(Message::Stop).is_err() {
-            return;
+        if let Ok(mut pending) = batch.pending.lock() {
+            pending.stop = true;
         }
+        batch.large.notify_one();
         let Some(handle) = self.worker.lock().ok().and_then(|mut w| w.take()) else {
             return;
         };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while !handle.is_finished() && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(10));
         }
         if handle.is_finished() {
             let _ = handle.join();
@@ -129,38 +162,87 @@ impl AccessLog {
     }
 }
 
-fn writer(output: Box<dyn Write + Send>, receiver: Receiver<Message>, dropped: &AtomicU64) {
-    let mut out = BufWriter::with_capacity(64 * 1024, output);
+fn writer(mut output: Box<dyn Write + Send>, batch: &Batch) {
     let mut failing = false;
-    let mut report = |result: std::io::Result<()>| match (result, failing) {
-        (Err(e), false) => {
-            log::error!("access log write failed: {e}; lines are being lost");
-            failing = true;
-        }
-        (Ok(()), true) => {
-            log::info!("access log writes work again");
-            failing = false;
-        }
-        _ => {}
-    };
-    while let Ok(message) = receiver.recv() {
-        let mut stop = false;
-        let mut next = Some(message);
-        while let Some(message) = next {
-            match message {
-                Message::Line(line) => report(out.write_all(&line)),
-                Message::Stop => stop = true,
+    let mut spare = Vec::new();
+    loop {
+        let (dropped, stop) = {
+            let Ok(pending) = batch.pending.lock() else {
+                return;
+            };
+            let Ok((mut pending, _)) = batch.large.wait_timeout_while(pending, FLUSH_EVERY, |p| {
+                p.text.len() < WRITE_AT_BYTES && !p.stop
+            }) else {
+                return;
+            };
+            std::mem::swap(&mut pending.text, &mut spare);
+            (std::mem::take(&mut pending.dropped), pending.stop)
+        };
+        if !spare.is_empty() {
+            let result = output.write_all(&spare).and_then(|()| output.flush());
+            match (result, failing) {
+                (Err(e), false) => {
+                    log::error!("access log write failed: {e}; lines are being lost");
+                    failing = true;
+                }
+                (Ok(()), true) => {
+                    log::info!("access log writes work again");
+                    failing = false;
+                }
+                _ => {}
             }
-            next = receiver.try_recv().ok();
+            spare.clear();
         }
-        report(out.flush());
-        let lost = dropped.swap(0, Ordering::Relaxed);
-        if lost > 0 {
-            log::warn!("{lost} access log lines dropped: the log destination is not keeping up");
+        if dropped > 0 {
+            log::warn!("{dropped} access log lines dropped: the log destination is not keeping up");
         }
         if stop {
-            break;
+            return;
         }
+    }
+}
+
+/// A moment, logged as RFC 3339 UTC with milliseconds (`2026-11-26T05:54:56.123Z`), formatted
+/// without allocating.
+#[derive(Debug, Clone, Copy)]
+pub struct Timestamp(chrono::DateTime<chrono::Utc>);
+
+impl Timestamp {
+    pub fn now() -> Self {
+        Timestamp(chrono::Utc::now())
+    }
+
+    fn text(&self) -> [u8; 24] {
+        use chrono::{Datelike, Timelike};
+        let t = &self.0;
+        let mut out = *b"0000-00-00T00:00:00.000Z";
+        let mut put = |at: usize, width: usize, mut value: u32| {
+            for i in (at..at + width).rev() {
+                out[i] = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
+        };
+        put(0, 4, t.year().clamp(0, 9999) as u32);
+        put(5, 2, t.month());
+        put(8, 2, t.day());
+        put(11, 2, t.hour());
+        put(14, 2, t.minute());
+        // A leap second shows as :59.999 rather than :60.
+        put(17, 2, t.second());
+        put(20, 3, (t.nanosecond() / 1_000_000).min(999));
+        out
+    }
+}
+
+impl std::fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(std::str::from_utf8(&self.text()).expect("ASCII"))
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(std::str::from_utf8(&self.text()).expect("ASCII"))
     }
 }
 
@@ -182,7 +264,7 @@ pub fn millis_since(started: std::time::Instant) -> f64 {
 
 /// Current time as RFC 3339 UTC with milliseconds.
 pub fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    Timestamp::now().to_string()
 }
 
 #[cfg(test)]
@@ -196,10 +278,10 @@ mod tests {
         let log = AccessLog::open(&AccessLogTarget::File(path.clone())).unwrap();
         for status in [200u16, 421] {
             log.write(&Entry {
-                time: now(),
+                time: Timestamp::now(),
                 service: "cc",
                 route: Some("publisher"),
-                client_ip: Some("127.0.0.1".into()),
+                client_ip: Some([127, 0, 0, 1].into()),
                 user: None,
                 method: "GET",
                 host: None,
@@ -230,9 +312,68 @@ mod tests {
     }
 
     #[test]
+    fn timestamps_read_as_rfc3339_with_milliseconds() {
+        use chrono::TimeZone;
+        for (secs, nanos) in [
+            (0, 0),
+            (1_795_000_000, 123_456_789),
+            (951_782_400, 999_999_999),
+            (-62_135_596_800, 7_000_000),
+        ] {
+            let t = chrono::Utc.timestamp_opt(secs, nanos).unwrap();
+            let expected = t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            assert_eq!(Timestamp(t).to_string(), expected);
+            assert_eq!(
+                serde_json::to_string(&Timestamp(t)).unwrap(),
+                format!("\"{expected}\"")
+            );
+        }
+    }
+
+    #[test]
+    fn lines_reach_the_file_while_the_log_stays_open() {
+        let path = std::env::temp_dir().join(format!("ccedge-open-{}.log", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let log = AccessLog::open(&AccessLogTarget::File(path.clone())).unwrap();
+        log.write(&Entry {
+            time: Timestamp::now(),
+            service: "cc",
+            route: None,
+            client_ip: Some("2001:db8::1".parse().unwrap()),
+            user: None,
+            method: "GET",
+            host: None,
+            path: "/",
+            protocol: "HTTP/2",
+            status: 200,
+            bytes_sent: 0,
+            duration_ms: 0.1,
+            upstream: None,
+            upstream_status: None,
+            attempts: 1,
+            cache: "MISS",
+            tracking_id: None,
+            error: None,
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let line = loop {
+            let text = std::fs::read_to_string(&path).unwrap();
+            if !text.is_empty() {
+                break text;
+            }
+            assert!(std::time::Instant::now() < deadline, "nothing written");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let line: serde_json::Value = serde_json::from_str(line.trim_end()).unwrap();
+        assert_eq!(line["client_ip"], "2001:db8::1");
+        log.close();
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
     fn off_writes_nothing() {
         let log = AccessLog::open(&AccessLogTarget::Off).unwrap();
-        assert!(log.sender.get_or_init(|| log.start()).is_none());
+        assert!(log.batch.get_or_init(|| log.start()).is_none());
         log.close();
     }
 
