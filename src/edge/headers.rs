@@ -111,9 +111,10 @@ pub fn apply_request(
         req.remove_header("x-forwarded-host");
     }
     let start = chain.len();
-    let _ = write!(chain, "{}", client.ip);
+    push_ip(&mut chain, client.ip);
     let ip = HeaderValue::from_str(&chain[start..]).expect("an IP is a header value");
-    let _ = write!(chain, ", {}", proxy_ip.to_canonical());
+    chain.push_str(", ");
+    push_ip(&mut chain, proxy_ip.to_canonical());
     let chain = HeaderValue::try_from(chain).map_err(|e| {
         pingora::Error::because(pingora::ErrorType::InvalidHTTPHeader, "X-Forwarded-For", e)
     })?;
@@ -129,6 +130,27 @@ pub fn apply_request(
     }
     req.insert_prebuilt_header(&n.tracking_id, tracking_id.clone());
     to_origin_form(req)
+}
+
+/// Appends `ip` as text. Every request formats two addresses; an IPv4 address is written
+/// digit by digit, without the formatting machinery.
+fn push_ip(out: &mut String, ip: IpAddr) {
+    let IpAddr::V4(v4) = ip else {
+        let _ = write!(out, "{ip}");
+        return;
+    };
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        if octet >= 100 {
+            out.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            out.push(char::from(b'0' + octet / 10 % 10));
+        }
+        out.push(char::from(b'0' + octet % 10));
+    }
 }
 
 /// An absolute-form target (`GET http://host/path`) goes upstream as origin-form (`GET /path`):
@@ -254,6 +276,28 @@ mod tests {
         assert!(req.headers.get("forwarded").is_none());
         assert!(req.headers.get("x-forwarded-host").is_none());
         assert_eq!(req.headers.get_all("x-forwarded-for").iter().count(), 1);
+    }
+
+    #[test]
+    fn addresses_are_written_as_rust_displays_them() {
+        let addresses = [
+            "0.0.0.0",
+            "10.0.9.99",
+            "100.1.20.255",
+            "255.255.255.255",
+            "2001:db8::1",
+        ];
+        for text in addresses {
+            let mut out = String::from("x");
+            push_ip(&mut out, text.parse().unwrap());
+            assert_eq!(out, format!("x{text}"));
+        }
+        for octet in 0..=255u8 {
+            let ip = IpAddr::from([octet, octet, 7, octet]);
+            let mut out = String::new();
+            push_ip(&mut out, ip);
+            assert_eq!(out, ip.to_string());
+        }
     }
 
     #[test]
