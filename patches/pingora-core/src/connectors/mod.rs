@@ -261,7 +261,7 @@ impl TransportConnector {
                         // test_reusable_stream: we assume server would never actively send data
                         // first on an idle stream.
                         #[cfg(unix)]
-                        if peer.matches_fd(stream.id())
+                        if matches_peer(&stream, peer)
                             && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
                         {
                             Some(stream)
@@ -472,6 +472,32 @@ use futures::future::FutureExt;
 use tokio::io::AsyncReadExt;
 
 /// Test whether a stream is already closed or not reusable (server sent unexpected data)
+/// Whether a pooled stream is connected to `peer`.
+///
+/// ccedge patch: a stream made by this connector carries the address it connected to in its
+/// socket digest; comparing with that avoids a `getpeername` system call on every reuse. A
+/// stream without one, or a peer reached through a proxy, is checked with the socket as before.
+#[cfg(unix)]
+fn matches_peer<P: Peer>(stream: &Stream, peer: &P) -> bool {
+    use crate::protocols::l4::socket::SocketAddr as PeerAddr;
+    let connected_to = stream
+        .get_socket_digest()
+        .and_then(|digest| digest.peer_addr.get().cloned().flatten());
+    match (connected_to, peer.get_proxy(), peer.address()) {
+        (Some(PeerAddr::Inet(connected)), None, PeerAddr::Inet(wanted))
+            if !wanted.ip().is_unspecified() =>
+        {
+            if connected == *wanted {
+                true
+            } else {
+                error!("Crit: pooled connection to {connected} found for peer {wanted}");
+                false
+            }
+        }
+        _ => peer.matches_fd(stream.id()),
+    }
+}
+
 fn test_reusable_stream(stream: &mut Stream, unexpected_data_conn_count: &AtomicU64) -> bool {
     let mut buf = [0; 1];
     // tokio::task::unconstrained because now_or_never may yield None when the future is ready
