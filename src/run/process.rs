@@ -274,11 +274,13 @@ where
     service
 }
 
-/// The read buffer of each client connection. Pingora's default (64 KiB) stays allocated for as
-/// long as the connection lives, idle WebSockets included; larger reads (request bodies) bypass
-/// the buffer. 4 KiB halved the memory of an idle WebSocket (120 -> 60 KiB) with no loss of
-/// throughput (bench/RESULTS.md, step e7).
-const CLIENT_READ_BUFFER: usize = 4 * 1024;
+/// The read buffer of each TLS client connection. Pingora's default (64 KiB) stays allocated for
+/// as long as the connection lives, idle WebSockets included; larger reads (request bodies)
+/// bypass the buffer. 4 KiB halved the memory of an idle WebSocket (120 -> 60 KiB) with no loss
+/// of throughput (bench/RESULTS.md, step e7). It spares TLS a system call per record header;
+/// plain HTTP reads its headers and bodies into buffers of their own, so a plain connection
+/// reads without one (step e11).
+const TLS_CLIENT_READ_BUFFER: usize = 4 * 1024;
 
 fn listen<A: Send + Sync + 'static>(
     mut service: Service<A>,
@@ -286,7 +288,12 @@ fn listen<A: Send + Sync + 'static>(
     tls: Option<&ServerTls>,
 ) -> Result<Service<A>, String> {
     for addr in addrs {
-        let buffers = L4BufferSettings::default().read(CLIENT_READ_BUFFER);
+        let read_buffer = if tls.is_some() {
+            TLS_CLIENT_READ_BUFFER
+        } else {
+            0
+        };
+        let buffers = L4BufferSettings::default().read(read_buffer);
         let mut listener = ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers);
         if let Some(tls) = tls {
             let settings = tls

@@ -1602,7 +1602,10 @@ where
                 .on_connection_reuse(&mut session, &mut ctx, prev_ctx);
         }
 
-        self.process_request(session, ctx).await
+        // ccedge patch: the request's processing is a large future (all of the proxy's phases);
+        // boxed on its own, it exists only while a request is being processed, and a connection
+        // waiting for its next request holds only the small future above.
+        Box::pin(self.process_request(session, ctx)).await
     }
 
     async fn http_cleanup(&self) {

@@ -389,7 +389,10 @@ impl HttpSession {
             }
 
             // Use loop as GOTO to retry escaped request buffer, not a real loop
-            loop {
+            // ccedge patch: the loop ends with the reason to refuse the header, if any, and the
+            // refusal is sent after it: an await inside it would keep the 8 KiB `headers` array
+            // in this future (and so in every connection waiting for a request).
+            let refusal = loop {
                 let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
                 let mut req = httparse::Request::new(&mut headers);
                 let parsed = parse_req_buffer(&mut req, &buf);
@@ -397,7 +400,7 @@ impl HttpSession {
                     HeaderParseState::Complete(s) if s > MAX_REQUEST_HEADER_SIZE => {
                         // ccedge patch: a header that arrived whole in few reads is held to the
                         // same limit as one that kept the loop reading.
-                        return self.refuse_header_size("larger than the limit").await;
+                        break Some("larger than the limit");
                     }
                     HeaderParseState::Complete(s) => {
                         self.raw_header = Some(BufRef(0, s));
@@ -495,7 +498,7 @@ impl HttpSession {
                         return Ok(Some(s));
                     }
                     HeaderParseState::Partial => {
-                        break; /* continue the read loop */
+                        break None; /* continue the read loop */
                     }
                     HeaderParseState::Invalid(e) => match e {
                         httparse::Error::Token | httparse::Error::Version => {
@@ -527,7 +530,7 @@ impl HttpSession {
                             }
                         }
                         httparse::Error::TooManyHeaders => {
-                            return self.refuse_header_size("with too many fields").await;
+                            break Some("with too many fields");
                         }
                         _ => {
                             debug!("Invalid request header from {:?}", self.underlying_stream);
@@ -540,6 +543,9 @@ impl HttpSession {
                         }
                     },
                 }
+            };
+            if let Some(what) = refusal {
+                return self.refuse_header_size(what).await;
             }
         }
     }
