@@ -507,6 +507,16 @@ async fn hits_carry_the_same_rewritten_bytes_as_misses() {
     let hit = site.get("/desktop/hosts.js", &[]).await;
     assert_eq!(site.outcome(&hit).await, "HIT");
     assert_eq!(hit.body, format!("var home = 'https://{public}/desktop/';"));
+    // The rewritten body went to its first client chunked; a hit knows its length.
+    assert_eq!(
+        hit.headers
+            .get("content-length")
+            .map(|v| v.to_str().unwrap()),
+        Some(hit.body.len().to_string().as_str()),
+        "{:?}",
+        hit.headers
+    );
+    assert!(!hit.headers.contains_key("transfer-encoding"));
     let location = hit.headers["location"].to_str().unwrap();
     assert_eq!(location, format!("http://{public}/desktop/elsewhere"));
     assert_eq!(site.origin.count("/desktop/hosts.js"), 1);

@@ -75,6 +75,18 @@ impl StoredMeta {
     }
 }
 
+/// A stored response's header framed by the length of the body stored with it. A body that was
+/// rewritten on its way in (substitution) arrived without a length and went to its first client
+/// chunked; hits know the length and send it: the client learns the size, and the body goes out
+/// without chunk framing (one write fewer per hit).
+fn with_length(mut header: ResponseHeader, length: usize) -> ResponseHeader {
+    header.remove_header(&http::header::TRANSFER_ENCODING);
+    header
+        .insert_header(http::header::CONTENT_LENGTH, length)
+        .expect("a number is a header value");
+    header
+}
+
 struct Object {
     id: u64,
     key: CompactCacheKey,
@@ -228,11 +240,13 @@ impl Storage for MemStore {
         let Some(current) = objects.get_mut(&key.combined_bin()) else {
             return Ok(false);
         };
+        let mut meta = StoredMeta::of(meta);
+        meta.header = with_length(meta.header, current.body.len());
         let updated = Object {
             id: current.id,
             key: current.key.clone(),
             path: current.path.clone(),
-            meta: StoredMeta::of(meta),
+            meta,
             body: current.body.clone(),
             weight: current.weight,
         };
@@ -332,11 +346,13 @@ impl HandleMiss for Miss {
 
     async fn finish(self: Box<Self>) -> pingora::Result<MissFinishType> {
         let weight = self.body.len() + ENTRY_OVERHEAD;
+        let mut meta = self.meta;
+        meta.header = with_length(meta.header, self.body.len());
         self.store.insert(Object {
             id: self.id,
             key: self.key,
             path: self.path,
-            meta: self.meta,
+            meta,
             body: self.body.freeze(),
             weight,
         });
