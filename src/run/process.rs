@@ -29,6 +29,13 @@ use tokio::sync::broadcast::error::RecvError;
 /// Requests served on one client connection before it is closed (as nginx's keepalive_requests).
 const KEEPALIVE_REQUESTS: u32 = 1000;
 
+/// Idle upstream connections each service keeps per worker thread (Pingora's default: 128).
+/// Fewer than the requests in flight, and a burst of answers closes connections that the next
+/// burst of requests opens again: 160 HTTP/2 streams through one worker opened an upstream
+/// connection for one request in five (bench/RESULTS.md, step e14). The pool only holds what
+/// the load needed; upstreams close what stays idle past their keep-alive timeout.
+const UPSTREAM_IDLE_CONNECTIONS: usize = 1024;
+
 fn server_conf(config: &Config, daemon: bool) -> ServerConf {
     let s = &config.server;
     ServerConf {
@@ -40,6 +47,7 @@ fn server_conf(config: &Config, daemon: bool) -> ServerConf {
         graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout_seconds),
         // Each connection stays on the thread that accepted it (bench/RESULTS.md).
         work_stealing: false,
+        upstream_keepalive_pool_size: UPSTREAM_IDLE_CONNECTIONS,
         ..ServerConf::default()
     }
 }
