@@ -110,6 +110,24 @@ async fn port_then_host_selects_the_server() {
 }
 
 #[tokio::test]
+async fn upstream_connections_are_reused_from_one_request_to_the_next() {
+    let site = Site::start("route-reuse").await;
+    for _ in 0..10 {
+        let reply = site
+            .get(
+                &["--http1.1"],
+                "finesse1.example.com",
+                site.web,
+                "/desktop/",
+            )
+            .await;
+        assert_eq!(reply.echo().node(), "finesse");
+    }
+    // Ten client connections, one after the other: the pooled upstream connection serves all.
+    assert_eq!((site.finesse.hits(), site.finesse.connections()), (10, 1));
+}
+
+#[tokio::test]
 async fn port_mapping_sends_the_public_authority() {
     let site = Site::start("route-mapped").await;
     let reply = site

@@ -124,6 +124,24 @@ async fn upstream_certificate_is_verified_against_the_configured_ca() {
 }
 
 #[tokio::test]
+async fn tls_upstream_connections_are_reused() {
+    let verified =
+        "    upstream_tls:\n      ca: @DIR@/ca.crt\n      server_name: finesse1.cc.internal\n";
+    let (dir, upstream, _proxy, port, _) =
+        tls_upstream_site("tls-up-reuse", verified, true, &["finesse1.cc.internal"]).await;
+    for _ in 0..5 {
+        let reply = curl(&args(
+            &[],
+            &https(&dir, "finesse1.example.com", port, "/finesse/"),
+        ))
+        .await
+        .unwrap();
+        assert_eq!(reply.echo().node(), "finesse");
+    }
+    assert_eq!((upstream.hits(), upstream.connections()), (5, 1));
+}
+
+#[tokio::test]
 async fn upstream_ip_address_is_checked_against_the_certificate() {
     let verified = "    upstream_tls:\n      ca: @DIR@/ca.crt\n";
     let (dir, _upstream, _proxy, port, _) = tls_upstream_site(

@@ -51,6 +51,8 @@ struct Seen {
     dropping: AtomicBool,
     /// When set, a connection's second request gets the connection closed, unanswered.
     dropping_reused: AtomicBool,
+    /// Connections whose first request was not a health check.
+    connections: AtomicUsize,
 }
 
 impl Seen {
@@ -70,6 +72,9 @@ impl Seen {
                 .lock()
                 .unwrap()
                 .push(req.uri().path().to_string());
+            if nth == 1 {
+                self.connections.fetch_add(1, Ordering::SeqCst);
+            }
             let reused = nth > 1 && self.dropping_reused.load(Ordering::SeqCst);
             !self.dropping.load(Ordering::SeqCst) && !reused
         }
@@ -174,6 +179,12 @@ impl Upstream {
     /// Requests received, ccedge's health checks not counted.
     pub fn hits(&self) -> usize {
         self.seen.paths.lock().unwrap().len()
+    }
+
+    /// How many connections requests other than health checks arrived on (the first request of
+    /// a connection counts it).
+    pub fn connections(&self) -> usize {
+        self.seen.connections.load(Ordering::SeqCst)
     }
 
     /// The paths of the requests received, health checks not included.
