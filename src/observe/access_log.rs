@@ -11,7 +11,7 @@ use std::cell::RefCell;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::net::IpAddr;
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -64,7 +64,7 @@ struct Batch {
 pub struct AccessLog {
     enabled: bool,
     output: Mutex<Option<Box<dyn Write + Send>>>,
-    batch: OnceLock<Option<&'static Batch>>,
+    batch: OnceLock<Option<Arc<Batch>>>,
     worker: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -121,13 +121,13 @@ impl AccessLog {
         });
     }
 
-    fn start(&self) -> Option<&'static Batch> {
+    fn start(&self) -> Option<Arc<Batch>> {
         let output = self.output.lock().ok()?.take()?;
-        // One per process, living as long as it: the writer thread holds it to the end.
-        let batch: &'static Batch = Box::leak(Box::default());
+        let batch = Arc::new(Batch::default());
+        let shared = batch.clone();
         let handle = std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || writer(output, batch))
+            .spawn(move || writer(output, &shared))
             .map_err(|e| log::error!("access log writer could not start: {e}"))
             .ok()?;
         *self.worker.lock().ok()? = Some(handle);
@@ -271,32 +271,36 @@ pub fn now() -> String {
 mod tests {
     use super::*;
 
+    fn entry() -> Entry<'static> {
+        Entry {
+            time: Timestamp::now(),
+            service: "cc",
+            route: Some("publisher"),
+            client_ip: Some([127, 0, 0, 1].into()),
+            user: None,
+            method: "GET",
+            host: None,
+            path: "/a\"b",
+            protocol: "HTTP/1.1",
+            status: 200,
+            bytes_sent: 3,
+            duration_ms: 1.5,
+            upstream: None,
+            upstream_status: None,
+            attempts: 0,
+            cache: "BYPASS",
+            tracking_id: Some("T"),
+            error: None,
+        }
+    }
+
     #[test]
     fn writes_json_lines_and_flushes_on_close() {
         let path = std::env::temp_dir().join(format!("ccedge-access-{}.log", std::process::id()));
         let _ = std::fs::remove_file(&path);
         let log = AccessLog::open(&AccessLogTarget::File(path.clone())).unwrap();
         for status in [200u16, 421] {
-            log.write(&Entry {
-                time: Timestamp::now(),
-                service: "cc",
-                route: Some("publisher"),
-                client_ip: Some([127, 0, 0, 1].into()),
-                user: None,
-                method: "GET",
-                host: None,
-                path: "/a\"b",
-                protocol: "HTTP/1.1",
-                status,
-                bytes_sent: 3,
-                duration_ms: 1.5,
-                upstream: None,
-                upstream_status: None,
-                attempts: 0,
-                cache: "BYPASS",
-                tracking_id: Some("T"),
-                error: None,
-            });
+            log.write(&Entry { status, ..entry() });
         }
         log.close();
         let text = std::fs::read_to_string(&path).unwrap();
@@ -336,24 +340,8 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         let log = AccessLog::open(&AccessLogTarget::File(path.clone())).unwrap();
         log.write(&Entry {
-            time: Timestamp::now(),
-            service: "cc",
-            route: None,
             client_ip: Some("2001:db8::1".parse().unwrap()),
-            user: None,
-            method: "GET",
-            host: None,
-            path: "/",
-            protocol: "HTTP/2",
-            status: 200,
-            bytes_sent: 0,
-            duration_ms: 0.1,
-            upstream: None,
-            upstream_status: None,
-            attempts: 1,
-            cache: "MISS",
-            tracking_id: None,
-            error: None,
+            ..entry()
         });
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         let line = loop {
@@ -368,6 +356,59 @@ mod tests {
         assert_eq!(line["client_ip"], "2001:db8::1");
         log.close();
         std::fs::remove_file(&path).unwrap();
+    }
+
+    /// A destination that takes nothing until released, then keeps what it is given.
+    struct Stalled {
+        release: std::sync::mpsc::Receiver<()>,
+        released: bool,
+        kept: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Write for Stalled {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if !self.released {
+                let _ = self.release.recv();
+                self.released = true;
+            }
+            self.kept.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stalled_destination_holds_a_bounded_backlog_and_drops_the_rest() {
+        let (release, stalled) = std::sync::mpsc::channel();
+        let kept = Arc::new(Mutex::new(Vec::new()));
+        let output = Stalled {
+            release: stalled,
+            released: false,
+            kept: kept.clone(),
+        };
+        let log = AccessLog {
+            enabled: true,
+            output: Mutex::new(Some(Box::new(output))),
+            batch: OnceLock::new(),
+            worker: Mutex::new(None),
+        };
+        let line_len = serde_json::to_vec(&entry()).unwrap().len() + 1;
+        let sent = 2 * MAX_PENDING_BYTES / line_len;
+        for _ in 0..sent {
+            log.write(&entry());
+        }
+        release.send(()).unwrap();
+        log.close();
+        let written = kept.lock().unwrap().iter().filter(|&&b| b == b'\n').count();
+        // What the writer had taken before it stalled, plus at most MAX_PENDING_BYTES more.
+        assert!(written < sent, "{written} of {sent} lines written");
+        assert!(
+            written >= MAX_PENDING_BYTES / line_len,
+            "{written} lines written"
+        );
     }
 
     #[test]
