@@ -12,7 +12,8 @@ use crate::config::DigitalService;
 use crate::edge::exchange::{self, Exchange, Front, Labels};
 use crate::edge::headers::{self, RouteHeaders};
 use crate::edge::limits::RateLimiter;
-use crate::edge::upstream;
+use crate::edge::reply::Refusal;
+use crate::edge::{target, upstream};
 use crate::observe::access_log::AccessLog;
 use crate::observe::admin::{self, StatusSource};
 use crate::observe::metrics::Totals;
@@ -44,6 +45,8 @@ pub struct DigitalChannel {
     node_addrs: [String; 2],
     health: Arc<NodeHealth>,
     publisher_only_paths: Vec<String>,
+    /// The public host, which an absolute-form target must name.
+    public_host: String,
     front: Front,
     status: serde_json::Value,
     certificates: Vec<Presented>,
@@ -84,6 +87,7 @@ impl DigitalChannel {
             node_addrs,
             health,
             publisher_only_paths: service.publisher_only_paths.clone(),
+            public_host: service.public.host.clone(),
             front: Front::new(
                 &service.name,
                 &service.clients.trusted_proxies,
@@ -107,6 +111,25 @@ impl DigitalChannel {
             }),
         };
         (channel, checks)
+    }
+
+    /// What a request passes before it is forwarded: its target reduced to the one every rule
+    /// judges, its route, the limits.
+    fn gate(&self, session: &mut Session, ctx: &mut Exchange) -> Result<(), Refusal> {
+        self.front.reduce(session.req_header_mut(), ctx)?;
+        let req = session.req_header();
+        let named = target::request_host(req);
+        if ctx.absolute
+            && !named.is_some_and(|h| h.eq_ignore_ascii_case(self.public_host.as_bytes()))
+        {
+            return Err(Refusal::new(
+                421,
+                "the request target names a host this channel does not serve",
+            ));
+        }
+        ctx.route = Some(self.route_for(ctx.rule_path(req)));
+        self.front.prepare(session, ctx);
+        self.front.admit(session.req_header(), ctx)
     }
 
     fn route_for(&self, path: &str) -> usize {
@@ -193,8 +216,10 @@ impl ProxyHttp for DigitalProxy {
     ) -> pingora::Result<bool> {
         let ch = &self.channel;
         ch.front.begin(session, ctx);
-        ctx.route = Some(ch.route_for(session.req_header().uri.path()));
-        ch.front.admit(session, ctx).await
+        match ch.gate(session, ctx) {
+            Ok(()) => Ok(false),
+            Err(refusal) => ch.front.respond(session, ctx, refusal).await,
+        }
     }
 
     async fn request_body_filter(

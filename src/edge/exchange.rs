@@ -7,13 +7,15 @@ use crate::config::cidr::CidrSet;
 use crate::config::Limits;
 use crate::edge::identity::{self, ClientIdentity};
 use crate::edge::limits::{self, RateLimiter};
-use crate::edge::reply;
+use crate::edge::reply::{self, Refusal};
+use crate::edge::target;
 use crate::observe::access_log::{self, AccessLog, Entry};
 use crate::observe::metrics::ServiceMetrics;
 use bytes::Bytes;
 use http::header::HeaderValue;
-use pingora::http::ResponseHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, Session};
+use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -33,7 +35,11 @@ pub struct Exchange {
     pub failed_node: Option<usize>,
     pub upstream_status: Option<u16>,
     /// Why ccedge answered this request itself, shown to the client and in the log.
-    pub refusal: Option<String>,
+    pub refusal: Option<Cow<'static, str>>,
+    /// The path rules match, when it differs from the request's own (see `rule_path`).
+    bare_path: Option<Box<str>>,
+    /// The client named the authority in an absolute-form target.
+    pub absolute: bool,
     /// Who the request is from, once authentication said so (or the name a refused one gave).
     pub user: Option<Arc<str>>,
     body_bytes: u64,
@@ -63,12 +69,20 @@ impl Exchange {
             failed_node: None,
             upstream_status: None,
             refusal: None,
+            bare_path: None,
+            absolute: false,
             user: None,
             body_bytes: 0,
             in_flight: false,
             wants_websocket: false,
             websocket: false,
         }
+    }
+
+    /// The path every path rule (limits, publisher-only paths, public paths, cache rules,
+    /// substitution) matches: the request's normalised path without `;parameters`.
+    pub fn rule_path<'a>(&'a self, req: &'a RequestHeader) -> &'a str {
+        self.bare_path.as_deref().unwrap_or(req.uri.path())
     }
 
     /// Records that `node` is tried next (a request body is counted again on a retry).
@@ -90,7 +104,11 @@ impl Exchange {
     }
 
     /// Refuses the request with `status` and `message` (sent and logged).
-    pub fn refuse(&mut self, status: u16, message: impl Into<String>) -> Box<pingora::Error> {
+    pub fn refuse(
+        &mut self,
+        status: u16,
+        message: impl Into<Cow<'static, str>>,
+    ) -> Box<pingora::Error> {
         self.refusal = Some(message.into());
         pingora::Error::new(pingora::ErrorType::HTTPStatus(status))
     }
@@ -137,9 +155,18 @@ impl Front {
         ctx.in_flight = true;
     }
 
-    /// Applies timeouts and checks rate and declared body size, once the route is known.
-    /// `Ok(true)`: the request was answered here (429 or 413) and must not go further.
-    pub async fn admit(&self, session: &mut Session, ctx: &mut Exchange) -> pingora::Result<bool> {
+    /// Reduces the request's target to the one every rule judges (see `target`): origin form, a
+    /// normalised path. Runs before any rule.
+    pub fn reduce(&self, req: &mut RequestHeader, ctx: &mut Exchange) -> Result<(), Refusal> {
+        let reduced = target::reduce(req)
+            .map_err(|why| Refusal::new(400, format!("request target refused: {why}")))?;
+        ctx.bare_path = reduced.bare;
+        ctx.absolute = reduced.absolute;
+        Ok(())
+    }
+
+    /// Sets the connection's timeouts for this request.
+    pub fn prepare(&self, session: &mut Session, ctx: &Exchange) {
         // A stopping process answers with `Connection: close` (Pingora has already turned
         // keep-alive off for it); only a running one keeps connections.
         if !session.is_process_shutting_down() {
@@ -151,41 +178,62 @@ impl Front {
             self.limits.client_header_timeout
         };
         session.set_read_timeout(Some(read_timeout));
+    }
+
+    /// Checks the rate and the declared body size, once the route is known.
+    pub fn admit(&self, req: &RequestHeader, ctx: &Exchange) -> Result<(), Refusal> {
         if let (Some(rate), Some(client)) = (&self.rate, ctx.client) {
             let route = ctx.route.unwrap_or(0);
-            if let Err(exceeded) = rate.check(client.ip, route, session.req_header().uri.path()) {
+            if let Err(exceeded) = rate.check(client.ip, route, ctx.rule_path(req)) {
                 let r = exceeded.rule;
+                self.metrics.rate_limited.inc();
                 let message = format!(
                     "rate limit exceeded: {} allows {} requests per second (burst {}) per client",
                     r.path_prefix, r.per_second, r.burst
                 );
-                let retry = [("Retry-After", HeaderValue::from_static("1"))];
-                reply::send(session, 429, &message, ctx.tracking_id.as_ref(), &retry).await?;
-                ctx.refusal = Some(message);
-                self.metrics.rate_limited.inc();
-                return Ok(true);
+                return Err(
+                    Refusal::new(429, message).with("Retry-After", HeaderValue::from_static("1"))
+                );
             }
         }
-        let declared = session
-            .req_header()
+        let declared = req
             .headers
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
         if limits::body_too_large(declared, self.limits.max_body_bytes) {
-            let message = self.body_message();
-            reply::send(session, 413, &message, ctx.tracking_id.as_ref(), &[]).await?;
-            ctx.refusal = Some(message);
-            return Ok(true);
+            return Err(Refusal::new(413, self.body_message()));
         }
-        Ok(false)
+        Ok(())
+    }
+
+    /// Answers the request with `refusal` and records why; `Ok(true)`, as `request_filter`
+    /// returns for a request answered here.
+    pub async fn respond(
+        &self,
+        session: &mut Session,
+        ctx: &mut Exchange,
+        refusal: Refusal,
+    ) -> pingora::Result<bool> {
+        let tid = ctx.tracking_id.as_ref();
+        reply::send(
+            session,
+            refusal.status,
+            &refusal.message,
+            tid,
+            &refusal.headers,
+        )
+        .await?;
+        ctx.refusal = Some(refusal.message);
+        Ok(true)
     }
 
     /// Counts streamed request body bytes; an error once the limit is passed.
     pub fn count_body(&self, body: &Option<Bytes>, ctx: &mut Exchange) -> pingora::Result<()> {
         ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
         if ctx.body_bytes > self.limits.max_body_bytes {
-            return Err(ctx.refuse(413, self.body_message()));
+            let message = self.body_message();
+            return Err(ctx.refuse(413, message));
         }
         Ok(())
     }
@@ -266,7 +314,7 @@ impl Front {
                 {
                     Some(format!("{refusal}: {e}"))
                 }
-                (Some(refusal), _) => Some(refusal.clone()),
+                (Some(refusal), _) => Some(refusal.to_string()),
                 (None, Some(e)) => Some(e.to_string()),
                 (None, None) => None,
             },

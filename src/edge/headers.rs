@@ -129,7 +129,7 @@ pub fn apply_request(
         req.remove_header(&header::ACCEPT_ENCODING);
     }
     req.insert_prebuilt_header(&n.tracking_id, tracking_id.clone());
-    to_origin_form(req)
+    Ok(())
 }
 
 /// Appends `ip` as text. Every request formats two addresses; an IPv4 address is written
@@ -153,31 +153,6 @@ fn push_ip(out: &mut String, ip: IpAddr) {
     }
 }
 
-/// An absolute-form target (`GET http://host/path`) goes upstream as origin-form (`GET /path`):
-/// the upstream is chosen by ccedge, and `Host` already names the public authority.
-fn to_origin_form(req: &mut RequestHeader) -> pingora::Result<()> {
-    if let Some(start) = absolute_form_path_start(req.raw_path()) {
-        let path = req.raw_path()[start..].to_vec();
-        req.set_raw_path(if path.is_empty() { b"/" } else { &path })?;
-    }
-    Ok(())
-}
-
-/// For an absolute-form target, where its path begins (its length when there is no path).
-pub fn absolute_form_path_start(target: &[u8]) -> Option<usize> {
-    let scheme_end = target.windows(3).position(|w| w == b"://")?;
-    if !target[..scheme_end].iter().all(u8::is_ascii_alphabetic) || scheme_end == 0 {
-        return None;
-    }
-    let authority = scheme_end + 3;
-    Some(
-        target[authority..]
-            .iter()
-            .position(|b| matches!(b, b'/' | b'?'))
-            .map_or(target.len(), |p| authority + p),
-    )
-}
-
 /// Whether the request asks for a WebSocket (RFC 6455): an HTTP/1.1 GET with `Upgrade: websocket`
 /// and `Connection: upgrade`.
 pub fn is_websocket_upgrade(req: &RequestHeader) -> bool {
@@ -191,13 +166,6 @@ pub fn is_websocket_upgrade(req: &RequestHeader) -> bool {
         && req.version == http::Version::HTTP_11
         && has_token(header::UPGRADE, "websocket")
         && has_token(header::CONNECTION, "upgrade")
-}
-
-/// The authority of an absolute-form target, if the target is one.
-pub fn absolute_form_authority(target: &[u8]) -> Option<&[u8]> {
-    let scheme_end = target.windows(3).position(|w| w == b"://")?;
-    let end = absolute_form_path_start(target)?;
-    Some(&target[scheme_end + 3..end])
 }
 
 /// Rewrites a response about to go to the client: no upstream `Server`, the request's TrackingID.
@@ -336,26 +304,6 @@ mod tests {
         )
         .unwrap();
         assert!(req.headers.get("accept-encoding").is_none());
-    }
-
-    #[test]
-    fn absolute_form_goes_upstream_as_origin_form() {
-        let mut req = request("http://dc.example.com/drapi/v1/ping?x=1", &[]);
-        apply_request(
-            &mut req,
-            &route(true, false),
-            &client("203.0.113.5", false),
-            PROXY.parse().unwrap(),
-            &HeaderValue::from_static("t"),
-        )
-        .unwrap();
-        assert_eq!(req.raw_path(), b"/drapi/v1/ping?x=1");
-        assert_eq!(absolute_form_path_start(b"https://a.example.com"), Some(21));
-        assert_eq!(
-            absolute_form_authority(b"https://a.example.com:8445?q"),
-            Some(&b"a.example.com:8445"[..])
-        );
-        assert_eq!(absolute_form_authority(b"/a://b"), None);
     }
 
     #[test]

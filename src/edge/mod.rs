@@ -1,5 +1,5 @@
-//! What every request goes through, whichever service: client identity, header policy, limits,
-//! ccedge's own replies and the upstream peers.
+//! What every request goes through, whichever service: the normalised request target, client
+//! identity, header policy, limits, ccedge's own replies and the upstream peers.
 
 pub mod allow_list;
 pub mod connections;
@@ -8,5 +8,7 @@ pub mod fetch;
 pub mod headers;
 pub mod identity;
 pub mod limits;
+pub mod path;
 pub mod reply;
+pub mod target;
 pub mod upstream;

@@ -6,6 +6,31 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
+use std::borrow::Cow;
+
+/// A request ccedge answers itself instead of forwarding it: the status, the message (the body
+/// and the access log's `error`) and any headers the answer needs (`Retry-After`, a challenge).
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: u16,
+    pub message: Cow<'static, str>,
+    pub headers: Vec<(&'static str, HeaderValue)>,
+}
+
+impl Refusal {
+    pub fn new(status: u16, message: impl Into<Cow<'static, str>>) -> Self {
+        Refusal {
+            status,
+            message: message.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn with(mut self, name: &'static str, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+}
 
 /// Writes `status` with `message` as the body, unless a response has already started.
 pub async fn send(

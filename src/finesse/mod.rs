@@ -14,8 +14,8 @@ use crate::config::FinesseService;
 use crate::edge::exchange::{self, Exchange, Front, Labels};
 use crate::edge::headers::{self, RouteHeaders};
 use crate::edge::limits::{self, RateLimiter};
-use crate::edge::reply;
-use crate::edge::upstream;
+use crate::edge::reply::Refusal;
+use crate::edge::{target, upstream};
 use crate::observe::access_log::AccessLog;
 use crate::observe::admin::{self, Purged, StatusSource};
 use crate::observe::metrics::Totals;
@@ -171,13 +171,13 @@ impl FinesseSite {
         }
     }
 
-    /// Prepares the body rewrite for a response to `req` (and adjusts its headers), if one
-    /// applies.
+    /// Prepares the body rewrite for a response to a request for `path` (as rules match it) and
+    /// adjusts its headers, if one applies.
     /// `head_upstream`: the upstream was asked with `HEAD` (a cached `HEAD` is fetched with `GET`,
     /// and its body is stored rewritten).
     fn rewrite_for(
         &self,
-        req: &RequestHeader,
+        path: &str,
         head_upstream: bool,
         resp: &mut ResponseHeader,
         route: usize,
@@ -196,7 +196,6 @@ impl FinesseSite {
         if matches!(status, 101 | 204 | 206 | 304) || head_upstream {
             return None;
         }
-        let path = req.uri.path();
         let content_type = resp
             .headers
             .get(header::CONTENT_TYPE)
@@ -223,6 +222,40 @@ impl FinesseSite {
 }
 
 impl FinesseSite {
+    /// What a request passes before it is forwarded, in order: its target reduced to the one
+    /// every rule judges, its route, the limits, authentication.
+    async fn gate(&self, session: &mut Session, ctx: &mut Exchange) -> Result<(), Refusal> {
+        self.front.reduce(session.req_header_mut(), ctx)?;
+        let port = exchange::local_port(session);
+        let route = target::request_host(session.req_header())
+            .and_then(|host| self.table.lookup(port, host))
+            .ok_or_else(|| Refusal::new(421, "no server is configured for this host and port"))?;
+        ctx.route = Some(route);
+        self.front.prepare(session, ctx);
+        let req = session.req_header();
+        self.front.admit(req, ctx)?;
+        let Some(auth) = &self.auth else {
+            return Ok(());
+        };
+        let client = match ctx.client {
+            Some(client) => client.ip,
+            None => return Err(Refusal::new(500, "the client's address is unknown")),
+        };
+        match auth
+            .check(req, ctx.rule_path(req), client, ctx.wants_websocket)
+            .await
+        {
+            Decision::Pass { user } => {
+                ctx.user = user;
+                Ok(())
+            }
+            Decision::Refuse { refusal, user } => {
+                ctx.user = user;
+                Err(refusal)
+            }
+        }
+    }
+
     /// The background task keeping the SSO signing keys current, when the site has one.
     pub fn key_refresh(&self) -> Option<auth::KeyRefresh> {
         self.auth.as_ref().and_then(Auth::key_refresh)
@@ -306,46 +339,11 @@ impl ProxyHttp for FinesseProxy {
         session: &mut Session,
         ctx: &mut FinesseCtx,
     ) -> pingora::Result<bool> {
-        let site = &self.site;
-        let ctx = &mut ctx.exchange;
-        site.front.begin(session, ctx);
-        let port = exchange::local_port(session);
-        let route = routing::request_host(session.req_header())
-            .and_then(|host| site.table.lookup(port, host));
-        let Some(route) = route else {
-            let message = "no server is configured for this host and port";
-            reply::send(session, 421, message, ctx.tracking_id.as_ref(), &[]).await?;
-            ctx.refusal = Some(message.into());
-            return Ok(true);
-        };
-        ctx.route = Some(route);
-        if site.front.admit(session, ctx).await? {
-            return Ok(true);
-        }
-        let Some(auth) = &site.auth else {
-            return Ok(false);
-        };
-        let client = *ctx.identity()?.0;
-        match auth
-            .check(session.req_header(), client.ip, ctx.wants_websocket)
-            .await
-        {
-            Decision::Pass { user, path } => {
-                ctx.user = user;
-                // From here on the request is the one judged: the cache key, the substitution
-                // rules and every upstream attempt (retries included) see the normalised path.
-                if let Some(path) = path {
-                    upstream::set_path(session.req_header_mut(), &path)?;
-                }
-                Ok(false)
-            }
-            Decision::Refuse(r) => {
-                let tid = ctx.tracking_id.as_ref();
-                reply::send(session, r.status, &r.message, tid, &r.headers).await?;
-                ctx.user = r.user;
-                ctx.refusal = Some(r.message);
-                Ok(true)
-            }
+        let front = &self.site.front;
+        front.begin(session, &mut ctx.exchange);
+        match self.site.gate(session, &mut ctx.exchange).await {
+            Ok(()) => Ok(false),
+            Err(refusal) => front.respond(session, &mut ctx.exchange, refusal).await,
         }
     }
 
@@ -368,7 +366,8 @@ impl ProxyHttp for FinesseProxy {
             return Ok(());
         };
         let req = session.req_header();
-        if cache.wants(&req.method, req.uri.path(), ctx.exchange.wants_websocket) {
+        let path = ctx.exchange.rule_path(req);
+        if cache.wants(&req.method, path, ctx.exchange.wants_websocket) {
             cache.enable(session);
         }
         Ok(())
@@ -391,14 +390,17 @@ impl ProxyHttp for FinesseProxy {
 
     fn response_cache_filter(
         &self,
-        _session: &Session,
+        session: &Session,
         resp: &ResponseHeader,
-        _ctx: &mut FinesseCtx,
+        ctx: &mut FinesseCtx,
     ) -> pingora::Result<RespCacheable> {
-        Ok(match &self.site.cache {
-            Some(cache) => cache.judge(resp),
-            None => RespCacheable::Uncacheable(NoCacheReason::NeverEnabled),
-        })
+        let Some(cache) = &self.site.cache else {
+            return Ok(RespCacheable::Uncacheable(NoCacheReason::NeverEnabled));
+        };
+        // A 304 confirms the stored representation, which is already one for everyone.
+        let confirmed = ctx.exchange.upstream_status == Some(304);
+        let credentialed = !confirmed && cache::carries_credentials(session.req_header());
+        Ok(cache.judge(resp, credentialed))
     }
 
     fn cache_vary_filter(
@@ -486,7 +488,8 @@ impl ProxyHttp for FinesseProxy {
         if let Some(route) = ctx.exchange.route {
             let req = session.req_header();
             let head_upstream = req.method == http::Method::HEAD && !session.cache.enabled();
-            ctx.rewrite = self.site.rewrite_for(req, head_upstream, resp, route);
+            let path = ctx.exchange.rule_path(req);
+            ctx.rewrite = self.site.rewrite_for(path, head_upstream, resp, route);
         }
         Ok(())
     }

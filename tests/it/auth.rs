@@ -532,6 +532,97 @@ async fn five_failures_block_the_address_until_the_admin_lifts_it() {
 }
 
 #[tokio::test]
+async fn parallel_guesses_cannot_outrun_the_lockout() {
+    let site = AuthSite::start("auth-parallel", None).await;
+    site.validator.delay_ms.store(500, Ordering::SeqCst);
+    let mut client = site.client();
+    let streams = client.streams().await.unwrap();
+    let path = "/finesse/api/User/agent1";
+    let guesses: Vec<_> = (0..40)
+        .map(|i| {
+            let streams = streams.clone();
+            let guess = basic("agent1", &format!("guess{i}"));
+            tokio::spawn(async move {
+                streams
+                    .send("GET", path, &[("Authorization", &guess)])
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    // Once the validator is busy with the first guesses, the right password arrives.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while site.validator.calls() < 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the validator was never asked"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let right = streams
+        .send(
+            "GET",
+            path,
+            &[("Authorization", &basic("agent1", "secret"))],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        right.status, 429,
+        "the right password after 40 guesses: {}",
+        right.body
+    );
+    let mut statuses = Vec::new();
+    for guess in guesses {
+        statuses.push(guess.await.unwrap().status);
+    }
+    let judged = statuses.iter().filter(|s| **s == 401).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!((judged, refused), (5, 35), "{statuses:?}");
+    assert_eq!(
+        site.validator.calls(),
+        5,
+        "no more guesses judged than failures allowed"
+    );
+    assert_eq!(site.app.hits(), 0);
+    let stderr = site
+        .ccedge
+        .wait_stderr("127.0.0.1 blocked for 1800 seconds after 5 failed logins")
+        .await;
+    assert_eq!(
+        stderr.matches("blocked for 1800 seconds").count(),
+        1,
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn parallel_sign_ins_with_good_credentials_all_pass() {
+    let site = AuthSite::start("auth-parallel-good", None).await;
+    site.validator.delay_ms.store(100, Ordering::SeqCst);
+    let mut client = site.client();
+    let streams = client.streams().await.unwrap();
+    let good = basic("agent1", "secret");
+    let requests: Vec<_> = (0..30)
+        .map(|i| {
+            let (streams, good) = (streams.clone(), good.clone());
+            tokio::spawn(async move {
+                let path = format!("/finesse/api/User/agent1/{i}");
+                streams
+                    .send("GET", &path, &[("Authorization", &good)])
+                    .await
+                    .unwrap()
+                    .status
+            })
+        })
+        .collect();
+    for request in requests {
+        assert_eq!(request.await.unwrap(), 200);
+    }
+    assert_eq!(site.validator.calls(), 1);
+}
+
+#[tokio::test]
 async fn behind_a_trusted_balancer_the_lockout_blocks_the_client_it_names() {
     let site =
         AuthSite::start_with("auth-lb", None, None, "    trusted_proxies: [127.0.0.1]\n").await;

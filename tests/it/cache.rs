@@ -64,7 +64,22 @@ impl Origin {
         }
         let version = self.version.load(Ordering::SeqCst);
         let etag = format!("\"v{version}\"");
-        let max_age = format!("max-age={}", self.max_age.load(Ordering::SeqCst));
+        let mut max_age = format!("max-age={}", self.max_age.load(Ordering::SeqCst));
+        if path == "/finesse/api/gadget.js" {
+            // Marked for everyone: stored even when fetched with credentials.
+            max_age.insert_str(0, "public, ");
+        }
+        // Who the request is from, as Finesse would tell it (the Basic user name).
+        let user = header("authorization")
+            .and_then(|v| STANDARD.decode(v.strip_prefix("Basic ")?).ok())
+            .and_then(|pair| String::from_utf8(pair).ok())
+            .and_then(|pair| Some(pair.split_once(':')?.0.to_string()));
+        // Tomcat routes a path without its `;parameters`.
+        let routed: String = path
+            .split('/')
+            .map(|segment| segment.split(';').next().unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("/");
         let js = |body: String| {
             Response::builder()
                 .header("Content-Type", "application/javascript")
@@ -105,6 +120,22 @@ impl Origin {
                 resp.headers_mut()
                     .insert("location", location.parse().unwrap());
                 resp
+            }
+            "/desktop/by-cookie.js" => {
+                let mut resp = js(format!("for {}", header("cookie").unwrap_or_default()));
+                resp.headers_mut().insert("vary", "Cookie".parse().unwrap());
+                resp
+            }
+            // A user's own data, as JAX-RS answers it: to that user only, no Cache-Control.
+            _ if routed.starts_with("/finesse/api/User/") || routed == "/desktop/userprefs" => {
+                let owner = routed.strip_prefix("/finesse/api/User/");
+                match user {
+                    Some(user) if owner.is_none_or(|o| o == user) => Response::builder()
+                        .header("Content-Type", "application/xml")
+                        .body(full(format!("<User>data of {user}</User>")))
+                        .unwrap(),
+                    _ => Response::builder().status(401).body(full("")).unwrap(),
+                }
             }
             p if p.starts_with("/desktop/big/") => {
                 let seed = p.len() as u8;
@@ -522,29 +553,48 @@ async fn hits_carry_the_same_rewritten_bytes_as_misses() {
     assert_eq!(site.origin.count("/desktop/hosts.js"), 1);
 }
 
-#[tokio::test]
-async fn a_cached_private_resource_needs_credentials_every_time() {
-    let validator = Upstream::custom(
+/// A validator that takes `alice:a`, `bob:b` and `agent1:secret`.
+async fn validator() -> Upstream {
+    Upstream::custom(
         "validator",
         Arc::new(|req: Request<Incoming>| {
             Box::pin(async move {
-                let good = format!("Basic {}", STANDARD.encode("agent1:secret"));
-                let ok = req
-                    .headers()
-                    .get("authorization")
-                    .is_some_and(|v| v == good.as_str());
+                let ok = ["alice:a", "bob:b", "agent1:secret"].iter().any(|pair| {
+                    let good = format!("Basic {}", STANDARD.encode(pair));
+                    req.headers()
+                        .get("authorization")
+                        .is_some_and(|v| v == good.as_str())
+                });
                 let status = if ok { 200 } else { 401 };
                 Response::builder().status(status).body(full("")).unwrap()
             })
         }),
     )
-    .await;
-    let auth = format!(
+    .await
+}
+
+fn auth_block(validator: &Upstream) -> String {
+    format!(
         "    auth:\n      validate_url: http://{}/finesse/api/UserAuth\n",
         validator.authority()
-    );
-    let site = CacheSite::start("cache-auth", 300, &cache_block(16, 0), &auth).await;
-    let good = format!("Basic {}", STANDARD.encode("agent1:secret"));
+    )
+}
+
+fn basic(pair: &str) -> String {
+    format!("Basic {}", STANDARD.encode(pair))
+}
+
+#[tokio::test]
+async fn a_cached_private_resource_needs_credentials_every_time() {
+    let validator = validator().await;
+    let site = CacheSite::start(
+        "cache-auth",
+        300,
+        &cache_block(16, 0),
+        &auth_block(&validator),
+    )
+    .await;
+    let good = basic("agent1:secret");
     let with = [("Authorization", good.as_str())];
     assert_eq!(site.get("/finesse/api/gadget.js", &with).await.status, 200);
     let hit = site.get("/finesse/api/gadget.js", &with).await;
@@ -565,4 +615,140 @@ async fn a_cached_private_resource_needs_credentials_every_time() {
     let public = site.get("/desktop/app.js", &[]).await;
     assert_eq!(public.status, 200);
     assert_eq!(site.outcome(&public).await, "HIT");
+}
+
+#[tokio::test]
+async fn one_agents_answer_is_never_served_to_another_agent_or_anonymous() {
+    let validator = validator().await;
+    let site = CacheSite::start(
+        "cache-users",
+        300,
+        &cache_block(16, 0),
+        &auth_block(&validator),
+    )
+    .await;
+    let (alice, bob) = (basic("alice:a"), basic("bob:b"));
+    let as_alice = [("Authorization", alice.as_str())];
+    let as_bob = [("Authorization", bob.as_str())];
+
+    // `;x.js` makes the path look like a script to a rule matching the raw path; Tomcat drops it.
+    let target = "/finesse/api/User/alice;x.js";
+    let mine = site.get(target, &as_alice).await;
+    assert_eq!(
+        (mine.status, mine.body.as_str()),
+        (200, "<User>data of alice</User>")
+    );
+    let theirs = site.get(target, &as_bob).await;
+    assert_ne!(theirs.body, mine.body, "bob was served alice's data");
+    assert_eq!(theirs.status, 401, "Finesse itself refused bob");
+    assert_ne!(site.outcome(&theirs).await, "HIT");
+    assert_eq!(site.origin.count(target), 2);
+
+    // On a public path, an answer fetched with credentials is not for anonymous clients.
+    let prefs = site.get("/desktop/userprefs?v=1", &as_alice).await;
+    assert_eq!(prefs.body, "<User>data of alice</User>");
+    let anonymous = site.get("/desktop/userprefs?v=1", &[]).await;
+    assert_ne!(
+        anonymous.body, prefs.body,
+        "an anonymous client got alice's data"
+    );
+    let again = site.get("/desktop/userprefs?v=1", &as_bob).await;
+    assert_eq!(again.body, "<User>data of bob</User>");
+    assert_eq!(site.origin.count("/desktop/userprefs"), 3);
+    let status = site.status().await;
+    assert_eq!(
+        status["services"][0]["cache"]["entries"], 0,
+        "nothing stored"
+    );
+}
+
+#[tokio::test]
+async fn answers_for_everyone_are_shared_whoever_fetched_them() {
+    let validator = validator().await;
+    let site = CacheSite::start(
+        "cache-shared",
+        300,
+        &cache_block(16, 0),
+        &auth_block(&validator),
+    )
+    .await;
+    let (alice, bob) = (basic("alice:a"), basic("bob:b"));
+    // Marked public upstream: alice's fetch serves bob.
+    site.get(
+        "/finesse/api/gadget.js",
+        &[("Authorization", alice.as_str())],
+    )
+    .await;
+    let shared = site
+        .get("/finesse/api/gadget.js", &[("Authorization", bob.as_str())])
+        .await;
+    assert_eq!(
+        (shared.status, site.outcome(&shared).await.as_str()),
+        (200, "HIT")
+    );
+
+    // A stored answer to an anonymous request serves requests with credentials too, and a
+    // request with credentials may revalidate it: a 304 confirms what was stored.
+    let first = site.get("/desktop/app.js", &[]).await;
+    assert_eq!(site.outcome(&first).await, "MISS");
+    let with = site
+        .get("/desktop/app.js", &[("Authorization", alice.as_str())])
+        .await;
+    assert_eq!(
+        (with.body.as_str(), site.outcome(&with).await.as_str()),
+        ("app version 1", "HIT")
+    );
+
+    // Cookies alone do not make a request credentialed (browsers send them with every asset)...
+    let cookie = site
+        .get("/desktop/app.js", &[("Cookie", "JSESSIONID=alice")])
+        .await;
+    assert_eq!(site.outcome(&cookie).await, "HIT");
+    // ... and a response that varies on them is kept per cookie.
+    let a = site
+        .get("/desktop/by-cookie.js", &[("Cookie", "s=a")])
+        .await;
+    let b = site
+        .get("/desktop/by-cookie.js", &[("Cookie", "s=b")])
+        .await;
+    assert_eq!((a.body.as_str(), b.body.as_str()), ("for s=a", "for s=b"));
+    let a_again = site
+        .get("/desktop/by-cookie.js", &[("Cookie", "s=a")])
+        .await;
+    assert_eq!(
+        (a_again.body.as_str(), site.outcome(&a_again).await.as_str()),
+        ("for s=a", "HIT")
+    );
+}
+
+#[tokio::test]
+async fn a_request_with_credentials_revalidates_a_stored_answer() {
+    let validator = validator().await;
+    let site = CacheSite::start(
+        "cache-reval-auth",
+        0,
+        &cache_block(16, 0),
+        &auth_block(&validator),
+    )
+    .await;
+    let alice = basic("alice:a");
+    site.get("/desktop/app.js", &[]).await;
+    let revalidated = site
+        .get("/desktop/app.js", &[("Authorization", alice.as_str())])
+        .await;
+    assert_eq!(revalidated.body, "app version 1");
+    assert_eq!(site.outcome(&revalidated).await, "REVALIDATED");
+    assert_eq!(
+        site.origin.last("/desktop/app.js").1.as_deref(),
+        Some("\"v1\"")
+    );
+    // A new version fetched with credentials replaces nothing for others: it is not stored.
+    site.origin.version.store(2, Ordering::SeqCst);
+    let changed = site
+        .get("/desktop/app.js", &[("Authorization", alice.as_str())])
+        .await;
+    assert_eq!(changed.body, "app version 2");
+    let anonymous = site.get("/desktop/app.js", &[]).await;
+    assert_eq!(anonymous.body, "app version 2");
+    assert_eq!(site.outcome(&anonymous).await, "MISS");
 }

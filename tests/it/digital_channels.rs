@@ -209,6 +209,24 @@ async fn dataconn_goes_only_to_the_publisher() {
 }
 
 #[tokio::test]
+async fn dataconn_written_another_way_still_goes_only_to_the_publisher() {
+    let cc = Cc::start("dc-dataconn-tricks", FAST_CHECKS).await;
+    cc.publisher.stop().await;
+    cc.wait_health(&[false, true]).await;
+    let tricks = [
+        "/./dataconn/callback",
+        "//dataconn/callback",
+        "/%64ataconn/callback",
+        "/dataconn;jsessionid=1/callback",
+        "/drapi/../dataconn/callback",
+    ];
+    for trick in tricks {
+        assert_eq!(cc.who(trick).await, "503", "{trick}");
+    }
+    assert_eq!(cc.subscriber.hits(), 0, "{:?}", cc.subscriber.paths());
+}
+
+#[tokio::test]
 async fn both_nodes_down_is_503_and_logged() {
     let cc = Cc::start("dc-both-down", FAST_CHECKS).await;
     cc.publisher.stop().await;
@@ -493,6 +511,39 @@ async fn rate_limit_answers_429_then_recovers() {
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(client.get("/drapi/v1/tasks").await.unwrap().status, 200);
     assert_eq!(cc.publisher.hits(), ok + 2);
+}
+
+#[tokio::test]
+async fn paths_written_another_way_count_against_the_rate_limit() {
+    let rules =
+        "    rate_limits:\n      - path_prefix: /drapi/\n        per_second: 2\n        burst: 0\n";
+    let cc = Cc::start("dc-rate-tricks", rules).await;
+    let mut client = cc.client();
+    let tricks = [
+        "//drapi/v1/tasks",
+        "/./drapi/v1/tasks",
+        "/%64rapi/v1/tasks",
+        "/drapi;x=1/v1/tasks",
+    ];
+    let started = Instant::now();
+    let mut passed = 0;
+    for i in 0..40 {
+        let status = client.get(tricks[i % tricks.len()]).await.unwrap().status;
+        assert!(status == 200 || status == 429, "{status}");
+        passed += usize::from(status == 200);
+    }
+    let seconds = started.elapsed().as_secs() as usize + 1;
+    assert!(
+        passed <= 2 * (seconds + 1),
+        "{passed} of 40 passed in {seconds} s"
+    );
+    // What the rules matched is what the publisher received.
+    for path in cc.publisher.paths() {
+        assert!(
+            path == "/drapi/v1/tasks" || path == "/drapi;x=1/v1/tasks",
+            "{path}"
+        );
+    }
 }
 
 #[tokio::test]

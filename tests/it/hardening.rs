@@ -445,6 +445,46 @@ async fn ambiguous_framing_reaches_the_upstream_unambiguous_or_not_at_all() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
+#[tokio::test]
+async fn absolute_form_targets_reach_the_upstream_in_origin_form_or_not_at_all() {
+    let edge = Edge::start("hard-absolute", "      client_header_timeout_ms: 2000\n").await;
+    let request = |target: &str, host: Option<&str>| {
+        let host = host.map_or(String::new(), |h| format!("Host: {h}\r\n"));
+        format!("GET {target} HTTP/1.1\r\n{host}Connection: close\r\n\r\n").into_bytes()
+    };
+    let dc = Some("dc.example.com");
+    let cases: [(&[u8], u16); 7] = [
+        (&request("x1://dc.example.com/drapi/v1/a", dc), 400),
+        (&request("ftp://dc.example.com/drapi/v1/a", dc), 400),
+        (&request("mailto:a@dc.example.com", dc), 400),
+        (&request("*", dc), 400),
+        (
+            &request(
+                "http://other.example.net/drapi/v1/a",
+                Some("other.example.net"),
+            ),
+            421,
+        ),
+        (&request("http://dc.example.com/./drapi/v1/b?x=1", dc), 200),
+        (&request("HTTPS://dc.example.com:443/drapi/v1/c", None), 200),
+    ];
+    for (request, expected) in cases {
+        let status = status_of(&edge, request).await;
+        assert_eq!(status, expected, "{}", String::from_utf8_lossy(request));
+    }
+    let lines: Vec<String> = edge
+        .publisher
+        .requests()
+        .iter()
+        .map(|r| r.lines().next().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        lines,
+        ["GET /drapi/v1/b?x=1 HTTP/1.1", "GET /drapi/v1/c HTTP/1.1"],
+        "what the upstream read"
+    );
+}
+
 /// A Finesse site (plain HTTP) with one broken server and one healthy server on its own port.
 struct Faulty {
     _dir: TestDir,

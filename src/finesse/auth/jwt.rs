@@ -514,12 +514,13 @@ fn judge_claims(claims: Claims, now: SystemTime, max_age: Duration, keep: Durati
 #[async_trait]
 impl Method for JwtMethod {
     async fn judge(&self, attempt: &Attempt<'_>) -> Option<Verdict> {
-        let credential = attempt.credential()?;
-        let token = credential.bearer_token().filter(|t| looks_like_jwt(t))?;
-        let digest = self.verdicts.digest(credential.authorization().as_bytes());
+        let token = attempt
+            .credential
+            .bearer_token()
+            .filter(|t| looks_like_jwt(t))?;
         let (verdict, source) = self
             .verdicts
-            .get_or_judge(digest, || self.verify(token))
+            .get_or_judge(attempt.digest, || self.verify(token))
             .await;
         count_kept(source, &self.metrics);
         Some(verdict)

@@ -1,6 +1,12 @@
 //! Brute-force protection: `failures` invalid credentials from one client IP within `window`
 //! block that IP for `block`. The table is bounded: past `MAX_TRACKED` addresses, those idle
 //! longest are forgotten first, so a flood of addresses cannot grow it without limit.
+//!
+//! Guesses cannot outrun the count by arriving together: a credential that must be judged
+//! (sent to the validator, or verified) first reserves a place among the `failures` a client
+//! may still have, and only as many as remain are judged at once. Further attempts wait until
+//! one is settled (a failure counts, a success gives its place back), and meet the block if
+//! the failures reach it.
 
 use crate::config::Lockout as Settings;
 use std::collections::{HashMap, VecDeque};
@@ -8,6 +14,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 
 /// Client addresses tracked per site at most.
 const MAX_TRACKED: usize = 65_536;
@@ -18,6 +25,56 @@ struct Record {
     failures: VecDeque<Instant>,
     blocked_until: Option<Instant>,
     last_seen: Option<Instant>,
+    /// Attempts being judged now, each holding a place among the failures left.
+    pending: u32,
+}
+
+impl Record {
+    /// Whether the record still matters at `now`: a block, a failure within `window`, or an
+    /// attempt being judged.
+    fn live(&self, now: Instant, window: Duration) -> bool {
+        self.pending > 0
+            || self.blocked_until.is_some_and(|u| u > now)
+            || self
+                .failures
+                .back()
+                .is_some_and(|t| now.duration_since(*t) < window)
+    }
+}
+
+/// What a client that must have a credential judged may do now.
+pub enum Admission<'a> {
+    /// Judge it; settle the reservation with the outcome.
+    Reserved(Reservation<'a>),
+    /// The client is blocked for this long.
+    Blocked(Duration),
+    /// As many attempts as the client has failures left are being judged: wait for one to be
+    /// settled (`Lockouts::settled`), then ask again.
+    Wait,
+}
+
+/// A place taken among a client's remaining failures, while its attempt is judged. Dropped
+/// unsettled (the request went away), the place is given back.
+pub struct Reservation<'a> {
+    lockouts: &'a Lockouts,
+    ip: IpAddr,
+    open: bool,
+}
+
+impl Reservation<'_> {
+    /// The attempt's outcome: `failed` counts against the client (and may block it).
+    pub fn settle(mut self, failed: bool, now: Instant) -> Option<Blocked> {
+        self.open = false;
+        self.lockouts.settle(self.ip, failed, now)
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            self.lockouts.settle(self.ip, false, Instant::now());
+        }
+    }
 }
 
 /// An address just blocked.
@@ -35,6 +92,9 @@ pub struct Lockouts {
     /// When the last block to end ends, in milliseconds since `origin`: past it, no address is
     /// blocked and a request needs no lock.
     latest_end: AtomicU64,
+    /// Counts settled reservations; with `wake`, lets a waiting attempt know it may ask again.
+    settled: AtomicU64,
+    wake: Notify,
 }
 
 impl Lockouts {
@@ -44,6 +104,8 @@ impl Lockouts {
             table: Mutex::new(HashMap::new()),
             origin: Instant::now(),
             latest_end: AtomicU64::new(0),
+            settled: AtomicU64::new(0),
+            wake: Notify::new(),
         }
     }
 
@@ -65,26 +127,76 @@ impl Lockouts {
         (until > now).then(|| until - now)
     }
 
-    /// Counts a failed attempt from `ip`; `Some` when it blocks the address.
-    pub fn failed(&self, ip: IpAddr, now: Instant) -> Option<Blocked> {
+    /// A place for an attempt from `ip` to be judged, unless `ip` is blocked or has as many
+    /// attempts being judged as it has failures left.
+    pub fn reserve(&self, ip: IpAddr, now: Instant) -> Admission<'_> {
         let mut table = self.table();
         if !table.contains_key(&ip) && table.len() >= MAX_TRACKED {
             self.make_room(&mut table, now);
         }
         let record = table.entry(ip).or_default();
         record.last_seen = Some(now);
+        if let Some(until) = record.blocked_until.filter(|u| *u > now) {
+            return Admission::Blocked(until - now);
+        }
+        forget_old(&mut record.failures, self.settings.window, now);
+        let taken = record.failures.len() + record.pending as usize;
+        if taken >= self.settings.failures as usize {
+            return Admission::Wait;
+        }
+        record.pending += 1;
+        Admission::Reserved(Reservation {
+            lockouts: self,
+            ip,
+            open: true,
+        })
+    }
+
+    /// How many reservations have been settled so far: read it before `reserve`, and after
+    /// `Admission::Wait` wait on `wake` only while it has not changed.
+    pub fn settled(&self) -> u64 {
+        self.settled.load(Ordering::Acquire)
+    }
+
+    /// Woken whenever a reservation is settled.
+    pub fn wake(&self) -> &Notify {
+        &self.wake
+    }
+
+    fn settle(&self, ip: IpAddr, failed: bool, now: Instant) -> Option<Blocked> {
+        let blocked = {
+            let mut table = self.table();
+            let record = table.entry(ip).or_default();
+            record.pending = record.pending.saturating_sub(1);
+            if failed {
+                self.count_failure(record, now)
+            } else {
+                None
+            }
+        };
+        self.settled.fetch_add(1, Ordering::Release);
+        self.wake.notify_waiters();
+        blocked
+    }
+
+    /// Counts a failed attempt from `ip` that needed no reservation (it was known to fail);
+    /// `Some` when it blocks the address.
+    pub fn failed(&self, ip: IpAddr, now: Instant) -> Option<Blocked> {
+        let mut table = self.table();
+        if !table.contains_key(&ip) && table.len() >= MAX_TRACKED {
+            self.make_room(&mut table, now);
+        }
+        let record = table.entry(ip).or_default();
+        self.count_failure(record, now)
+    }
+
+    fn count_failure(&self, record: &mut Record, now: Instant) -> Option<Blocked> {
+        record.last_seen = Some(now);
         if record.blocked_until.is_some_and(|u| u > now) {
             // Already blocked: a request that was in flight when the block began.
             return None;
         }
-        let window = self.settings.window;
-        while record
-            .failures
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= window)
-        {
-            record.failures.pop_front();
-        }
+        forget_old(&mut record.failures, self.settings.window, now);
         record.failures.push_back(now);
         if record.failures.len() < self.settings.failures as usize {
             return None;
@@ -109,12 +221,7 @@ impl Lockouts {
     /// The addresses blocked now, with the seconds left.
     pub fn current(&self, now: Instant) -> Vec<(IpAddr, u64)> {
         let mut table = self.table();
-        table.retain(|_, r| {
-            r.blocked_until.is_some_and(|u| u > now)
-                || r.failures
-                    .back()
-                    .is_some_and(|t| now.duration_since(*t) < self.settings.window)
-        });
+        table.retain(|_, r| r.live(now, self.settings.window));
         let mut blocked: Vec<(IpAddr, u64)> = table
             .iter()
             .filter_map(|(ip, r)| {
@@ -127,21 +234,15 @@ impl Lockouts {
     }
 
     /// Forgets what no longer matters, then, if the table is still full, the eighth of it that
-    /// has been idle longest, addresses not blocked first.
+    /// has been idle longest, addresses neither blocked nor being judged first.
     fn make_room(&self, table: &mut HashMap<IpAddr, Record>, now: Instant) {
-        let window = self.settings.window;
-        table.retain(|_, r| {
-            r.blocked_until.is_some_and(|u| u > now)
-                || r.failures
-                    .back()
-                    .is_some_and(|t| now.duration_since(*t) < window)
-        });
+        table.retain(|_, r| r.live(now, self.settings.window));
         if table.len() < MAX_TRACKED {
             return;
         }
         let mut idle: Vec<(bool, Option<Instant>, IpAddr)> = table
             .iter()
-            .map(|(ip, r)| (r.blocked_until.is_some(), r.last_seen, *ip))
+            .map(|(ip, r)| (r.blocked_until.is_some() || r.pending > 0, r.last_seen, *ip))
             .collect();
         let cut = MAX_TRACKED / 8;
         idle.select_nth_unstable(cut);
@@ -153,6 +254,16 @@ impl Lockouts {
     #[cfg(test)]
     fn tracked(&self) -> usize {
         self.table().len()
+    }
+}
+
+/// Drops the failures that happened `window` or longer before `now`.
+fn forget_old(failures: &mut VecDeque<Instant>, window: Duration, now: Instant) {
+    while failures
+        .front()
+        .is_some_and(|t| now.duration_since(*t) >= window)
+    {
+        failures.pop_front();
     }
 }
 
@@ -195,6 +306,51 @@ mod tests {
         assert_eq!(l.blocked(ip(1), t + Duration::from_secs(1806)), None);
         assert!(l.current(t + Duration::from_secs(1806)).is_empty());
         assert_eq!(l.tracked(), 0, "an ended block is forgotten");
+    }
+
+    fn reserved<'a>(l: &'a Lockouts, ip: IpAddr, now: Instant) -> Reservation<'a> {
+        match l.reserve(ip, now) {
+            Admission::Reserved(r) => r,
+            Admission::Blocked(_) => panic!("blocked"),
+            Admission::Wait => panic!("told to wait"),
+        }
+    }
+
+    #[test]
+    fn no_more_attempts_are_judged_at_once_than_failures_are_left() {
+        let l = lockouts(3, 30, 600);
+        let t = Instant::now();
+        l.failed(ip(1), t);
+        let a = reserved(&l, ip(1), t);
+        let b = reserved(&l, ip(1), t);
+        assert!(matches!(l.reserve(ip(1), t), Admission::Wait));
+        assert!(
+            matches!(l.reserve(ip(2), t), Admission::Reserved(_)),
+            "another address has its own places"
+        );
+        let before = l.settled();
+        assert_eq!(a.settle(false, t), None, "a success gives its place back");
+        assert!(l.settled() > before);
+        let c = reserved(&l, ip(1), t);
+        assert_eq!(b.settle(true, t), None);
+        let blocked = c.settle(true, t).unwrap();
+        assert_eq!(blocked.after_failures, 3);
+        assert!(matches!(l.reserve(ip(1), t), Admission::Blocked(left) if left.as_secs() == 600));
+    }
+
+    #[test]
+    fn a_reservation_dropped_unsettled_gives_its_place_back_and_counts_nothing() {
+        let l = lockouts(1, 30, 600);
+        let t = Instant::now();
+        let r = reserved(&l, ip(1), t);
+        assert!(matches!(l.reserve(ip(1), t), Admission::Wait));
+        drop(r);
+        let r = reserved(&l, ip(1), t);
+        assert!(
+            r.settle(true, t).is_some(),
+            "the one failure allowed blocks"
+        );
+        assert!(l.blocked(ip(1), t).is_some());
     }
 
     #[test]

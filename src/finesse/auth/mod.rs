@@ -10,87 +10,62 @@
 mod credential;
 mod jwt;
 mod lockout;
-mod path;
 mod validator;
 mod verdicts;
 
 pub use jwt::{signing_keys_in, KeyRefresh};
 
 use crate::config::{AuthSettings, Limits};
+use crate::edge::reply::Refusal;
 use crate::observe::metrics::AuthMetrics;
 use async_trait::async_trait;
 use credential::{Credential, Presented};
 use http::header::HeaderValue;
-use lockout::Lockouts;
+use lockout::{Admission, Lockouts, Reservation};
 use pingora::http::RequestHeader;
 use serde_json::{json, Value};
-use std::borrow::Cow;
 use std::net::IpAddr;
-use std::sync::{Arc, OnceLock};
-use std::time::Instant;
-use verdicts::{Source, Verdict, Verdicts};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use verdicts::{Digest, Source, Verdict, Verdicts};
 
-/// A request as authentication methods see it.
+/// The longest an attempt waits for a place to be judged in (others from the same client being
+/// judged): a validator answers or times out well within it.
+const RESERVATION_WAIT: Duration = Duration::from_secs(30);
+
+/// A request with a credential, as authentication methods see it.
 pub struct Attempt<'a> {
     pub request: &'a RequestHeader,
-    websocket: bool,
-    presented: OnceLock<Presented>,
-}
-
-impl<'a> Attempt<'a> {
-    fn new(request: &'a RequestHeader, websocket: bool) -> Self {
-        Attempt {
-            request,
-            websocket,
-            presented: OnceLock::new(),
-        }
-    }
-
-    /// What the request carries in the credential's place (read once).
-    pub fn presented(&self) -> &Presented {
-        self.presented
-            .get_or_init(|| credential::presented(&self.request.headers, self.websocket))
-    }
-
-    pub fn credential(&self) -> Option<&Credential> {
-        match self.presented() {
-            Presented::Credential(c) => Some(c),
-            Presented::Nothing | Presented::Unusable(_) => None,
-        }
-    }
+    pub credential: &'a Credential,
+    /// The keyed hash verdicts on the credential are kept under.
+    pub digest: Digest,
 }
 
 /// One way of telling who a request comes from.
 #[async_trait]
 pub trait Method: Send + Sync {
-    /// The verdict on `attempt`, or `None` when it carries nothing this method reads (the next
-    /// method is asked).
+    /// The verdict on `attempt`, or `None` when its credential is not one this method reads
+    /// (the next method is asked).
     async fn judge(&self, attempt: &Attempt<'_>) -> Option<Verdict>;
 }
 
 /// The gate's answer.
 pub enum Decision {
-    /// Go on: the user (when known) and the normalised path when it differs from the request's.
-    Pass {
+    /// Go on, for the user named (when known).
+    Pass { user: Option<Arc<str>> },
+    /// Answered by the gate itself; the user name presented, for the access log (never proof
+    /// of identity).
+    Refuse {
+        refusal: Refusal,
         user: Option<Arc<str>>,
-        path: Option<String>,
     },
-    Refuse(Refusal),
-}
-
-/// A request answered by the gate itself.
-pub struct Refusal {
-    pub status: u16,
-    pub message: String,
-    /// The user name presented, for the access log (never proof of identity).
-    pub user: Option<Arc<str>>,
-    pub headers: Vec<(&'static str, HeaderValue)>,
 }
 
 pub struct Auth {
     service: String,
     public_paths: Vec<String>,
     lockouts: Lockouts,
+    verdicts: Arc<Verdicts>,
     methods: Vec<Box<dyn Method>>,
     keys: Option<Arc<jwt::Keys>>,
     /// The `WWW-Authenticate` of a 401, and the one for a browser's scripts (see `challenge`).
@@ -128,13 +103,14 @@ impl Auth {
             &settings.validate,
             settings.cache_for,
             limits,
-            verdicts,
+            verdicts.clone(),
             metrics.clone(),
         )));
         Auth {
             service: service.to_string(),
             public_paths: settings.public_paths.clone(),
             lockouts: Lockouts::new(&settings.lockout),
+            verdicts,
             methods,
             keys,
             challenge: HeaderValue::from_str(&format!("Basic {challenge}"))
@@ -150,63 +126,130 @@ impl Auth {
         self.keys.clone().map(KeyRefresh::new)
     }
 
-    /// Decides whether `req` from `client` may go on.
-    pub async fn check(&self, req: &RequestHeader, client: IpAddr, websocket: bool) -> Decision {
-        let path = match path::normalize(req.uri.path()) {
-            Ok(path) => path,
-            Err(why) => {
-                return self.refuse(400, format!("request path refused: {why}"), None, vec![]);
-            }
-        };
-        let changed = match &path {
-            Cow::Owned(p) => Some(p.clone()),
-            Cow::Borrowed(_) => None,
-        };
-        let public = self.public_paths.iter().any(|p| under(&path, p));
+    /// Decides whether `req` from `client` may go on; `path` is the path rules match (see
+    /// `edge::target`).
+    pub async fn check(
+        &self,
+        req: &RequestHeader,
+        path: &str,
+        client: IpAddr,
+        websocket: bool,
+    ) -> Decision {
+        let public = self.public_paths.iter().any(|p| under(path, p));
         if public || is_preflight(req) {
-            return Decision::Pass {
-                user: None,
-                path: changed,
-            };
+            return Decision::Pass { user: None };
         }
         if let Some(left) = self.lockouts.blocked(client, Instant::now()) {
-            self.metrics.blocked.inc();
-            let seconds = left.as_secs().max(1);
-            let retry = [("Retry-After", HeaderValue::from(seconds))];
-            let message =
-                format!("too many failed logins from {client}: blocked for {seconds} more seconds");
-            return self.refuse(429, message, None, retry.to_vec());
+            return self.blocked(client, left);
         }
-        let attempt = Attempt::new(req, websocket);
-        if let Presented::Unusable(why) = attempt.presented() {
-            return self.failed(req, client, Arc::from(*why), None);
+        let credential = match credential::presented(&req.headers, websocket) {
+            Presented::Credential(c) => c,
+            Presented::Unusable(why) => {
+                return self.failed(req, client, Arc::from(why), None, None);
+            }
+            Presented::Nothing => {
+                let challenge = vec![("WWW-Authenticate", self.challenge(req))];
+                return self.refuse(401, "credentials required".into(), None, challenge);
+            }
+        };
+        let attempt = Attempt {
+            request: req,
+            credential: &credential,
+            digest: self.verdicts.digest(credential.authorization().as_bytes()),
+        };
+        // A verdict already known is not a guess: it needs no place among the failures left.
+        if let Some(verdict) = self.verdicts.kept(&attempt.digest) {
+            self.metrics.kept.inc();
+            return self.decide(&attempt, client, Some(verdict), None);
         }
+        let reservation = match self.reserve(client).await {
+            Ok(reservation) => reservation,
+            Err(refused) => return refused,
+        };
+        let mut verdict = None;
+        for method in &self.methods {
+            verdict = method.judge(&attempt).await;
+            if verdict.is_some() {
+                break;
+            }
+        }
+        self.decide(&attempt, client, verdict, Some(reservation))
+    }
+
+    /// A place among the failures `client` has left for its credential to be judged in, waiting
+    /// while as many are being judged; the block answer once the failures reach it.
+    async fn reserve(&self, client: IpAddr) -> Result<Reservation<'_>, Decision> {
+        let deadline = tokio::time::Instant::now() + RESERVATION_WAIT;
+        loop {
+            let seen = self.lockouts.settled();
+            match self.lockouts.reserve(client, Instant::now()) {
+                Admission::Reserved(reservation) => return Ok(reservation),
+                Admission::Blocked(left) => return Err(self.blocked(client, left)),
+                Admission::Wait => {}
+            }
+            let woken = self.lockouts.wake().notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if self.lockouts.settled() != seen {
+                continue;
+            }
+            if tokio::time::timeout_at(deadline, woken).await.is_err() {
+                let retry = vec![("Retry-After", HeaderValue::from_static("1"))];
+                let message = format!("too many logins from {client} are being checked at once");
+                return Err(self.refuse(429, message, None, retry));
+            }
+        }
+    }
+
+    /// The gate's answer once a credential was judged (or found judged): `reservation` is
+    /// settled with the outcome.
+    fn decide(
+        &self,
+        attempt: &Attempt<'_>,
+        client: IpAddr,
+        verdict: Option<Verdict>,
+        reservation: Option<Reservation<'_>>,
+    ) -> Decision {
+        let req = attempt.request;
         let user = || {
             attempt
-                .credential()
-                .and_then(Credential::user)
+                .credential
+                .user()
                 .filter(|u| loggable(u))
                 .map(Arc::from)
         };
-        for method in &self.methods {
-            match method.judge(&attempt).await {
-                Some(Verdict::Valid { user: proven }) => {
-                    return Decision::Pass {
-                        user: proven.filter(|u| loggable(u)),
-                        path: changed,
-                    }
+        match verdict {
+            Some(Verdict::Valid { user: proven }) => {
+                if let Some(r) = reservation {
+                    r.settle(false, Instant::now());
                 }
-                Some(Verdict::Invalid(why)) => return self.failed(req, client, why, user()),
-                Some(Verdict::Unavailable(why)) => {
-                    let message = format!("credentials cannot be checked right now: {why}");
-                    let retry = vec![("Retry-After", HeaderValue::from_static("1"))];
-                    return self.refuse(503, message, user(), retry);
+                Decision::Pass {
+                    user: proven.filter(|u| loggable(u)),
                 }
-                None => {}
+            }
+            Some(Verdict::Invalid(why)) => self.failed(req, client, why, user(), reservation),
+            Some(Verdict::Unavailable(why)) => {
+                drop(reservation);
+                let message = format!("credentials cannot be checked right now: {why}");
+                let retry = vec![("Retry-After", HeaderValue::from_static("1"))];
+                self.refuse(503, message, user(), retry)
+            }
+            None => {
+                drop(reservation);
+                let challenge = vec![("WWW-Authenticate", self.challenge(req))];
+                self.refuse(401, "credentials required".into(), None, challenge)
             }
         }
-        let challenge = vec![("WWW-Authenticate", self.challenge(req))];
-        self.refuse(401, "credentials required".into(), None, challenge)
+    }
+
+    /// The answer to a blocked client: 429 with the seconds left.
+    fn blocked(&self, client: IpAddr, left: Duration) -> Decision {
+        self.metrics.blocked.inc();
+        let seconds = left.as_secs().max(1);
+        let retry = [("Retry-After", HeaderValue::from(seconds))];
+        let message =
+            format!("too many failed logins from {client}: blocked for {seconds} more seconds");
+        self.refuse(429, message, None, retry.to_vec())
     }
 
     /// The challenge of a 401 to `req`. A request from a page's script (`fetch`, XHR) gets a
@@ -220,16 +263,23 @@ impl Auth {
         }
     }
 
-    /// A failed attempt: 401, counted towards the lockout (and the security line when it blocks).
+    /// A failed attempt: 401, counted towards the lockout (through its reservation, when it
+    /// had one), and the security line when that blocks the client.
     fn failed(
         &self,
         req: &RequestHeader,
         client: IpAddr,
         why: Arc<str>,
         user: Option<Arc<str>>,
+        reservation: Option<Reservation<'_>>,
     ) -> Decision {
         // The clock is read now: a check may have taken a while.
-        if let Some(blocked) = self.lockouts.failed(client, Instant::now()) {
+        let now = Instant::now();
+        let blocked = match reservation {
+            Some(r) => r.settle(true, now),
+            None => self.lockouts.failed(client, now),
+        };
+        if let Some(blocked) = blocked {
             self.metrics.lockouts.inc();
             log::warn!(
                 "{client} blocked for {} seconds after {} failed logins (service {})",
@@ -249,12 +299,14 @@ impl Auth {
         user: Option<Arc<str>>,
         headers: Vec<(&'static str, HeaderValue)>,
     ) -> Decision {
-        Decision::Refuse(Refusal {
-            status,
-            message,
+        Decision::Refuse {
+            refusal: Refusal {
+                status,
+                message: message.into(),
+                headers,
+            },
             user,
-            headers,
-        })
+        }
     }
 
     /// Lifts a block on `ip`; false when it was not blocked.
@@ -285,11 +337,11 @@ impl Auth {
 }
 
 /// `path` lies under public prefix `public`: a prefix ending in `/` covers what follows it; one
-/// that does not covers itself and what follows it after a `/` or `;` (so `/finesse/api/SystemInfo`
+/// that does not covers itself and what follows it after a `/` (so `/finesse/api/SystemInfo`
 /// does not open `/finesse/api/SystemInfoX`).
 fn under(path: &str, public: &str) -> bool {
     match path.strip_prefix(public) {
-        Some(rest) => public.ends_with('/') || rest.is_empty() || rest.starts_with(['/', ';']),
+        Some(rest) => public.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
         None => false,
     }
 }
@@ -352,10 +404,6 @@ mod tests {
         assert!(!under("/desktopx/a.js", "/desktop/"));
         assert!(under("/finesse/api/SystemInfo", "/finesse/api/SystemInfo"));
         assert!(under("/finesse/api/SystemInfo/", "/finesse/api/SystemInfo"));
-        assert!(under(
-            "/finesse/api/SystemInfo;x=1",
-            "/finesse/api/SystemInfo"
-        ));
         assert!(!under(
             "/finesse/api/SystemInfoX",
             "/finesse/api/SystemInfo"

@@ -4,7 +4,7 @@
 //! never counts as a failed login.
 
 use super::credential::Credential;
-use super::verdicts::{Digest, Judged, Verdict, Verdicts};
+use super::verdicts::{Judged, Verdict, Verdicts};
 use super::{count_kept, Attempt, Method};
 use crate::config::{Endpoint, Limits};
 use crate::edge::{fetch, upstream};
@@ -144,12 +144,9 @@ impl Validator {
 #[async_trait]
 impl Method for Validator {
     async fn judge(&self, attempt: &Attempt<'_>) -> Option<Verdict> {
-        let credential = attempt.credential()?;
-        let authorization = credential.authorization();
-        let digest: Digest = self.verdicts.digest(authorization.as_bytes());
         let (verdict, source) = self
             .verdicts
-            .get_or_judge(digest, || self.validate(credential))
+            .get_or_judge(attempt.digest, || self.validate(attempt.credential))
             .await;
         count_kept(source, &self.metrics);
         Some(verdict)

@@ -78,6 +78,13 @@ impl Verdicts {
         mac.finalize().into_bytes().into()
     }
 
+    /// The verdict kept for `digest`, if there is one.
+    pub fn kept(&self, digest: &Digest) -> Option<Verdict> {
+        // The store is keyed by a 64-bit hash of the digest: compare the whole digest.
+        let (entry, _) = self.kept.get(digest);
+        entry.filter(|e| e.digest == *digest).map(|e| e.verdict)
+    }
+
     /// The verdict for `digest`: kept, or from `judge`, which runs once however many requests
     /// ask at the same time (should the request running it go away, a waiting one takes over).
     pub async fn get_or_judge<F, Fut>(&self, digest: Digest, judge: F) -> (Verdict, Source)
@@ -85,11 +92,8 @@ impl Verdicts {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Judged>,
     {
-        if let (Some(entry), _) = self.kept.get(&digest) {
-            // The store is keyed by a 64-bit hash of the digest: compare the whole digest.
-            if entry.digest == digest {
-                return (entry.verdict, Source::Kept);
-            }
+        if let Some(verdict) = self.kept(&digest) {
+            return (verdict, Source::Kept);
         }
         let cell = {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());

@@ -2,7 +2,10 @@
 //! `Cache-Control` (`no-store` and `private` are never kept, `no-cache` is kept but revalidated
 //! every time, `s-maxage` over `max-age`), then `Expires`, then the site's default; less the
 //! upstream's `Age`. A response that sets a cookie or varies on everything (`Vary: *`) is never
-//! kept, nor are statuses other than 200, 203, 301 and 308.
+//! kept, nor are statuses other than 200, 203, 301 and 308. A response to a request that carried
+//! credentials is kept only when the upstream marked it for everyone (`public` or `s-maxage`,
+//! RFC 9111 section 3.5, without its `must-revalidate` exception): the cache is shared, and what
+//! one agent's credentials fetched must not reach another agent.
 
 use pingora::cache::cache_control::{CacheControl, Cacheable, InterpretCacheControl};
 use pingora::cache::filters::{calculate_expires_header_time, calculate_serve_stale_durations};
@@ -32,8 +35,14 @@ impl Freshness {
         }
     }
 
-    /// The metadata to keep `resp` under, or why it is not kept.
-    pub fn judge(&self, resp: &ResponseHeader, now: SystemTime) -> Result<CacheMeta, &'static str> {
+    /// The metadata to keep `resp` under, or why it is not kept. `credentialed`: the response
+    /// answers a request that carried credentials.
+    pub fn judge(
+        &self,
+        resp: &ResponseHeader,
+        credentialed: bool,
+        now: SystemTime,
+    ) -> Result<CacheMeta, &'static str> {
         if !matches!(resp.status.as_u16(), 200 | 203 | 301 | 308) {
             return Err("status not cacheable");
         }
@@ -58,6 +67,12 @@ impl Freshness {
             if cc.private() || cc.is_cacheable() == Cacheable::No {
                 return Err("private");
             }
+        }
+        let for_everyone = cc
+            .as_ref()
+            .is_some_and(|cc| cc.public() || cc.s_maxage().ok().flatten().is_some());
+        if credentialed && !for_everyone {
+            return Err("a response to a request with credentials, not marked public");
         }
         let age = resp
             .headers
@@ -117,7 +132,7 @@ mod tests {
 
     fn ttl(headers: &[(&str, &str)]) -> Result<i64, &'static str> {
         let now = SystemTime::now();
-        let meta = policy().judge(&resp(200, headers), now)?;
+        let meta = policy().judge(&resp(200, headers), false, now)?;
         Ok(match meta.fresh_until().duration_since(now) {
             Ok(d) => d.as_secs() as i64,
             Err(e) => -(e.duration().as_secs() as i64) - 1,
@@ -160,7 +175,46 @@ mod tests {
         }
         let now = SystemTime::now();
         for status in [302, 404, 500, 206] {
-            assert!(policy().judge(&resp(status, &[]), now).is_err(), "{status}");
+            assert!(
+                policy().judge(&resp(status, &[]), false, now).is_err(),
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn answers_to_credentials_are_kept_only_when_marked_for_everyone() {
+        let now = SystemTime::now();
+        let judged = |headers: &[(&str, &str)]| {
+            policy()
+                .judge(&resp(200, headers), true, now)
+                .map(|m| m.fresh_until() > now)
+        };
+        for mine in [
+            &[][..],
+            &[("cache-control", "max-age=600")],
+            &[("cache-control", "max-age=600, must-revalidate")],
+            &[("cache-control", "must-revalidate")],
+            &[("cache-control", "s-maxage=x")],
+            &[("expires", "Thu, 01 Jan 2099 00:00:00 GMT")],
+        ] {
+            assert!(judged(mine).is_err(), "{mine:?} kept");
+        }
+        for everyone in [
+            &[("cache-control", "public")][..],
+            &[("cache-control", "public, max-age=600")],
+            &[("cache-control", "s-maxage=60")],
+        ] {
+            assert_eq!(judged(everyone), Ok(true), "{everyone:?}");
+        }
+        for never in [
+            &[("cache-control", "public, no-store")][..],
+            &[
+                ("cache-control", "public, max-age=60"),
+                ("set-cookie", "a=b"),
+            ],
+        ] {
+            assert!(judged(never).is_err(), "{never:?} kept");
         }
     }
 
@@ -168,7 +222,7 @@ mod tests {
     fn stale_windows_and_stored_header() {
         let now = SystemTime::now();
         let meta = policy()
-            .judge(&resp(200, &[("age", "5"), ("etag", "\"a\"")]), now)
+            .judge(&resp(200, &[("age", "5"), ("etag", "\"a\"")]), false, now)
             .unwrap();
         assert_eq!(meta.stale_while_revalidate_sec(), 60);
         assert_eq!(meta.stale_if_error_sec(), 24 * 3600);
@@ -180,6 +234,7 @@ mod tests {
         let strict = policy()
             .judge(
                 &resp(200, &[("cache-control", "max-age=10, must-revalidate")]),
+                false,
                 now,
             )
             .unwrap();

@@ -2,9 +2,12 @@
 //! its cache lock (concurrent misses for one key make one upstream request) and its LRU eviction
 //! manager, over ccedge's own bounded in-memory store.
 //!
-//! What is cached: `GET` and `HEAD` requests matching a rule, keyed by the upstream server, the
-//! public host and port, and the path (as authentication normalised it) with its query, and per
-//! value of the headers the response's `Vary` names. How long: `freshness`. An expired entry is
+//! What is cached: `GET` and `HEAD` requests matching a rule (on the normalised path without
+//! parameters), keyed by the upstream server, the public host and port, and the normalised path
+//! with its query, and per value of the headers the response's `Vary` names. What is stored is
+//! only ever what the upstream would send anyone: a response to a request with credentials is
+//! kept only when marked `public` or `s-maxage`, so any request may be served what is stored.
+//! How long: `freshness`. An expired entry is
 //! revalidated with `If-None-Match`/`If-Modified-Since`; within `stale_while_revalidate_seconds`
 //! the stale copy is served at once while one background request revalidates it, and an upstream
 //! that fails meanwhile gets the stale copy served instead of an error.
@@ -109,9 +112,11 @@ impl SiteCache {
         key
     }
 
-    /// Whether the upstream's response may be kept, and for how long.
-    pub fn judge(&self, resp: &ResponseHeader) -> RespCacheable {
-        match self.freshness.judge(resp, SystemTime::now()) {
+    /// Whether the upstream's response may be kept, and for how long. `credentialed`: it answers
+    /// a request with credentials (see `carries_credentials`) with a representation of its own,
+    /// not a `304` that confirmed a stored one.
+    pub fn judge(&self, resp: &ResponseHeader, credentialed: bool) -> RespCacheable {
+        match self.freshness.judge(resp, credentialed, SystemTime::now()) {
             Ok(meta) => RespCacheable::Cacheable(meta),
             Err(why) => RespCacheable::Uncacheable(NoCacheReason::Custom(why)),
         }
@@ -164,6 +169,16 @@ impl SiteCache {
             "evictions": self.eviction.evicted_items(),
         })
     }
+}
+
+/// Whether `req` carries credentials: `Authorization`, or the WebSocket credential
+/// (`Sec-WebSocket-Protocol`). A `Cookie` does not count: browsers send it with every asset (a
+/// response that sets or varies on cookies is judged by its own headers).
+pub fn carries_credentials(req: &RequestHeader) -> bool {
+    req.headers.contains_key(http::header::AUTHORIZATION)
+        || req
+            .headers
+            .contains_key(http::header::SEC_WEBSOCKET_PROTOCOL)
 }
 
 /// Every part the rule sets matches `path`.

@@ -165,20 +165,72 @@ impl Client {
             self.sender = None;
             format!("request failed: {e}")
         })?;
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("body: {e}"))?
-            .to_bytes();
-        Ok(Answer {
-            status,
-            headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        })
+        answer(resp).await
     }
+
+    /// A handle that sends requests concurrently as streams of this client's HTTP/2
+    /// connection (connected first if need be).
+    pub async fn streams(&mut self) -> Result<Streams, String> {
+        if self.sender.is_none() {
+            self.connect().await?;
+        }
+        match self.sender.as_ref() {
+            Some(Sender::H2(sender)) => Ok(Streams {
+                sender: sender.clone(),
+                authority: self.host.clone(),
+            }),
+            _ => Err("streams need an HTTP/2 client".into()),
+        }
+    }
+}
+
+/// Concurrent requests on one HTTP/2 connection: clone it into each task.
+#[derive(Clone)]
+pub struct Streams {
+    sender: http2::SendRequest<Full<Bytes>>,
+    authority: String,
+}
+
+impl Streams {
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Answer, String> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("https://{}{path}", self.authority));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| e.to_string())?;
+        let mut sender = self.sender.clone();
+        sender.ready().await.map_err(|e| e.to_string())?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("request failed: {e}"))?;
+        answer(resp).await
+    }
+}
+
+async fn answer(resp: hyper::Response<hyper::body::Incoming>) -> Result<Answer, String> {
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("body: {e}"))?
+        .to_bytes();
+    Ok(Answer {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
 }
 
 async fn handshake<IO>(io: TokioIo<IO>, proto: Proto) -> Result<Sender, String>

@@ -106,7 +106,11 @@ pub fn handshake(port: u16, flags: &[&str]) -> bool {
     out.status.success() && text.contains("Cipher is ") && !text.contains("Cipher is (NONE)")
 }
 
-/// The `ccedge` binary under test.
+/// The `ccedge` binary under test: this build's, or the one `CCEDGE_TEST_BINARY` names (to see
+/// a new test fail against an earlier build).
 pub fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_ccedge")
+    static BINARY: OnceLock<String> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        std::env::var("CCEDGE_TEST_BINARY").unwrap_or_else(|_| env!("CARGO_BIN_EXE_ccedge").into())
+    })
 }

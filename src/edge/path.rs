@@ -1,5 +1,6 @@
-//! Request paths as an internal server will resolve them, so that "is this path public?" is
-//! decided about the resource that is actually served. Percent-escapes of unreserved characters
+//! Request paths as an internal server will resolve them, so that every rule of the proxy (auth,
+//! cache, limits, routing, substitution) decides about the resource that is actually served.
+//! Percent-escapes of unreserved characters
 //! are decoded, empty segments (`//`) collapsed, `.` and `..` segments resolved (also when a
 //! segment carries `;` parameters, as `..;` does for Tomcat). A path that hides a separator or a
 //! control character in an escape, or one that climbs above the root, cannot be normalised
@@ -34,6 +35,22 @@ fn unreserved(b: u8) -> bool {
 
 fn hex(b: u8) -> Option<u8> {
     char::from(b).to_digit(16).map(|d| d as u8)
+}
+
+/// `path` without its segments' `;parameters` (`/a;jsessionid=1/b.js;x` -> `/a/b.js`), as a
+/// servlet container routes it: what path rules match. Borrowed when there are none.
+pub fn without_parameters(path: &str) -> Cow<'_, str> {
+    if !path.contains(';') {
+        return Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    for (i, segment) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        out.push_str(segment.split(';').next().unwrap_or_default());
+    }
+    Cow::Owned(out)
 }
 
 /// Decodes `%XX` where XX is an unreserved character; keeps other escapes as written.
@@ -204,6 +221,24 @@ mod tests {
         ] {
             assert!(normalize(bad).is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn parameters_are_left_out_of_what_rules_match() {
+        assert!(matches!(
+            without_parameters("/a/b.js"),
+            Cow::Borrowed("/a/b.js")
+        ));
+        assert_eq!(
+            without_parameters("/finesse/api/User/alice;x.js"),
+            "/finesse/api/User/alice"
+        );
+        assert_eq!(
+            without_parameters("/desktop;jsessionid=1/js/a.js;v=2"),
+            "/desktop/js/a.js"
+        );
+        assert_eq!(without_parameters("/dataconn;x/"), "/dataconn/");
+        assert_eq!(without_parameters("/;x"), "/");
     }
 
     #[test]
