@@ -3,7 +3,7 @@
 //! once failed (`fuzz/corpus/`, `fuzz/regressions/`) in `make test`.
 
 use crate::config::cidr::CidrSet;
-use crate::config::Authority;
+use crate::config::{Authority, ClientPolicy};
 use crate::edge::{headers, identity};
 use crate::finesse::substitution::{Rewriter, StreamRewrite};
 use bytes::Bytes;
@@ -50,11 +50,14 @@ pub fn header_policy(data: &[u8]) {
         let _ = req.append_header(name, value);
     }
     let peer: IpAddr = [198, 51, 100, 7].into();
-    let trusted = match trusted_peer {
-        true => CidrSet::new(vec!["198.51.100.0/24".parse().expect("CIDR")]),
-        false => CidrSet::new(vec![]),
+    let clients = ClientPolicy {
+        trusted_proxies: match trusted_peer {
+            true => CidrSet::new(vec!["198.51.100.0/24".parse().expect("CIDR")]),
+            false => CidrSet::new(vec![]),
+        },
+        ..ClientPolicy::default()
     };
-    let client = identity::resolve(peer, &trusted, &req.headers);
+    let client = identity::Resolver::new(&clients, 64).resolve(peer, &req.headers);
     let tid = headers::tracking_id(&req.headers);
     let public = Authority::parse("finesse1.example.com:8445").expect("authority");
     let route = headers::RouteHeaders::new(&public, true, true);

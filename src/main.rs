@@ -31,7 +31,7 @@ fn main() -> ExitCode {
     };
     if let Some(cli::Command::Health | cli::Command::Purge { .. }) = &cli.command {
         // Only the admin address: these must not depend on DNS or certificate files.
-        let admin = match config::admin_address(&file) {
+        let admin = match config::admin_access(&file) {
             Ok(admin) => admin,
             Err(e) => {
                 eprintln!("ccedge: {e}");
@@ -39,8 +39,10 @@ fn main() -> ExitCode {
             }
         };
         return match &cli.command {
-            Some(cli::Command::Purge { prefix }) => observe::admin::purge(admin, prefix.as_deref()),
-            _ => observe::admin::probe(admin),
+            Some(cli::Command::Purge { prefix }) => {
+                observe::admin::purge(admin.as_ref(), prefix.as_deref())
+            }
+            _ => observe::admin::probe(admin.as_ref()),
         };
     }
     let config = match config::load(&file) {

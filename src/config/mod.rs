@@ -79,8 +79,9 @@ pub fn parse_with(
     })
 }
 
-/// Just `server.admin.listen` of `file`, without validating the rest (no DNS, no files).
-pub fn admin_address(file: &Path) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+/// Just the admin listener of `file` (its address and token), for the commands that talk to a
+/// running ccedge, without validating the rest (no DNS, no files).
+pub fn admin_access(file: &Path) -> Result<Option<AdminSettings>, ConfigError> {
     let shown = file.display().to_string();
     let fail = |line: String| ConfigError { lines: vec![line] };
     let text = std::fs::read_to_string(file)
@@ -90,11 +91,16 @@ pub fn admin_address(file: &Path) -> Result<Option<std::net::SocketAddr>, Config
     raw.server
         .admin
         .map(|a| {
-            a.listen.parse().map_err(|_| {
+            let listen = a.listen.parse().map_err(|_| {
                 fail(format!(
                     "{shown}: server.admin.listen: `{}` is not IP:port",
                     a.listen
                 ))
+            })?;
+            Ok(AdminSettings {
+                listen,
+                hosts: a.hosts,
+                token: a.token.map(Secret),
             })
         })
         .transpose()

@@ -41,7 +41,8 @@ impl Config {
                 .map(move |p| SocketAddr::new(f.bind, p))
                 .chain(f.proxy_map.as_ref().map(|m| m.listen))
         });
-        digital.chain(finesse).chain(self.server.admin).collect()
+        let admin = self.server.admin.as_ref().map(|a| a.listen);
+        digital.chain(finesse).chain(admin).collect()
     }
 }
 
@@ -53,7 +54,27 @@ pub struct ServerSettings {
     pub grace_period_seconds: u64,
     pub graceful_shutdown_timeout_seconds: u64,
     pub access_log: AccessLogTarget,
-    pub admin: Option<SocketAddr>,
+    pub admin: Option<AdminSettings>,
+}
+
+/// The admin listener.
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    pub listen: SocketAddr,
+    /// Host names answered besides IP literals and `localhost` (lower case, no trailing dot).
+    pub hosts: Vec<String>,
+    /// The bearer token every endpoint but `/healthz` and `/readyz` needs, when set.
+    pub token: Option<Secret>,
+}
+
+/// A value that must not appear in logs or debug output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<secret>")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,6 +175,29 @@ pub struct Upstream {
 pub struct ClientPolicy {
     pub allow: CidrSet,
     pub trusted_proxies: CidrSet,
+    #[serde(rename = "client_ip_header")]
+    pub ip_header: ClientIpHeader,
+}
+
+/// The header of a trusted balancer that names the client.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ClientIpHeader {
+    /// `X-Forwarded-For`: its right-most address not in `trusted_proxies` (without one, the
+    /// balancer's `X-Real-IP`).
+    #[default]
+    ForwardedFor,
+    /// Another header holding the client's address (`X-Real-IP`, `True-Client-IP`, ...); its
+    /// right-most address when it holds a list.
+    Named(http::HeaderName),
+}
+
+impl Serialize for ClientIpHeader {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ClientIpHeader::ForwardedFor => s.serialize_str("x-forwarded-for"),
+            ClientIpHeader::Named(name) => s.serialize_str(name.as_str()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -172,6 +216,9 @@ pub struct Limits {
     /// `None`: the service kind's default (per role for Finesse); `Some(0)`: no limit.
     pub max_connections_per_ip: Option<u32>,
     pub max_streams_per_connection: u32,
+    #[serde(rename = "client_send_timeout_ms", serialize_with = "millis")]
+    pub client_send_timeout: Duration,
+    pub ipv6_prefix: u8,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -67,6 +67,11 @@ impl Default for RawServer {
 pub struct RawAdmin {
     /// IP:port of the admin listener, for loopback or a management network.
     pub listen: String,
+    /// Host names it answers besides IP literals and localhost (other Host headers get 421).
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// When set, every endpoint but /healthz and /readyz needs `Authorization: Bearer <token>`.
+    pub token: Option<String>,
 }
 
 /// TLS towards clients; leave it out for plain HTTP.
@@ -144,6 +149,14 @@ pub struct RawLimits {
     /// Concurrent HTTP/2 streams one client connection may open.
     #[schemars(range(min = 1))]
     pub max_streams_per_connection: u32,
+    /// A write to a client that makes no progress this long closes the connection, in
+    /// milliseconds.
+    #[schemars(range(min = 1))]
+    pub client_send_timeout_ms: u64,
+    /// IPv6 clients count as one client per network of this prefix length, for lockouts, rate
+    /// limits and connection caps.
+    #[schemars(range(min = 1, max = 128))]
+    pub ipv6_prefix: u8,
 }
 
 impl Default for RawLimits {
@@ -157,6 +170,8 @@ impl Default for RawLimits {
             websocket_idle_timeout_ms: 3_600_000,
             max_connections_per_ip: None,
             max_streams_per_connection: 150,
+            client_send_timeout_ms: 10_000,
+            ipv6_prefix: 64,
         }
     }
 }
@@ -222,6 +237,10 @@ pub struct RawDigital {
     /// CIDRs of load balancers whose X-Forwarded-For / X-Real-IP names the real client.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// Which header of a trusted balancer names the client: x-forwarded-for (the right-most
+    /// address not in trusted_proxies), x-real-ip, or another header name.
+    #[serde(default = "forwarded_for")]
+    pub client_ip_header: String,
     /// Per-client rate limits, first match counts (default: /drapi/ at 100/s, burst 200;
     /// [] turns limiting off).
     pub rate_limits: Option<Vec<RawRateLimit>>,
@@ -259,6 +278,10 @@ pub struct RawFinesse {
     /// CIDRs of load balancers whose X-Forwarded-For / X-Real-IP names the real client.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// Which header of a trusted balancer names the client: x-forwarded-for (the right-most
+    /// address not in trusted_proxies), x-real-ip, or another header name.
+    #[serde(default = "forwarded_for")]
+    pub client_ip_header: String,
     /// Per-client rate limits for every server of the site, first match counts (default: each
     /// server's role sets its limit).
     pub rate_limits: Option<Vec<RawRateLimit>>,
@@ -457,6 +480,10 @@ pub struct RawReplace {
 
 fn yes() -> bool {
     true
+}
+
+fn forwarded_for() -> String {
+    "x-forwarded-for".into()
 }
 
 fn root_path() -> String {

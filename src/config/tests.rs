@@ -69,6 +69,40 @@ fn minimal_digital_channel_gets_contract_defaults() {
     assert_eq!(config.server.access_log, AccessLogTarget::Stdout);
     assert_eq!(config.server.upgrade_sock, "/tmp/ccedge-upgrade.sock");
     assert_eq!(config.server.grace_period_seconds, 30);
+    assert_eq!(dc.limits.client_send_timeout.as_millis(), 10_000);
+    assert_eq!(dc.limits.ipv6_prefix, 64);
+    assert_eq!(dc.clients.ip_header, ClientIpHeader::ForwardedFor);
+}
+
+#[test]
+fn client_ip_header_and_ipv6_prefix_are_checked() {
+    let s = Scratch::new("client-ip");
+    let real_ip = s
+        .load(&format!("{DIGITAL}    client_ip_header: X-Real-IP\n"))
+        .unwrap();
+    assert_eq!(
+        real_ip.digital[0].clients.ip_header,
+        ClientIpHeader::Named(http::HeaderName::from_static("x-real-ip"))
+    );
+    for (value, why) in [
+        ("\"bad header\"", "is not a header name"),
+        ("host", "does not hold an address"),
+    ] {
+        let err = rejected(s.load(&format!("{DIGITAL}    client_ip_header: {value}\n")));
+        assert!(
+            err.contains("test.yaml:7: digital_channels[0].client_ip_header") && err.contains(why),
+            "{err}"
+        );
+    }
+    for prefix in [0, 129] {
+        let err = rejected(s.load(&format!(
+            "{DIGITAL}    limits:\n      ipv6_prefix: {prefix}\n"
+        )));
+        assert!(
+            err.contains("digital_channels[0].limits.ipv6_prefix: must be from 1 to 128"),
+            "{err}"
+        );
+    }
 }
 
 #[test]
@@ -308,6 +342,28 @@ fn server_block_checks() {
     assert!(err.contains("test.yaml:2: server.access_log"), "{err}");
     assert!(err.contains("test.yaml:3: server.pid_file"), "{err}");
     assert!(err.contains("test.yaml:4: server.threads"), "{err}");
+}
+
+#[test]
+fn admin_hosts_and_token_are_checked() {
+    let s = Scratch::new("admin");
+    let admin =
+        |extra: &str| format!("server:\n  admin:\n    listen: 127.0.0.1:9900\n{extra}{DIGITAL}");
+    let config = s
+        .load(&admin(
+            "    hosts: [Ops.Example.com.]\n    token: abc-123\n",
+        ))
+        .unwrap();
+    let settings = config.server.admin.unwrap();
+    assert_eq!(settings.hosts, ["ops.example.com"]);
+    assert_eq!(settings.token, Some(Secret("abc-123".into())));
+    assert_eq!(format!("{:?}", settings.token), "Some(<secret>)");
+    let err = rejected(s.load(&admin(
+        "    hosts: [ops.example.com:9900, \"a b\"]\n    token: \"two words\"\n",
+    )));
+    assert!(err.contains("test.yaml:4: server.admin.hosts[0]"), "{err}");
+    assert!(err.contains("server.admin.hosts[1]"), "{err}");
+    assert!(err.contains("test.yaml:5: server.admin.token"), "{err}");
 }
 
 #[test]

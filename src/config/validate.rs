@@ -116,7 +116,7 @@ impl Validator {
             }
         };
         let admin = match &s.admin {
-            Some(admin) => Some(self.listen_addr("server.admin.listen", &admin.listen)?),
+            Some(admin) => Some(self.admin(admin)?),
             None => None,
         };
         Some(ServerSettings {
@@ -127,6 +127,38 @@ impl Validator {
             graceful_shutdown_timeout_seconds: s.graceful_shutdown_timeout_seconds,
             access_log,
             admin,
+        })
+    }
+
+    fn admin(&mut self, admin: &RawAdmin) -> Option<AdminSettings> {
+        let listen = self.listen_addr("server.admin.listen", &admin.listen);
+        let mut hosts = Vec::new();
+        for (i, host) in admin.hosts.iter().enumerate() {
+            let name = host.trim().trim_end_matches('.').to_ascii_lowercase();
+            if name.contains(':') || Authority::parse(&format!("{name}:1")).is_err() {
+                self.problem(
+                    &format!("server.admin.hosts[{i}]"),
+                    format!("`{host}` is not a host name (write it without a port)"),
+                );
+            } else {
+                hosts.push(name);
+            }
+        }
+        let token = match &admin.token {
+            Some(token) if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) => {
+                self.problem(
+                    "server.admin.token",
+                    "must be visible ASCII characters without spaces (it is sent in a header)",
+                );
+                None
+            }
+            Some(token) => Some(Secret(token.clone())),
+            None => None,
+        };
+        Some(AdminSettings {
+            listen: listen?,
+            hosts,
+            token,
         })
     }
 
@@ -316,10 +348,40 @@ impl Validator {
         CidrSet::new(nets)
     }
 
-    fn clients(&mut self, path: &str, allow: &[String], trusted: &[String]) -> ClientPolicy {
+    fn clients(
+        &mut self,
+        path: &str,
+        allow: &[String],
+        trusted: &[String],
+        ip_header: &str,
+    ) -> ClientPolicy {
         ClientPolicy {
             allow: self.cidrs(&format!("{path}.client_allow"), allow),
             trusted_proxies: self.cidrs(&format!("{path}.trusted_proxies"), trusted),
+            ip_header: self.ip_header(&format!("{path}.client_ip_header"), ip_header),
+        }
+    }
+
+    fn ip_header(&mut self, path: &str, name: &str) -> ClientIpHeader {
+        let lower = name.trim().to_ascii_lowercase();
+        if lower == "x-forwarded-for" {
+            return ClientIpHeader::ForwardedFor;
+        }
+        match http::HeaderName::from_bytes(lower.as_bytes()) {
+            Ok(header) if !matches!(lower.as_str(), "host" | "forwarded" | "connection") => {
+                ClientIpHeader::Named(header)
+            }
+            Ok(_) => {
+                self.problem(
+                    path,
+                    format!("`{name}` does not hold an address: use x-forwarded-for, x-real-ip or the header your balancer sets"),
+                );
+                ClientIpHeader::ForwardedFor
+            }
+            Err(_) => {
+                self.problem(path, format!("`{name}` is not a header name"));
+                ClientIpHeader::ForwardedFor
+            }
         }
     }
 
@@ -361,7 +423,12 @@ impl Validator {
             websocket_idle_timeout: ms("websocket_idle_timeout_ms", l.websocket_idle_timeout_ms),
             max_connections_per_ip: l.max_connections_per_ip,
             max_streams_per_connection: l.max_streams_per_connection,
+            client_send_timeout: ms("client_send_timeout_ms", l.client_send_timeout_ms),
+            ipv6_prefix: l.ipv6_prefix,
         };
+        if !(1..=128).contains(&l.ipv6_prefix) {
+            self.problem(&format!("{path}.ipv6_prefix"), "must be from 1 to 128");
+        }
         if l.max_streams_per_connection == 0 {
             self.problem(
                 &format!("{path}.max_streams_per_connection"),
@@ -425,7 +492,12 @@ impl Validator {
             &format!("{path}.publisher_only_paths"),
             &d.publisher_only_paths,
         );
-        let clients = self.clients(path, &d.client_allow, &d.trusted_proxies);
+        let clients = self.clients(
+            path,
+            &d.client_allow,
+            &d.trusted_proxies,
+            &d.client_ip_header,
+        );
         let rate_limits = match &d.rate_limits {
             Some(rules) => self.rate_rules(&format!("{path}.rate_limits"), rules),
             None => vec![RateRule {
@@ -514,7 +586,12 @@ impl Validator {
             .enumerate()
             .map(|(i, s)| self.substitution(&format!("{path}.substitutions[{i}]"), s))
             .collect();
-        let clients = self.clients(path, &f.client_allow, &f.trusted_proxies);
+        let clients = self.clients(
+            path,
+            &f.client_allow,
+            &f.trusted_proxies,
+            &f.client_ip_header,
+        );
         let rate_limits = f
             .rate_limits
             .as_ref()

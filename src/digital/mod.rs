@@ -90,7 +90,7 @@ impl DigitalChannel {
             public_host: service.public.host.clone(),
             front: Front::new(
                 &service.name,
-                &service.clients.trusted_proxies,
+                &service.clients,
                 RateLimiter::by_path(service.rate_limits.clone()),
                 &service.limits,
                 log,

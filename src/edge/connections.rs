@@ -1,10 +1,12 @@
 //! Client connections, counted while they are open: per service for the metrics, and per
-//! listening port and client address against `limits.max_connections_per_ip`. A connection over
+//! listening port and client address (an IPv6 client by its network, `limits.ipv6_prefix`)
+//! against `limits.max_connections_per_ip`. A connection over
 //! the limit is answered `503` and closed (HTTP/1.1) or closed at once (HTTP/2), after its TLS
 //! handshake, which `client_header_timeout_ms` bounds. Addresses in `trusted_proxies` are not
 //! limited: a load balancer carries many clients.
 
 use crate::config::cidr::CidrSet;
+use crate::edge::identity;
 use crate::observe::metrics;
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
@@ -33,18 +35,25 @@ pub struct ConnectionLimits {
     /// The limit on each listening port; a port not listed (or 0) has none.
     limits: Vec<(u16, u32)>,
     trusted: CidrSet,
+    v6_prefix: u8,
     open: Mutex<HashMap<(u16, IpAddr), Open>>,
     open_gauge: IntGauge,
     over_limit: IntCounter,
 }
 
 impl ConnectionLimits {
-    pub fn new(service: &str, limits: Vec<(u16, u32)>, trusted: &CidrSet) -> Arc<Self> {
+    pub fn new(
+        service: &str,
+        limits: Vec<(u16, u32)>,
+        trusted: &CidrSet,
+        v6_prefix: u8,
+    ) -> Arc<Self> {
         let (open_gauge, over_limit) = metrics::connections(service);
         Arc::new(ConnectionLimits {
             service: service.to_string(),
             limits,
             trusted: trusted.clone(),
+            v6_prefix,
             open: Mutex::new(HashMap::new()),
             open_gauge,
             over_limit,
@@ -65,8 +74,9 @@ impl ConnectionLimits {
     /// Counts a new connection from `ip` on `port`; `None` when it is over the limit.
     fn enter(self: &Arc<Self>, port: u16, ip: IpAddr) -> Option<Slot> {
         let limit = self.limit(port, ip);
+        let key = identity::client_key(ip, self.v6_prefix);
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = open.entry((port, ip)).or_insert(Open {
+        let entry = open.entry((port, key)).or_insert(Open {
             count: 0,
             reported: 0,
         });
@@ -80,8 +90,9 @@ impl ConnectionLimits {
             self.over_limit.inc();
             if report {
                 log::warn!(
-                    "service {}: {ip} holds {} connections on port {port}, its limit: further ones are refused",
+                    "service {}: {} holds {} connections on port {port}, its limit: further ones are refused",
                     self.service,
+                    identity::show_key(key, self.v6_prefix),
                     limit.unwrap_or_default()
                 );
             }
@@ -91,7 +102,7 @@ impl ConnectionLimits {
         self.open_gauge.inc();
         Some(Slot {
             limits: self.clone(),
-            key: (port, ip),
+            key: (port, key),
         })
     }
 }
@@ -178,7 +189,7 @@ mod tests {
     #[test]
     fn limits_per_port_and_address_trusted_proxies_aside() {
         let trusted = CidrSet::new(vec!["10.0.0.1/32".parse().unwrap()]);
-        let l = ConnectionLimits::new("conn-test", vec![(8445, 2), (8553, 0)], &trusted);
+        let l = ConnectionLimits::new("conn-test", vec![(8445, 2), (8553, 0)], &trusted, 64);
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
         let one = l.enter(8445, a).unwrap();
@@ -198,5 +209,16 @@ mod tests {
         assert!(three.is_some(), "a closed connection frees its place");
         drop((two, three, many, balancer));
         assert!(l.open.lock().unwrap().is_empty());
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        let held: Vec<_> = ["2001:db8:1:2::1", "2001:db8:1:2::2"]
+            .iter()
+            .map(|a| l.enter(8445, v6(a)).unwrap())
+            .collect();
+        assert!(
+            l.enter(8445, v6("2001:db8:1:2:ffff::3")).is_none(),
+            "one IPv6 network is one client"
+        );
+        assert!(l.enter(8445, v6("2001:db8:1:3::1")).is_some());
+        drop(held);
     }
 }

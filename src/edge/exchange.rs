@@ -3,9 +3,8 @@
 //! the access log and the metrics. The per-request context (`Exchange`) and the per-service part
 //! (`Front`) live here.
 
-use crate::config::cidr::CidrSet;
-use crate::config::Limits;
-use crate::edge::identity::{self, ClientIdentity};
+use crate::config::{ClientPolicy, Limits};
+use crate::edge::identity::{ClientIdentity, Resolver};
 use crate::edge::limits::{self, RateLimiter};
 use crate::edge::reply::{self, Refusal};
 use crate::edge::target;
@@ -118,7 +117,8 @@ impl Exchange {
 /// and where it accounts for requests.
 pub struct Front {
     pub name: String,
-    trusted: CidrSet,
+    /// Who a request's client is.
+    pub clients: Resolver,
     rate: Option<RateLimiter>,
     pub limits: Limits,
     log: Arc<AccessLog>,
@@ -128,7 +128,7 @@ pub struct Front {
 impl Front {
     pub fn new(
         name: &str,
-        trusted: &CidrSet,
+        clients: &ClientPolicy,
         rate: Option<RateLimiter>,
         limits: &Limits,
         log: Arc<AccessLog>,
@@ -136,7 +136,7 @@ impl Front {
     ) -> Front {
         Front {
             name: name.to_string(),
-            trusted: trusted.clone(),
+            clients: Resolver::new(clients, limits.ipv6_prefix),
             rate,
             limits: limits.clone(),
             log,
@@ -145,10 +145,13 @@ impl Front {
     }
 
     /// The first step of every request: who the client is, and its TrackingID.
-    pub fn begin(&self, session: &Session, ctx: &mut Exchange) {
+    pub fn begin(&self, session: &mut Session, ctx: &mut Exchange) {
+        // Each write to the client must make progress within this (an idle connection has
+        // nothing to write and is not affected).
+        session.set_write_timeout(Some(self.limits.client_send_timeout));
         let header = session.req_header();
         let peer = peer_ip(session);
-        ctx.client = Some(identity::resolve(peer, &self.trusted, &header.headers));
+        ctx.client = Some(self.clients.resolve(peer, &header.headers));
         ctx.tracking_id = Some(crate::edge::headers::tracking_id(&header.headers));
         ctx.wants_websocket = crate::edge::headers::is_websocket_upgrade(header);
         self.metrics.in_flight.inc();
@@ -184,7 +187,7 @@ impl Front {
     pub fn admit(&self, req: &RequestHeader, ctx: &Exchange) -> Result<(), Refusal> {
         if let (Some(rate), Some(client)) = (&self.rate, ctx.client) {
             let route = ctx.route.unwrap_or(0);
-            if let Err(exceeded) = rate.check(client.ip, route, ctx.rule_path(req)) {
+            if let Err(exceeded) = rate.check(client.key, route, ctx.rule_path(req)) {
                 let r = exceeded.rule;
                 self.metrics.rate_limited.inc();
                 let message = format!(
@@ -263,6 +266,16 @@ impl Front {
         error: Option<&pingora::Error>,
     ) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        if error.is_some_and(|e| {
+            e.etype() == &pingora::ErrorType::WriteTimedout
+                && e.esource() == &pingora::ErrorSource::Downstream
+        }) {
+            self.metrics.send_timeouts.inc();
+            ctx.refusal = Some(Cow::Owned(format!(
+                "the client read nothing for {} ms (limits.client_send_timeout_ms): connection closed",
+                self.limits.client_send_timeout.as_millis()
+            )));
+        }
         if std::mem::take(&mut ctx.in_flight) {
             self.metrics.in_flight.dec();
         }

@@ -199,6 +199,7 @@ mod tests {
         ClientIdentity {
             ip: ip.parse().unwrap(),
             peer_trusted: trusted,
+            key: ip.parse().unwrap(),
         }
     }
 

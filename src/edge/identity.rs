@@ -1,11 +1,16 @@
 //! Who the client is: the TCP peer, or — when the peer is a trusted load balancer — the address
-//! that balancer names in `X-Forwarded-For` / `X-Real-IP`.
+//! that balancer names in the header it sets (`client_ip_header`: `X-Forwarded-For` by default,
+//! `X-Real-IP` or another). And the address that stands for the client in lockouts, rate limits
+//! and connection caps: the address itself, or for IPv6 its network (`limits.ipv6_prefix`), since
+//! one IPv6 host commonly holds a whole /64.
 
 use crate::config::cidr::CidrSet;
+use crate::config::{ClientIpHeader, ClientPolicy};
 use http::header::HeaderMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 pub const X_REAL_IP: &str = "x-real-ip";
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientIdentity {
@@ -13,50 +18,94 @@ pub struct ClientIdentity {
     pub ip: IpAddr,
     /// Whether the TCP peer is in `trusted_proxies` (its forwarding headers are believed).
     pub peer_trusted: bool,
+    /// What lockouts, rate limits and connection caps count the client as (see `client_key`).
+    pub key: IpAddr,
 }
 
-/// The contract's rule: for a trusted peer, the right-most `X-Forwarded-For` entry that is not
-/// itself trusted; if every entry is trusted, the left-most one; without a usable
-/// `X-Forwarded-For`, the peer's `X-Real-IP`; otherwise the peer itself.
-pub fn resolve(peer: IpAddr, trusted: &CidrSet, headers: &HeaderMap) -> ClientIdentity {
-    let peer = peer.to_canonical();
-    if !trusted.contains(peer) {
-        return ClientIdentity {
-            ip: peer,
-            peer_trusted: false,
-        };
-    }
-    let ip = from_forwarded_for(trusted, headers)
-        .or_else(|| {
-            headers
-                .get(X_REAL_IP)
-                .and_then(|v| v.to_str().ok())
-                .and_then(parse_forwarded_ip)
-        })
-        .unwrap_or(peer);
-    ClientIdentity {
-        ip,
-        peer_trusted: true,
-    }
+/// How a service tells who its clients are, built once at load.
+#[derive(Debug, Clone)]
+pub struct Resolver {
+    trusted: CidrSet,
+    header: ClientIpHeader,
+    v6_prefix: u8,
 }
 
-fn from_forwarded_for(trusted: &CidrSet, headers: &HeaderMap) -> Option<IpAddr> {
-    let mut leftmost = None;
-    for value in headers.get_all("x-forwarded-for").iter().rev() {
-        let value = value.to_str().ok()?;
-        for entry in value.rsplit(',') {
-            if entry.trim().is_empty() {
-                continue;
-            }
-            // An entry that is not an address ends the walk: nothing to its left can be checked.
-            let ip = parse_forwarded_ip(entry)?;
-            if !trusted.contains(ip) {
-                return Some(ip);
-            }
-            leftmost = Some(ip);
+impl Resolver {
+    /// `v6_prefix`: `limits.ipv6_prefix`.
+    pub fn new(clients: &ClientPolicy, v6_prefix: u8) -> Self {
+        Resolver {
+            trusted: clients.trusted_proxies.clone(),
+            header: clients.ip_header.clone(),
+            v6_prefix,
         }
     }
-    leftmost
+
+    /// The client of a request from `peer` carrying `headers`. From a trusted peer, the
+    /// right-most address of its client header that is not itself trusted (the left-most when
+    /// all are); for `x-forwarded-for`, the peer's `X-Real-IP` when it sent no usable
+    /// `X-Forwarded-For`; otherwise the peer itself.
+    pub fn resolve(&self, peer: IpAddr, headers: &HeaderMap) -> ClientIdentity {
+        let peer = peer.to_canonical();
+        let peer_trusted = self.trusted.contains(peer);
+        let ip = if !peer_trusted {
+            peer
+        } else {
+            match &self.header {
+                ClientIpHeader::ForwardedFor => self
+                    .named(headers, X_FORWARDED_FOR)
+                    .or_else(|| self.named(headers, X_REAL_IP)),
+                ClientIpHeader::Named(name) => self.named(headers, name.as_str()),
+            }
+            .unwrap_or(peer)
+        };
+        ClientIdentity {
+            ip,
+            peer_trusted,
+            key: client_key(ip, self.v6_prefix),
+        }
+    }
+
+    /// The address `name` gives: the right-most entry (of all its lines) that is not trusted.
+    fn named(&self, headers: &HeaderMap, name: &str) -> Option<IpAddr> {
+        let mut leftmost = None;
+        for value in headers.get_all(name).iter().rev() {
+            let value = value.to_str().ok()?;
+            for entry in value.rsplit(',') {
+                if entry.trim().is_empty() {
+                    continue;
+                }
+                // An entry that is not an address ends the walk: nothing to its left can be checked.
+                let ip = parse_forwarded_ip(entry)?;
+                if !self.trusted.contains(ip) {
+                    return Some(ip);
+                }
+                leftmost = Some(ip);
+            }
+        }
+        leftmost
+    }
+}
+
+/// What `ip` counts as for lockouts, limits and connection caps: an IPv4 address itself; an
+/// IPv6 address its network of `v6_prefix` bits.
+pub fn client_key(ip: IpAddr, v6_prefix: u8) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let bits = u32::from(v6_prefix.min(128));
+            let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+        }
+        v4 => v4,
+    }
+}
+
+/// A client key as people read it: the address, or for IPv6 the network
+/// (`2001:db8:1:2::/64`).
+pub fn show_key(key: IpAddr, v6_prefix: u8) -> String {
+    match key {
+        IpAddr::V6(_) if v6_prefix < 128 => format!("{key}/{v6_prefix}"),
+        _ => key.to_string(),
+    }
 }
 
 /// One forwarded address: `a.b.c.d`, `v6`, `[v6]`, `a.b.c.d:port` or `[v6]:port`.
@@ -97,6 +146,18 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    fn resolver(trusted: CidrSet, header: ClientIpHeader, v6_prefix: u8) -> Resolver {
+        Resolver {
+            trusted,
+            header,
+            v6_prefix,
+        }
+    }
+
+    fn resolve(peer: IpAddr, trusted: &CidrSet, headers: &HeaderMap) -> ClientIdentity {
+        resolver(trusted.clone(), ClientIpHeader::ForwardedFor, 64).resolve(peer, headers)
     }
 
     #[test]
@@ -152,6 +213,59 @@ mod tests {
     }
 
     #[test]
+    fn with_x_real_ip_chosen_a_forged_forwarded_for_is_ignored() {
+        let h = headers(&[
+            ("x-forwarded-for", "192.0.2.66"),
+            ("x-real-ip", "198.51.100.77"),
+        ]);
+        let real_ip = ClientIpHeader::Named(http::HeaderName::from_static("x-real-ip"));
+        let r = resolver(trusted(&["10.0.0.0/8"]), real_ip, 64);
+        assert_eq!(r.resolve(ip("10.0.0.1"), &h).ip, ip("198.51.100.77"));
+        let only_forged = headers(&[("x-forwarded-for", "192.0.2.66")]);
+        assert_eq!(
+            r.resolve(ip("10.0.0.1"), &only_forged).ip,
+            ip("10.0.0.1"),
+            "without the chosen header, the balancer itself"
+        );
+        let other = ClientIpHeader::Named(http::HeaderName::from_static("true-client-ip"));
+        let r = resolver(trusted(&["10.0.0.0/8"]), other, 64);
+        let h = headers(&[
+            ("true-client-ip", "203.0.113.8"),
+            ("x-real-ip", "192.0.2.1"),
+        ]);
+        assert_eq!(r.resolve(ip("10.0.0.1"), &h).ip, ip("203.0.113.8"));
+        assert_eq!(
+            r.resolve(ip("203.0.113.99"), &h).ip,
+            ip("203.0.113.99"),
+            "only a trusted peer names the client"
+        );
+    }
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_their_prefix() {
+        let r = resolver(trusted(&["10.0.0.0/8"]), ClientIpHeader::ForwardedFor, 64);
+        let a = r.resolve(ip("2001:db8:1:2::1"), &HeaderMap::new());
+        let b = r.resolve(ip("2001:db8:1:2:ffff::9"), &HeaderMap::new());
+        let c = r.resolve(ip("2001:db8:1:3::1"), &HeaderMap::new());
+        assert_eq!(a.ip, ip("2001:db8:1:2::1"), "the address itself is kept");
+        assert_eq!(a.key, b.key);
+        assert_ne!(a.key, c.key);
+        assert_eq!(show_key(a.key, 64), "2001:db8:1:2::/64");
+        let v4 = r.resolve(ip("192.0.2.1"), &HeaderMap::new());
+        assert_eq!(
+            (v4.key, show_key(v4.key, 64)),
+            (ip("192.0.2.1"), "192.0.2.1".into())
+        );
+        assert_eq!(show_key(ip("2001:db8::1"), 128), "2001:db8::1");
+        assert_eq!(client_key(ip("2001:db8::1"), 128), ip("2001:db8::1"));
+        assert_eq!(client_key(ip("2001:db8:ff::1"), 32), ip("2001:db8::"));
+        assert_eq!(client_key(ip("2001:db8:ff::1"), 1), ip("::"));
+        let forwarded = headers(&[("x-forwarded-for", "2001:db8:9:9::5")]);
+        let via = r.resolve(ip("10.0.0.1"), &forwarded);
+        assert_eq!(via.key, ip("2001:db8:9:9::"));
+    }
+
+    #[test]
     fn ports_brackets_and_mapped_addresses() {
         assert_eq!(
             parse_forwarded_ip(" 198.51.100.1:4711 "),
@@ -172,6 +286,6 @@ mod tests {
             &CidrSet::default(),
             &HeaderMap::new(),
         );
-        assert_eq!(id.ip, ip("127.0.0.1"));
+        assert_eq!((id.ip, id.key), (ip("127.0.0.1"), ip("127.0.0.1")));
     }
 }

@@ -69,7 +69,9 @@ pub fn for_error(e: &pingora::Error) -> (u16, &'static str) {
             (504, "the internal server did not answer in time")
         }
         (_, ErrorSource::Upstream) => (502, "the internal server could not be reached"),
-        (ReadError | WriteError | ConnectionClosed, ErrorSource::Downstream) => (0, ""),
+        (ReadError | WriteError | WriteTimedout | ConnectionClosed, ErrorSource::Downstream) => {
+            (0, "")
+        }
         (ReadTimedout, ErrorSource::Downstream) => (408, "request not received in time"),
         (_, ErrorSource::Downstream) => (400, "malformed request"),
         _ => (500, "internal error"),

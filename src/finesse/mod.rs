@@ -146,7 +146,7 @@ impl FinesseSite {
             routes,
             front: Front::new(
                 &service.name,
-                &service.clients.trusted_proxies,
+                &service.clients,
                 rate,
                 &service.limits,
                 log,
@@ -237,9 +237,8 @@ impl FinesseSite {
         let Some(auth) = &self.auth else {
             return Ok(());
         };
-        let client = match ctx.client {
-            Some(client) => client.ip,
-            None => return Err(Refusal::new(500, "the client's address is unknown")),
+        let Some(client) = ctx.client else {
+            return Err(Refusal::new(500, "the client's address is unknown"));
         };
         match auth
             .check(req, ctx.rule_path(req), client, ctx.wants_websocket)

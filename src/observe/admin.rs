@@ -1,16 +1,27 @@
 //! The admin listener (plain HTTP, meant for loopback or a management network): the status
 //! page at `/`, `GET /healthz`, `GET /status` and `GET /metrics`.
+//!
+//! It answers only requests whose `Host` is an IP literal, `localhost` or one of
+//! `server.admin.hosts` (others get 421), so a web page an operator's browser loads cannot reach
+//! it by DNS rebinding. With `server.admin.token`, every endpoint but `/healthz` and `/readyz`
+//! needs the token, as `Authorization: Bearer <token>` or as the password of Basic credentials
+//! (which a browser asks for, so the status page keeps working).
 
 use crate::config::tls::Presented;
+use crate::config::AdminSettings;
 use crate::observe::metrics::Totals;
+use crate::observe::throttle::OncePerSecond;
 use crate::observe::traffic::{self, History};
 use async_trait::async_trait;
+use base64::Engine;
 use http::{Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
+use pingora::http::RequestHeader;
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde_json::json;
+use sha2::{Digest, Sha256};
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -90,11 +101,20 @@ pub struct Admin {
     started: Instant,
     config_file: String,
     watched: Arc<Watched>,
+    /// Host names answered besides IP literals and `localhost`.
+    hosts: Vec<String>,
+    /// SHA-256 of the token, when one is required (compared in constant time).
+    token: Option<[u8; 32]>,
+    refusals: OncePerSecond,
 }
 
 impl Admin {
     /// The admin application, and the background service that samples the traffic it reports.
-    pub fn new(config_file: String, sources: Vec<Arc<dyn StatusSource>>) -> (Self, TrafficSampler) {
+    pub fn new(
+        config_file: String,
+        sources: Vec<Arc<dyn StatusSource>>,
+        settings: &AdminSettings,
+    ) -> (Self, TrafficSampler) {
         let started = Instant::now();
         let watched = Arc::new(Watched {
             history: History::new(sources.len(), started),
@@ -104,6 +124,12 @@ impl Admin {
             started,
             config_file,
             watched: watched.clone(),
+            hosts: settings.hosts.clone(),
+            token: settings
+                .token
+                .as_ref()
+                .map(|t| Sha256::digest(t.0.as_bytes()).into()),
+            refusals: OncePerSecond::default(),
         };
         (admin, TrafficSampler(watched))
     }
@@ -180,7 +206,9 @@ impl Admin {
         respond(StatusCode::OK, text, body.into_bytes())
     }
 
-    /// `DELETE /auth/lockouts/<ip>`: lifts that address's login lockout on every site.
+    /// `DELETE /auth/lockouts/<ip>`: lifts the login lockout of the client that address counts
+    /// as (an IPv6 address, or `addr/len` as `/status` shows it, stands for its network) on
+    /// every site.
     fn lockout(&self, method: &http::Method, ip: &str) -> Response<Vec<u8>> {
         let text = "text/plain; charset=utf-8";
         if method != http::Method::DELETE {
@@ -190,7 +218,8 @@ impl Admin {
                 b"DELETE only\n".to_vec(),
             );
         }
-        let Ok(ip) = ip.parse::<IpAddr>() else {
+        let address = ip.split_once('/').map_or(ip, |(address, _)| address);
+        let Ok(ip) = address.parse::<IpAddr>() else {
             return respond(
                 StatusCode::BAD_REQUEST,
                 text,
@@ -220,6 +249,78 @@ impl Admin {
     }
 }
 
+impl Admin {
+    /// Whether `req` names this listener by a Host it answers (see the module's comment).
+    fn host_allowed(&self, req: &RequestHeader) -> bool {
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri.authority().map(|a| a.as_str()));
+        let Some(host) = host.map(host_part) else {
+            return false;
+        };
+        let host = host.strip_suffix('.').unwrap_or(host);
+        host.parse::<IpAddr>().is_ok()
+            || host.eq_ignore_ascii_case("localhost")
+            || self.hosts.iter().any(|h| h.eq_ignore_ascii_case(host))
+    }
+
+    /// Whether `req` carries the token, when one is required.
+    fn authorized(&self, req: &RequestHeader) -> bool {
+        let Some(expected) = &self.token else {
+            return true;
+        };
+        let given = req
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| presented_token(v.as_bytes()));
+        given.is_some_and(|given| {
+            let given: [u8; 32] = Sha256::digest(&given).into();
+            openssl::memcmp::eq(&given, expected)
+        })
+    }
+
+    fn refused(&self, what: &str, req: &RequestHeader) {
+        if self.refusals.ready() {
+            log::warn!(
+                "admin listener: refused {} {} ({what})",
+                req.method,
+                req.uri.path()
+            );
+        }
+    }
+}
+
+/// `host[:port]` or `[v6][:port]` -> host.
+fn host_part(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or_default();
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    }
+}
+
+/// The token of `Authorization: Bearer <token>`, or the password of `Basic` credentials.
+fn presented_token(value: &[u8]) -> Option<Vec<u8>> {
+    let space = value.iter().position(|b| *b == b' ')?;
+    let (scheme, rest) = value.split_at(space);
+    let rest = rest.trim_ascii();
+    if scheme.eq_ignore_ascii_case(b"bearer") {
+        return Some(rest.to_vec());
+    }
+    if scheme.eq_ignore_ascii_case(b"basic") {
+        let pair = base64::engine::general_purpose::STANDARD
+            .decode(rest)
+            .ok()?;
+        let colon = pair.iter().position(|b| *b == b':')?;
+        return Some(pair[colon + 1..].to_vec());
+    }
+    None
+}
+
 fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
     Response::builder()
         .status(status)
@@ -235,6 +336,33 @@ impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
         let text = "text/plain; charset=utf-8";
+        if !self.host_allowed(req) {
+            self.refused("a Host it does not answer", req);
+            return respond(
+                StatusCode::MISDIRECTED_REQUEST,
+                text,
+                b"this listener answers its IP address, localhost and server.admin.hosts only\n"
+                    .to_vec(),
+            );
+        }
+        if !matches!(req.uri.path(), "/healthz" | "/readyz") && !self.authorized(req) {
+            self.refused("no valid token", req);
+            let mut denied = respond(
+                StatusCode::UNAUTHORIZED,
+                text,
+                b"this needs server.admin.token: Authorization: Bearer <token>\n".to_vec(),
+            );
+            for challenge in [
+                "Basic realm=\"ccedge admin\", charset=\"UTF-8\"",
+                "Bearer realm=\"ccedge admin\"",
+            ] {
+                denied.headers_mut().append(
+                    http::header::WWW_AUTHENTICATE,
+                    http::HeaderValue::from_static(challenge),
+                );
+            }
+            return denied;
+        }
         if let Some(ip) = req.uri.path().strip_prefix("/auth/lockouts/") {
             return self.lockout(&req.method, ip);
         }
@@ -277,7 +405,7 @@ impl ServeHttp for Admin {
 }
 
 /// `ccedge health`: asks the admin listener at `admin` for `/healthz`.
-pub fn probe(admin: Option<SocketAddr>) -> ExitCode {
+pub fn probe(admin: Option<&AdminSettings>) -> ExitCode {
     match ask(admin, "GET", "/healthz") {
         Ok((addr, 200, _)) => {
             println!("ccedge: healthy ({addr})");
@@ -296,7 +424,7 @@ pub fn probe(admin: Option<SocketAddr>) -> ExitCode {
 
 /// `ccedge purge`: asks the admin listener at `admin` to empty the caches (or the entries under
 /// `prefix`).
-pub fn purge(admin: Option<SocketAddr>, prefix: Option<&str>) -> ExitCode {
+pub fn purge(admin: Option<&AdminSettings>, prefix: Option<&str>) -> ExitCode {
     let target = match prefix {
         Some(p) => format!("/cache?prefix={p}"),
         None => "/cache".to_string(),
@@ -319,12 +447,12 @@ pub fn purge(admin: Option<SocketAddr>, prefix: Option<&str>) -> ExitCode {
 
 /// One request to the admin listener: the address asked, the status and the body.
 fn ask(
-    admin: Option<SocketAddr>,
+    admin: Option<&AdminSettings>,
     method: &str,
     target: &str,
 ) -> Result<(SocketAddr, u16, String), String> {
     use std::io::{Read, Write};
-    let Some(mut addr) = admin else {
+    let Some(mut addr) = admin.map(|a| a.listen) else {
         return Err("this needs server.admin.listen in the configuration".into());
     };
     if addr.ip().is_unspecified() {
@@ -337,8 +465,14 @@ fn ask(
     let timeout = std::time::Duration::from_secs(3);
     let reply = std::net::TcpStream::connect_timeout(&addr, timeout).and_then(|mut tcp| {
         tcp.set_read_timeout(Some(timeout))?;
-        let request =
-            format!("{method} {target} HTTP/1.1\r\nHost: ccedge\r\nConnection: close\r\n\r\n");
+        let authorization = admin
+            .and_then(|a| a.token.as_ref())
+            .map_or(String::new(), |t| {
+                format!("Authorization: Bearer {}\r\n", t.0)
+            });
+        let request = format!(
+            "{method} {target} HTTP/1.1\r\nHost: {addr}\r\n{authorization}Connection: close\r\n\r\n"
+        );
         tcp.write_all(request.as_bytes())?;
         let mut reply = String::new();
         tcp.read_to_string(&mut reply)?;

@@ -24,6 +24,7 @@ struct Families {
     websockets: IntGaugeVec,
     failovers: IntCounterVec,
     rate_limited: IntCounterVec,
+    send_timeouts: IntCounterVec,
     refused_connections: IntCounterVec,
     upstream_up: IntGaugeVec,
     health_changes: IntCounterVec,
@@ -83,6 +84,11 @@ fn families() -> &'static Families {
         let rate_limited = counter(
             "ccedge_rate_limited_total",
             "Requests refused with 429 by a rate limit.",
+            &["service"],
+        );
+        let send_timeouts = counter(
+            "ccedge_client_send_timeouts_total",
+            "Client connections closed because the client read nothing for client_send_timeout_ms.",
             &["service"],
         );
         let refused_connections = counter(
@@ -188,6 +194,7 @@ fn families() -> &'static Families {
             websockets,
             failovers,
             rate_limited,
+            send_timeouts,
             refused_connections,
             upstream_up,
             health_changes,
@@ -232,6 +239,7 @@ pub struct ServiceMetrics {
     pub websockets: IntGauge,
     pub failovers: IntCounter,
     pub rate_limited: IntCounter,
+    pub send_timeouts: IntCounter,
 }
 
 impl ServiceMetrics {
@@ -251,6 +259,7 @@ impl ServiceMetrics {
             websockets: f.websockets.with_label_values(&[service]),
             failovers: f.failovers.with_label_values(&[service]),
             rate_limited: f.rate_limited.with_label_values(&[service]),
+            send_timeouts: f.send_timeouts.with_label_values(&[service]),
         }
     }
 

@@ -147,6 +147,7 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
                     .unwrap_or(DIGITAL_CONNECTIONS),
             )],
             &d.clients.trusted_proxies,
+            d.limits.ipv6_prefix,
         );
         let service = DigitalProxy::new(channel);
         let mut service = proxy_service(&conf, &d.name, service, &d.limits, connections);
@@ -183,7 +184,12 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
                 )
             })
             .collect();
-        let connections = ConnectionLimits::new(&f.name, per_port, &f.clients.trusted_proxies);
+        let connections = ConnectionLimits::new(
+            &f.name,
+            per_port,
+            &f.clients.trusted_proxies,
+            f.limits.ipv6_prefix,
+        );
         let service = FinesseProxy::new(site);
         let mut service = proxy_service(&conf, &f.name, service, &f.limits, connections);
         let allow = AllowList::new(&f.name, &f.clients.allow).map(Arc::new);
@@ -216,8 +222,21 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
             f.listen_ports()
         );
     }
-    if let Some(addr) = config.server.admin {
-        let (admin, sampler) = Admin::new(config.file.display().to_string(), sources);
+    if let Some(settings) = &config.server.admin {
+        let addr = settings.listen;
+        match &settings.token {
+            None if !addr.ip().is_loopback() => log::warn!(
+                "admin listener on {addr} without server.admin.token: anyone who reaches it can \
+                 read /status, purge the caches and lift lockouts; set a token"
+            ),
+            Some(token) if token.0.len() < 16 => log::warn!(
+                "server.admin.token is {} characters long: use at least 16 random ones \
+                 (openssl rand -hex 32)",
+                token.0.len()
+            ),
+            _ => {}
+        }
+        let (admin, sampler) = Admin::new(config.file.display().to_string(), sources, settings);
         let mut service = Service::new("admin".to_string(), HttpServer::new_app(admin));
         service.threads = Some(1);
         service.add_tcp(&addr.to_string());

@@ -650,6 +650,90 @@ async fn behind_a_trusted_balancer_the_lockout_blocks_the_client_it_names() {
         .await;
 }
 
+/// The status of a GET of `/finesse/api/User` with `auth`, from the client a trusted balancer
+/// names in `headers`.
+async fn via_balancer(site: &AuthSite, auth: &str, headers: &[(&str, &str)]) -> u16 {
+    let mut all = vec![("Authorization", auth)];
+    all.extend_from_slice(headers);
+    let answer = site
+        .client()
+        .send("GET", "/finesse/api/User", &all, b"")
+        .await
+        .unwrap();
+    answer.status
+}
+
+#[tokio::test]
+async fn ipv6_clients_are_locked_out_by_their_network() {
+    let site =
+        AuthSite::start_with("auth-v6", None, None, "    trusted_proxies: [127.0.0.1]\n").await;
+    let wrong = basic("agent1", "guess");
+    // Each guess from another address of the same /64, as anyone holding one can send.
+    for i in 1..=5 {
+        let from = format!("2001:db8:1:2::{i}");
+        let status = via_balancer(&site, &wrong, &[("X-Forwarded-For", &from)]).await;
+        assert_eq!(status, 401, "guess {i}");
+    }
+    let right = basic("agent1", "secret");
+    let same_net = [("X-Forwarded-For", "2001:db8:1:2:ffff::99")];
+    assert_eq!(via_balancer(&site, &right, &same_net).await, 429);
+    let other_net = [("X-Forwarded-For", "2001:db8:1:3::1")];
+    assert_eq!(via_balancer(&site, &right, &other_net).await, 200);
+    site.ccedge
+        .wait_stderr("2001:db8:1:2::5 blocked for 1800 seconds after 5 failed logins")
+        .await;
+    let status = site.status().await;
+    assert_eq!(
+        status["services"][0]["auth"]["lockouts"][0]["client_ip"],
+        "2001:db8:1:2::/64"
+    );
+    let lift = format!(
+        "http://127.0.0.1:{}/auth/lockouts/2001:db8:1:2::77",
+        site.admin
+    );
+    assert_eq!(curl(&["-X", "DELETE", &lift]).await.unwrap().status, 200);
+    assert_eq!(via_balancer(&site, &right, &same_net).await, 200);
+}
+
+#[tokio::test]
+async fn with_x_real_ip_chosen_a_forged_forwarded_for_blocks_nobody_else() {
+    let extra = "    trusted_proxies: [127.0.0.1]\n    client_ip_header: x-real-ip\n";
+    let site = AuthSite::start_with("auth-real-ip", None, None, extra).await;
+    // The balancer sets X-Real-IP to the attacker's address and passes on the X-Forwarded-For
+    // the attacker wrote, naming a colleague.
+    let attacker = [
+        ("X-Real-IP", "198.51.100.9"),
+        ("X-Forwarded-For", "203.0.113.50"),
+    ];
+    for _ in 0..5 {
+        let status = via_balancer(&site, &basic("agent1", "guess"), &attacker).await;
+        assert_eq!(status, 401);
+    }
+    let right = basic("agent1", "secret");
+    let colleague = [("X-Real-IP", "203.0.113.50")];
+    assert_eq!(via_balancer(&site, &right, &colleague).await, 200);
+    assert_eq!(via_balancer(&site, &right, &attacker).await, 429);
+    site.ccedge
+        .wait_stderr("198.51.100.9 blocked for 1800 seconds after 5 failed logins")
+        .await;
+    let echo = site
+        .client()
+        .send(
+            "GET",
+            "/finesse/api/User",
+            &[
+                ("Authorization", &right),
+                ("X-Real-IP", "203.0.113.50"),
+                ("X-Forwarded-For", "192.0.2.1"),
+            ],
+            b"",
+        )
+        .await
+        .unwrap();
+    let echo = crate::harness::upstream::Echo::parse(&echo.body);
+    assert_eq!(echo.header("x-real-ip").as_deref(), Some("203.0.113.50"));
+}
+
 #[tokio::test]
 async fn public_paths_pass_and_path_tricks_do_not_reach_them() {
     let site = AuthSite::start("auth-paths", None).await;

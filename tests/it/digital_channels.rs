@@ -547,6 +547,39 @@ async fn paths_written_another_way_count_against_the_rate_limit() {
 }
 
 #[tokio::test]
+async fn an_ipv6_network_is_one_client_for_the_rate_limit() {
+    let rules = "    trusted_proxies: [127.0.0.1]\n    rate_limits:\n      - path_prefix: /drapi/\n        \
+                 per_second: 2\n        burst: 0\n";
+    let cc = Cc::start("dc-rate-v6", rules).await;
+    let mut client = cc.client();
+    let started = Instant::now();
+    let mut passed = 0;
+    for i in 1..=40 {
+        let from = format!("2001:db8:5:6::{i:x}");
+        let answer = client
+            .send("GET", "/drapi/v1/tasks", &[("X-Forwarded-For", &from)], b"")
+            .await
+            .unwrap();
+        passed += usize::from(answer.status == 200);
+    }
+    let seconds = started.elapsed().as_secs() as usize + 1;
+    assert!(
+        passed <= 2 * (seconds + 1),
+        "{passed} of 40 passed in {seconds} s"
+    );
+    let elsewhere = client
+        .send(
+            "GET",
+            "/drapi/v1/tasks",
+            &[("X-Forwarded-For", "2001:db8:5:7::1")],
+            b"",
+        )
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.status, 200, "another network has its own count");
+}
+
+#[tokio::test]
 async fn body_over_the_limit_is_413() {
     let cc = Cc::start("dc-body", "    limits:\n      max_body_bytes: 1000\n").await;
     let mut client = cc.client();

@@ -120,8 +120,8 @@ async fn wait_for(done: impl Fn() -> bool) {
 async fn idle_websocket_outlives_http_timeouts_but_not_its_own() {
     let log = Arc::new(EchoLog::default());
     let upstream = Upstream::custom("ws", ws::echo_handler(log.clone())).await;
-    let http_timeouts =
-        "    limits:\n      client_header_timeout_ms: 300\n      upstream_read_timeout_ms: 300\n";
+    let http_timeouts = "    limits:\n      client_header_timeout_ms: 300\n      upstream_read_timeout_ms: 300\n      \
+                         client_send_timeout_ms: 300\n";
     let site = Site::start(
         "ws-idle",
         &[(&upstream.authority(), "finesse", "")],

@@ -6,7 +6,13 @@ use crate::harness::h2raw::{
     header_block, RawH2, END_HEADERS, END_STREAM, GOAWAY, HEADERS, PING, RST_STREAM, SETTINGS,
 };
 use crate::harness::raw::{Behaviour, RawUpstream};
+use crate::harness::upstream::{full, Handler};
 use crate::harness::{curl, free_port, server_block, Ca, Ccedge, TestDir, Upstream};
+use bytes::Bytes;
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -482,6 +488,85 @@ async fn absolute_form_targets_reach_the_upstream_in_origin_form_or_not_at_all()
         lines,
         ["GET /drapi/v1/b?x=1 HTTP/1.1", "GET /drapi/v1/c HTTP/1.1"],
         "what the upstream read"
+    );
+}
+
+/// An upstream that streams 64 MiB in 64 KiB frames and records whether it could send them all
+/// or its connection was dropped under it (health checks get a short answer).
+fn endless(aborted: Arc<AtomicBool>) -> Handler {
+    Arc::new(move |req: Request<Incoming>| {
+        let aborted = aborted.clone();
+        let probe = req
+            .headers()
+            .get("user-agent")
+            .is_some_and(|a| a.as_bytes().starts_with(b"ccedge-health/"));
+        Box::pin(async move {
+            if probe {
+                return Response::builder().body(full("ok")).unwrap();
+            }
+            let (mut tx, body) = http_body_util::channel::Channel::<Bytes>::new(2);
+            tokio::spawn(async move {
+                let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+                for _ in 0..1024 {
+                    if tx.send(Frame::data(chunk.clone())).await.is_err() {
+                        aborted.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                }
+            });
+            use http_body_util::BodyExt;
+            Response::builder()
+                .header("Content-Length", 64 * 1024 * 1024)
+                .body(body.boxed())
+                .unwrap()
+        })
+    })
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_and_its_upstream_connection_released() {
+    let dir = TestDir::new("hard-send-timeout");
+    let aborted = Arc::new(AtomicBool::new(false));
+    let publisher = Upstream::custom("publisher", endless(aborted.clone())).await;
+    let (port, admin) = (free_port(), free_port());
+    let yaml = format!(
+        "{server}digital_channels:\n  - name: cc\n    listen: 127.0.0.1:{port}\n    public: dc.example.com:443\n    \
+         publisher: {p}\n    subscriber: 127.0.0.1:{spare}\n    limits:\n      client_send_timeout_ms: 1000\n",
+        server = server_block(&dir.path, Some(admin)),
+        p = publisher.authority(),
+        spare = free_port(),
+    );
+    let ccedge = Ccedge::start(&dir, &yaml, &[port, admin]).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let mut tcp = socket.connect(([127, 0, 0, 1], port).into()).await.unwrap();
+    tcp.write_all(
+        b"GET /drapi/v1/export HTTP/1.1\r\nHost: dc.example.com\r\nTrackingID: stalled-1\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // Read nothing: ccedge's writes stop making progress.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !aborted.load(Ordering::SeqCst) {
+        assert!(
+            Instant::now() < deadline,
+            "the upstream connection was never released"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (received, closed) = until_closed(&mut tcp, Duration::from_secs(5)).await;
+    assert!(closed.is_some(), "the client connection stayed open");
+    assert!(received.len() < 64 * 1024 * 1024, "the whole body arrived");
+    let line = ccedge.log_entry("stalled-1").await;
+    let error = line["error"].as_str().unwrap_or_default();
+    assert!(error.contains("client_send_timeout_ms"), "{line}");
+    let metrics = curl(&[&format!("http://127.0.0.1:{admin}/metrics")])
+        .await
+        .unwrap()
+        .body;
+    assert!(
+        metrics.contains("ccedge_client_send_timeouts_total{service=\"cc\"} 1"),
+        "{metrics}"
     );
 }
 

@@ -154,6 +154,23 @@ async fn connection_nominating_a_forwarding_header_is_refused() {
     assert!(reply.header("trackingid").is_some());
     assert_eq!(reply.header("server"), None);
     assert_eq!(dc.publisher.hits(), 0);
+    // X-Real-IP is not one Pingora protects: nominated, it is removed, and the upstream gets
+    // ccedge's own (the client a forged one named is never believed from an untrusted peer).
+    let reply = curl(&args(
+        &[
+            "--http1.1",
+            "-H",
+            "Connection: X-Real-IP",
+            "-H",
+            "X-Real-IP: 192.0.2.1",
+        ],
+        &dc.url("/drapi/v1/tasks"),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(reply.status, 200);
+    let echo = reply.echo();
+    assert_eq!(echo.all("x-real-ip"), ["127.0.0.1"]);
 }
 
 #[tokio::test]

@@ -1,7 +1,8 @@
 //! The access log and the admin listener.
 
 use crate::harness::fixtures::{args, Digital};
-use crate::harness::{curl, free_port, Ccedge, TestDir, Upstream};
+use crate::harness::{binary, curl, free_port, server_block, Ccedge, TestDir, Upstream};
+use base64::Engine;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -87,6 +88,110 @@ async fn admin_listener_reports_health_and_status() {
         .await
         .unwrap();
     assert_eq!(missing.status, 404);
+}
+
+#[tokio::test]
+async fn admin_listener_answers_only_its_own_names_and_with_a_token_only_with_it() {
+    let dir = TestDir::new("admin-guard");
+    let upstream = Upstream::plain("publisher").await;
+    let (port, admin) = (free_port(), free_port());
+    let token = "t0ken-5f0c2a9e8b7d41c6";
+    let yaml = format!(
+        "{server}    hosts: [ops.example.com]\n    token: {token}\n\
+         digital_channels:\n  - name: cc\n    listen: 127.0.0.1:{port}\n    public: dc.example.com:443\n    \
+         publisher: {u}\n    subscriber: 127.0.0.1:{spare}\n",
+        server = server_block(&dir.path, Some(admin)),
+        u = upstream.authority(),
+        spare = free_port(),
+    );
+    let ccedge = Ccedge::start(&dir, &yaml, &[port, admin]).await;
+    let ask = |method: &'static str, path: &'static str, headers: Vec<String>| {
+        let url = format!("http://127.0.0.1:{admin}{path}");
+        async move {
+            let mut args = vec!["-X".to_string(), method.to_string()];
+            for h in headers {
+                args.push("-H".into());
+                args.push(h);
+            }
+            args.push(url);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            curl(&args).await.unwrap()
+        }
+    };
+    let bearer = format!("Authorization: Bearer {token}");
+    // A page that rebinds its own name to the listener sends that name as Host: refused before
+    // anything is read or changed.
+    let rebound = "Host: evil.example.net:9900".to_string();
+    for (method, path) in [
+        ("GET", "/status"),
+        ("DELETE", "/cache"),
+        ("GET", "/healthz"),
+    ] {
+        let reply = ask(method, path, vec![rebound.clone(), bearer.clone()]).await;
+        assert_eq!(reply.status, 421, "{method} {path}");
+    }
+    assert_eq!(
+        ask("DELETE", "/auth/lockouts/192.0.2.1", vec![rebound.clone()])
+            .await
+            .status,
+        421
+    );
+    // By address, without the token: only /healthz.
+    assert_eq!(ask("GET", "/healthz", vec![]).await.status, 200);
+    let denied = ask("GET", "/status", vec![]).await;
+    assert_eq!(denied.status, 401);
+    let challenges: Vec<&str> = denied
+        .headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("www-authenticate"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert!(
+        challenges.iter().any(|c| c.starts_with("Basic ")),
+        "a browser is asked for the token: {challenges:?}"
+    );
+    for path in ["/metrics", "/", "/cache"] {
+        assert_eq!(ask("GET", path, vec![]).await.status, 401, "{path}");
+    }
+    let wrong = ask("GET", "/status", vec!["Authorization: Bearer t0ken".into()]).await;
+    assert_eq!(wrong.status, 401);
+    assert_eq!(
+        ask("DELETE", "/auth/lockouts/192.0.2.1", vec![])
+            .await
+            .status,
+        401
+    );
+    // With it, by address, localhost or a listed name; a browser's Basic password works too.
+    let status = ask("GET", "/status", vec![bearer.clone()]).await;
+    assert_eq!(status.status, 200, "{}", status.body);
+    let basic = format!(
+        "Authorization: Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("operator:{token}"))
+    );
+    for host in [
+        "Host: localhost:9900",
+        "Host: ops.example.com",
+        "Host: OPS.example.com.",
+    ] {
+        let reply = ask("GET", "/status", vec![host.into(), basic.clone()]).await;
+        assert_eq!(reply.status, 200, "{host}");
+    }
+    // The commands read the token from the same file.
+    let config = dir.join("ccedge.yaml");
+    let health = tokio::process::Command::new(binary())
+        .args(["health", "-c", config.to_str().unwrap()])
+        .output()
+        .await
+        .unwrap();
+    assert!(health.status.success());
+    let purge = tokio::process::Command::new(binary())
+        .args(["purge", "-c", config.to_str().unwrap()])
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&purge.stderr);
+    assert!(said.contains("purge refused (404)"), "{said}");
+    drop(ccedge);
 }
 
 /// A plain digital channel whose `server:` block sets `access_log: {target}`.

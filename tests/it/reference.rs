@@ -138,7 +138,7 @@ fn documented_keys() -> BTreeMap<String, String> {
         };
         if key
             .chars()
-            .all(|c| c.is_ascii_lowercase() || "_.[]".contains(c))
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.[]".contains(c))
         {
             let previous = keys.insert(key.to_string(), cells[3].to_string());
             assert!(previous.is_none(), "`{key}` has two rows in the reference");

@@ -16,6 +16,7 @@ mod verdicts;
 pub use jwt::{signing_keys_in, KeyRefresh};
 
 use crate::config::{AuthSettings, Limits};
+use crate::edge::identity::{self, ClientIdentity};
 use crate::edge::reply::Refusal;
 use crate::observe::metrics::AuthMetrics;
 use async_trait::async_trait;
@@ -65,6 +66,8 @@ pub struct Auth {
     service: String,
     public_paths: Vec<String>,
     lockouts: Lockouts,
+    /// `limits.ipv6_prefix`: the lockout counts an IPv6 client by its network.
+    v6_prefix: u8,
     verdicts: Arc<Verdicts>,
     methods: Vec<Box<dyn Method>>,
     keys: Option<Arc<jwt::Keys>>,
@@ -110,6 +113,7 @@ impl Auth {
             service: service.to_string(),
             public_paths: settings.public_paths.clone(),
             lockouts: Lockouts::new(&settings.lockout),
+            v6_prefix: limits.ipv6_prefix,
             verdicts,
             methods,
             keys,
@@ -132,14 +136,14 @@ impl Auth {
         &self,
         req: &RequestHeader,
         path: &str,
-        client: IpAddr,
+        client: ClientIdentity,
         websocket: bool,
     ) -> Decision {
         let public = self.public_paths.iter().any(|p| under(path, p));
         if public || is_preflight(req) {
             return Decision::Pass { user: None };
         }
-        if let Some(left) = self.lockouts.blocked(client, Instant::now()) {
+        if let Some(left) = self.lockouts.blocked(client.key, Instant::now()) {
             return self.blocked(client, left);
         }
         let credential = match credential::presented(&req.headers, websocket) {
@@ -178,11 +182,11 @@ impl Auth {
 
     /// A place among the failures `client` has left for its credential to be judged in, waiting
     /// while as many are being judged; the block answer once the failures reach it.
-    async fn reserve(&self, client: IpAddr) -> Result<Reservation<'_>, Decision> {
+    async fn reserve(&self, client: ClientIdentity) -> Result<Reservation<'_>, Decision> {
         let deadline = tokio::time::Instant::now() + RESERVATION_WAIT;
         loop {
             let seen = self.lockouts.settled();
-            match self.lockouts.reserve(client, Instant::now()) {
+            match self.lockouts.reserve(client.key, Instant::now()) {
                 Admission::Reserved(reservation) => return Ok(reservation),
                 Admission::Blocked(left) => return Err(self.blocked(client, left)),
                 Admission::Wait => {}
@@ -195,7 +199,10 @@ impl Auth {
             }
             if tokio::time::timeout_at(deadline, woken).await.is_err() {
                 let retry = vec![("Retry-After", HeaderValue::from_static("1"))];
-                let message = format!("too many logins from {client} are being checked at once");
+                let message = format!(
+                    "too many logins from {} are being checked at once",
+                    self.shown(client.key)
+                );
                 return Err(self.refuse(429, message, None, retry));
             }
         }
@@ -206,7 +213,7 @@ impl Auth {
     fn decide(
         &self,
         attempt: &Attempt<'_>,
-        client: IpAddr,
+        client: ClientIdentity,
         verdict: Option<Verdict>,
         reservation: Option<Reservation<'_>>,
     ) -> Decision {
@@ -243,12 +250,14 @@ impl Auth {
     }
 
     /// The answer to a blocked client: 429 with the seconds left.
-    fn blocked(&self, client: IpAddr, left: Duration) -> Decision {
+    fn blocked(&self, client: ClientIdentity, left: Duration) -> Decision {
         self.metrics.blocked.inc();
         let seconds = left.as_secs().max(1);
         let retry = [("Retry-After", HeaderValue::from(seconds))];
-        let message =
-            format!("too many failed logins from {client}: blocked for {seconds} more seconds");
+        let message = format!(
+            "too many failed logins from {}: blocked for {seconds} more seconds",
+            self.shown(client.key)
+        );
         self.refuse(429, message, None, retry.to_vec())
     }
 
@@ -268,7 +277,7 @@ impl Auth {
     fn failed(
         &self,
         req: &RequestHeader,
-        client: IpAddr,
+        client: ClientIdentity,
         why: Arc<str>,
         user: Option<Arc<str>>,
         reservation: Option<Reservation<'_>>,
@@ -277,12 +286,13 @@ impl Auth {
         let now = Instant::now();
         let blocked = match reservation {
             Some(r) => r.settle(true, now),
-            None => self.lockouts.failed(client, now),
+            None => self.lockouts.failed(client.key, now),
         };
         if let Some(blocked) = blocked {
             self.metrics.lockouts.inc();
             log::warn!(
-                "{client} blocked for {} seconds after {} failed logins (service {})",
+                "{} blocked for {} seconds after {} failed logins (service {})",
+                client.ip,
                 blocked.seconds,
                 blocked.after_failures,
                 self.service
@@ -309,16 +319,24 @@ impl Auth {
         }
     }
 
-    /// Lifts a block on `ip`; false when it was not blocked.
+    /// Lifts the block on the client `ip` counts as (its IPv6 network); false when it was not
+    /// blocked.
     pub fn lift_block(&self, ip: IpAddr) -> bool {
-        let lifted = self.lockouts.clear(ip, Instant::now());
+        let key = identity::client_key(ip, self.v6_prefix);
+        let lifted = self.lockouts.clear(key, Instant::now());
         if lifted {
             log::warn!(
-                "{ip} unblocked by the admin listener (service {})",
+                "{} unblocked by the admin listener (service {})",
+                self.shown(key),
                 self.service
             );
         }
         lifted
+    }
+
+    /// A client key as `/status` and messages show it.
+    fn shown(&self, key: IpAddr) -> String {
+        identity::show_key(key, self.v6_prefix)
     }
 
     /// For `/status`: blocked addresses and the state of the signing keys.
@@ -327,7 +345,7 @@ impl Auth {
             .lockouts
             .current(Instant::now())
             .into_iter()
-            .map(|(ip, seconds)| json!({"client_ip": ip.to_string(), "seconds_left": seconds}))
+            .map(|(key, seconds)| json!({"client_ip": self.shown(key), "seconds_left": seconds}))
             .collect();
         json!({
             "lockouts": blocked,
