@@ -4,7 +4,8 @@
 
 use crate::config::cidr::CidrSet;
 use crate::config::{Authority, ClientPolicy};
-use crate::edge::{headers, identity};
+use crate::edge::target::{self, Reduced};
+use crate::edge::{headers, identity, path};
 use crate::finesse::substitution::{Rewriter, StreamRewrite};
 use bytes::Bytes;
 use pingora::http::RequestHeader;
@@ -79,6 +80,42 @@ pub fn header_policy(data: &[u8]) {
     assert!(req.headers.get("accept-encoding").is_none());
 }
 
+/// Whatever target a client sends, the request every rule judges is in origin form with a
+/// normalised path, reducing it again changes nothing, and the path rules match has no
+/// `;parameters`.
+pub fn request_target(data: &[u8]) {
+    let Ok(mut req) = RequestHeader::build("GET", data, None) else {
+        return;
+    };
+    let Ok(reduced) = target::reduce(&mut req) else {
+        return;
+    };
+    let once = req.raw_path().to_vec();
+    assert!(
+        once.starts_with(b"/"),
+        "{:?}",
+        String::from_utf8_lossy(&once)
+    );
+    let path = req.uri.path();
+    assert_eq!(
+        path::normalize(path).as_deref(),
+        Ok(path),
+        "normalised twice"
+    );
+    let rules = reduced.bare.as_deref().unwrap_or(path);
+    assert!(!rules.contains(';'), "{rules}");
+    assert_eq!(rules, path::without_parameters(path));
+    let again = target::reduce(&mut req).expect("a reduced target is accepted");
+    assert_eq!(req.raw_path(), &once[..]);
+    assert_eq!(
+        again,
+        Reduced {
+            absolute: false,
+            ..reduced
+        }
+    );
+}
+
 /// However a body is cut into chunks, the streamed rewrite equals the rewrite of the whole.
 /// Layout: a pattern count, then per pattern a length and `from`, a length and `to` (lengths
 /// modulo 16), then the body, whose bytes also decide the cuts.
@@ -128,9 +165,10 @@ mod tests {
     fn committed_fuzz_inputs_pass() {
         let top = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
         type Check = fn(&[u8]);
-        let targets: [(&str, Check); 3] = [
+        let targets: [(&str, Check); 4] = [
             ("config_loader", super::config_loader),
             ("header_policy", super::header_policy),
+            ("request_target", super::request_target),
             ("substitution", super::substitution),
         ];
         let mut replayed = 0;

@@ -66,7 +66,8 @@ pub fn reduce(req: &mut RequestHeader) -> Result<Reduced, Refusal> {
         Cow::Owned(bare) => Some(bare.into_boxed_str()),
         Cow::Borrowed(_) => None,
     };
-    if absolute || matches!(normal, Cow::Owned(_)) {
+    let changed = matches!(&normal, Cow::Owned(p) if p != req.uri.path());
+    if absolute || changed {
         let normal = normal.into_owned();
         upstream::set_path(req, &normal)
             .map_err(|_| "the normalised path is not a valid target")?;

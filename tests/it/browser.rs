@@ -265,6 +265,19 @@ async fn an_agent_signs_in_and_stays_connected_through_a_reload() {
             "{asset}: the second load was not served from the cache"
         );
     }
+    // The figure bench/RESULTS.md keeps: how much of two desktop loads the cache served.
+    let lookups: Vec<String> = supervisor
+        .log_lines()
+        .iter()
+        .filter(|l| l["cache"] != "BYPASS")
+        .map(|l| l["cache"].as_str().unwrap_or("?").to_string())
+        .collect();
+    let hits = lookups.iter().filter(|c| *c == "HIT").count();
+    eprintln!(
+        "desktop cache: {hits} of {} cacheable requests of two loads were hits ({:?})",
+        lookups.len(),
+        lookups
+    );
 
     // A wrong password is refused at the proxy; the right one signs in.
     let sign_in = |user: &str, password: &str| {
