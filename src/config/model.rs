@@ -63,7 +63,7 @@ pub struct AdminSettings {
     pub listen: SocketAddr,
     /// Host names answered besides IP literals and `localhost` (lower case, no trailing dot).
     pub hosts: Vec<String>,
-    /// The bearer token every endpoint but `/healthz` and `/readyz` needs, when set.
+    /// The bearer token every endpoint but `/healthz` needs, when set.
     pub token: Option<Secret>,
 }
 

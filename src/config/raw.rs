@@ -70,7 +70,7 @@ pub struct RawAdmin {
     /// Host names it answers besides IP literals and localhost (other Host headers get 421).
     #[serde(default)]
     pub hosts: Vec<String>,
-    /// When set, every endpoint but /healthz and /readyz needs `Authorization: Bearer <token>`.
+    /// When set, every endpoint but /healthz needs `Authorization: Bearer <token>`.
     pub token: Option<String>,
 }
 

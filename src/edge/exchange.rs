@@ -272,7 +272,7 @@ impl Front {
         }) {
             self.metrics.send_timeouts.inc();
             ctx.refusal = Some(Cow::Owned(format!(
-                "the client read nothing for {} ms (limits.client_send_timeout_ms): connection closed",
+                "the client took no more of the response for {} ms (limits.client_send_timeout_ms): connection closed",
                 self.limits.client_send_timeout.as_millis()
             )));
         }

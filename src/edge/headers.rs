@@ -95,7 +95,7 @@ pub fn apply_request(
     tracking_id: &HeaderValue,
 ) -> pingora::Result<()> {
     let mut chain = String::with_capacity(64);
-    if client.peer_trusted {
+    if client.chain_kept {
         for value in req.headers.get_all("x-forwarded-for") {
             if let Ok(value) = value.to_str() {
                 let value = value.trim().trim_matches(',');
@@ -105,7 +105,8 @@ pub fn apply_request(
                 }
             }
         }
-    } else {
+    }
+    if !client.peer_trusted {
         // Only a trusted balancer may speak for the client's origin.
         req.remove_header(&header::FORWARDED);
         req.remove_header("x-forwarded-host");
@@ -199,6 +200,7 @@ mod tests {
         ClientIdentity {
             ip: ip.parse().unwrap(),
             peer_trusted: trusted,
+            chain_kept: trusted,
             key: ip.parse().unwrap(),
         }
     }

@@ -7,7 +7,7 @@
 use crate::config::cidr::CidrSet;
 use crate::config::{ClientIpHeader, ClientPolicy};
 use http::header::HeaderMap;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 pub const X_REAL_IP: &str = "x-real-ip";
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
@@ -18,6 +18,10 @@ pub struct ClientIdentity {
     pub ip: IpAddr,
     /// Whether the TCP peer is in `trusted_proxies` (its forwarding headers are believed).
     pub peer_trusted: bool,
+    /// Whether the peer's `X-Forwarded-For` is a chain it maintains, kept upstream: from a
+    /// trusted peer whose client header is `X-Forwarded-For` (a balancer that names the client
+    /// in another header passes on whatever the client wrote there).
+    pub chain_kept: bool,
     /// What lockouts, rate limits and connection caps count the client as (see `client_key`).
     pub key: IpAddr,
 }
@@ -61,6 +65,7 @@ impl Resolver {
         ClientIdentity {
             ip,
             peer_trusted,
+            chain_kept: peer_trusted && self.header == ClientIpHeader::ForwardedFor,
             key: client_key(ip, self.v6_prefix),
         }
     }
@@ -87,9 +92,14 @@ impl Resolver {
 }
 
 /// What `ip` counts as for lockouts, limits and connection caps: an IPv4 address itself; an
-/// IPv6 address its network of `v6_prefix` bits.
+/// IPv6 address its network of `v6_prefix` bits, except an IPv4 client translated by NAT64
+/// (`64:ff9b::a.b.c.d`, RFC 6052's well-known prefix), which counts as its IPv4 address: behind
+/// NAT64 every IPv4 client shares one /64.
 pub fn client_key(ip: IpAddr, v6_prefix: u8) -> IpAddr {
     match ip.to_canonical() {
+        IpAddr::V6(v6) if v6.segments()[..6] == [0x64, 0xff9b, 0, 0, 0, 0] => {
+            IpAddr::V4(Ipv4Addr::from(u128::from(v6) as u32))
+        }
         IpAddr::V6(v6) => {
             let bits = u32::from(v6_prefix.min(128));
             let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
@@ -220,7 +230,12 @@ mod tests {
         ]);
         let real_ip = ClientIpHeader::Named(http::HeaderName::from_static("x-real-ip"));
         let r = resolver(trusted(&["10.0.0.0/8"]), real_ip, 64);
-        assert_eq!(r.resolve(ip("10.0.0.1"), &h).ip, ip("198.51.100.77"));
+        let id = r.resolve(ip("10.0.0.1"), &h);
+        assert_eq!(id.ip, ip("198.51.100.77"));
+        assert!(
+            id.peer_trusted && !id.chain_kept,
+            "the client wrote that chain"
+        );
         let only_forged = headers(&[("x-forwarded-for", "192.0.2.66")]);
         assert_eq!(
             r.resolve(ip("10.0.0.1"), &only_forged).ip,
@@ -260,6 +275,11 @@ mod tests {
         assert_eq!(client_key(ip("2001:db8::1"), 128), ip("2001:db8::1"));
         assert_eq!(client_key(ip("2001:db8:ff::1"), 32), ip("2001:db8::"));
         assert_eq!(client_key(ip("2001:db8:ff::1"), 1), ip("::"));
+        assert_eq!(
+            client_key(ip("64:ff9b::c000:221"), 64),
+            ip("192.0.2.33"),
+            "NAT64 clients are their IPv4 address"
+        );
         let forwarded = headers(&[("x-forwarded-for", "2001:db8:9:9::5")]);
         let via = r.resolve(ip("10.0.0.1"), &forwarded);
         assert_eq!(via.key, ip("2001:db8:9:9::"));

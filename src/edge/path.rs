@@ -84,13 +84,17 @@ fn decode_unreserved(path: &str) -> Result<String, Refusal> {
             v if v.is_ascii_control() => {
                 return Err("the path hides a control character in a percent-escape")
             }
-            b'%' if double_encoded(&bytes[i + 3..]) => {
-                return Err("the path has a double-encoded dot or separator")
-            }
             v if unreserved(v) => out.push(char::from(v)),
             _ => out.push_str(&path[i..i + 3]),
         }
         i += 3;
+    }
+    // Checked on the decoded text: `%25%32%65` decodes to `%252e` just as `%252e` is written.
+    let encoded_percent = out.as_bytes().windows(3).enumerate();
+    for (at, _) in encoded_percent.filter(|(_, w)| w.eq_ignore_ascii_case(b"%25")) {
+        if double_encoded(&out.as_bytes()[at + 3..]) {
+            return Err("the path has a double-encoded dot or separator");
+        }
     }
     Ok(out)
 }
@@ -214,6 +218,8 @@ mod tests {
             "/desktop/%2",
             "/desktop/%252e%252e/finesse",
             "/desktop/%252F",
+            "/desktop/%25%32%65%25%32%65/finesse",
+            "/.%252%652A@%252A",
             "/..",
             "/desktop/../../etc",
             "*",

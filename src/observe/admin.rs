@@ -3,8 +3,8 @@
 //!
 //! It answers only requests whose `Host` is an IP literal, `localhost` or one of
 //! `server.admin.hosts` (others get 421), so a web page an operator's browser loads cannot reach
-//! it by DNS rebinding. With `server.admin.token`, every endpoint but `/healthz` and `/readyz`
-//! needs the token, as `Authorization: Bearer <token>` or as the password of Basic credentials
+//! it by DNS rebinding. With `server.admin.token`, every endpoint but `/healthz` needs the
+//! token, as `Authorization: Bearer <token>` or as the password of Basic credentials
 //! (which a browser asks for, so the status page keeps working).
 
 use crate::config::tls::Presented;
@@ -345,7 +345,7 @@ impl ServeHttp for Admin {
                     .to_vec(),
             );
         }
-        if !matches!(req.uri.path(), "/healthz" | "/readyz") && !self.authorized(req) {
+        if req.uri.path() != "/healthz" && !self.authorized(req) {
             self.refused("no valid token", req);
             let mut denied = respond(
                 StatusCode::UNAUTHORIZED,

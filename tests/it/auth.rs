@@ -24,7 +24,8 @@ fn basic(user: &str, password: &str) -> String {
     format!("Basic {}", STANDARD.encode(format!("{user}:{password}")))
 }
 
-/// A validator like Finesse's UserAuth: `agent1:secret` and the token `opaque-good` are valid.
+/// A validator like Finesse's UserAuth: `agent1:secret` to `agent100:secret` and the token
+/// `opaque-good` are valid.
 #[derive(Default)]
 struct Validator {
     calls: AtomicUsize,
@@ -45,8 +46,10 @@ impl Validator {
                     .headers()
                     .get("authorization")
                     .map(|v| v.as_bytes().to_vec());
-                let valid = given.as_deref() == Some(basic("agent1", "secret").as_bytes())
-                    || given.as_deref() == Some(b"Bearer opaque-good".as_slice());
+                // Every agent's password is `secret`.
+                let valid = given.as_deref().is_some_and(|g| {
+                    (1..=100).any(|n| g == basic(&format!("agent{n}"), "secret").as_bytes())
+                }) || given.as_deref() == Some(b"Bearer opaque-good".as_slice());
                 let status = match (state.broken.load(Ordering::SeqCst), valid) {
                     (true, _) => 500,
                     (false, true) => 200,
@@ -619,7 +622,28 @@ async fn parallel_sign_ins_with_good_credentials_all_pass() {
     for request in requests {
         assert_eq!(request.await.unwrap(), 200);
     }
-    assert_eq!(site.validator.calls(), 1);
+    assert_eq!(site.validator.calls(), 1, "one credential, one check");
+
+    // Forty agents behind one address signing in at once: checked a few at a time (as many as
+    // the failures the address has left), all let in.
+    let agents: Vec<_> = (2..=41)
+        .map(|n| {
+            let streams = streams.clone();
+            tokio::spawn(async move {
+                let credential = basic(&format!("agent{n}"), "secret");
+                let path = format!("/finesse/api/User/agent{n}");
+                streams
+                    .send("GET", &path, &[("Authorization", &credential)])
+                    .await
+                    .unwrap()
+                    .status
+            })
+        })
+        .collect();
+    for agent in agents {
+        assert_eq!(agent.await.unwrap(), 200);
+    }
+    assert_eq!(site.validator.calls(), 41);
 }
 
 #[tokio::test]
@@ -732,6 +756,11 @@ async fn with_x_real_ip_chosen_a_forged_forwarded_for_blocks_nobody_else() {
         .unwrap();
     let echo = crate::harness::upstream::Echo::parse(&echo.body);
     assert_eq!(echo.header("x-real-ip").as_deref(), Some("203.0.113.50"));
+    assert_eq!(
+        echo.header("x-forwarded-for").as_deref(),
+        Some("203.0.113.50, 127.0.0.1"),
+        "what the client wrote in X-Forwarded-For does not reach the upstream"
+    );
 }
 
 #[tokio::test]

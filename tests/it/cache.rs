@@ -122,7 +122,13 @@ impl Origin {
                 resp
             }
             "/desktop/by-cookie.js" => {
-                let mut resp = js(format!("for {}", header("cookie").unwrap_or_default()));
+                let cookies: Vec<&str> = req
+                    .headers()
+                    .get_all("cookie")
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .collect();
+                let mut resp = js(format!("for {}", cookies.join("; ")));
                 resp.headers_mut().insert("vary", "Cookie".parse().unwrap());
                 resp
             }
@@ -137,6 +143,7 @@ impl Origin {
                     _ => Response::builder().status(401).body(full("")).unwrap(),
                 }
             }
+            "/desktop/huge.js" => js("h".repeat(12 << 20)),
             p if p.starts_with("/desktop/big/") => {
                 let seed = p.len() as u8;
                 js(String::from_utf8(vec![b'a' + seed % 26; 512 * 1024]).unwrap())
@@ -553,6 +560,46 @@ async fn hits_carry_the_same_rewritten_bytes_as_misses() {
     assert_eq!(site.origin.count("/desktop/hosts.js"), 1);
 }
 
+/// Fetches `path` from 127.0.0.1:`port` as a steady client that takes its time (16 KiB reads
+/// through a small receive buffer, 4 ms apart: a few MB/s); the whole answer as received until
+/// the server closed it.
+async fn slow_get(port: u16, path: &str, tracking_id: &str) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let mut tcp = socket.connect(([127, 0, 0, 1], port).into()).await.unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {HOST}\r\nTrackingID: {tracking_id}\r\nConnection: close\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        match tcp.read(&mut chunk).await {
+            Ok(0) | Err(_) => return got,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+        }
+        tokio::time::sleep(Duration::from_millis(4)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_steady_reader_gets_a_large_hit_whole_within_the_send_timeout() {
+    let limits = "    limits:\n      client_send_timeout_ms: 1000\n";
+    let site = CacheSite::start("cache-slow-reader", 300, &cache_block(64, 0), limits).await;
+    for (tid, outcome) in [("slow-miss", "MISS"), ("slow-hit", "HIT")] {
+        let answer = slow_get(site.port, "/desktop/huge.js", tid).await;
+        let line = site.ccedge.log_entry(tid).await;
+        assert_eq!(line["cache"], outcome, "{line}");
+        assert!(line["error"].is_null(), "{line}");
+        assert!(
+            answer.len() > 8 << 20,
+            "{tid}: {} bytes arrived",
+            answer.len()
+        );
+    }
+}
+
 /// A validator that takes `alice:a`, `bob:b` and `agent1:secret`.
 async fn validator() -> Upstream {
     Upstream::custom(
@@ -663,6 +710,40 @@ async fn one_agents_answer_is_never_served_to_another_agent_or_anonymous() {
 }
 
 #[tokio::test]
+async fn a_request_waiting_on_another_agents_miss_gets_its_own_answer() {
+    let validator = validator().await;
+    let site = CacheSite::start(
+        "cache-users-lock",
+        300,
+        &cache_block(16, 0),
+        &auth_block(&validator),
+    )
+    .await;
+    site.origin.delay_ms.store(300, Ordering::SeqCst);
+    let target = "/finesse/api/User/alice;x.js";
+    let (alice, bob) = (basic("alice:a"), basic("bob:b"));
+    let first = {
+        let client = site.client();
+        let alice = alice.clone();
+        tokio::spawn(async move {
+            let mut client = client;
+            client
+                .send("GET", target, &[("Authorization", &alice)], b"")
+                .await
+                .unwrap()
+        })
+    };
+    // Bob asks while alice's miss holds the key's lock.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let theirs = site.get(target, &[("Authorization", &bob)]).await;
+    let mine = first.await.unwrap();
+    assert_eq!(mine.body, "<User>data of alice</User>");
+    assert_ne!(theirs.body, mine.body, "bob was handed alice's answer");
+    assert_eq!(theirs.status, 401);
+    assert_eq!(site.origin.count(target), 2);
+}
+
+#[tokio::test]
 async fn answers_for_everyone_are_shared_whoever_fetched_them() {
     let validator = validator().await;
     let site = CacheSite::start(
@@ -712,6 +793,16 @@ async fn answers_for_everyone_are_shared_whoever_fetched_them() {
         .get("/desktop/by-cookie.js", &[("Cookie", "s=b")])
         .await;
     assert_eq!((a.body.as_str(), b.body.as_str()), ("for s=a", "for s=b"));
+    // Cookies sent as lines of their own (as HTTP/2 browsers do) count, every one.
+    let lines = |user: &'static str| [("Cookie", "lb=node1"), ("Cookie", user)];
+    let alice_lines = site.get("/desktop/by-cookie.js", &lines("s=alice")).await;
+    let bob_lines = site.get("/desktop/by-cookie.js", &lines("s=bob")).await;
+    assert_eq!(
+        bob_lines.body, "for lb=node1; s=bob",
+        "{}",
+        alice_lines.body
+    );
+    assert_ne!(site.outcome(&bob_lines).await, "HIT");
     let a_again = site
         .get("/desktop/by-cookie.js", &[("Cookie", "s=a")])
         .await;

@@ -4,15 +4,16 @@
 //!
 //! Guesses cannot outrun the count by arriving together: a credential that must be judged
 //! (sent to the validator, or verified) first reserves a place among the `failures` a client
-//! may still have, and only as many as remain are judged at once. Further attempts wait until
-//! one is settled (a failure counts, a success gives its place back), and meet the block if
-//! the failures reach it.
+//! may still have, and only as many credentials as remain are judged at once (requests with the
+//! same credential share its place). Further attempts wait until one is settled (a failure
+//! counts, a success gives its place back), and meet the block if the failures reach it.
 
+use super::verdicts::Digest;
 use crate::config::Lockout as Settings;
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
@@ -25,15 +26,20 @@ struct Record {
     failures: VecDeque<Instant>,
     blocked_until: Option<Instant>,
     last_seen: Option<Instant>,
-    /// Attempts being judged now, each holding a place among the failures left.
-    pending: u32,
+    /// Credentials being judged now, each holding one place among the failures left, and how
+    /// many requests carry it.
+    judging: Vec<(Digest, u32)>,
+    /// Woken when one of them is settled; made when an attempt first waits.
+    wake: Option<Arc<Notify>>,
+    /// Settlements so far, so that a waiting attempt can tell one happened before it waited.
+    settled: u64,
 }
 
 impl Record {
     /// Whether the record still matters at `now`: a block, a failure within `window`, or an
     /// attempt being judged.
     fn live(&self, now: Instant, window: Duration) -> bool {
-        self.pending > 0
+        !self.judging.is_empty()
             || self.blocked_until.is_some_and(|u| u > now)
             || self
                 .failures
@@ -48,16 +54,24 @@ pub enum Admission<'a> {
     Reserved(Reservation<'a>),
     /// The client is blocked for this long.
     Blocked(Duration),
-    /// As many attempts as the client has failures left are being judged: wait for one to be
-    /// settled (`Lockouts::settled`), then ask again.
-    Wait,
+    /// As many credentials as the client has failures left are being judged: wait for one to
+    /// be settled, then ask again.
+    Wait(Waiter),
 }
 
-/// A place taken among a client's remaining failures, while its attempt is judged. Dropped
-/// unsettled (the request went away), the place is given back.
+/// How an attempt waits for a settlement: register with `wake`, then wait only when
+/// `Lockouts::settled_since(ip, seen)` is false (else one happened before it registered).
+pub struct Waiter {
+    pub wake: Arc<Notify>,
+    pub seen: u64,
+}
+
+/// A place taken among a client's remaining failures, while its credential is judged. Dropped
+/// unsettled (the request went away), its share of the place is given back.
 pub struct Reservation<'a> {
     lockouts: &'a Lockouts,
     ip: IpAddr,
+    digest: Digest,
     open: bool,
 }
 
@@ -65,14 +79,15 @@ impl Reservation<'_> {
     /// The attempt's outcome: `failed` counts against the client (and may block it).
     pub fn settle(mut self, failed: bool, now: Instant) -> Option<Blocked> {
         self.open = false;
-        self.lockouts.settle(self.ip, failed, now)
+        self.lockouts.settle(self.ip, &self.digest, failed, now)
     }
 }
 
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         if self.open {
-            self.lockouts.settle(self.ip, false, Instant::now());
+            self.lockouts
+                .settle(self.ip, &self.digest, false, Instant::now());
         }
     }
 }
@@ -92,9 +107,6 @@ pub struct Lockouts {
     /// When the last block to end ends, in milliseconds since `origin`: past it, no address is
     /// blocked and a request needs no lock.
     latest_end: AtomicU64,
-    /// Counts settled reservations; with `wake`, lets a waiting attempt know it may ask again.
-    settled: AtomicU64,
-    wake: Notify,
 }
 
 impl Lockouts {
@@ -104,8 +116,6 @@ impl Lockouts {
             table: Mutex::new(HashMap::new()),
             origin: Instant::now(),
             latest_end: AtomicU64::new(0),
-            settled: AtomicU64::new(0),
-            wake: Notify::new(),
         }
     }
 
@@ -127,9 +137,10 @@ impl Lockouts {
         (until > now).then(|| until - now)
     }
 
-    /// A place for an attempt from `ip` to be judged, unless `ip` is blocked or has as many
-    /// attempts being judged as it has failures left.
-    pub fn reserve(&self, ip: IpAddr, now: Instant) -> Admission<'_> {
+    /// A place for credential `digest` from `ip` to be judged in: the one it already has when
+    /// another request with it is being judged, else a new one unless `ip` is blocked or has as
+    /// many credentials being judged as it has failures left.
+    pub fn reserve(&self, ip: IpAddr, digest: Digest, now: Instant) -> Admission<'_> {
         let mut table = self.table();
         if !table.contains_key(&ip) && table.len() >= MAX_TRACKED {
             self.make_room(&mut table, now);
@@ -139,43 +150,54 @@ impl Lockouts {
         if let Some(until) = record.blocked_until.filter(|u| *u > now) {
             return Admission::Blocked(until - now);
         }
-        forget_old(&mut record.failures, self.settings.window, now);
-        let taken = record.failures.len() + record.pending as usize;
-        if taken >= self.settings.failures as usize {
-            return Admission::Wait;
+        if let Some((_, holders)) = record.judging.iter_mut().find(|(d, _)| *d == digest) {
+            *holders += 1;
+        } else {
+            forget_old(&mut record.failures, self.settings.window, now);
+            let taken = record.failures.len() + record.judging.len();
+            if taken >= self.settings.failures as usize {
+                let wake = record.wake.get_or_insert_with(Default::default).clone();
+                return Admission::Wait(Waiter {
+                    wake,
+                    seen: record.settled,
+                });
+            }
+            record.judging.push((digest, 1));
         }
-        record.pending += 1;
         Admission::Reserved(Reservation {
             lockouts: self,
             ip,
+            digest,
             open: true,
         })
     }
 
-    /// How many reservations have been settled so far: read it before `reserve`, and after
-    /// `Admission::Wait` wait on `wake` only while it has not changed.
-    pub fn settled(&self) -> u64 {
-        self.settled.load(Ordering::Acquire)
+    /// Whether a judgement from `ip` was settled after `seen` (see `Waiter`).
+    pub fn settled_since(&self, ip: IpAddr, seen: u64) -> bool {
+        self.table().get(&ip).is_none_or(|r| r.settled != seen)
     }
 
-    /// Woken whenever a reservation is settled.
-    pub fn wake(&self) -> &Notify {
-        &self.wake
-    }
-
-    fn settle(&self, ip: IpAddr, failed: bool, now: Instant) -> Option<Blocked> {
-        let blocked = {
+    fn settle(&self, ip: IpAddr, digest: &Digest, failed: bool, now: Instant) -> Option<Blocked> {
+        let (blocked, wake) = {
             let mut table = self.table();
             let record = table.entry(ip).or_default();
-            record.pending = record.pending.saturating_sub(1);
-            if failed {
+            if let Some(at) = record.judging.iter().position(|(d, _)| d == digest) {
+                record.judging[at].1 -= 1;
+                if record.judging[at].1 == 0 {
+                    record.judging.swap_remove(at);
+                }
+            }
+            record.settled += 1;
+            let blocked = if failed {
                 self.count_failure(record, now)
             } else {
                 None
-            }
+            };
+            (blocked, record.wake.clone())
         };
-        self.settled.fetch_add(1, Ordering::Release);
-        self.wake.notify_waiters();
+        if let Some(wake) = wake {
+            wake.notify_waiters();
+        }
         blocked
     }
 
@@ -242,7 +264,13 @@ impl Lockouts {
         }
         let mut idle: Vec<(bool, Option<Instant>, IpAddr)> = table
             .iter()
-            .map(|(ip, r)| (r.blocked_until.is_some() || r.pending > 0, r.last_seen, *ip))
+            .map(|(ip, r)| {
+                (
+                    r.blocked_until.is_some() || !r.judging.is_empty(),
+                    r.last_seen,
+                    *ip,
+                )
+            })
             .collect();
         let cut = MAX_TRACKED / 8;
         idle.select_nth_unstable(cut);
@@ -308,49 +336,81 @@ mod tests {
         assert_eq!(l.tracked(), 0, "an ended block is forgotten");
     }
 
-    fn reserved<'a>(l: &'a Lockouts, ip: IpAddr, now: Instant) -> Reservation<'a> {
-        match l.reserve(ip, now) {
+    fn digest(n: u8) -> Digest {
+        [n; 32]
+    }
+
+    fn reserved<'a>(l: &'a Lockouts, ip: IpAddr, guess: u8, now: Instant) -> Reservation<'a> {
+        match l.reserve(ip, digest(guess), now) {
             Admission::Reserved(r) => r,
             Admission::Blocked(_) => panic!("blocked"),
-            Admission::Wait => panic!("told to wait"),
+            Admission::Wait(_) => panic!("told to wait"),
+        }
+    }
+
+    fn waits(l: &Lockouts, ip: IpAddr, guess: u8, now: Instant) -> Option<u64> {
+        match l.reserve(ip, digest(guess), now) {
+            Admission::Wait(w) => Some(w.seen),
+            _ => None,
         }
     }
 
     #[test]
-    fn no_more_attempts_are_judged_at_once_than_failures_are_left() {
+    fn no_more_credentials_are_judged_at_once_than_failures_are_left() {
         let l = lockouts(3, 30, 600);
         let t = Instant::now();
         l.failed(ip(1), t);
-        let a = reserved(&l, ip(1), t);
-        let b = reserved(&l, ip(1), t);
-        assert!(matches!(l.reserve(ip(1), t), Admission::Wait));
+        let a = reserved(&l, ip(1), 1, t);
+        let b = reserved(&l, ip(1), 2, t);
+        let seen = waits(&l, ip(1), 3, t).expect("a third credential waits");
         assert!(
-            matches!(l.reserve(ip(2), t), Admission::Reserved(_)),
+            matches!(l.reserve(ip(2), digest(3), t), Admission::Reserved(_)),
             "another address has its own places"
         );
-        let before = l.settled();
+        assert!(!l.settled_since(ip(1), seen));
         assert_eq!(a.settle(false, t), None, "a success gives its place back");
-        assert!(l.settled() > before);
-        let c = reserved(&l, ip(1), t);
+        assert!(l.settled_since(ip(1), seen));
+        let c = reserved(&l, ip(1), 3, t);
         assert_eq!(b.settle(true, t), None);
         let blocked = c.settle(true, t).unwrap();
         assert_eq!(blocked.after_failures, 3);
-        assert!(matches!(l.reserve(ip(1), t), Admission::Blocked(left) if left.as_secs() == 600));
+        assert!(matches!(
+            l.reserve(ip(1), digest(4), t),
+            Admission::Blocked(left) if left.as_secs() == 600
+        ));
     }
 
     #[test]
     fn a_reservation_dropped_unsettled_gives_its_place_back_and_counts_nothing() {
         let l = lockouts(1, 30, 600);
         let t = Instant::now();
-        let r = reserved(&l, ip(1), t);
-        assert!(matches!(l.reserve(ip(1), t), Admission::Wait));
+        let r = reserved(&l, ip(1), 1, t);
+        assert!(waits(&l, ip(1), 2, t).is_some());
         drop(r);
-        let r = reserved(&l, ip(1), t);
+        let r = reserved(&l, ip(1), 2, t);
         assert!(
             r.settle(true, t).is_some(),
             "the one failure allowed blocks"
         );
         assert!(l.blocked(ip(1), t).is_some());
+    }
+
+    #[test]
+    fn requests_with_one_credential_share_its_place_until_the_last_settles() {
+        let l = lockouts(2, 30, 600);
+        let t = Instant::now();
+        let first = reserved(&l, ip(1), 7, t);
+        let second = reserved(&l, ip(1), 7, t);
+        let other = reserved(&l, ip(1), 8, t);
+        assert!(waits(&l, ip(1), 9, t).is_some(), "two places, both taken");
+        drop(first);
+        assert!(
+            waits(&l, ip(1), 9, t).is_some(),
+            "the place stays while a request with the credential is being judged"
+        );
+        assert_eq!(second.settle(false, t), None);
+        let third = reserved(&l, ip(1), 9, t);
+        drop((other, third));
     }
 
     #[test]

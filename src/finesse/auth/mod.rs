@@ -42,6 +42,14 @@ pub struct Attempt<'a> {
     pub digest: Digest,
 }
 
+/// What an attempt with a credential does next.
+enum Turn<'a> {
+    /// Its verdict is known already.
+    Known(Verdict),
+    /// It is judged, in this place among the failures its client has left.
+    Judge(Reservation<'a>),
+}
+
 /// One way of telling who a request comes from.
 #[async_trait]
 pub trait Method: Send + Sync {
@@ -161,13 +169,12 @@ impl Auth {
             credential: &credential,
             digest: self.verdicts.digest(credential.authorization().as_bytes()),
         };
-        // A verdict already known is not a guess: it needs no place among the failures left.
-        if let Some(verdict) = self.verdicts.kept(&attempt.digest) {
-            self.metrics.kept.inc();
-            return self.decide(&attempt, client, Some(verdict), None);
-        }
-        let reservation = match self.reserve(client).await {
-            Ok(reservation) => reservation,
+        let reservation = match self.reserve(client, &attempt.digest).await {
+            Ok(Turn::Judge(reservation)) => reservation,
+            Ok(Turn::Known(verdict)) => {
+                self.metrics.kept.inc();
+                return self.decide(&attempt, client, Some(verdict), None);
+            }
             Err(refused) => return refused,
         };
         let mut verdict = None;
@@ -180,21 +187,24 @@ impl Auth {
         self.decide(&attempt, client, verdict, Some(reservation))
     }
 
-    /// A place among the failures `client` has left for its credential to be judged in, waiting
-    /// while as many are being judged; the block answer once the failures reach it.
-    async fn reserve(&self, client: ClientIdentity) -> Result<Reservation<'_>, Decision> {
+    /// The credential `digest`'s verdict when it is known (no guess: it takes no place among
+    /// the failures left), else a place to judge it in, waiting while as many credentials from
+    /// `client` are being judged as it has failures left; the block answer once they reach it.
+    async fn reserve(&self, client: ClientIdentity, digest: &Digest) -> Result<Turn<'_>, Decision> {
         let deadline = tokio::time::Instant::now() + RESERVATION_WAIT;
         loop {
-            let seen = self.lockouts.settled();
-            match self.lockouts.reserve(client.key, Instant::now()) {
-                Admission::Reserved(reservation) => return Ok(reservation),
-                Admission::Blocked(left) => return Err(self.blocked(client, left)),
-                Admission::Wait => {}
+            if let Some(verdict) = self.verdicts.kept(digest) {
+                return Ok(Turn::Known(verdict));
             }
-            let woken = self.lockouts.wake().notified();
+            let waiter = match self.lockouts.reserve(client.key, *digest, Instant::now()) {
+                Admission::Reserved(reservation) => return Ok(Turn::Judge(reservation)),
+                Admission::Blocked(left) => return Err(self.blocked(client, left)),
+                Admission::Wait(waiter) => waiter,
+            };
+            let woken = waiter.wake.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            if self.lockouts.settled() != seen {
+            if self.lockouts.settled_since(client.key, waiter.seen) {
                 continue;
             }
             if tokio::time::timeout_at(deadline, woken).await.is_err() {

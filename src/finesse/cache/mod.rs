@@ -211,12 +211,23 @@ pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
     }
     names.sort();
     names.dedup();
+    // Every line of a header counts: HTTP/2 clients send each cookie as a line of its own.
+    let values: Vec<Vec<u8>> = names
+        .iter()
+        .map(|name| {
+            let separator: &[u8] = if name == "cookie" { b"; " } else { b", " };
+            let mut value = Vec::new();
+            for (i, line) in req.headers.get_all(name.as_str()).iter().enumerate() {
+                if i > 0 {
+                    value.extend_from_slice(separator);
+                }
+                value.extend_from_slice(line.as_bytes());
+            }
+            value
+        })
+        .collect();
     let mut variance = VarianceBuilder::new();
-    for name in &names {
-        let value = req
-            .headers
-            .get(name.as_str())
-            .map_or(&b""[..], |v| v.as_bytes());
+    for (name, value) in names.iter().zip(&values) {
         variance.add_value(name, value);
     }
     variance.finalize()
@@ -292,5 +303,27 @@ mod tests {
         assert_ne!(en, variance(&meta, &req("de-DE", "gzip")));
         let plain = CacheMeta::new(now, now, 0, 0, ResponseHeader::build(200, None).unwrap());
         assert_eq!(variance(&plain, &req("en-US", "gzip")), None);
+
+        let mut header = ResponseHeader::build(200, None).unwrap();
+        header.append_header("Vary", "Cookie").unwrap();
+        let by_cookie = CacheMeta::new(now, now, 0, 0, header);
+        let cookies = |lines: &[&str]| {
+            let mut r = RequestHeader::build("GET", b"/desktop/", None).unwrap();
+            for line in lines {
+                r.append_header("Cookie", *line).unwrap();
+            }
+            variance(&by_cookie, &r)
+        };
+        let alice = cookies(&["lb=node1", "session=alice"]);
+        assert_ne!(
+            alice,
+            cookies(&["lb=node1", "session=bob"]),
+            "every line counts"
+        );
+        assert_eq!(
+            alice,
+            cookies(&["lb=node1; session=alice"]),
+            "as one line or two"
+        );
     }
 }

@@ -263,8 +263,13 @@ impl Storage for MemStore {
 #[derive(Clone)]
 pub struct RequestPath(pub Box<str>);
 
+/// The most a hit hands out at once: the client's write timeout bounds each piece written to it
+/// (`limits.client_send_timeout_ms`), so a large body goes out in pieces a slow but steady reader
+/// takes in time, as a proxied body does.
+const HIT_PIECE: usize = 64 * 1024;
+
 struct Hit {
-    /// What `read_body` hands out next (the whole body, once).
+    /// What `read_body` hands out next, in pieces of at most `HIT_PIECE`.
     body: Option<Bytes>,
     whole: Bytes,
     id: u64,
@@ -274,7 +279,10 @@ struct Hit {
 #[async_trait]
 impl HandleHit for Hit {
     async fn read_body(&mut self) -> pingora::Result<Option<Bytes>> {
-        Ok(self.body.take())
+        match self.body.as_mut() {
+            Some(rest) if rest.len() > HIT_PIECE => Ok(Some(rest.split_to(HIT_PIECE))),
+            _ => Ok(self.body.take()),
+        }
     }
 
     async fn finish(
@@ -429,6 +437,23 @@ mod tests {
         hit.seek(6, Some(11)).unwrap();
         assert_eq!(hit.read_body().await.unwrap().unwrap(), "world");
         assert_eq!(s.size(), (1, 11 + ENTRY_OVERHEAD));
+    }
+
+    #[tokio::test]
+    async fn a_large_body_is_served_in_pieces() {
+        static BIG: [u8; 150_000] = [b'x'; 150_000];
+        let s = store(1 << 20);
+        put(s, "/desktop/big.js", &BIG).await;
+        let (_, mut hit) = s
+            .lookup(&key("/desktop/big.js"), &Span::inactive().handle())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut pieces = Vec::new();
+        while let Some(piece) = hit.read_body().await.unwrap() {
+            pieces.push(piece.len());
+        }
+        assert_eq!(pieces, [HIT_PIECE, HIT_PIECE, 150_000 - 2 * HIT_PIECE]);
     }
 
     #[tokio::test]
