@@ -537,6 +537,15 @@ async fn five_failures_block_the_address_until_the_admin_lifts_it() {
 #[tokio::test]
 async fn parallel_guesses_cannot_outrun_the_lockout() {
     let site = AuthSite::start("auth-parallel", None).await;
+    // The agent is signed in from the same address: the proxy knows the right password.
+    let right = basic("agent1", "secret");
+    assert_eq!(
+        site.get("/finesse/api/User/agent1", Some(&right))
+            .await
+            .status,
+        200
+    );
+    let (before, served) = (site.validator.calls(), site.app.hits());
     site.validator.delay_ms.store(500, Ordering::SeqCst);
     let mut client = site.client();
     let streams = client.streams().await.unwrap();
@@ -555,7 +564,7 @@ async fn parallel_guesses_cannot_outrun_the_lockout() {
         .collect();
     // Once the validator is busy with the first guesses, the right password arrives.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while site.validator.calls() < 5 {
+    while site.validator.calls() < before + 5 {
         assert!(
             std::time::Instant::now() < deadline,
             "the validator was never asked"
@@ -563,11 +572,7 @@ async fn parallel_guesses_cannot_outrun_the_lockout() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let right = streams
-        .send(
-            "GET",
-            path,
-            &[("Authorization", &basic("agent1", "secret"))],
-        )
+        .send("GET", path, &[("Authorization", &right)])
         .await
         .unwrap();
     assert_eq!(
@@ -584,10 +589,10 @@ async fn parallel_guesses_cannot_outrun_the_lockout() {
     assert_eq!((judged, refused), (5, 35), "{statuses:?}");
     assert_eq!(
         site.validator.calls(),
-        5,
+        before + 5,
         "no more guesses judged than failures allowed"
     );
-    assert_eq!(site.app.hits(), 0);
+    assert_eq!(site.app.hits(), served, "no guess reached Finesse");
     let stderr = site
         .ccedge
         .wait_stderr("127.0.0.1 blocked for 1800 seconds after 5 failed logins")
@@ -644,6 +649,42 @@ async fn parallel_sign_ins_with_good_credentials_all_pass() {
         assert_eq!(agent.await.unwrap(), 200);
     }
     assert_eq!(site.validator.calls(), 41);
+}
+
+#[tokio::test]
+async fn lifting_a_lockout_during_a_burst_of_sign_ins_strands_nobody() {
+    let site = AuthSite::start("auth-lift-burst", None).await;
+    site.validator.delay_ms.store(1000, Ordering::SeqCst);
+    let mut client = site.client();
+    let streams = client.streams().await.unwrap();
+    // Six agents at once: five are checked, the sixth waits for a place.
+    let agents: Vec<_> = (1..=6)
+        .map(|n| {
+            let streams = streams.clone();
+            tokio::spawn(async move {
+                let credential = basic(&format!("agent{n}"), "secret");
+                let path = format!("/finesse/api/User/agent{n}");
+                streams
+                    .send("GET", &path, &[("Authorization", &credential)])
+                    .await
+                    .unwrap()
+                    .status
+            })
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while site.validator.calls() < 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the validator was never asked"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let lift = format!("http://127.0.0.1:{}/auth/lockouts/127.0.0.1", site.admin);
+    assert_eq!(curl(&["-X", "DELETE", &lift]).await.unwrap().status, 404);
+    for agent in agents {
+        assert_eq!(agent.await.unwrap(), 200);
+    }
 }
 
 #[tokio::test]

@@ -48,10 +48,12 @@ impl Record {
     }
 }
 
-/// What a client that must have a credential judged may do now.
-pub enum Admission<'a> {
+/// What a client with a credential may do now; `V` is a verdict known already.
+pub enum Admission<'a, V> {
     /// Judge it; settle the reservation with the outcome.
     Reserved(Reservation<'a>),
+    /// Its verdict is known and the client has a place free: decide at once, without one.
+    Decide(V),
     /// The client is blocked for this long.
     Blocked(Duration),
     /// As many credentials as the client has failures left are being judged: wait for one to
@@ -137,10 +139,18 @@ impl Lockouts {
         (until > now).then(|| until - now)
     }
 
-    /// A place for credential `digest` from `ip` to be judged in: the one it already has when
-    /// another request with it is being judged, else a new one unless `ip` is blocked or has as
-    /// many credentials being judged as it has failures left.
-    pub fn reserve(&self, ip: IpAddr, digest: Digest, now: Instant) -> Admission<'_> {
+    /// What credential `digest` from `ip` may do: nothing while `ip` is blocked; share the
+    /// place of another request with it that is being judged; wait while `ip` has as many
+    /// credentials being judged as it has failures left (a known verdict too: a guess the
+    /// verdict store answers must not pass while guesses in flight could still block the
+    /// client); else be decided at once when its verdict is `known`, or take a place.
+    pub fn reserve<V>(
+        &self,
+        ip: IpAddr,
+        digest: Digest,
+        known: Option<V>,
+        now: Instant,
+    ) -> Admission<'_, V> {
         let mut table = self.table();
         if !table.contains_key(&ip) && table.len() >= MAX_TRACKED {
             self.make_room(&mut table, now);
@@ -161,6 +171,9 @@ impl Lockouts {
                     wake,
                     seen: record.settled,
                 });
+            }
+            if let Some(verdict) = known {
+                return Admission::Decide(verdict);
             }
             record.judging.push((digest, 1));
         }
@@ -236,8 +249,20 @@ impl Lockouts {
 
     /// Lifts a block on `ip`; false when it was not blocked.
     pub fn clear(&self, ip: IpAddr, now: Instant) -> bool {
-        let record = self.table().remove(&ip);
-        record.is_some_and(|r| r.blocked_until.is_some_and(|u| u > now))
+        let mut table = self.table();
+        let Some(record) = table.get_mut(&ip) else {
+            return false;
+        };
+        let lifted = record.blocked_until.take().is_some_and(|u| u > now);
+        record.failures.clear();
+        // Credentials being judged keep their places; whoever waits may try again.
+        if let Some(wake) = &record.wake {
+            wake.notify_waiters();
+        }
+        if record.judging.is_empty() {
+            table.remove(&ip);
+        }
+        lifted
     }
 
     /// The addresses blocked now, with the seconds left.
@@ -275,7 +300,10 @@ impl Lockouts {
         let cut = MAX_TRACKED / 8;
         idle.select_nth_unstable(cut);
         for (_, _, ip) in &idle[..cut] {
-            table.remove(ip);
+            // Attempts waiting on a forgotten record try again on a new one.
+            if let Some(wake) = table.remove(ip).and_then(|r| r.wake) {
+                wake.notify_waiters();
+            }
         }
     }
 
@@ -341,15 +369,16 @@ mod tests {
     }
 
     fn reserved<'a>(l: &'a Lockouts, ip: IpAddr, guess: u8, now: Instant) -> Reservation<'a> {
-        match l.reserve(ip, digest(guess), now) {
+        match l.reserve(ip, digest(guess), None::<()>, now) {
             Admission::Reserved(r) => r,
             Admission::Blocked(_) => panic!("blocked"),
             Admission::Wait(_) => panic!("told to wait"),
+            Admission::Decide(()) => panic!("decided without a verdict"),
         }
     }
 
     fn waits(l: &Lockouts, ip: IpAddr, guess: u8, now: Instant) -> Option<u64> {
-        match l.reserve(ip, digest(guess), now) {
+        match l.reserve(ip, digest(guess), None::<()>, now) {
             Admission::Wait(w) => Some(w.seen),
             _ => None,
         }
@@ -364,7 +393,10 @@ mod tests {
         let b = reserved(&l, ip(1), 2, t);
         let seen = waits(&l, ip(1), 3, t).expect("a third credential waits");
         assert!(
-            matches!(l.reserve(ip(2), digest(3), t), Admission::Reserved(_)),
+            matches!(
+                l.reserve(ip(2), digest(3), None::<()>, t),
+                Admission::Reserved(_)
+            ),
             "another address has its own places"
         );
         assert!(!l.settled_since(ip(1), seen));
@@ -375,7 +407,7 @@ mod tests {
         let blocked = c.settle(true, t).unwrap();
         assert_eq!(blocked.after_failures, 3);
         assert!(matches!(
-            l.reserve(ip(1), digest(4), t),
+            l.reserve(ip(1), digest(4), None::<()>, t),
             Admission::Blocked(left) if left.as_secs() == 600
         ));
     }
@@ -393,6 +425,46 @@ mod tests {
             "the one failure allowed blocks"
         );
         assert!(l.blocked(ip(1), t).is_some());
+    }
+
+    #[test]
+    fn a_known_verdict_waits_like_a_guess_while_the_client_has_no_place_free() {
+        let l = lockouts(2, 30, 600);
+        let t = Instant::now();
+        assert!(matches!(
+            l.reserve(ip(1), digest(1), Some(()), t),
+            Admission::Decide(())
+        ));
+        let a = reserved(&l, ip(1), 2, t);
+        assert!(matches!(
+            l.reserve(ip(1), digest(1), Some(()), t),
+            Admission::Decide(())
+        ));
+        let b = reserved(&l, ip(1), 3, t);
+        assert!(
+            matches!(l.reserve(ip(1), digest(1), Some(()), t), Admission::Wait(_)),
+            "two guesses in flight could block the client"
+        );
+        a.settle(true, t);
+        assert!(b.settle(true, t).is_some());
+        assert!(matches!(
+            l.reserve(ip(1), digest(1), Some(()), t),
+            Admission::Blocked(_)
+        ));
+    }
+
+    #[test]
+    fn lifting_a_block_keeps_the_places_being_judged_and_wakes_who_waits() {
+        let l = lockouts(1, 30, 600);
+        let t = Instant::now();
+        let judged = reserved(&l, ip(1), 1, t);
+        let seen = waits(&l, ip(1), 2, t).unwrap();
+        assert!(!l.clear(ip(1), t), "nothing was blocked");
+        assert!(waits(&l, ip(1), 2, t).is_some(), "the place is still taken");
+        assert!(!l.settled_since(ip(1), seen));
+        drop(judged);
+        assert!(l.settled_since(ip(1), seen));
+        reserved(&l, ip(1), 2, t);
     }
 
     #[test]

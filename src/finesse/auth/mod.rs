@@ -187,16 +187,20 @@ impl Auth {
         self.decide(&attempt, client, verdict, Some(reservation))
     }
 
-    /// The credential `digest`'s verdict when it is known (no guess: it takes no place among
-    /// the failures left), else a place to judge it in, waiting while as many credentials from
-    /// `client` are being judged as it has failures left; the block answer once they reach it.
+    /// The credential `digest`'s verdict when it is known and `client` has a place free (the
+    /// verdict store answers at once, so the lookup needs no place, but it must not answer while
+    /// guesses in flight could still block the client), else a place to judge it in, waiting
+    /// while `client` has as many credentials being judged as failures left; the block answer
+    /// once they reach it.
     async fn reserve(&self, client: ClientIdentity, digest: &Digest) -> Result<Turn<'_>, Decision> {
         let deadline = tokio::time::Instant::now() + RESERVATION_WAIT;
         loop {
-            if let Some(verdict) = self.verdicts.kept(digest) {
-                return Ok(Turn::Known(verdict));
-            }
-            let waiter = match self.lockouts.reserve(client.key, *digest, Instant::now()) {
+            let known = self.verdicts.kept(digest);
+            let admission = self
+                .lockouts
+                .reserve(client.key, *digest, known, Instant::now());
+            let waiter = match admission {
+                Admission::Decide(verdict) => return Ok(Turn::Known(verdict)),
                 Admission::Reserved(reservation) => return Ok(Turn::Judge(reservation)),
                 Admission::Blocked(left) => return Err(self.blocked(client, left)),
                 Admission::Wait(waiter) => waiter,
