@@ -369,6 +369,7 @@ impl Serialize for Endpoint {
 #[derive(Debug, Clone, Serialize)]
 pub struct Lockout {
     pub failures: u32,
+    pub address_failures: u32,
     #[serde(rename = "window_seconds", serialize_with = "seconds")]
     pub window: Duration,
     #[serde(rename = "block_seconds", serialize_with = "seconds")]

@@ -426,18 +426,22 @@ pub struct RawJwt {
     pub max_token_age_seconds: u64,
 }
 
-/// Brute-force protection: too many failed logins from one IP block it for a while.
+/// Brute-force protection: too many failed logins for one user from one address block that
+/// user there, too many from one address across users block the address, for a while.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 #[schemars(rename = "Lockout")]
 pub struct RawLockout {
-    /// Failed attempts that block the client IP.
+    /// Failed attempts for one user name from one client address that block that user there.
     #[schemars(range(min = 1))]
     pub failures: u32,
+    /// Failed attempts from one client address, across users, that block the address.
+    #[schemars(range(min = 1))]
+    pub address_failures: u32,
     /// Seconds within which those failures count.
     #[schemars(range(min = 1))]
     pub window_seconds: u64,
-    /// Seconds the client IP stays blocked.
+    /// Seconds a blocked user (at that address) or address stays blocked.
     #[schemars(range(min = 1))]
     pub block_seconds: u64,
 }
@@ -446,6 +450,7 @@ impl Default for RawLockout {
     fn default() -> Self {
         RawLockout {
             failures: 5,
+            address_failures: 20,
             window_seconds: 30,
             block_seconds: 1800,
         }

@@ -715,6 +715,7 @@ impl Validator {
         let lockout = &a.lockout;
         for (key, value) in [
             ("failures", u64::from(lockout.failures)),
+            ("address_failures", u64::from(lockout.address_failures)),
             ("window_seconds", lockout.window_seconds),
             ("block_seconds", lockout.block_seconds),
         ] {
@@ -750,6 +751,7 @@ impl Validator {
             public_paths,
             lockout: Lockout {
                 failures: lockout.failures,
+                address_failures: lockout.address_failures,
                 window: Duration::from_secs(lockout.window_seconds),
                 block: Duration::from_secs(lockout.block_seconds),
             },

@@ -293,8 +293,8 @@ impl StatusSource for FinesseSite {
         }
     }
 
-    fn lift_block(&self, ip: std::net::IpAddr) -> bool {
-        self.auth.as_ref().is_some_and(|a| a.lift_block(ip))
+    fn lift_block(&self, ip: std::net::IpAddr, user: Option<&str>) -> bool {
+        self.auth.as_ref().is_some_and(|a| a.lift_block(ip, user))
     }
 
     fn totals(&self) -> Totals {

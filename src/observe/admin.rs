@@ -35,8 +35,9 @@ const STATUS_PAGE: &str = include_str!("status_page.html");
 pub trait StatusSource: Send + Sync {
     fn status(&self) -> serde_json::Value;
 
-    /// Lifts the block on client address `ip`; false when this service had none.
-    fn lift_block(&self, _ip: IpAddr) -> bool {
+    /// Lifts the block of `user` at client address `ip`, or with no user every block there;
+    /// false when this service had none.
+    fn lift_block(&self, _ip: IpAddr, _user: Option<&str>) -> bool {
         false
     }
 
@@ -206,10 +207,10 @@ impl Admin {
         respond(StatusCode::OK, text, body.into_bytes())
     }
 
-    /// `DELETE /auth/lockouts/<ip>`: lifts the login lockout of the client that address counts
-    /// as (an IPv6 address, or `addr/len` as `/status` shows it, stands for its network) on
-    /// every site.
-    fn lockout(&self, method: &http::Method, ip: &str) -> Response<Vec<u8>> {
+    /// `DELETE /auth/lockouts/<ip>[?user=<name>]`: lifts every login lockout at the client that
+    /// address counts as (an IPv6 address, or `addr/len` as `/status` shows it, stands for its
+    /// network), or only that user's there, on every site.
+    fn lockout(&self, method: &http::Method, ip: &str, query: Option<&str>) -> Response<Vec<u8>> {
         let text = "text/plain; charset=utf-8";
         if method != http::Method::DELETE {
             return respond(
@@ -227,23 +228,43 @@ impl Admin {
             );
         };
         let ip = ip.to_canonical();
+        let user = query
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .find_map(|pair| pair.strip_prefix("user="))
+            .map(percent_decoded);
+        let user = match user {
+            Some(Some(user)) => Some(user),
+            Some(None) => {
+                return respond(
+                    StatusCode::BAD_REQUEST,
+                    text,
+                    b"user is not percent-encoded UTF-8\n".to_vec(),
+                )
+            }
+            None => None,
+        };
         let lifted = self
             .watched
             .sources
             .iter()
-            .filter(|s| s.lift_block(ip))
+            .filter(|s| s.lift_block(ip, user.as_deref()))
             .count();
+        let what = match &user {
+            Some(user) => format!("{user} at {ip}"),
+            None => ip.to_string(),
+        };
         if lifted > 0 {
             respond(
                 StatusCode::OK,
                 text,
-                format!("{ip} unblocked\n").into_bytes(),
+                format!("{what} unblocked\n").into_bytes(),
             )
         } else {
             respond(
                 StatusCode::NOT_FOUND,
                 text,
-                format!("{ip} is not blocked\n").into_bytes(),
+                format!("{what} is not blocked\n").into_bytes(),
             )
         }
     }
@@ -290,6 +311,32 @@ impl Admin {
             );
         }
     }
+}
+
+/// `text` with its `%XX` escapes (and `+` as a space) decoded; `None` when it is malformed or
+/// not UTF-8.
+fn percent_decoded(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// `host[:port]` or `[v6][:port]` -> host.
@@ -364,7 +411,7 @@ impl ServeHttp for Admin {
             return denied;
         }
         if let Some(ip) = req.uri.path().strip_prefix("/auth/lockouts/") {
-            return self.lockout(&req.method, ip);
+            return self.lockout(&req.method, ip, req.uri.query());
         }
         if req.uri.path() == "/cache" {
             return self.purge(&req.method, req.uri.query());
@@ -486,4 +533,39 @@ fn ask(
         .ok_or_else(|| format!("{addr}: no HTTP answer"))?;
     let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b);
     Ok((addr, status, body.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lockout_user_names_are_percent_decoded() {
+        assert_eq!(percent_decoded("alice").as_deref(), Some("alice"));
+        assert_eq!(
+            percent_decoded("CORP%5Cj.doe%40x").as_deref(),
+            Some("CORP\\j.doe@x")
+        );
+        assert_eq!(percent_decoded("a+b").as_deref(), Some("a b"));
+        for bad in ["%", "%4", "%zz", "%ff"] {
+            assert_eq!(percent_decoded(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn hosts_and_tokens_are_read_as_sent() {
+        assert_eq!(host_part("127.0.0.1:9900"), "127.0.0.1");
+        assert_eq!(host_part("[::1]:9900"), "::1");
+        assert_eq!(host_part("localhost"), "localhost");
+        assert_eq!(presented_token(b"Bearer abc").as_deref(), Some(&b"abc"[..]));
+        let basic = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("anyone:abc")
+        );
+        assert_eq!(
+            presented_token(basic.as_bytes()).as_deref(),
+            Some(&b"abc"[..])
+        );
+        assert_eq!(presented_token(b"Digest abc"), None);
+    }
 }

@@ -33,6 +33,7 @@ struct Families {
     auth_jwt: IntCounterVec,
     auth_key_fetches: IntCounterVec,
     auth_lockouts: IntCounterVec,
+    auth_user_lockouts: IntCounterVec,
     auth_blocked: IntCounterVec,
     cache_lookups: IntCounterVec,
     cache_entries: IntGaugeVec,
@@ -131,6 +132,11 @@ fn families() -> &'static Families {
             "Client addresses blocked after too many failed logins.",
             &["service"],
         );
+        let auth_user_lockouts = counter(
+            "ccedge_auth_user_lockouts_total",
+            "User names blocked at a client address after too many failed logins.",
+            &["service"],
+        );
         let auth_blocked = counter(
             "ccedge_auth_blocked_requests_total",
             "Requests refused with 429 because their client address is blocked.",
@@ -203,6 +209,7 @@ fn families() -> &'static Families {
             auth_jwt,
             auth_key_fetches,
             auth_lockouts,
+            auth_user_lockouts,
             auth_blocked,
             cache_lookups,
             cache_entries,
@@ -297,6 +304,7 @@ pub struct AuthMetrics {
     /// Succeeded, failed.
     pub key_fetches: [IntCounter; 2],
     pub lockouts: IntCounter,
+    pub user_lockouts: IntCounter,
     pub blocked: IntCounter,
 }
 
@@ -310,6 +318,7 @@ impl AuthMetrics {
             key_fetches: ["ok", "failed"]
                 .map(|o| f.auth_key_fetches.with_label_values(&[service, o])),
             lockouts: f.auth_lockouts.with_label_values(&[service]),
+            user_lockouts: f.auth_user_lockouts.with_label_values(&[service]),
             blocked: f.auth_blocked.with_label_values(&[service]),
         }
     }

@@ -452,9 +452,10 @@ async fn twenty_concurrent_first_requests_make_one_validation() {
 }
 
 #[tokio::test]
-async fn five_failures_block_the_address_until_the_admin_lifts_it() {
+async fn five_failures_block_that_user_at_that_address_and_nobody_else() {
     let site = AuthSite::start("auth-lockout", None).await;
-    let wrong = basic("agent1", "guess");
+    // alice (agent1) has a stale saved password; bob (agent2) sits next to her.
+    let wrong = basic("agent1", "stale");
     for i in 0..5 {
         let answer = site.get("/finesse/api/User/agent1", Some(&wrong)).await;
         assert_eq!(answer.status, 401, "attempt {i}: {}", answer.body);
@@ -462,25 +463,122 @@ async fn five_failures_block_the_address_until_the_admin_lifts_it() {
     }
     let validations = site.validator.calls();
     assert!(validations >= 1);
-    let blocked = site.get("/finesse/api/User/agent1", Some(&wrong)).await;
+    let blocked = site
+        .get("/finesse/api/User/agent1", Some(&basic("agent1", "secret")))
+        .await;
     assert_eq!(blocked.status, 429, "{}", blocked.body);
+    assert!(
+        blocked.body.contains("for agent1 from 127.0.0.1"),
+        "{}",
+        blocked.body
+    );
     let retry: u64 = blocked.headers["retry-after"]
         .to_str()
         .unwrap()
         .parse()
         .unwrap();
     assert!((1790..=1800).contains(&retry), "Retry-After {retry}");
-    // Blocked means blocked: the right password does not get through either, and nothing is
-    // asked of the validator.
+    assert_eq!(
+        site.validator.calls(),
+        validations,
+        "nothing asked of the validator"
+    );
+    let bob = site
+        .get("/finesse/api/User/agent2", Some(&basic("agent2", "secret")))
+        .await;
+    assert_eq!(bob.status, 200, "bob at the same address: {}", bob.body);
+    let stderr = site
+        .ccedge
+        .wait_stderr("user agent1 blocked at 127.0.0.1 for 1800 seconds after 5 failed logins (service desktop)")
+        .await;
+    assert!(
+        !stderr.contains("] 127.0.0.1 blocked for"),
+        "a fail2ban line for one agent's typos: {stderr}"
+    );
+    let status = site.status().await;
+    let lockouts = &status["services"][0]["auth"]["lockouts"];
+    assert_eq!(lockouts[0]["client_ip"], "127.0.0.1");
+    assert_eq!(lockouts[0]["user"], "agent1");
+    let metrics = site.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "ccedge_auth_user_lockouts_total{service=\"desktop\"}"
+        ),
+        1
+    );
+    assert_eq!(
+        metric(&metrics, "ccedge_auth_lockouts_total{service=\"desktop\"}"),
+        0
+    );
+    let lift = format!(
+        "http://127.0.0.1:{}/auth/lockouts/127.0.0.1?user=agent1",
+        site.admin
+    );
+    assert_eq!(curl(&["-X", "DELETE", &lift]).await.unwrap().status, 200);
     let right = site
         .get("/finesse/api/User/agent1", Some(&basic("agent1", "secret")))
         .await;
-    assert_eq!(right.status, 429);
-    assert_eq!(site.validator.calls(), validations);
-    assert_eq!(site.app.hits(), 0);
+    assert_eq!(right.status, 200);
+}
+
+#[tokio::test]
+async fn a_parallel_spray_is_judged_no_further_than_the_address_allows() {
+    let site = AuthSite::start("auth-spray-parallel", None).await;
+    site.validator.delay_ms.store(300, Ordering::SeqCst);
+    let mut client = site.client();
+    let streams = client.streams().await.unwrap();
+    let sprayed: Vec<_> = (1..=60)
+        .map(|n| {
+            let streams = streams.clone();
+            tokio::spawn(async move {
+                let guess = basic(&format!("agent{n}"), "Winter2026!");
+                let path = format!("/finesse/api/User/agent{n}");
+                streams
+                    .send("GET", &path, &[("Authorization", &guess)])
+                    .await
+                    .unwrap()
+                    .status
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for guess in sprayed {
+        statuses.push(guess.await.unwrap());
+    }
+    let judged = statuses.iter().filter(|s| **s == 401).count();
+    assert_eq!((judged, statuses.len() - judged), (20, 40), "{statuses:?}");
+    assert_eq!(
+        site.validator.calls(),
+        20,
+        "address_failures guesses judged, no more"
+    );
+}
+
+#[tokio::test]
+async fn a_spray_across_user_names_blocks_the_address_until_the_admin_lifts_it() {
+    let site = AuthSite::start("auth-spray", None).await;
+    // 30 names tried once each: the 20th failure from the address blocks it.
+    let mut statuses = Vec::new();
+    for n in 1..=30 {
+        let guess = basic(&format!("agent{n}"), "Winter2026!");
+        let path = format!("/finesse/api/User/agent{n}");
+        statuses.push(site.get(&path, Some(&guess)).await.status);
+    }
+    assert_eq!(statuses[..20], [401; 20], "{statuses:?}");
+    assert_eq!(statuses[20..], [429; 10], "{statuses:?}");
+    assert_eq!(site.validator.calls(), 20);
+    let blocked = site
+        .get(
+            "/finesse/api/User/agent40",
+            Some(&basic("agent40", "secret")),
+        )
+        .await;
+    assert_eq!(blocked.status, 429, "{}", blocked.body);
+    assert!(blocked.body.contains("from 127.0.0.1"), "{}", blocked.body);
     let stderr = site
         .ccedge
-        .wait_stderr("127.0.0.1 blocked for 1800 seconds after 5 failed logins")
+        .wait_stderr("127.0.0.1 blocked for 1800 seconds after 20 failed logins")
         .await;
     assert_eq!(
         stderr.matches("blocked for 1800 seconds").count(),
@@ -493,7 +591,7 @@ async fn five_failures_block_the_address_until_the_admin_lifts_it() {
         line.starts_with('[')
             && line.contains(" WARN ")
             && line.ends_with(
-                "] 127.0.0.1 blocked for 1800 seconds after 5 failed logins (service desktop)"
+                "] 127.0.0.1 blocked for 1800 seconds after 20 failed logins (service desktop)"
             ),
         "{line}"
     );
@@ -503,10 +601,9 @@ async fn five_failures_block_the_address_until_the_admin_lifts_it() {
     assert_eq!(site.get("/desktop/", None).await.status, 200);
 
     let status = site.status().await;
-    assert_eq!(
-        status["services"][0]["auth"]["lockouts"][0]["client_ip"],
-        "127.0.0.1"
-    );
+    let lockouts = &status["services"][0]["auth"]["lockouts"];
+    assert_eq!(lockouts[0]["client_ip"], "127.0.0.1");
+    assert!(lockouts[0]["user"].is_null(), "{lockouts}");
     let metrics = site.metrics().await;
     assert_eq!(
         metric(&metrics, "ccedge_auth_lockouts_total{service=\"desktop\"}"),
@@ -517,7 +614,7 @@ async fn five_failures_block_the_address_until_the_admin_lifts_it() {
             &metrics,
             "ccedge_auth_blocked_requests_total{service=\"desktop\"}"
         ),
-        2
+        11
     );
 
     let lift = |method: &'static str| {
@@ -595,13 +692,9 @@ async fn parallel_guesses_cannot_outrun_the_lockout() {
     assert_eq!(site.app.hits(), served, "no guess reached Finesse");
     let stderr = site
         .ccedge
-        .wait_stderr("127.0.0.1 blocked for 1800 seconds after 5 failed logins")
+        .wait_stderr("user agent1 blocked at 127.0.0.1 for 1800 seconds after 5 failed logins")
         .await;
-    assert_eq!(
-        stderr.matches("blocked for 1800 seconds").count(),
-        1,
-        "{stderr}"
-    );
+    assert_eq!(stderr.matches("blocked at").count(), 1, "{stderr}");
 }
 
 #[tokio::test]
@@ -711,7 +804,7 @@ async fn behind_a_trusted_balancer_the_lockout_blocks_the_client_it_names() {
     assert_eq!(from("203.0.113.5", basic("agent1", "secret")).await, 429);
     assert_eq!(from("203.0.113.6", basic("agent1", "secret")).await, 200);
     site.ccedge
-        .wait_stderr("203.0.113.5 blocked for 1800 seconds after 5 failed logins")
+        .wait_stderr("user agent1 blocked at 203.0.113.5 for 1800 seconds after 5 failed logins")
         .await;
 }
 
@@ -745,13 +838,14 @@ async fn ipv6_clients_are_locked_out_by_their_network() {
     let other_net = [("X-Forwarded-For", "2001:db8:1:3::1")];
     assert_eq!(via_balancer(&site, &right, &other_net).await, 200);
     site.ccedge
-        .wait_stderr("2001:db8:1:2::5 blocked for 1800 seconds after 5 failed logins")
+        .wait_stderr(
+            "user agent1 blocked at 2001:db8:1:2::5 for 1800 seconds after 5 failed logins",
+        )
         .await;
     let status = site.status().await;
-    assert_eq!(
-        status["services"][0]["auth"]["lockouts"][0]["client_ip"],
-        "2001:db8:1:2::/64"
-    );
+    let lockout = &status["services"][0]["auth"]["lockouts"][0];
+    assert_eq!(lockout["client_ip"], "2001:db8:1:2::/64");
+    assert_eq!(lockout["user"], "agent1");
     let lift = format!(
         "http://127.0.0.1:{}/auth/lockouts/2001:db8:1:2::77",
         site.admin
@@ -779,7 +873,7 @@ async fn with_x_real_ip_chosen_a_forged_forwarded_for_blocks_nobody_else() {
     assert_eq!(via_balancer(&site, &right, &colleague).await, 200);
     assert_eq!(via_balancer(&site, &right, &attacker).await, 429);
     site.ccedge
-        .wait_stderr("198.51.100.9 blocked for 1800 seconds after 5 failed logins")
+        .wait_stderr("user agent1 blocked at 198.51.100.9 for 1800 seconds after 5 failed logins")
         .await;
     let echo = site
         .client()

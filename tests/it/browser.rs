@@ -430,7 +430,7 @@ async fn the_status_page_shows_what_an_operator_needs_and_keeps_itself_current()
         let reply = curl(&args(&[], &page)).await.unwrap();
         assert_eq!(reply.status, 200);
     }
-    // Two failed logins lock this address out.
+    // Two failed logins lock this agent out at this address.
     for _ in 0..2 {
         let login = https(&dir, HOST, site_port, "/finesse/api/User/agent1");
         let reply = curl(&args(&["-u", "agent1:wrong"], &login)).await.unwrap();
@@ -447,7 +447,7 @@ async fn the_status_page_shows_what_an_operator_needs_and_keeps_itself_current()
     let desktop = section("desktop");
     expect(
         &mut browser,
-        &format!("{cc}.includes('down') && {desktop}.includes('127.0.0.1')"),
+        &format!("{cc}.includes('down') && {desktop}.includes('127.0.0.1') && {desktop}.includes('agent1')"),
         10,
         "the page never showed the dead subscriber and the lockout",
     )

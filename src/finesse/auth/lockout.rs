@@ -1,28 +1,60 @@
-//! Brute-force protection: `failures` invalid credentials from one client IP within `window`
-//! block that IP for `block`. The table is bounded: past `MAX_TRACKED` addresses, those idle
-//! longest are forgotten first, so a flood of addresses cannot grow it without limit.
+//! Brute-force protection, per user and per address: `failures` invalid credentials for one user
+//! name from one client address within `window` block that user there, and `address_failures`
+//! from one address across all users (password spraying) block the address, each for `block`.
+//! A credential without a user name (an invalid token, a malformed header) counts towards the
+//! address only. The table is bounded: past `MAX_TRACKED` records, those idle longest are
+//! forgotten first, so a flood of addresses or names cannot grow it without limit.
 //!
 //! Guesses cannot outrun the count by arriving together: a credential that must be judged
-//! (sent to the validator, or verified) first reserves a place among the `failures` a client
-//! may still have, and only as many credentials as remain are judged at once (requests with the
-//! same credential share its place). Further attempts wait until one is settled (a failure
-//! counts, a success gives its place back), and meet the block if the failures reach it.
+//! (sent to the validator, or verified) first reserves a place among the failures its user and
+//! its address may still have, and only as many credentials as remain are judged at once
+//! (requests with the same credential share its place). Further attempts wait until one is
+//! settled (a failure counts, a success gives its place back), and meet the block if the
+//! failures reach it.
 
 use super::verdicts::Digest;
 use crate::config::Lockout as Settings;
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
-/// Client addresses tracked per site at most.
+/// Records (addresses, and user names at addresses) tracked per site at most.
 const MAX_TRACKED: usize = 65_536;
+/// The longest user name counted on its own; a longer one counts towards its address only.
+const USER_MAX: usize = 256;
+
+/// What a record counts: every attempt from a client address, or one user's there (the user
+/// name by a keyed hash of its lower-case form: `Alice` and `alice` are one user).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Key {
+    ip: IpAddr,
+    user: Option<u64>,
+}
+
+/// Who an attempt comes from: a client (its lockout key) and the user name it presents.
+#[derive(Debug, Clone, Copy)]
+pub struct Who<'a> {
+    pub ip: IpAddr,
+    pub user: Option<&'a str>,
+}
+
+/// Which kind of block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// One user at one address.
+    User,
+    /// Every attempt from the address.
+    Address,
+}
 
 #[derive(Default)]
 struct Record {
-    /// When the recent failures happened (at most `failures` of them).
+    /// When the recent failures happened.
     failures: VecDeque<Instant>,
     blocked_until: Option<Instant>,
     last_seen: Option<Instant>,
@@ -33,6 +65,8 @@ struct Record {
     wake: Option<Arc<Notify>>,
     /// Settlements so far, so that a waiting attempt can tell one happened before it waited.
     settled: u64,
+    /// The user name as first presented (user records only), for `/status`.
+    name: Option<Box<str>>,
 }
 
 impl Record {
@@ -46,6 +80,35 @@ impl Record {
                 .back()
                 .is_some_and(|t| now.duration_since(*t) < window)
     }
+
+    fn blocked_for(&self, now: Instant) -> Option<Duration> {
+        self.blocked_until.filter(|u| *u > now).map(|u| u - now)
+    }
+
+    /// Whether the failures within `window` and the credentials being judged fill `limit`.
+    fn full(&mut self, limit: u32, window: Duration, now: Instant) -> bool {
+        forget_old(&mut self.failures, window, now);
+        self.failures.len() + self.judging.len() >= limit as usize
+    }
+
+    fn waiter(&mut self, key: Key) -> Waiter {
+        Waiter {
+            wake: self.wake.get_or_insert_with(Default::default).clone(),
+            seen: self.settled,
+            key,
+        }
+    }
+
+    /// One request with `digest` is settled.
+    fn release(&mut self, digest: &Digest) {
+        if let Some(at) = self.judging.iter().position(|(d, _)| d == digest) {
+            self.judging[at].1 -= 1;
+            if self.judging[at].1 == 0 {
+                self.judging.swap_remove(at);
+            }
+        }
+        self.settled += 1;
+    }
 }
 
 /// What a client with a credential may do now; `V` is a verdict known already.
@@ -54,34 +117,38 @@ pub enum Admission<'a, V> {
     Reserved(Reservation<'a>),
     /// Its verdict is known and the client has a place free: decide at once, without one.
     Decide(V),
-    /// The client is blocked for this long.
-    Blocked(Duration),
-    /// As many credentials as the client has failures left are being judged: wait for one to
-    /// be settled, then ask again.
+    /// The user at this address, or the address, is blocked for this long.
+    Blocked(Kind, Duration),
+    /// As many credentials as the user or the address has failures left are being judged:
+    /// wait for one to be settled, then ask again.
     Wait(Waiter),
 }
 
 /// How an attempt waits for a settlement: register with `wake`, then wait only when
-/// `Lockouts::settled_since(ip, seen)` is false (else one happened before it registered).
+/// `Lockouts::settled_since` is false (else one happened before it registered).
 pub struct Waiter {
     pub wake: Arc<Notify>,
-    pub seen: u64,
+    seen: u64,
+    key: Key,
 }
 
-/// A place taken among a client's remaining failures, while its credential is judged. Dropped
-/// unsettled (the request went away), its share of the place is given back.
+/// A place taken among a user's and an address's remaining failures, while a credential is
+/// judged. Dropped unsettled (the request went away), its share of the place is given back.
 pub struct Reservation<'a> {
     lockouts: &'a Lockouts,
     ip: IpAddr,
+    user: Option<u64>,
     digest: Digest,
     open: bool,
 }
 
 impl Reservation<'_> {
-    /// The attempt's outcome: `failed` counts against the client (and may block it).
-    pub fn settle(mut self, failed: bool, now: Instant) -> Option<Blocked> {
+    /// The attempt's outcome: `failed` counts against the user and the address (and may
+    /// block them).
+    pub fn settle(mut self, failed: bool, now: Instant) -> Blocks {
         self.open = false;
-        self.lockouts.settle(self.ip, &self.digest, failed, now)
+        self.lockouts
+            .settle(self.ip, self.user, &self.digest, failed, now)
     }
 }
 
@@ -89,25 +156,43 @@ impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         if self.open {
             self.lockouts
-                .settle(self.ip, &self.digest, false, Instant::now());
+                .settle(self.ip, self.user, &self.digest, false, Instant::now());
         }
     }
 }
 
-/// An address just blocked.
+/// A block just begun.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Blocked {
     pub after_failures: u32,
     pub seconds: u64,
 }
 
+/// The blocks a failure began: its user's at the address, the address's, both or neither.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Blocks {
+    pub user: Option<Blocked>,
+    pub address: Option<Blocked>,
+}
+
+/// A block as `/status` shows it.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Current {
+    pub ip: IpAddr,
+    /// `None`: the address itself is blocked.
+    pub user: Option<String>,
+    pub seconds_left: u64,
+}
+
 pub struct Lockouts {
     settings: Settings,
-    table: Mutex<HashMap<IpAddr, Record>>,
+    /// Keys the hash of a user name.
+    names: RandomState,
+    table: Mutex<HashMap<Key, Record>>,
     /// Where `latest_end` counts from.
     origin: Instant,
-    /// When the last block to end ends, in milliseconds since `origin`: past it, no address is
-    /// blocked and a request needs no lock.
+    /// When the last address block to end ends, in milliseconds since `origin`: past it, no
+    /// address is blocked and `blocked` needs no lock.
     latest_end: AtomicU64,
 }
 
@@ -115,6 +200,7 @@ impl Lockouts {
     pub fn new(settings: &Settings) -> Self {
         Lockouts {
             settings: settings.clone(),
+            names: RandomState::new(),
             table: Mutex::new(HashMap::new()),
             origin: Instant::now(),
             latest_end: AtomicU64::new(0),
@@ -125,155 +211,249 @@ impl Lockouts {
         u64::try_from(t.saturating_duration_since(self.origin).as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Record>> {
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Record>> {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// How long `ip` stays blocked, if it is.
+    /// The key of `user`'s record at `ip` (none for a name too long to count on its own).
+    fn user_key(&self, ip: IpAddr, user: Option<&str>) -> Option<Key> {
+        let name = user.filter(|u| !u.is_empty() && u.len() <= USER_MAX)?;
+        let mut hasher = self.names.build_hasher();
+        for b in name.bytes() {
+            hasher.write_u8(b.to_ascii_lowercase());
+        }
+        Some(Key {
+            ip,
+            user: Some(hasher.finish()),
+        })
+    }
+
+    /// The record for `key`, made (with `name`) if there is none.
+    fn record<'t>(
+        &self,
+        table: &'t mut HashMap<Key, Record>,
+        key: Key,
+        name: Option<&str>,
+        now: Instant,
+    ) -> &'t mut Record {
+        if !table.contains_key(&key) && table.len() >= MAX_TRACKED {
+            self.make_room(table, now);
+        }
+        let record = table.entry(key).or_insert_with(|| Record {
+            name: key.user.and(name).map(Box::from),
+            ..Record::default()
+        });
+        record.last_seen = Some(now);
+        record
+    }
+
+    /// How long the address `ip` stays blocked, if it is.
     pub fn blocked(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
         if self.millis(now) >= self.latest_end.load(Ordering::Relaxed) {
             return None;
         }
-        let table = self.table();
-        let until = table.get(&ip)?.blocked_until?;
-        (until > now).then(|| until - now)
+        self.table().get(&Key { ip, user: None })?.blocked_for(now)
     }
 
-    /// What credential `digest` from `ip` may do: nothing while `ip` is blocked; share the
-    /// place of another request with it that is being judged; wait while `ip` has as many
-    /// credentials being judged as it has failures left (a known verdict too: a guess the
-    /// verdict store answers must not pass while guesses in flight could still block the
-    /// client); else be decided at once when its verdict is `known`, or take a place.
+    /// What credential `digest` from `who` may do: nothing while the address or the user there
+    /// is blocked; share the place of another request with it that is being judged; wait while
+    /// the address or the user has as many credentials being judged as failures left (a known
+    /// verdict too: a guess the verdict store answers must not pass while guesses in flight
+    /// could still block); else be decided at once when its verdict is `known`, or take a place.
     pub fn reserve<V>(
         &self,
-        ip: IpAddr,
+        who: Who<'_>,
         digest: Digest,
         known: Option<V>,
         now: Instant,
     ) -> Admission<'_, V> {
+        let address = Key {
+            ip: who.ip,
+            user: None,
+        };
+        let user = self.user_key(who.ip, who.user);
+        let window = self.settings.window;
         let mut table = self.table();
-        if !table.contains_key(&ip) && table.len() >= MAX_TRACKED {
-            self.make_room(&mut table, now);
-        }
-        let record = table.entry(ip).or_default();
-        record.last_seen = Some(now);
-        if let Some(until) = record.blocked_until.filter(|u| *u > now) {
-            return Admission::Blocked(until - now);
-        }
-        if let Some((_, holders)) = record.judging.iter_mut().find(|(d, _)| *d == digest) {
-            *holders += 1;
-        } else {
-            forget_old(&mut record.failures, self.settings.window, now);
-            let taken = record.failures.len() + record.judging.len();
-            if taken >= self.settings.failures as usize {
-                let wake = record.wake.get_or_insert_with(Default::default).clone();
-                return Admission::Wait(Waiter {
-                    wake,
-                    seen: record.settled,
-                });
+        // Looked at without making records: a known credential of a client with nothing
+        // against it makes none.
+        let mut wait = None;
+        let mut shared = false;
+        if let Some(record) = table.get_mut(&address) {
+            if let Some(left) = record.blocked_for(now) {
+                return Admission::Blocked(Kind::Address, left);
             }
+            shared = record.judging.iter().any(|(d, _)| *d == digest);
+            if !shared && record.full(self.settings.address_failures, window, now) {
+                wait = Some(record.waiter(address));
+            }
+        }
+        if let Some(record) = user.and_then(|key| table.get_mut(&key)) {
+            if let Some(left) = record.blocked_for(now) {
+                return Admission::Blocked(Kind::User, left);
+            }
+            if !shared && wait.is_none() && record.full(self.settings.failures, window, now) {
+                wait = user.map(|key| record.waiter(key));
+            }
+        }
+        if let Some(waiter) = wait {
+            return Admission::Wait(waiter);
+        }
+        if !shared {
             if let Some(verdict) = known {
                 return Admission::Decide(verdict);
             }
-            record.judging.push((digest, 1));
+        }
+        for key in std::iter::once(address).chain(user) {
+            let record = self.record(&mut table, key, who.user, now);
+            match record.judging.iter_mut().find(|(d, _)| *d == digest) {
+                Some((_, holders)) => *holders += 1,
+                None => record.judging.push((digest, 1)),
+            }
         }
         Admission::Reserved(Reservation {
             lockouts: self,
-            ip,
+            ip: who.ip,
+            user: user.and_then(|k| k.user),
             digest,
             open: true,
         })
     }
 
-    /// Whether a judgement from `ip` was settled after `seen` (see `Waiter`).
-    pub fn settled_since(&self, ip: IpAddr, seen: u64) -> bool {
-        self.table().get(&ip).is_none_or(|r| r.settled != seen)
+    /// Whether the record `waiter` waits on had a settlement after it was handed out (or is
+    /// gone).
+    pub fn settled_since(&self, waiter: &Waiter) -> bool {
+        self.table()
+            .get(&waiter.key)
+            .is_none_or(|r| r.settled != waiter.seen)
     }
 
-    fn settle(&self, ip: IpAddr, digest: &Digest, failed: bool, now: Instant) -> Option<Blocked> {
-        let (blocked, wake) = {
+    fn settle(
+        &self,
+        ip: IpAddr,
+        user: Option<u64>,
+        digest: &Digest,
+        failed: bool,
+        now: Instant,
+    ) -> Blocks {
+        let mut wakes = Vec::with_capacity(2);
+        let blocks = {
             let mut table = self.table();
-            let record = table.entry(ip).or_default();
-            if let Some(at) = record.judging.iter().position(|(d, _)| d == digest) {
-                record.judging[at].1 -= 1;
-                if record.judging[at].1 == 0 {
-                    record.judging.swap_remove(at);
+            let mut blocks = Blocks::default();
+            let address = Key { ip, user: None };
+            let named = user.map(|user| Key {
+                ip,
+                user: Some(user),
+            });
+            for key in std::iter::once(address).chain(named) {
+                let Some(record) = table.get_mut(&key) else {
+                    continue;
+                };
+                record.release(digest);
+                wakes.extend(record.wake.clone());
+                if failed {
+                    let blocked = self.count_failure(record, key, now);
+                    match key.user {
+                        Some(_) => blocks.user = blocked,
+                        None => blocks.address = blocked,
+                    }
                 }
             }
-            record.settled += 1;
-            let blocked = if failed {
-                self.count_failure(record, now)
-            } else {
-                None
-            };
-            (blocked, record.wake.clone())
+            blocks
         };
-        if let Some(wake) = wake {
+        for wake in wakes {
             wake.notify_waiters();
         }
-        blocked
+        blocks
     }
 
-    /// Counts a failed attempt from `ip` that needed no reservation (it was known to fail);
-    /// `Some` when it blocks the address.
-    pub fn failed(&self, ip: IpAddr, now: Instant) -> Option<Blocked> {
+    /// Counts a failed attempt from `who` that needed no reservation (it was known to fail).
+    pub fn failed(&self, who: Who<'_>, now: Instant) -> Blocks {
+        let address = Key {
+            ip: who.ip,
+            user: None,
+        };
         let mut table = self.table();
-        if !table.contains_key(&ip) && table.len() >= MAX_TRACKED {
-            self.make_room(&mut table, now);
+        let mut blocks = Blocks::default();
+        let record = self.record(&mut table, address, None, now);
+        blocks.address = self.count_failure(record, address, now);
+        if let Some(key) = self.user_key(who.ip, who.user) {
+            let record = self.record(&mut table, key, who.user, now);
+            blocks.user = self.count_failure(record, key, now);
         }
-        let record = table.entry(ip).or_default();
-        self.count_failure(record, now)
+        blocks
     }
 
-    fn count_failure(&self, record: &mut Record, now: Instant) -> Option<Blocked> {
+    fn count_failure(&self, record: &mut Record, key: Key, now: Instant) -> Option<Blocked> {
         record.last_seen = Some(now);
         if record.blocked_until.is_some_and(|u| u > now) {
             // Already blocked: a request that was in flight when the block began.
             return None;
         }
+        let limit = match key.user {
+            Some(_) => self.settings.failures,
+            None => self.settings.address_failures,
+        };
         forget_old(&mut record.failures, self.settings.window, now);
         record.failures.push_back(now);
-        if record.failures.len() < self.settings.failures as usize {
+        if record.failures.len() < limit as usize {
             return None;
         }
         record.failures.clear();
         let until = now + self.settings.block;
         record.blocked_until = Some(until);
-        self.latest_end
-            .fetch_max(self.millis(until), Ordering::Relaxed);
+        if key.user.is_none() {
+            self.latest_end
+                .fetch_max(self.millis(until), Ordering::Relaxed);
+        }
         Some(Blocked {
-            after_failures: self.settings.failures,
+            after_failures: limit,
             seconds: self.settings.block.as_secs(),
         })
     }
 
-    /// Lifts a block on `ip`; false when it was not blocked.
-    pub fn clear(&self, ip: IpAddr, now: Instant) -> bool {
-        let mut table = self.table();
-        let Some(record) = table.get_mut(&ip) else {
-            return false;
+    /// Lifts the block of `user` at `ip`, or with no user every block at `ip` (the address's
+    /// and its users'); false when there was none.
+    pub fn clear(&self, ip: IpAddr, user: Option<&str>, now: Instant) -> bool {
+        let only = match user {
+            Some(_) => match self.user_key(ip, user) {
+                Some(key) => Some(key),
+                None => return false,
+            },
+            None => None,
         };
-        let lifted = record.blocked_until.take().is_some_and(|u| u > now);
-        record.failures.clear();
-        // Credentials being judged keep their places; whoever waits may try again.
-        if let Some(wake) = &record.wake {
-            wake.notify_waiters();
-        }
-        if record.judging.is_empty() {
-            table.remove(&ip);
-        }
+        let mut table = self.table();
+        let mut lifted = false;
+        table.retain(|key, record| {
+            let chosen = match only {
+                Some(only) => *key == only,
+                None => key.ip == ip,
+            };
+            if !chosen {
+                return true;
+            }
+            lifted |= record.blocked_until.take().is_some_and(|u| u > now);
+            record.failures.clear();
+            // Credentials being judged keep their places; whoever waits may try again.
+            if let Some(wake) = &record.wake {
+                wake.notify_waiters();
+            }
+            !record.judging.is_empty()
+        });
         lifted
     }
 
-    /// The addresses blocked now, with the seconds left.
-    pub fn current(&self, now: Instant) -> Vec<(IpAddr, u64)> {
+    /// The blocks now, with the seconds left.
+    pub fn current(&self, now: Instant) -> Vec<Current> {
         let mut table = self.table();
         table.retain(|_, r| r.live(now, self.settings.window));
-        let mut blocked: Vec<(IpAddr, u64)> = table
+        let mut blocked: Vec<Current> = table
             .iter()
-            .filter_map(|(ip, r)| {
-                let until = r.blocked_until.filter(|u| *u > now)?;
-                Some((*ip, (until - now).as_secs().max(1)))
+            .filter_map(|(key, r)| {
+                Some(Current {
+                    ip: key.ip,
+                    user: key.user.and(r.name.as_deref().map(String::from)),
+                    seconds_left: r.blocked_for(now)?.as_secs().max(1),
+                })
             })
             .collect();
         blocked.sort();
@@ -281,27 +461,24 @@ impl Lockouts {
     }
 
     /// Forgets what no longer matters, then, if the table is still full, the eighth of it that
-    /// has been idle longest, addresses neither blocked nor being judged first.
-    fn make_room(&self, table: &mut HashMap<IpAddr, Record>, now: Instant) {
+    /// has been idle longest, records neither blocked nor being judged first.
+    fn make_room(&self, table: &mut HashMap<Key, Record>, now: Instant) {
         table.retain(|_, r| r.live(now, self.settings.window));
         if table.len() < MAX_TRACKED {
             return;
         }
-        let mut idle: Vec<(bool, Option<Instant>, IpAddr)> = table
+        let mut idle: Vec<(bool, Option<Instant>, Key)> = table
             .iter()
-            .map(|(ip, r)| {
-                (
-                    r.blocked_until.is_some() || !r.judging.is_empty(),
-                    r.last_seen,
-                    *ip,
-                )
+            .map(|(key, r)| {
+                let busy = r.blocked_until.is_some() || !r.judging.is_empty();
+                (busy, r.last_seen, *key)
             })
             .collect();
         let cut = MAX_TRACKED / 8;
-        idle.select_nth_unstable(cut);
-        for (_, _, ip) in &idle[..cut] {
+        idle.select_nth_unstable_by_key(cut, |(busy, seen, _)| (*busy, *seen));
+        for (_, _, key) in &idle[..cut] {
             // Attempts waiting on a forgotten record try again on a new one.
-            if let Some(wake) = table.remove(ip).and_then(|r| r.wake) {
+            if let Some(wake) = table.remove(key).and_then(|r| r.wake) {
                 wake.notify_waiters();
             }
         }
@@ -327,9 +504,10 @@ fn forget_old(failures: &mut VecDeque<Instant>, window: Duration, now: Instant) 
 mod tests {
     use super::*;
 
-    fn lockouts(failures: u32, window: u64, block: u64) -> Lockouts {
+    fn lockouts(failures: u32, address_failures: u32, window: u64, block: u64) -> Lockouts {
         Lockouts::new(&Settings {
             failures,
+            address_failures,
             window: Duration::from_secs(window),
             block: Duration::from_secs(block),
         })
@@ -339,199 +517,312 @@ mod tests {
         IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n))
     }
 
-    #[test]
-    fn the_fifth_failure_in_the_window_blocks() {
-        let l = lockouts(5, 30, 1800);
-        let t = Instant::now();
-        for i in 0..4 {
-            assert_eq!(l.failed(ip(1), t + Duration::from_secs(i)), None);
+    fn who(n: u32, user: &str) -> Who<'_> {
+        Who {
+            ip: ip(n),
+            user: (!user.is_empty()).then_some(user),
         }
-        assert_eq!(l.blocked(ip(1), t), None);
-        let blocked = l.failed(ip(1), t + Duration::from_secs(5)).unwrap();
-        assert_eq!(
-            blocked,
-            Blocked {
-                after_failures: 5,
-                seconds: 1800
-            }
-        );
-        let left = l.blocked(ip(1), t + Duration::from_secs(65)).unwrap();
-        assert_eq!(left.as_secs(), 1740);
-        assert_eq!(l.blocked(ip(2), t), None);
-        assert_eq!(l.current(t + Duration::from_secs(5)), vec![(ip(1), 1800)]);
-        assert_eq!(l.blocked(ip(1), t + Duration::from_secs(1806)), None);
-        assert!(l.current(t + Duration::from_secs(1806)).is_empty());
-        assert_eq!(l.tracked(), 0, "an ended block is forgotten");
     }
 
     fn digest(n: u8) -> Digest {
         [n; 32]
     }
 
-    fn reserved<'a>(l: &'a Lockouts, ip: IpAddr, guess: u8, now: Instant) -> Reservation<'a> {
-        match l.reserve(ip, digest(guess), None::<()>, now) {
+    fn reserved<'a>(l: &'a Lockouts, who: Who<'_>, guess: u8, now: Instant) -> Reservation<'a> {
+        match l.reserve(who, digest(guess), None::<()>, now) {
             Admission::Reserved(r) => r,
-            Admission::Blocked(_) => panic!("blocked"),
+            Admission::Blocked(kind, _) => panic!("blocked ({kind:?})"),
             Admission::Wait(_) => panic!("told to wait"),
             Admission::Decide(()) => panic!("decided without a verdict"),
         }
     }
 
-    fn waits(l: &Lockouts, ip: IpAddr, guess: u8, now: Instant) -> Option<u64> {
-        match l.reserve(ip, digest(guess), None::<()>, now) {
-            Admission::Wait(w) => Some(w.seen),
+    fn waits(l: &Lockouts, who: Who<'_>, guess: u8, now: Instant) -> Option<Waiter> {
+        match l.reserve(who, digest(guess), None::<()>, now) {
+            Admission::Wait(w) => Some(w),
+            _ => None,
+        }
+    }
+
+    fn blocked_as(l: &Lockouts, who: Who<'_>, now: Instant) -> Option<Kind> {
+        match l.reserve(who, digest(99), Some(()), now) {
+            Admission::Blocked(kind, _) => Some(kind),
             _ => None,
         }
     }
 
     #[test]
-    fn no_more_credentials_are_judged_at_once_than_failures_are_left() {
-        let l = lockouts(3, 30, 600);
+    fn a_users_failures_block_that_user_at_that_address_only() {
+        let l = lockouts(5, 20, 30, 1800);
         let t = Instant::now();
-        l.failed(ip(1), t);
-        let a = reserved(&l, ip(1), 1, t);
-        let b = reserved(&l, ip(1), 2, t);
-        let seen = waits(&l, ip(1), 3, t).expect("a third credential waits");
-        assert!(
-            matches!(
-                l.reserve(ip(2), digest(3), None::<()>, t),
-                Admission::Reserved(_)
-            ),
-            "another address has its own places"
+        for i in 0..4 {
+            assert_eq!(
+                l.failed(who(1, "alice"), t + Duration::from_secs(i)),
+                Blocks::default()
+            );
+        }
+        let blocks = l.failed(who(1, "alice"), t + Duration::from_secs(5));
+        assert_eq!(
+            blocks,
+            Blocks {
+                user: Some(Blocked {
+                    after_failures: 5,
+                    seconds: 1800
+                }),
+                address: None,
+            }
         );
-        assert!(!l.settled_since(ip(1), seen));
-        assert_eq!(a.settle(false, t), None, "a success gives its place back");
-        assert!(l.settled_since(ip(1), seen));
-        let c = reserved(&l, ip(1), 3, t);
-        assert_eq!(b.settle(true, t), None);
-        let blocked = c.settle(true, t).unwrap();
+        assert_eq!(blocked_as(&l, who(1, "alice"), t), Some(Kind::User));
+        assert_eq!(
+            blocked_as(&l, who(1, "ALICE"), t),
+            Some(Kind::User),
+            "one user whatever the case"
+        );
+        assert_eq!(
+            blocked_as(&l, who(1, "bob"), t),
+            None,
+            "bob at the same address"
+        );
+        assert_eq!(blocked_as(&l, who(2, "alice"), t), None, "alice elsewhere");
+        assert_eq!(l.blocked(ip(1), t), None, "the address is not blocked");
+        let now = t + Duration::from_secs(5);
+        assert_eq!(
+            l.current(now),
+            vec![Current {
+                ip: ip(1),
+                user: Some("alice".into()),
+                seconds_left: 1800
+            }]
+        );
+        let after = t + Duration::from_secs(1806);
+        assert_eq!(blocked_as(&l, who(1, "alice"), after), None);
+        assert!(l.current(after).is_empty());
+        assert_eq!(l.tracked(), 0, "an ended block is forgotten");
+    }
+
+    #[test]
+    fn failures_across_users_block_the_address() {
+        let l = lockouts(5, 20, 30, 1800);
+        let t = Instant::now();
+        let names: Vec<String> = (0..20).map(|n| format!("user{n}")).collect();
+        for name in &names[..19] {
+            assert_eq!(l.failed(who(1, name), t).address, None);
+        }
+        let blocks = l.failed(who(1, &names[19]), t);
+        assert_eq!(blocks.address.map(|b| b.after_failures), Some(20));
+        assert_eq!(blocks.user, None, "one failure for that user");
+        assert_eq!(blocked_as(&l, who(1, "bob"), t), Some(Kind::Address));
+        assert!(l.blocked(ip(1), t).is_some());
+        assert!(l
+            .current(t)
+            .iter()
+            .any(|c| c.ip == ip(1) && c.user.is_none()));
+    }
+
+    #[test]
+    fn a_credential_without_a_user_name_counts_towards_the_address_only() {
+        let l = lockouts(1, 2, 30, 600);
+        let t = Instant::now();
+        assert_eq!(l.failed(who(1, ""), t), Blocks::default());
+        assert_eq!(
+            l.failed(who(1, ""), t).address.map(|b| b.after_failures),
+            Some(2)
+        );
+        let long = "x".repeat(USER_MAX + 1);
+        let l = lockouts(1, 2, 30, 600);
+        assert_eq!(
+            l.failed(who(1, &long), t).user,
+            None,
+            "too long to count alone"
+        );
+    }
+
+    #[test]
+    fn no_more_credentials_are_judged_at_once_than_failures_are_left() {
+        let l = lockouts(3, 20, 30, 600);
+        let t = Instant::now();
+        l.failed(who(1, "alice"), t);
+        let a = reserved(&l, who(1, "alice"), 1, t);
+        let b = reserved(&l, who(1, "alice"), 2, t);
+        let waiter = waits(&l, who(1, "alice"), 3, t).expect("a third guess for alice waits");
+        reserved(&l, who(1, "bob"), 3, t);
+        reserved(&l, who(2, "alice"), 3, t);
+        assert!(!l.settled_since(&waiter));
+        assert_eq!(
+            a.settle(false, t),
+            Blocks::default(),
+            "a success gives its place back"
+        );
+        assert!(l.settled_since(&waiter));
+        let c = reserved(&l, who(1, "alice"), 3, t);
+        assert_eq!(b.settle(true, t), Blocks::default());
+        let blocked = c.settle(true, t).user.unwrap();
         assert_eq!(blocked.after_failures, 3);
-        assert!(matches!(
-            l.reserve(ip(1), digest(4), None::<()>, t),
-            Admission::Blocked(left) if left.as_secs() == 600
-        ));
+        assert_eq!(blocked_as(&l, who(1, "alice"), t), Some(Kind::User));
+    }
+
+    #[test]
+    fn the_address_has_its_own_places_across_users() {
+        let l = lockouts(5, 3, 30, 600);
+        let t = Instant::now();
+        let held: Vec<_> = ["a", "b", "c"]
+            .iter()
+            .enumerate()
+            .map(|(n, user)| reserved(&l, who(1, user), n as u8, t))
+            .collect();
+        assert!(
+            waits(&l, who(1, "d"), 9, t).is_some(),
+            "three guesses fill the address"
+        );
+        assert!(waits(&l, who(1, ""), 9, t).is_some());
+        drop(held);
+        reserved(&l, who(1, "d"), 9, t);
     }
 
     #[test]
     fn a_reservation_dropped_unsettled_gives_its_place_back_and_counts_nothing() {
-        let l = lockouts(1, 30, 600);
+        let l = lockouts(1, 20, 30, 600);
         let t = Instant::now();
-        let r = reserved(&l, ip(1), 1, t);
-        assert!(waits(&l, ip(1), 2, t).is_some());
+        let r = reserved(&l, who(1, "alice"), 1, t);
+        assert!(waits(&l, who(1, "alice"), 2, t).is_some());
         drop(r);
-        let r = reserved(&l, ip(1), 2, t);
+        let r = reserved(&l, who(1, "alice"), 2, t);
         assert!(
-            r.settle(true, t).is_some(),
+            r.settle(true, t).user.is_some(),
             "the one failure allowed blocks"
         );
-        assert!(l.blocked(ip(1), t).is_some());
+        assert_eq!(blocked_as(&l, who(1, "alice"), t), Some(Kind::User));
     }
 
     #[test]
-    fn a_known_verdict_waits_like_a_guess_while_the_client_has_no_place_free() {
-        let l = lockouts(2, 30, 600);
+    fn a_known_verdict_waits_like_a_guess_while_the_user_has_no_place_free() {
+        let l = lockouts(2, 20, 30, 600);
         let t = Instant::now();
-        assert!(matches!(
-            l.reserve(ip(1), digest(1), Some(()), t),
-            Admission::Decide(())
-        ));
-        let a = reserved(&l, ip(1), 2, t);
-        assert!(matches!(
-            l.reserve(ip(1), digest(1), Some(()), t),
-            Admission::Decide(())
-        ));
-        let b = reserved(&l, ip(1), 3, t);
-        assert!(
-            matches!(l.reserve(ip(1), digest(1), Some(()), t), Admission::Wait(_)),
-            "two guesses in flight could block the client"
+        let known = |l: &Lockouts| match l.reserve(who(1, "alice"), digest(1), Some(()), t) {
+            Admission::Decide(()) => "decide",
+            Admission::Wait(_) => "wait",
+            Admission::Blocked(..) => "blocked",
+            Admission::Reserved(_) => "reserved",
+        };
+        assert_eq!(known(&l), "decide");
+        assert_eq!(
+            l.tracked(),
+            0,
+            "a known credential of a client with nothing against it"
         );
+        let a = reserved(&l, who(1, "alice"), 2, t);
+        assert_eq!(known(&l), "decide");
+        let b = reserved(&l, who(1, "alice"), 3, t);
+        assert_eq!(known(&l), "wait", "two guesses in flight could block alice");
         a.settle(true, t);
-        assert!(b.settle(true, t).is_some());
-        assert!(matches!(
-            l.reserve(ip(1), digest(1), Some(()), t),
-            Admission::Blocked(_)
-        ));
+        assert!(b.settle(true, t).user.is_some());
+        assert_eq!(known(&l), "blocked");
     }
 
     #[test]
-    fn lifting_a_block_keeps_the_places_being_judged_and_wakes_who_waits() {
-        let l = lockouts(1, 30, 600);
+    fn lifting_keeps_the_places_being_judged_and_wakes_who_waits() {
+        let l = lockouts(1, 20, 30, 600);
         let t = Instant::now();
-        let judged = reserved(&l, ip(1), 1, t);
-        let seen = waits(&l, ip(1), 2, t).unwrap();
-        assert!(!l.clear(ip(1), t), "nothing was blocked");
-        assert!(waits(&l, ip(1), 2, t).is_some(), "the place is still taken");
-        assert!(!l.settled_since(ip(1), seen));
-        drop(judged);
-        assert!(l.settled_since(ip(1), seen));
-        reserved(&l, ip(1), 2, t);
-    }
-
-    #[test]
-    fn requests_with_one_credential_share_its_place_until_the_last_settles() {
-        let l = lockouts(2, 30, 600);
-        let t = Instant::now();
-        let first = reserved(&l, ip(1), 7, t);
-        let second = reserved(&l, ip(1), 7, t);
-        let other = reserved(&l, ip(1), 8, t);
-        assert!(waits(&l, ip(1), 9, t).is_some(), "two places, both taken");
-        drop(first);
+        let judged = reserved(&l, who(1, "alice"), 1, t);
+        let waiter = waits(&l, who(1, "alice"), 2, t).unwrap();
+        assert!(!l.clear(ip(1), None, t), "nothing was blocked");
         assert!(
-            waits(&l, ip(1), 9, t).is_some(),
-            "the place stays while a request with the credential is being judged"
+            waits(&l, who(1, "alice"), 2, t).is_some(),
+            "the place is still taken"
         );
-        assert_eq!(second.settle(false, t), None);
-        let third = reserved(&l, ip(1), 9, t);
-        drop((other, third));
+        assert!(!l.settled_since(&waiter));
+        drop(judged);
+        assert!(l.settled_since(&waiter));
+        reserved(&l, who(1, "alice"), 2, t);
     }
 
     #[test]
-    fn failures_in_flight_during_a_block_neither_extend_nor_repeat_it() {
-        let l = lockouts(2, 30, 600);
+    fn lifting_one_user_or_every_block_at_an_address() {
+        let l = lockouts(1, 3, 10, 60);
         let t = Instant::now();
-        l.failed(ip(1), t);
-        assert!(l.failed(ip(1), t).is_some());
-        for s in 1..5 {
-            assert_eq!(l.failed(ip(1), t + Duration::from_secs(s)), None);
-        }
-        assert_eq!(l.blocked(ip(1), t).unwrap().as_secs(), 600);
-    }
-
-    #[test]
-    fn failures_outside_the_window_do_not_add_up() {
-        let l = lockouts(3, 10, 60);
-        let t = Instant::now();
-        for i in 0..10 {
-            assert_eq!(l.failed(ip(1), t + Duration::from_secs(i * 6)), None);
-        }
-    }
-
-    #[test]
-    fn clear_lifts_a_block() {
-        let l = lockouts(1, 10, 60);
-        let t = Instant::now();
-        assert!(l.failed(ip(7), t).is_some());
-        assert!(l.blocked(ip(7), t).is_some());
-        assert!(l.clear(ip(7), t));
-        assert!(!l.clear(ip(7), t));
-        assert_eq!(l.blocked(ip(7), t), None);
-        assert!(l.failed(ip(8), t).is_some());
+        l.failed(who(7, "alice"), t);
+        l.failed(who(7, "bob"), t);
+        assert!(l.clear(ip(7), Some("Alice"), t));
+        assert!(!l.clear(ip(7), Some("alice"), t));
+        assert_eq!(blocked_as(&l, who(7, "alice"), t), None);
+        assert_eq!(blocked_as(&l, who(7, "bob"), t), Some(Kind::User));
+        l.failed(who(7, "carol"), t);
+        l.failed(who(7, "dave"), t);
+        assert_eq!(blocked_as(&l, who(7, "erin"), t), Some(Kind::Address));
+        assert!(l.clear(ip(7), None, t));
+        assert_eq!(blocked_as(&l, who(7, "bob"), t), None, "every block there");
+        assert_eq!(blocked_as(&l, who(7, "erin"), t), None);
+        l.failed(who(8, "alice"), t);
         assert!(
-            !l.clear(ip(8), t + Duration::from_secs(61)),
+            !l.clear(ip(8), None, t + Duration::from_secs(61)),
             "an ended block is no block"
         );
     }
 
     #[test]
-    fn a_flood_of_addresses_stays_bounded_and_keeps_blocks() {
-        let l = lockouts(2, 30, 600);
+    fn requests_with_one_credential_share_its_place_until_the_last_settles() {
+        let l = lockouts(2, 20, 30, 600);
         let t = Instant::now();
-        l.failed(ip(0), t);
-        l.failed(ip(0), t);
-        for n in 1..(MAX_TRACKED as u32 * 2) {
-            l.failed(ip(n), t + Duration::from_millis(u64::from(n)));
+        let first = reserved(&l, who(1, "alice"), 7, t);
+        let second = reserved(&l, who(1, "alice"), 7, t);
+        let other = reserved(&l, who(1, "alice"), 8, t);
+        assert!(
+            waits(&l, who(1, "alice"), 9, t).is_some(),
+            "two places, both taken"
+        );
+        drop(first);
+        assert!(
+            waits(&l, who(1, "alice"), 9, t).is_some(),
+            "the place stays while a request with the credential is being judged"
+        );
+        assert_eq!(second.settle(false, t), Blocks::default());
+        let third = reserved(&l, who(1, "alice"), 9, t);
+        drop((other, third));
+    }
+
+    #[test]
+    fn failures_in_flight_during_a_block_neither_extend_nor_repeat_it() {
+        let l = lockouts(2, 20, 30, 600);
+        let t = Instant::now();
+        l.failed(who(1, "alice"), t);
+        assert!(l.failed(who(1, "alice"), t).user.is_some());
+        for s in 1..5 {
+            assert_eq!(
+                l.failed(who(1, "alice"), t + Duration::from_secs(s)).user,
+                None
+            );
+        }
+        let left = match l.reserve(who(1, "alice"), digest(1), None::<()>, t) {
+            Admission::Blocked(Kind::User, left) => left,
+            _ => panic!("not blocked"),
+        };
+        assert_eq!(left.as_secs(), 600);
+    }
+
+    #[test]
+    fn failures_outside_the_window_do_not_add_up() {
+        let l = lockouts(3, 3, 10, 60);
+        let t = Instant::now();
+        for i in 0..10 {
+            assert_eq!(
+                l.failed(who(1, "alice"), t + Duration::from_secs(i * 6)),
+                Blocks::default()
+            );
+        }
+    }
+
+    #[test]
+    fn a_flood_of_addresses_and_names_stays_bounded_and_keeps_blocks() {
+        let l = lockouts(2, 20, 30, 600);
+        let t = Instant::now();
+        l.failed(who(0, "alice"), t);
+        l.failed(who(0, "alice"), t);
+        for n in 1..(MAX_TRACKED as u32) {
+            let name = format!("u{n}");
+            l.failed(who(n, &name), t + Duration::from_millis(u64::from(n)));
         }
         assert!(l.tracked() <= MAX_TRACKED);
-        assert!(l.blocked(ip(0), t + Duration::from_secs(200)).is_some());
+        let later = t + Duration::from_secs(200);
+        assert_eq!(blocked_as(&l, who(0, "alice"), later), Some(Kind::User));
     }
 }

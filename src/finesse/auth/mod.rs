@@ -22,7 +22,7 @@ use crate::observe::metrics::AuthMetrics;
 use async_trait::async_trait;
 use credential::{Credential, Presented};
 use http::header::HeaderValue;
-use lockout::{Admission, Lockouts, Reservation};
+use lockout::{Admission, Kind, Lockouts, Reservation, Who};
 use pingora::http::RequestHeader;
 use serde_json::{json, Value};
 use std::net::IpAddr;
@@ -152,12 +152,12 @@ impl Auth {
             return Decision::Pass { user: None };
         }
         if let Some(left) = self.lockouts.blocked(client.key, Instant::now()) {
-            return self.blocked(client, left);
+            return self.blocked(client, Kind::Address, None, left);
         }
         let credential = match credential::presented(&req.headers, websocket) {
             Presented::Credential(c) => c,
             Presented::Unusable(why) => {
-                return self.failed(req, client, Arc::from(why), None, None);
+                return self.failed(req, client, None, Arc::from(why), None);
             }
             Presented::Nothing => {
                 let challenge = vec![("WWW-Authenticate", self.challenge(req))];
@@ -169,11 +169,15 @@ impl Auth {
             credential: &credential,
             digest: self.verdicts.digest(credential.authorization().as_bytes()),
         };
-        let reservation = match self.reserve(client, &attempt.digest).await {
+        // The user name the lockout counts: the one a credential presents (Basic), or the one a
+        // known verdict proved; read from the credential only when needed.
+        let claimed = std::sync::OnceLock::new();
+        let claimed = || claimed.get_or_init(|| credential.user()).as_deref();
+        let reservation = match self.reserve(client, &attempt.digest, claimed).await {
             Ok(Turn::Judge(reservation)) => reservation,
             Ok(Turn::Known(verdict)) => {
                 self.metrics.kept.inc();
-                return self.decide(&attempt, client, Some(verdict), None);
+                return self.decide(&attempt, client, claimed(), Some(verdict), None);
             }
             Err(refused) => return refused,
         };
@@ -184,31 +188,48 @@ impl Auth {
                 break;
             }
         }
-        self.decide(&attempt, client, verdict, Some(reservation))
+        self.decide(&attempt, client, claimed(), verdict, Some(reservation))
     }
 
-    /// The credential `digest`'s verdict when it is known and `client` has a place free (the
-    /// verdict store answers at once, so the lookup needs no place, but it must not answer while
-    /// guesses in flight could still block the client), else a place to judge it in, waiting
-    /// while `client` has as many credentials being judged as failures left; the block answer
-    /// once they reach it.
-    async fn reserve(&self, client: ClientIdentity, digest: &Digest) -> Result<Turn<'_>, Decision> {
+    /// The credential `digest`'s verdict when it is known and its user and address have a place
+    /// free (the verdict store answers at once, so the lookup needs no place, but it must not
+    /// answer while guesses in flight could still block them), else a place to judge it in,
+    /// waiting while the user or the address has as many credentials being judged as failures
+    /// left; the block answer once they reach it. `claimed`: the user name the credential
+    /// presents.
+    async fn reserve<'c>(
+        &self,
+        client: ClientIdentity,
+        digest: &Digest,
+        claimed: impl Fn() -> Option<&'c str>,
+    ) -> Result<Turn<'_>, Decision> {
         let deadline = tokio::time::Instant::now() + RESERVATION_WAIT;
         loop {
             let known = self.verdicts.kept(digest);
-            let admission = self
-                .lockouts
-                .reserve(client.key, *digest, known, Instant::now());
-            let waiter = match admission {
+            let proven = match &known {
+                Some(Verdict::Valid { user: Some(user) }) => Some(user.clone()),
+                _ => None,
+            };
+            let user = match proven.as_deref() {
+                Some(user) => Some(user),
+                None => claimed(),
+            };
+            let who = Who {
+                ip: client.key,
+                user,
+            };
+            let waiter = match self.lockouts.reserve(who, *digest, known, Instant::now()) {
                 Admission::Decide(verdict) => return Ok(Turn::Known(verdict)),
                 Admission::Reserved(reservation) => return Ok(Turn::Judge(reservation)),
-                Admission::Blocked(left) => return Err(self.blocked(client, left)),
+                Admission::Blocked(kind, left) => {
+                    return Err(self.blocked(client, kind, user, left))
+                }
                 Admission::Wait(waiter) => waiter,
             };
             let woken = waiter.wake.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            if self.lockouts.settled_since(client.key, waiter.seen) {
+            if self.lockouts.settled_since(&waiter) {
                 continue;
             }
             if tokio::time::timeout_at(deadline, woken).await.is_err() {
@@ -223,22 +244,17 @@ impl Auth {
     }
 
     /// The gate's answer once a credential was judged (or found judged): `reservation` is
-    /// settled with the outcome.
+    /// settled with the outcome. `claimed`: the user name the credential presents.
     fn decide(
         &self,
         attempt: &Attempt<'_>,
         client: ClientIdentity,
+        claimed: Option<&str>,
         verdict: Option<Verdict>,
         reservation: Option<Reservation<'_>>,
     ) -> Decision {
         let req = attempt.request;
-        let user = || {
-            attempt
-                .credential
-                .user()
-                .filter(|u| loggable(u))
-                .map(Arc::from)
-        };
+        let user = || claimed.filter(|u| loggable(u)).map(Arc::from);
         match verdict {
             Some(Verdict::Valid { user: proven }) => {
                 if let Some(r) = reservation {
@@ -248,7 +264,7 @@ impl Auth {
                     user: proven.filter(|u| loggable(u)),
                 }
             }
-            Some(Verdict::Invalid(why)) => self.failed(req, client, why, user(), reservation),
+            Some(Verdict::Invalid(why)) => self.failed(req, client, claimed, why, reservation),
             Some(Verdict::Unavailable(why)) => {
                 drop(reservation);
                 let message = format!("credentials cannot be checked right now: {why}");
@@ -263,16 +279,32 @@ impl Auth {
         }
     }
 
-    /// The answer to a blocked client: 429 with the seconds left.
-    fn blocked(&self, client: ClientIdentity, left: Duration) -> Decision {
+    /// The answer to a blocked client (`Kind::Address`), or user there: 429 with the seconds
+    /// left.
+    fn blocked(
+        &self,
+        client: ClientIdentity,
+        kind: Kind,
+        user: Option<&str>,
+        left: Duration,
+    ) -> Decision {
         self.metrics.blocked.inc();
         let seconds = left.as_secs().max(1);
         let retry = [("Retry-After", HeaderValue::from(seconds))];
-        let message = format!(
-            "too many failed logins from {}: blocked for {seconds} more seconds",
-            self.shown(client.key)
-        );
-        self.refuse(429, message, None, retry.to_vec())
+        let from = self.shown(client.key);
+        let message = match (kind, user.filter(|u| loggable(u))) {
+            (Kind::User, Some(user)) => format!(
+                "too many failed logins for {user} from {from}: blocked for {seconds} more seconds"
+            ),
+            (Kind::User, None) => format!(
+                "too many failed logins for this user from {from}: blocked for {seconds} more seconds"
+            ),
+            (Kind::Address, _) => format!(
+                "too many failed logins from {from}: blocked for {seconds} more seconds"
+            ),
+        };
+        let user = user.filter(|u| loggable(u)).map(Arc::from);
+        self.refuse(429, message, user, retry.to_vec())
     }
 
     /// The challenge of a 401 to `req`. A request from a page's script (`fetch`, XHR) gets a
@@ -286,23 +318,43 @@ impl Auth {
         }
     }
 
-    /// A failed attempt: 401, counted towards the lockout (through its reservation, when it
-    /// had one), and the security line when that blocks the client.
+    /// A failed attempt for user name `claimed`: 401, counted towards the lockout (through its
+    /// reservation, when it had one), and a line when that blocks the user or the client. Only
+    /// an address block is the line fail2ban reads (it begins with the address): one agent's
+    /// typos must never get an office's address banned.
     fn failed(
         &self,
         req: &RequestHeader,
         client: ClientIdentity,
+        claimed: Option<&str>,
         why: Arc<str>,
-        user: Option<Arc<str>>,
         reservation: Option<Reservation<'_>>,
     ) -> Decision {
         // The clock is read now: a check may have taken a while.
         let now = Instant::now();
-        let blocked = match reservation {
+        let blocks = match reservation {
             Some(r) => r.settle(true, now),
-            None => self.lockouts.failed(client.key, now),
+            None => self.lockouts.failed(
+                Who {
+                    ip: client.key,
+                    user: claimed,
+                },
+                now,
+            ),
         };
-        if let Some(blocked) = blocked {
+        let shown = claimed.filter(|u| loggable(u));
+        if let Some(blocked) = blocks.user {
+            self.metrics.user_lockouts.inc();
+            log::warn!(
+                "user {} blocked at {} for {} seconds after {} failed logins (service {})",
+                shown.unwrap_or("(a name that cannot be logged)"),
+                client.ip,
+                blocked.seconds,
+                blocked.after_failures,
+                self.service
+            );
+        }
+        if let Some(blocked) = blocks.address {
             self.metrics.lockouts.inc();
             log::warn!(
                 "{} blocked for {} seconds after {} failed logins (service {})",
@@ -313,6 +365,7 @@ impl Auth {
             );
         }
         let challenge = vec![("WWW-Authenticate", self.challenge(req))];
+        let user = shown.map(Arc::from);
         self.refuse(401, format!("credentials refused: {why}"), user, challenge)
     }
 
@@ -333,17 +386,29 @@ impl Auth {
         }
     }
 
-    /// Lifts the block on the client `ip` counts as (its IPv6 network); false when it was not
-    /// blocked.
-    pub fn lift_block(&self, ip: IpAddr) -> bool {
+    /// Lifts the block of `user` at the client `ip` counts as (its IPv6 network), or with no
+    /// user every block there (the address's and its users'); false when there was none.
+    pub fn lift_block(&self, ip: IpAddr, user: Option<&str>) -> bool {
         let key = identity::client_key(ip, self.v6_prefix);
-        let lifted = self.lockouts.clear(key, Instant::now());
+        let lifted = self.lockouts.clear(key, user, Instant::now());
         if lifted {
-            log::warn!(
-                "{} unblocked by the admin listener (service {})",
-                self.shown(key),
-                self.service
-            );
+            match user {
+                Some(user) => log::warn!(
+                    "user {} at {} unblocked by the admin listener (service {})",
+                    if loggable(user) {
+                        user
+                    } else {
+                        "(a name that cannot be logged)"
+                    },
+                    self.shown(key),
+                    self.service
+                ),
+                None => log::warn!(
+                    "{} unblocked by the admin listener (service {})",
+                    self.shown(key),
+                    self.service
+                ),
+            }
         }
         lifted
     }
@@ -359,7 +424,13 @@ impl Auth {
             .lockouts
             .current(Instant::now())
             .into_iter()
-            .map(|(key, seconds)| json!({"client_ip": self.shown(key), "seconds_left": seconds}))
+            .map(|c| {
+                json!({
+                    "client_ip": self.shown(c.ip),
+                    "user": c.user,
+                    "seconds_left": c.seconds_left,
+                })
+            })
             .collect();
         json!({
             "lockouts": blocked,
