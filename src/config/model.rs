@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use super::raw::Role;
+pub use super::raw::{Per, Role};
 
 /// Text content types: the default `substitutions[].content_types`, and the responses
 /// `rewrite_upstream_hosts` applies to when no substitution rule matches.
@@ -216,6 +216,8 @@ pub struct Limits {
     /// `None`: the service kind's default (per role for Finesse); `Some(0)`: no limit.
     pub max_connections_per_ip: Option<u32>,
     pub max_streams_per_connection: u32,
+    /// Caps for addresses in these networks, most specific first.
+    pub connections_by_cidr: Vec<CidrLimit>,
     #[serde(rename = "client_send_timeout_ms", serialize_with = "millis")]
     pub client_send_timeout: Duration,
     pub ipv6_prefix: u8,
@@ -226,6 +228,15 @@ pub struct RateRule {
     pub path_prefix: String,
     pub per_second: u32,
     pub burst: u32,
+    pub per: Per,
+}
+
+/// A connection cap for the addresses of a network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CidrLimit {
+    #[serde(serialize_with = "network")]
+    pub cidr: ipnet::IpNet,
+    pub max: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -387,6 +398,10 @@ pub struct Substitution {
 
 fn millis<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u128(d.as_millis())
+}
+
+fn network<S: Serializer>(net: &ipnet::IpNet, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(net)
 }
 
 fn seconds<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

@@ -118,6 +118,29 @@ pub struct RawRateLimit {
     /// Extra requests allowed in a second that follows a calm one.
     #[serde(default)]
     pub burst: u32,
+    /// What a request counts against: its client address, or the user ccedge verified (Finesse
+    /// sites with auth only; requests without a verified user count per address). Default:
+    /// address, except for the role defaults of a Finesse site with auth, which count per user.
+    pub per: Option<Per>,
+}
+
+/// What a rate limit counts against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Per {
+    Address,
+    User,
+}
+
+/// Open connections allowed per address in a network: an office's NAT range.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "ConnectionsByCidr")]
+pub struct RawCidrLimit {
+    /// The network (a.b.c.d/n, v6/n or a single address).
+    pub cidr: String,
+    /// Open connections each address in it may hold on a listening port (0: no limit).
+    pub max: u32,
 }
 
 /// Sizes and timeouts of client and upstream connections.
@@ -149,6 +172,9 @@ pub struct RawLimits {
     /// Concurrent HTTP/2 streams one client connection may open.
     #[schemars(range(min = 1))]
     pub max_streams_per_connection: u32,
+    /// Connection caps for networks (office NAT ranges), in place of max_connections_per_ip
+    /// for addresses in them; the most specific network wins.
+    pub connections_by_cidr: Vec<RawCidrLimit>,
     /// A write to a client that makes no progress this long closes the connection, in
     /// milliseconds.
     #[schemars(range(min = 1))]
@@ -170,6 +196,7 @@ impl Default for RawLimits {
             websocket_idle_timeout_ms: 3_600_000,
             max_connections_per_ip: None,
             max_streams_per_connection: 150,
+            connections_by_cidr: Vec::new(),
             client_send_timeout_ms: 10_000,
             ipv6_prefix: 64,
         }

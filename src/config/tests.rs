@@ -345,6 +345,63 @@ fn server_block_checks() {
 }
 
 #[test]
+fn per_user_rate_limits_need_auth_and_office_networks_are_checked() {
+    let s = Scratch::new("per-user");
+    let finesse = |extra: &str| {
+        format!(
+            "finesse:\n  - name: desk\n    servers:\n      - public: f.example.com:8445\n        \
+             upstream: 127.0.0.1:9445\n{extra}"
+        )
+    };
+    let rule = "    rate_limits:\n      - {path_prefix: /, per_second: 5, per: user}\n";
+    let err = rejected(s.load(&finesse(rule)));
+    assert!(
+        err.contains("finesse[0].rate_limits[0].per")
+            && err.contains("needs a Finesse site with auth"),
+        "{err}"
+    );
+    let with_auth = format!(
+        "{rule}    auth:\n      validate_url: http://127.0.0.1:9445/finesse/api/UserAuth\n"
+    );
+    let config = s.load(&finesse(&with_auth)).unwrap();
+    assert_eq!(
+        config.finesse[0].rate_limits.as_ref().unwrap()[0].per,
+        Per::User
+    );
+    let digital = format!(
+        "{DIGITAL}    rate_limits:\n      - {{path_prefix: /drapi/, per_second: 5, per: user}}\n"
+    );
+    let err = rejected(s.load(&digital));
+    assert!(
+        err.contains("digital_channels[0].rate_limits[0].per"),
+        "{err}"
+    );
+
+    let offices = format!(
+        "{DIGITAL}    limits:\n      connections_by_cidr:\n        - {{cidr: 198.51.100.0/24, max: 500}}\n        \
+         - {{cidr: 198.51.100.7, max: 0}}\n        - {{cidr: nonsense, max: 1}}\n"
+    );
+    let err = rejected(s.load(&offices));
+    assert!(
+        err.contains("digital_channels[0].limits.connections_by_cidr[2].cidr"),
+        "{err}"
+    );
+    let config = s
+        .load(&offices.replace("        - {cidr: nonsense, max: 1}\n", ""))
+        .unwrap();
+    let caps = &config.digital[0].limits.connections_by_cidr;
+    let shown: Vec<String> = caps
+        .iter()
+        .map(|c| format!("{} {}", c.cidr, c.max))
+        .collect();
+    assert_eq!(
+        shown,
+        ["198.51.100.7/32 0", "198.51.100.0/24 500"],
+        "most specific first"
+    );
+}
+
+#[test]
 fn admin_hosts_and_token_are_checked() {
     let s = Scratch::new("admin");
     let admin =

@@ -385,7 +385,9 @@ impl Validator {
         }
     }
 
-    fn rate_rules(&mut self, path: &str, rules: &[RawRateLimit]) -> Vec<RateRule> {
+    /// `users`: whether the service verifies users (a Finesse site with auth), so that rules may
+    /// count per user.
+    fn rate_rules(&mut self, path: &str, rules: &[RawRateLimit], users: bool) -> Vec<RateRule> {
         rules
             .iter()
             .enumerate()
@@ -395,10 +397,18 @@ impl Validator {
                 if r.per_second == 0 {
                     self.problem(&format!("{at}.per_second"), "must be at least 1");
                 }
+                let per = r.per.unwrap_or(Per::Address);
+                if per == Per::User && !users {
+                    self.problem(
+                        &format!("{at}.per"),
+                        "`user` needs a Finesse site with auth: only a user ccedge verified can be counted",
+                    );
+                }
                 RateRule {
                     path_prefix: r.path_prefix.clone(),
                     per_second: r.per_second,
                     burst: r.burst,
+                    per,
                 }
             })
             .collect()
@@ -423,9 +433,24 @@ impl Validator {
             websocket_idle_timeout: ms("websocket_idle_timeout_ms", l.websocket_idle_timeout_ms),
             max_connections_per_ip: l.max_connections_per_ip,
             max_streams_per_connection: l.max_streams_per_connection,
+            connections_by_cidr: Vec::new(),
             client_send_timeout: ms("client_send_timeout_ms", l.client_send_timeout_ms),
             ipv6_prefix: l.ipv6_prefix,
         };
+        let mut by_cidr: Vec<CidrLimit> = l
+            .connections_by_cidr
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                let at = format!("{path}.connections_by_cidr[{i}].cidr");
+                let cidr = self.check(&at, CidrSet::parse_entry(&c.cidr))?;
+                Some(CidrLimit { cidr, max: c.max })
+            })
+            .collect();
+        // The most specific network first: the first that contains an address wins.
+        by_cidr.sort_by_key(|c| std::cmp::Reverse(c.cidr.prefix_len()));
+        let mut limits = limits;
+        limits.connections_by_cidr = by_cidr;
         if !(1..=128).contains(&l.ipv6_prefix) {
             self.problem(&format!("{path}.ipv6_prefix"), "must be from 1 to 128");
         }
@@ -499,11 +524,12 @@ impl Validator {
             &d.client_ip_header,
         );
         let rate_limits = match &d.rate_limits {
-            Some(rules) => self.rate_rules(&format!("{path}.rate_limits"), rules),
+            Some(rules) => self.rate_rules(&format!("{path}.rate_limits"), rules, false),
             None => vec![RateRule {
                 path_prefix: "/drapi/".into(),
                 per_second: 100,
                 burst: 200,
+                per: Per::Address,
             }],
         };
         let limits = self.limits(&format!("{path}.limits"), &d.limits);
@@ -595,7 +621,7 @@ impl Validator {
         let rate_limits = f
             .rate_limits
             .as_ref()
-            .map(|rules| self.rate_rules(&format!("{path}.rate_limits"), rules));
+            .map(|rules| self.rate_rules(&format!("{path}.rate_limits"), rules, f.auth.is_some()));
         let limits = self.limits(&format!("{path}.limits"), &f.limits);
         Some(FinesseService {
             name: f.name.clone(),

@@ -1,11 +1,13 @@
 //! Client connections, counted while they are open: per service for the metrics, and per
 //! listening port and client address (an IPv6 client by its network, `limits.ipv6_prefix`)
-//! against `limits.max_connections_per_ip`. A connection over
+//! against `limits.max_connections_per_ip`, or for an address in one of
+//! `limits.connections_by_cidr` (an office's NAT range), that network's cap. A connection over
 //! the limit is answered `503` and closed (HTTP/1.1) or closed at once (HTTP/2), after its TLS
 //! handshake, which `client_header_timeout_ms` bounds. Addresses in `trusted_proxies` are not
 //! limited: a load balancer carries many clients.
 
 use crate::config::cidr::CidrSet;
+use crate::config::CidrLimit;
 use crate::edge::identity;
 use crate::observe::metrics;
 use async_trait::async_trait;
@@ -34,6 +36,8 @@ pub struct ConnectionLimits {
     service: String,
     /// The limit on each listening port; a port not listed (or 0) has none.
     limits: Vec<(u16, u32)>,
+    /// Caps for networks, most specific first.
+    by_cidr: Vec<CidrLimit>,
     trusted: CidrSet,
     v6_prefix: u8,
     open: Mutex<HashMap<(u16, IpAddr), Open>>,
@@ -42,9 +46,12 @@ pub struct ConnectionLimits {
 }
 
 impl ConnectionLimits {
+    /// `limits`: the cap on each listening port; `by_cidr` and `v6_prefix` as the service's
+    /// `limits` set them.
     pub fn new(
         service: &str,
         limits: Vec<(u16, u32)>,
+        by_cidr: &[CidrLimit],
         trusted: &CidrSet,
         v6_prefix: u8,
     ) -> Arc<Self> {
@@ -52,6 +59,7 @@ impl ConnectionLimits {
         Arc::new(ConnectionLimits {
             service: service.to_string(),
             limits,
+            by_cidr: by_cidr.to_vec(),
             trusted: trusted.clone(),
             v6_prefix,
             open: Mutex::new(HashMap::new()),
@@ -63,6 +71,9 @@ impl ConnectionLimits {
     fn limit(&self, port: u16, ip: IpAddr) -> Option<u32> {
         if self.trusted.contains(ip) {
             return None;
+        }
+        if let Some(network) = self.by_cidr.iter().find(|c| c.cidr.contains(&ip)) {
+            return Some(network.max).filter(|max| *max > 0);
         }
         self.limits
             .iter()
@@ -189,7 +200,7 @@ mod tests {
     #[test]
     fn limits_per_port_and_address_trusted_proxies_aside() {
         let trusted = CidrSet::new(vec!["10.0.0.1/32".parse().unwrap()]);
-        let l = ConnectionLimits::new("conn-test", vec![(8445, 2), (8553, 0)], &trusted, 64);
+        let l = ConnectionLimits::new("conn-test", vec![(8445, 2), (8553, 0)], &[], &trusted, 64);
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
         let one = l.enter(8445, a).unwrap();
@@ -220,5 +231,34 @@ mod tests {
         );
         assert!(l.enter(8445, v6("2001:db8:1:3::1")).is_some());
         drop(held);
+    }
+
+    #[test]
+    fn office_networks_get_their_own_cap_the_most_specific_first() {
+        let net = |cidr: &str, max| CidrLimit {
+            cidr: cidr.parse().unwrap(),
+            max,
+        };
+        // As the loader orders them: the most specific network first.
+        let offices = [net("198.51.100.7/32", 0), net("198.51.100.0/24", 3)];
+        let l = ConnectionLimits::new(
+            "conn-office",
+            vec![(8445, 1)],
+            &offices,
+            &CidrSet::default(),
+            64,
+        );
+        let nat: IpAddr = "198.51.100.9".parse().unwrap();
+        let held: Vec<_> = (0..3).map(|_| l.enter(8445, nat).unwrap()).collect();
+        assert!(l.enter(8445, nat).is_none(), "the office network's cap");
+        let unlimited: IpAddr = "198.51.100.7".parse().unwrap();
+        let many: Vec<_> = (0..10).map(|_| l.enter(8445, unlimited).unwrap()).collect();
+        let elsewhere: IpAddr = "192.0.2.1".parse().unwrap();
+        let one = l.enter(8445, elsewhere).unwrap();
+        assert!(
+            l.enter(8445, elsewhere).is_none(),
+            "max_connections_per_ip elsewhere"
+        );
+        drop((held, many, one));
     }
 }

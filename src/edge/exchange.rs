@@ -3,9 +3,10 @@
 //! the access log and the metrics. The per-request context (`Exchange`) and the per-service part
 //! (`Front`) live here.
 
+use crate::config::Per;
 use crate::config::{ClientPolicy, Limits};
 use crate::edge::identity::{ClientIdentity, Resolver};
-use crate::edge::limits::{self, RateLimiter};
+use crate::edge::limits::{self, RateLimiter, Stage};
 use crate::edge::reply::{self, Refusal};
 use crate::edge::target;
 use crate::observe::access_log::{self, AccessLog, Entry};
@@ -39,8 +40,11 @@ pub struct Exchange {
     bare_path: Option<Box<str>>,
     /// The client named the authority in an absolute-form target.
     pub absolute: bool,
-    /// Who the request is from, once authentication said so (or the name a refused one gave).
+    /// Who the request is from, for the access log, once authentication said so (or the name a
+    /// refused one gave; only names safe to log).
     pub user: Option<Arc<str>>,
+    /// The user authentication verified, for the limits that count per user.
+    pub verified: Option<Arc<str>>,
     body_bytes: u64,
     /// Counted in the in-flight gauge (until it is logged).
     in_flight: bool,
@@ -71,6 +75,7 @@ impl Exchange {
             bare_path: None,
             absolute: false,
             user: None,
+            verified: None,
             body_bytes: 0,
             in_flight: false,
             wants_websocket: false,
@@ -183,22 +188,10 @@ impl Front {
         session.set_read_timeout(Some(read_timeout));
     }
 
-    /// Checks the rate and the declared body size, once the route is known.
+    /// Checks the rate (rules per address) and the declared body size, once the route is
+    /// known.
     pub fn admit(&self, req: &RequestHeader, ctx: &Exchange) -> Result<(), Refusal> {
-        if let (Some(rate), Some(client)) = (&self.rate, ctx.client) {
-            let route = ctx.route.unwrap_or(0);
-            if let Err(exceeded) = rate.check(client.key, route, ctx.rule_path(req)) {
-                let r = exceeded.rule;
-                self.metrics.rate_limited.inc();
-                let message = format!(
-                    "rate limit exceeded: {} allows {} requests per second (burst {}) per client",
-                    r.path_prefix, r.per_second, r.burst
-                );
-                return Err(
-                    Refusal::new(429, message).with("Retry-After", HeaderValue::from_static("1"))
-                );
-            }
-        }
+        self.limit(Stage::BeforeAuth, req, ctx)?;
         let declared = req
             .headers
             .get(http::header::CONTENT_LENGTH)
@@ -208,6 +201,36 @@ impl Front {
             return Err(Refusal::new(413, self.body_message()));
         }
         Ok(())
+    }
+
+    /// Checks the rate rules that count per user, once authentication verified one (a request
+    /// without a verified user counts per address under them).
+    pub fn admit_user(&self, req: &RequestHeader, ctx: &Exchange) -> Result<(), Refusal> {
+        self.limit(Stage::AfterAuth, req, ctx)
+    }
+
+    fn limit(&self, stage: Stage, req: &RequestHeader, ctx: &Exchange) -> Result<(), Refusal> {
+        let (Some(rate), Some(client)) = (&self.rate, ctx.client) else {
+            return Ok(());
+        };
+        let route = ctx.route.unwrap_or(0);
+        let user = ctx.verified.as_deref();
+        match rate.check(stage, client.key, user, route, ctx.rule_path(req)) {
+            Ok(()) => Ok(()),
+            Err(exceeded) => {
+                let r = exceeded.rule;
+                self.metrics.rate_limited.inc();
+                let per = match (r.per, user) {
+                    (Per::User, Some(_)) => "user",
+                    _ => "client address",
+                };
+                let message = format!(
+                    "rate limit exceeded: {} allows {} requests per second (burst {}) per {per}",
+                    r.path_prefix, r.per_second, r.burst
+                );
+                Err(Refusal::new(429, message).with("Retry-After", HeaderValue::from_static("1")))
+            }
+        }
     }
 
     /// Answers the request with `refusal` and records why; `Ok(true)`, as `request_filter`

@@ -1,8 +1,9 @@
-//! Per-client limits: request rate per IP and path prefix (pingora-limits' rate estimator) and
-//! the request body size.
+//! Per-client limits: request rate per client (address, or user ccedge verified) and path prefix
+//! (pingora-limits' rate estimator) and the request body size.
 
-use crate::config::{RateRule, Role};
+use crate::config::{Per, RateRule, Role};
 use pingora_limits::rate::Rate;
+use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -25,8 +26,8 @@ enum Rules {
 }
 
 /// The limit a Finesse server's role gets when its site sets no `rate_limits` (the vendor's
-/// reference values; `other` is not limited).
-pub fn role_default(role: Role) -> Option<RateRule> {
+/// reference values; `other` is not limited), counted `per` address or user.
+pub fn role_default(role: Role, per: Per) -> Option<RateRule> {
     let (per_second, burst) = match role {
         Role::Finesse => (90, 50),
         Role::Ids => (5, 4),
@@ -39,6 +40,7 @@ pub fn role_default(role: Role) -> Option<RateRule> {
         path_prefix: "/".into(),
         per_second,
         burst,
+        per,
     })
 }
 
@@ -63,6 +65,43 @@ pub const DIGITAL_CONNECTIONS: u32 = 50;
 #[derive(Debug, PartialEq, Eq)]
 pub struct Exceeded<'a> {
     pub rule: &'a RateRule,
+}
+
+/// When a request's rules are checked: rules per address before authentication (so that a
+/// flood is refused before it costs a credential check), rules per user after it, when the
+/// user is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    BeforeAuth,
+    AfterAuth,
+}
+
+/// Who a request counts as under a rule: its client's address, or the user ccedge verified.
+enum Counted<'a> {
+    Address(IpAddr),
+    User(&'a str),
+}
+
+/// The estimator's key: who, and which rule.
+struct Key<'a>(Counted<'a>, usize);
+
+impl Hash for Key<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.1.hash(state);
+        match &self.0 {
+            Counted::Address(ip) => {
+                state.write_u8(0);
+                ip.hash(state);
+            }
+            Counted::User(name) => {
+                // One user whatever the case of the name it signed in with.
+                state.write_u8(1);
+                for b in name.bytes() {
+                    state.write_u8(b.to_ascii_lowercase());
+                }
+            }
+        }
+    }
 }
 
 impl RateLimiter {
@@ -90,9 +129,17 @@ impl RateLimiter {
         }
     }
 
-    /// Counts the request (to `route`, for `path`) against the rule that applies; `Err` when
-    /// that rule's limit is exceeded.
-    pub fn check(&self, client: IpAddr, route: usize, path: &str) -> Result<(), Exceeded<'_>> {
+    /// Counts the request (to `route`, for `path`) against the rule that applies, when that
+    /// rule is checked at `stage`: per `user` when the rule counts per user and a user was
+    /// verified, else per `client` (its lockout key). `Err` when that rule's limit is exceeded.
+    pub fn check(
+        &self,
+        stage: Stage,
+        client: IpAddr,
+        user: Option<&str>,
+        route: usize,
+        path: &str,
+    ) -> Result<(), Exceeded<'_>> {
         let found = match &self.rules {
             Rules::ByPath(rules) => rules
                 .iter()
@@ -106,7 +153,18 @@ impl RateLimiter {
         let Some((index, rule)) = found else {
             return Ok(());
         };
-        let key = (client, index);
+        let due = match rule.per {
+            Per::Address => Stage::BeforeAuth,
+            Per::User => Stage::AfterAuth,
+        };
+        if due != stage {
+            return Ok(());
+        }
+        let counted = match (rule.per, user) {
+            (Per::User, Some(user)) => Counted::User(user),
+            _ => Counted::Address(client),
+        };
+        let key = Key(counted, index);
         let current = self.rate.observe(&key, 1);
         // The previous second only matters once this one is past the plain limit.
         let previous = if current > rule.per_second as isize {
@@ -149,7 +207,17 @@ mod tests {
             path_prefix: prefix.into(),
             per_second,
             burst,
+            per: Per::Address,
         }
+    }
+
+    fn by_address<'a>(
+        limiter: &'a RateLimiter,
+        ip: IpAddr,
+        route: usize,
+        path: &str,
+    ) -> Result<(), Exceeded<'a>> {
+        limiter.check(Stage::BeforeAuth, ip, None, route, path)
     }
 
     #[test]
@@ -169,26 +237,31 @@ mod tests {
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let other: IpAddr = "192.0.2.2".parse().unwrap();
         let verdicts: Vec<bool> = (0..5)
-            .map(|_| limiter.check(ip, 0, "/drapi/v1/tasks").is_ok())
+            .map(|_| by_address(&limiter, ip, 0, "/drapi/v1/tasks").is_ok())
             .collect();
         assert_eq!(verdicts, [true, true, true, false, false]);
-        let refused = limiter.check(ip, 0, "/drapi/v1/tasks").unwrap_err();
+        let refused = by_address(&limiter, ip, 0, "/drapi/v1/tasks").unwrap_err();
         assert_eq!(refused.rule.path_prefix, "/drapi/");
         assert!(
-            limiter.check(other, 0, "/drapi/v1/tasks").is_ok(),
+            by_address(&limiter, other, 0, "/drapi/v1/tasks").is_ok(),
             "per client"
         );
-        assert!(limiter.check(ip, 0, "/dataconn/status").is_ok(), "per rule");
+        assert!(
+            by_address(&limiter, ip, 0, "/dataconn/status").is_ok(),
+            "per rule"
+        );
     }
 
     #[test]
     fn role_defaults_count_per_route() {
-        let limiter =
-            RateLimiter::by_route(vec![role_default(Role::Ids), role_default(Role::Other)])
-                .unwrap();
+        let limiter = RateLimiter::by_route(vec![
+            role_default(Role::Ids, Per::Address),
+            role_default(Role::Other, Per::Address),
+        ])
+        .unwrap();
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let ids: Vec<bool> = (0..10)
-            .map(|_| limiter.check(ip, 0, "/ids/x").is_ok())
+            .map(|_| by_address(&limiter, ip, 0, "/ids/x").is_ok())
             .collect();
         assert_eq!(
             ids.iter().filter(|ok| **ok).count(),
@@ -196,13 +269,40 @@ mod tests {
             "IdS: 5 per second, burst 4"
         );
         assert!(
-            (0..100).all(|_| limiter.check(ip, 1, "/x").is_ok()),
+            (0..100).all(|_| by_address(&limiter, ip, 1, "/x").is_ok()),
             "other: no limit"
         );
         assert_eq!(
-            role_default(Role::Finesse).map(|r| (r.per_second, r.burst)),
-            Some((90, 50))
+            role_default(Role::Finesse, Per::User).map(|r| (r.per_second, r.burst, r.per)),
+            Some((90, 50, Per::User))
         );
+    }
+
+    #[test]
+    fn per_user_rules_count_verified_users_after_authentication() {
+        let mut per_user = rule("/", 2, 0);
+        per_user.per = Per::User;
+        let limiter = RateLimiter::by_path(vec![per_user]).unwrap();
+        let office: IpAddr = "192.0.2.1".parse().unwrap();
+        let check = |stage, user| limiter.check(stage, office, user, 0, "/finesse/api/User");
+        assert!(
+            (0..10).all(|_| check(Stage::BeforeAuth, None).is_ok()),
+            "not counted before authentication"
+        );
+        for user in ["alice", "bob", "carol"] {
+            assert!(check(Stage::AfterAuth, Some(user)).is_ok());
+            assert!(check(Stage::AfterAuth, Some(user)).is_ok());
+        }
+        assert!(
+            check(Stage::AfterAuth, Some("ALICE")).is_err(),
+            "alice's third"
+        );
+        assert!(
+            check(Stage::AfterAuth, None).is_ok(),
+            "the address has its own count"
+        );
+        assert!(check(Stage::AfterAuth, None).is_ok());
+        assert!(check(Stage::AfterAuth, None).is_err());
     }
 
     #[test]

@@ -10,7 +10,7 @@ mod routing;
 pub mod substitution;
 
 use crate::config::tls::{self, Presented};
-use crate::config::FinesseService;
+use crate::config::{FinesseService, Per};
 use crate::edge::exchange::{self, Exchange, Front, Labels};
 use crate::edge::headers::{self, RouteHeaders};
 use crate::edge::limits::{self, RateLimiter};
@@ -92,13 +92,18 @@ impl FinesseSite {
                 .iter()
                 .map(|s| (s.listen_port, s.public.host.as_str())),
         );
+        // Role defaults count per user where ccedge verifies users.
+        let per = match service.auth {
+            Some(_) => Per::User,
+            None => Per::Address,
+        };
         let rate = match &service.rate_limits {
             Some(rules) => RateLimiter::by_path(rules.clone()),
             None => RateLimiter::by_route(
                 service
                     .servers
                     .iter()
-                    .map(|s| limits::role_default(s.role))
+                    .map(|s| limits::role_default(s.role, per))
                     .collect(),
             ),
         };
@@ -116,7 +121,7 @@ impl FinesseSite {
                 "upstream": s.upstream.authority.to_string(),
                 "rate_limit": match &service.rate_limits {
                     Some(_) => json!("rate_limits of the site"),
-                    None => json!(limits::role_default(s.role)),
+                    None => json!(limits::role_default(s.role, per)),
                 },
             })).collect::<Vec<_>>(),
             "upstreams": service.servers.iter().map(|s| json!({
@@ -245,8 +250,9 @@ impl FinesseSite {
             .await
         {
             Decision::Pass { user } => {
-                ctx.user = user;
-                Ok(())
+                ctx.user = user.clone().filter(|u| auth::loggable(u));
+                ctx.verified = user;
+                self.front.admit_user(req, ctx)
             }
             Decision::Refuse { refusal, user } => {
                 ctx.user = user;

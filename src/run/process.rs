@@ -146,6 +146,7 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
                     .max_connections_per_ip
                     .unwrap_or(DIGITAL_CONNECTIONS),
             )],
+            &d.limits.connections_by_cidr,
             &d.clients.trusted_proxies,
             d.limits.ipv6_prefix,
         );
@@ -187,6 +188,7 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
         let connections = ConnectionLimits::new(
             &f.name,
             per_port,
+            &f.limits.connections_by_cidr,
             &f.clients.trusted_proxies,
             f.limits.ipv6_prefix,
         );

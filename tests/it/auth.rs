@@ -963,6 +963,87 @@ async fn a_retried_request_still_carries_the_path_that_was_judged() {
     );
 }
 
+/// Notifications for WebSocket upgrades (the echo), `200 ok` for anything else.
+fn finesse_with_notifications(log: Arc<EchoLog>) -> Handler {
+    let websocket = ws::echo_handler(log);
+    Arc::new(move |req: Request<Incoming>| {
+        if req.headers().contains_key("sec-websocket-key") {
+            return websocket(req);
+        }
+        Box::pin(async { Response::builder().body(full("ok")).unwrap() })
+    })
+}
+
+#[tokio::test]
+async fn twenty_agents_behind_one_office_address_each_get_their_own_limits() {
+    let log = Arc::new(EchoLog::default());
+    let app = Upstream::custom("finesse", finesse_with_notifications(log.clone())).await;
+    // Five requests a second per agent (burst five); the office's NAT address may hold 100
+    // connections, where one address otherwise gets 12.
+    let extra =
+        "    rate_limits:\n      - {path_prefix: /, per_second: 5, burst: 5, per: user}\n    \
+                 limits:\n      connections_by_cidr:\n        - {cidr: 127.0.0.1, max: 100}\n";
+    let site = AuthSite::start_with("auth-office", None, Some(app), extra).await;
+    let mut sockets = Vec::new();
+    for n in 1..=20 {
+        let token = URL_SAFE_NO_PAD.encode(format!("agent{n}:secret"));
+        let proto = format!("xmpp, {token}");
+        let socket = ws::connect_with(
+            HOST,
+            site.port,
+            "/ws/",
+            &site.ca.pem,
+            &[("Sec-WebSocket-Protocol", &proto)],
+        )
+        .await
+        .unwrap_or_else(|status| panic!("agent{n}'s notifications refused: {status}"));
+        sockets.push(socket);
+    }
+    let agent = |n: u32, requests: usize| {
+        let mut client = site.client();
+        async move {
+            let credential = basic(&format!("agent{n}"), "secret");
+            let path = format!("/finesse/api/User/agent{n}");
+            let mut statuses = Vec::new();
+            for _ in 0..requests {
+                let answer = client
+                    .send("GET", &path, &[("Authorization", &credential)], b"")
+                    .await
+                    .unwrap();
+                statuses.push((answer.status, answer.body));
+            }
+            statuses
+        }
+    };
+    // One agent far over its rate, while the twenty go about their work.
+    let flood = tokio::spawn(agent(21, 60));
+    let mut work = Vec::new();
+    for n in 1..=20 {
+        work.push(tokio::spawn(agent(n, 4)));
+    }
+    for (n, statuses) in (1..).zip(work) {
+        for (status, body) in statuses.await.unwrap() {
+            assert_eq!(status, 200, "agent{n}: {body}");
+        }
+    }
+    let flooded = flood.await.unwrap();
+    let refused: Vec<&String> = flooded
+        .iter()
+        .filter(|(status, _)| *status == 429)
+        .map(|(_, body)| body)
+        .collect();
+    assert!(
+        refused.len() >= 40,
+        "the flooding agent got {} 429s",
+        refused.len()
+    );
+    assert!(refused[0].contains("per user"), "{}", refused[0]);
+    for socket in &mut sockets {
+        ws::echoes(socket, "still here").await;
+    }
+    assert_eq!(log.upgrades.lock().unwrap().len(), 20);
+}
+
 #[tokio::test]
 async fn websocket_upgrades_carry_their_credentials_in_the_subprotocol() {
     let log = Arc::new(EchoLog::default());

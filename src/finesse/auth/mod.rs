@@ -60,7 +60,7 @@ pub trait Method: Send + Sync {
 
 /// The gate's answer.
 pub enum Decision {
-    /// Go on, for the user named (when known).
+    /// Go on, for the user verified (when known; any name, not only one safe to log).
     Pass { user: Option<Arc<str>> },
     /// Answered by the gate itself; the user name presented, for the access log (never proof
     /// of identity).
@@ -260,9 +260,7 @@ impl Auth {
                 if let Some(r) = reservation {
                     r.settle(false, Instant::now());
                 }
-                Decision::Pass {
-                    user: proven.filter(|u| loggable(u)),
-                }
+                Decision::Pass { user: proven }
             }
             Some(Verdict::Invalid(why)) => self.failed(req, client, claimed, why, reservation),
             Some(Verdict::Unavailable(why)) => {
@@ -482,7 +480,7 @@ fn is_preflight(req: &RequestHeader) -> bool {
 
 /// A user name worth writing to the access log: a name a directory would hold, never text a
 /// client could shape into a log line of its own.
-fn loggable(user: &str) -> bool {
+pub fn loggable(user: &str) -> bool {
     !user.is_empty()
         && user.len() <= 128
         && user
