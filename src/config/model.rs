@@ -334,8 +334,9 @@ pub struct CacheRule {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct AuthSettings {
+    /// Side A, side B, ...: asked in this order.
     #[serde(rename = "validate_url")]
-    pub validate: Endpoint,
+    pub validate: Vec<Endpoint>,
     #[serde(rename = "cache_seconds", serialize_with = "seconds")]
     pub cache_for: Duration,
     pub public_paths: Vec<String>,

@@ -419,8 +419,9 @@ pub struct RawCacheRule {
 #[serde(deny_unknown_fields)]
 #[schemars(rename = "Auth")]
 pub struct RawAuth {
-    /// URL a GET carrying the client's credentials is sent to; 2xx means valid.
-    pub validate_url: String,
+    /// URL a GET carrying the client's credentials is sent to; 2xx means valid. Or a list (side
+    /// A, side B, ...): the first that answers decides.
+    pub validate_url: OneOrMore,
     /// How long a validated credential is trusted, in seconds.
     #[serde(default = "auth_cache_seconds")]
     pub cache_seconds: u64,
@@ -430,6 +431,23 @@ pub struct RawAuth {
     #[serde(default)]
     pub lockout: RawLockout,
     pub jwt: Option<RawJwt>,
+}
+
+/// One URL, or a list of them.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum OneOrMore {
+    One(String),
+    More(Vec<String>),
+}
+
+impl OneOrMore {
+    pub fn items(&self) -> &[String] {
+        match self {
+            OneOrMore::One(one) => std::slice::from_ref(one),
+            OneOrMore::More(more) => more,
+        }
+    }
 }
 
 /// SSO: Bearer tokens that are JWTs are verified at the proxy, never sent to validate_url.

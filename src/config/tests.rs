@@ -501,9 +501,12 @@ fn auth_urls_resolve_and_take_the_tls_of_their_server() {
     );
     let config = s.load(&yaml).unwrap();
     let auth = config.finesse[0].auth.as_ref().unwrap();
-    assert_eq!(auth.validate.target(), "/finesse/api/UserAuth");
-    assert_eq!(auth.validate.upstream.addr.port(), 9001);
-    assert!(auth.validate.tls.as_ref().is_some_and(|t| t.ca.is_some()));
+    assert_eq!(auth.validate[0].target(), "/finesse/api/UserAuth");
+    assert_eq!(auth.validate[0].upstream.addr.port(), 9001);
+    assert!(auth.validate[0]
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.ca.is_some()));
     let jwt = auth.jwt.as_ref().unwrap();
     assert!(jwt.keys.tls.is_none(), "http:// is plain");
     assert_eq!(jwt.poll.as_secs(), 300);

@@ -725,7 +725,22 @@ impl Validator {
         a: &RawAuth,
         tls: &dyn Fn(&Upstream) -> Option<UpstreamTls>,
     ) -> Option<AuthSettings> {
-        let validate = self.endpoint(&format!("{path}.validate_url"), &a.validate_url, tls);
+        let urls = a.validate_url.items();
+        if urls.is_empty() {
+            self.problem(&format!("{path}.validate_url"), "needs at least one URL");
+        }
+        let validate: Option<Vec<Endpoint>> = match &a.validate_url {
+            OneOrMore::One(url) => self
+                .endpoint(&format!("{path}.validate_url"), url, tls)
+                .map(|e| vec![e]),
+            OneOrMore::More(urls) => urls
+                .iter()
+                .enumerate()
+                .map(|(i, url)| self.endpoint(&format!("{path}.validate_url[{i}]"), url, tls))
+                .collect::<Vec<_>>()
+                .into_iter()
+                .collect(),
+        };
         let public_paths = self.paths(&format!("{path}.public_paths"), &a.public_paths);
         for (i, p) in public_paths.iter().enumerate() {
             let dotted = p

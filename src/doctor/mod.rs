@@ -160,7 +160,14 @@ fn auth_targets(site: &str, auth: &AuthSettings, limits: &Limits) -> Vec<Target>
         public_port: None,
         expect,
     };
-    let mut targets = vec![target("validate_url", &auth.validate, Expect::Refuses)];
+    let mut targets: Vec<Target> = match auth.validate.as_slice() {
+        [one] => vec![target("validate_url", one, Expect::Refuses)],
+        more => more
+            .iter()
+            .enumerate()
+            .map(|(i, e)| target(&format!("validate_url[{i}]"), e, Expect::Refuses))
+            .collect(),
+    };
     if let Some(jwt) = &auth.jwt {
         targets.push(target("jwt.keys_url", &jwt.keys, Expect::Keys));
     }

@@ -34,6 +34,8 @@ struct Families {
     auth_key_fetches: IntCounterVec,
     auth_lockouts: IntCounterVec,
     auth_user_lockouts: IntCounterVec,
+    auth_validator_up: IntGaugeVec,
+    auth_validator_requests: IntCounterVec,
     auth_blocked: IntCounterVec,
     cache_lookups: IntCounterVec,
     cache_entries: IntGaugeVec,
@@ -137,6 +139,16 @@ fn families() -> &'static Families {
             "User names blocked at a client address after too many failed logins.",
             &["service"],
         );
+        let auth_validator_up = gauge(
+            "ccedge_auth_validator_up",
+            "1 while a validate_url answers, 0 while it is in back-off after a failure.",
+            &["service", "validator"],
+        );
+        let auth_validator_requests = counter(
+            "ccedge_auth_validator_requests_total",
+            "Credential checks sent to each validate_url, by outcome (valid, invalid, failed).",
+            &["service", "validator", "outcome"],
+        );
         let auth_blocked = counter(
             "ccedge_auth_blocked_requests_total",
             "Requests refused with 429 because their client address is blocked.",
@@ -210,6 +222,8 @@ fn families() -> &'static Families {
             auth_key_fetches,
             auth_lockouts,
             auth_user_lockouts,
+            auth_validator_up,
+            auth_validator_requests,
             auth_blocked,
             cache_lookups,
             cache_entries,
@@ -347,6 +361,19 @@ impl CacheMetrics {
 }
 
 /// A service's open-connection gauge and over-the-limit counter.
+/// One validator's metrics: whether it answers, and its checks by outcome (valid, invalid,
+/// failed).
+pub fn validator(service: &str, url: &str) -> (IntGauge, [IntCounter; 3]) {
+    let f = families();
+    (
+        f.auth_validator_up.with_label_values(&[service, url]),
+        ["valid", "invalid", "failed"].map(|o| {
+            f.auth_validator_requests
+                .with_label_values(&[service, url, o])
+        }),
+    )
+}
+
 pub fn connections(service: &str) -> (IntGauge, IntCounter) {
     let f = families();
     (

@@ -67,7 +67,7 @@ pub fn warnings(config: &Config) -> Vec<String> {
     for f in &config.finesse {
         if let Some(auth) = &f.auth {
             let plain = |e: &crate::config::Endpoint| e.tls.is_none();
-            if plain(&auth.validate) {
+            if auth.validate.iter().any(plain) {
                 warnings.push(format!(
                     "service {}: auth.validate_url is plain http: agents' credentials cross the network in clear",
                     f.name

@@ -160,6 +160,19 @@ impl AuthSite {
         app: Option<Upstream>,
         extra: &str,
     ) -> AuthSite {
+        Self::launch(name, jwt, app, extra, &[], &[]).await
+    }
+
+    /// As `start_with`, with validators asked `before` and `after` the site's own (their
+    /// `host:port`s), as side A, side B... of `validate_url`.
+    async fn launch(
+        name: &str,
+        jwt: Option<&Upstream>,
+        app: Option<Upstream>,
+        extra: &str,
+        before: &[String],
+        after: &[String],
+    ) -> AuthSite {
         let dir = TestDir::new(name);
         let ca = Ca::new(name);
         ca.write(&dir.join("ca.crt"));
@@ -179,16 +192,27 @@ impl AuthSite {
                 keys.authority()
             )
         });
+        let url = |authority: &str| format!("http://{authority}/finesse/api/UserAuth");
+        let own = validator_upstream.authority();
+        let urls: Vec<String> = before
+            .iter()
+            .chain(std::iter::once(&own))
+            .chain(after)
+            .map(|a| url(a))
+            .collect();
+        let validate_url = match urls.as_slice() {
+            [one] => one.clone(),
+            more => format!("[{}]", more.join(", ")),
+        };
         let yaml = format!(
             "{server}finesse:\n  - name: desktop\n    bind: 127.0.0.1\n{extra}    tls:\n      cert: {c}\n      key: {k}\n    \
              servers:\n      - public: {HOST}:{port}\n        upstream: {app}\n        role: other\n    \
-             auth:\n      validate_url: http://{v}/finesse/api/UserAuth\n      cache_seconds: 900\n      \
+             auth:\n      validate_url: {validate_url}\n      cache_seconds: 900\n      \
              public_paths: [/desktop/, /finesse/api/SystemInfo]\n      lockout: {{failures: 5, window_seconds: 30, block_seconds: 1800}}\n{jwt_block}",
             server = server_block(&dir.path, Some(admin)),
             c = cert.cert.display(),
             k = cert.key.display(),
             app = app.authority(),
-            v = validator_upstream.authority(),
         );
         let ccedge = Ccedge::start(&dir, &yaml, &[port, admin]).await;
         AuthSite {
@@ -896,6 +920,86 @@ async fn with_x_real_ip_chosen_a_forged_forwarded_for_blocks_nobody_else() {
         Some("203.0.113.50, 127.0.0.1"),
         "what the client wrote in X-Forwarded-For does not reach the upstream"
     );
+}
+
+/// A validator that answers every request with `status` and counts them.
+async fn answering(status: u16) -> (Upstream, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let upstream = Upstream::custom(
+        "other side",
+        Arc::new(move |_req: Request<Incoming>| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move { Response::builder().status(status).body(full("")).unwrap() })
+        }),
+    )
+    .await;
+    (upstream, calls)
+}
+
+#[tokio::test]
+async fn with_side_a_being_patched_side_b_signs_everyone_in_and_side_a_rests() {
+    // Side A answers 404, as Finesse does while it is being patched.
+    let (side_a, side_a_calls) = answering(404).await;
+    let site = AuthSite::launch("auth-side-b", None, None, "", &[side_a.authority()], &[]).await;
+    for n in 1..=5 {
+        let answer = site
+            .get(
+                &format!("/finesse/api/User/agent{n}"),
+                Some(&basic(&format!("agent{n}"), "secret")),
+            )
+            .await;
+        assert_eq!(answer.status, 200, "agent{n}: {}", answer.body);
+    }
+    assert_eq!(
+        side_a_calls.load(Ordering::SeqCst),
+        1,
+        "side A rests after its failure"
+    );
+    assert_eq!(site.validator.calls(), 5, "side B checked every sign-in");
+    let status = site.status().await;
+    let validators = &status["services"][0]["auth"]["validators"];
+    assert_eq!(validators[0]["up"], false, "{validators}");
+    let rest = validators[0]["asked_again_in_seconds"].as_u64().unwrap();
+    assert!((1..=10).contains(&rest), "{validators}");
+    assert_eq!(validators[1]["up"], true);
+    let metrics = site.metrics().await;
+    let a = side_a.authority();
+    assert_eq!(
+        metric(
+            &metrics,
+            &format!("ccedge_auth_validator_up{{service=\"desktop\",validator=\"http://{a}/finesse/api/UserAuth\"}}")
+        ),
+        0
+    );
+    site.ccedge
+        .wait_stderr(&format!(
+            "validator http://{a}/finesse/api/UserAuth failed (it answered 404)"
+        ))
+        .await;
+}
+
+#[tokio::test]
+async fn a_refusal_is_final_and_never_asked_of_the_next_validator() {
+    // Side B would let anyone in: it must never be asked about a password side A refused.
+    let (side_b, side_b_calls) = answering(200).await;
+    let site = AuthSite::launch("auth-final", None, None, "", &[], &[side_b.authority()]).await;
+    let wrong = site
+        .get("/finesse/api/User/agent1", Some(&basic("agent1", "guess")))
+        .await;
+    assert_eq!(wrong.status, 401);
+    let right = site
+        .get("/finesse/api/User/agent1", Some(&basic("agent1", "secret")))
+        .await;
+    assert_eq!(right.status, 200);
+    assert_eq!(side_b_calls.load(Ordering::SeqCst), 0);
+    // Side A down: side B answers (it is the validator the site configured next).
+    site.validator.broken.store(true, Ordering::SeqCst);
+    let other = site
+        .get("/finesse/api/User/agent2", Some(&basic("agent2", "secret")))
+        .await;
+    assert_eq!(other.status, 200);
+    assert_eq!(side_b_calls.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]

@@ -68,6 +68,7 @@ async fn a_healthy_set_up_is_all_ok() {
     let subscriber = Upstream::tls("subscriber", &node_cert, Some(&ca)).await;
     let finesse = Upstream::plain("finesse").await;
     let validator = answering(401, "credentials please").await;
+    let side_b = answering(401, "credentials please").await;
     let key = openssl::rsa::Rsa::generate(2048).unwrap();
     let pem: &'static str =
         String::leak(String::from_utf8(key.public_key_to_pem().unwrap()).unwrap());
@@ -81,7 +82,8 @@ async fn a_healthy_set_up_is_all_ok() {
          tls:\n      cert: {s_crt}\n      key: {s_key}\n    \
          servers:\n      - public: finesse.example.com:{site_port}\n        upstream: {f}\n    \
          proxy_map:\n      listen: 127.0.0.1:{map_port}\n    \
-         auth:\n      validate_url: http://{v}/finesse/api/UserAuth\n      jwt:\n        keys_url: http://{k}/ids/v1/keys\n",
+         auth:\n      validate_url: [http://{v}/finesse/api/UserAuth, http://{b}/finesse/api/UserAuth]\n      \
+         jwt:\n        keys_url: http://{k}/ids/v1/keys\n",
         server = server_block(&dir.path, None),
         dc_crt = with_chain(&dc_cert, &ca),
         dc_key = dc_cert.key.display(),
@@ -94,6 +96,7 @@ async fn a_healthy_set_up_is_all_ok() {
         ck = client.key.display(),
         f = finesse.authority(),
         v = validator.authority(),
+        b = side_b.authority(),
         k = keys.authority(),
     );
     let file = dir.write("ccedge.yaml", &yaml);
@@ -115,7 +118,8 @@ async fn a_healthy_set_up_is_all_ok() {
         "names 127.0.0.1",
         "GET /drapi/v1/ping with Host dc.example.com:443: 200",
         "GET /finesse/api/SystemInfo with Host finesse.example.com",
-        "auth.validate_url",
+        &format!("auth.validate_url[0] {}", validator.authority()),
+        &format!("auth.validate_url[1] {}", side_b.authority()),
         "without credentials: 401",
         "1 signing key(s)",
         &format!(

@@ -72,6 +72,8 @@ pub enum Decision {
 
 pub struct Auth {
     service: String,
+    /// The validate_url validators, also for `/status`.
+    validator: Arc<validator::Validator>,
     public_paths: Vec<String>,
     lockouts: Lockouts,
     /// `limits.ipv6_prefix`: the lockout counts an IPv6 client by its network.
@@ -109,15 +111,17 @@ impl Auth {
             )));
             challenge.push_str(&format!(", Bearer realm=\"{service}\""));
         }
-        methods.push(Box::new(validator::Validator::new(
+        let validator = Arc::new(validator::Validator::new(
             service,
             &settings.validate,
             settings.cache_for,
             limits,
             verdicts.clone(),
             metrics.clone(),
-        )));
+        ));
+        methods.push(Box::new(validator.clone()));
         Auth {
+            validator,
             service: service.to_string(),
             public_paths: settings.public_paths.clone(),
             lockouts: Lockouts::new(&settings.lockout),
@@ -432,6 +436,7 @@ impl Auth {
             .collect();
         json!({
             "lockouts": blocked,
+            "validators": self.validator.status(),
             "signing_keys": self.keys.as_ref().map(|k| k.status()),
         })
     }
