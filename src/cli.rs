@@ -52,6 +52,13 @@ pub enum Command {
         #[arg(long, value_name = "PATH")]
         prefix: Option<String>,
     },
+    /// Revoke USER on the running ccedge (through the admin listener of FILE): the verdicts
+    /// kept on the user's credentials stop counting, so the next request is checked again, and
+    /// the user's open WebSockets are closed.
+    Revoke {
+        /// The user name, as the agent signs in with it (any case).
+        user: String,
+    },
     /// Check FILE against the live systems: listener certificates (key, names, chain, expiry),
     /// every internal server (DNS, TCP, TLS and mTLS, its certificate, an HTTP probe sent as
     /// ccedge sends requests), the credential check and signing keys, the proxy map. One line

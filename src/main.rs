@@ -29,7 +29,9 @@ fn main() -> ExitCode {
         eprintln!("ccedge: -c FILE is required (ccedge --help explains the options)");
         return ExitCode::FAILURE;
     };
-    if let Some(cli::Command::Health | cli::Command::Purge { .. }) = &cli.command {
+    if let Some(cli::Command::Health | cli::Command::Purge { .. } | cli::Command::Revoke { .. }) =
+        &cli.command
+    {
         // Only the admin address: these must not depend on DNS or certificate files.
         let admin = match config::admin_access(&file) {
             Ok(admin) => admin,
@@ -42,6 +44,7 @@ fn main() -> ExitCode {
             Some(cli::Command::Purge { prefix }) => {
                 observe::admin::purge(admin.as_ref(), prefix.as_deref())
             }
+            Some(cli::Command::Revoke { user }) => observe::admin::revoke(admin.as_ref(), user),
             _ => observe::admin::probe(admin.as_ref()),
         };
     }
@@ -85,7 +88,13 @@ fn main() -> ExitCode {
                 std::time::Duration::from_secs(timeout.max(1)),
             )
         }
-        Some(cli::Command::Health | cli::Command::Purge { .. } | cli::Command::Schema) | None => {}
+        Some(
+            cli::Command::Health
+            | cli::Command::Purge { .. }
+            | cli::Command::Revoke { .. }
+            | cli::Command::Schema,
+        )
+        | None => {}
     }
     for warning in run::process::warnings(&config) {
         log::warn!("{warning}");

@@ -303,6 +303,10 @@ impl StatusSource for FinesseSite {
         self.auth.as_ref().is_some_and(|a| a.lift_block(ip, user))
     }
 
+    fn revoke_user(&self, user: &str) -> Option<usize> {
+        self.auth.as_ref().map(|a| a.revoke(user))
+    }
+
     fn totals(&self) -> Totals {
         self.front.metrics.totals()
     }
@@ -322,7 +326,14 @@ impl FinesseProxy {
 pub struct FinesseCtx {
     exchange: Exchange,
     rewrite: Option<StreamRewrite>,
+    /// For a WebSocket of a verified user: changes when the user is revoked (Pingora waits on it
+    /// once the session is upgraded).
+    closing: Option<tokio::sync::watch::Receiver<()>>,
+    /// Set when `closing` resolved: the proxy ended the WebSocket.
+    revoked: Arc<AtomicBool>,
 }
+
+type Closing = std::pin::Pin<Box<dyn std::future::Future<Output = Bytes> + Send>>;
 
 #[async_trait]
 impl ProxyHttp for FinesseProxy {
@@ -336,6 +347,8 @@ impl ProxyHttp for FinesseProxy {
         FinesseCtx {
             exchange: Exchange::new(),
             rewrite: None,
+            closing: None,
+            revoked: Arc::default(),
         }
     }
 
@@ -347,9 +360,43 @@ impl ProxyHttp for FinesseProxy {
         let front = &self.site.front;
         front.begin(session, &mut ctx.exchange);
         match self.site.gate(session, &mut ctx.exchange).await {
-            Ok(()) => Ok(false),
+            Ok(()) => {
+                let exchange = &ctx.exchange;
+                if let (Some(auth), Some(user), true) = (
+                    &self.site.auth,
+                    &exchange.verified,
+                    exchange.wants_websocket,
+                ) {
+                    ctx.closing = Some(auth.watch(user));
+                }
+                Ok(false)
+            }
             Err(refusal) => front.respond(session, &mut ctx.exchange, refusal).await,
         }
+    }
+
+    /// A revoked user's WebSocket ends with a close frame (1008).
+    fn upgraded_close(&self, ctx: &mut FinesseCtx) -> Option<Closing> {
+        let mut revocation = ctx.closing.take()?;
+        let revoked = ctx.revoked.clone();
+        Some(Box::pin(async move {
+            if revocation.changed().await.is_err() {
+                // The user's state is kept while this receiver lives: this is not reached.
+                std::future::pending::<()>().await;
+            }
+            revoked.store(true, Ordering::Relaxed);
+            auth::close_frame()
+        }))
+    }
+
+    fn suppress_error_log(
+        &self,
+        _session: &Session,
+        ctx: &FinesseCtx,
+        _e: &pingora::Error,
+    ) -> bool {
+        // A WebSocket the proxy closed for a revoked user is in the access log, no error.
+        ctx.revoked.load(Ordering::Relaxed)
     }
 
     async fn request_body_filter(
@@ -538,6 +585,10 @@ impl ProxyHttp for FinesseProxy {
         ctx: &mut FinesseCtx,
     ) {
         let site = &self.site;
+        if ctx.revoked.load(Ordering::Relaxed) {
+            ctx.exchange.refusal =
+                Some("the user was revoked by the admin listener: WebSocket closed (1008)".into());
+        }
         let ctx = &mut ctx.exchange;
         let phase = session.cache.phase();
         if let Some(cache) = &site.cache {

@@ -41,6 +41,12 @@ pub trait StatusSource: Send + Sync {
         false
     }
 
+    /// Revokes `user`: their kept verdicts stop counting and their open WebSockets are closed;
+    /// how many WebSockets, or `None` when the service authenticates no one.
+    fn revoke_user(&self, _user: &str) -> Option<usize> {
+        None
+    }
+
     /// Empties the service's cache (entries whose path starts with `prefix`, when given);
     /// `None` when the service has no cache.
     fn purge_cache(&self, _prefix: Option<&str>) -> Option<Purged> {
@@ -271,6 +277,46 @@ impl Admin {
 }
 
 impl Admin {
+    /// `DELETE /auth/users/<name>`: revokes that user on every site (see
+    /// `StatusSource::revoke_user`).
+    fn revoke(&self, method: &http::Method, user: &str) -> Response<Vec<u8>> {
+        let text = "text/plain; charset=utf-8";
+        if method != http::Method::DELETE {
+            return respond(
+                StatusCode::METHOD_NOT_ALLOWED,
+                text,
+                b"DELETE only\n".to_vec(),
+            );
+        }
+        let Some(user) = percent_decoded(user).filter(|u| !u.is_empty()) else {
+            return respond(
+                StatusCode::BAD_REQUEST,
+                text,
+                b"a user name, percent-encoded UTF-8\n".to_vec(),
+            );
+        };
+        let revoked: Vec<usize> = self
+            .watched
+            .sources
+            .iter()
+            .filter_map(|s| s.revoke_user(&user))
+            .collect();
+        if revoked.is_empty() {
+            return respond(
+                StatusCode::NOT_FOUND,
+                text,
+                b"no service authenticates users\n".to_vec(),
+            );
+        }
+        let closed: usize = revoked.iter().sum();
+        let shown: String = user.chars().filter(|c| !c.is_control()).collect();
+        log::warn!("user {shown:?} revoked by the admin listener: {closed} WebSocket(s) closed");
+        let body = format!(
+            "{shown} revoked: {closed} WebSocket(s) closed; the next request is checked again\n"
+        );
+        respond(StatusCode::OK, text, body.into_bytes())
+    }
+
     /// Whether `req` names this listener by a Host it answers (see the module's comment).
     fn host_allowed(&self, req: &RequestHeader) -> bool {
         let host = req
@@ -410,6 +456,9 @@ impl ServeHttp for Admin {
             }
             return denied;
         }
+        if let Some(user) = req.uri.path().strip_prefix("/auth/users/") {
+            return self.revoke(&req.method, user);
+        }
         if let Some(ip) = req.uri.path().strip_prefix("/auth/lockouts/") {
             return self.lockout(&req.method, ip, req.uri.query());
         }
@@ -487,6 +536,33 @@ pub fn purge(admin: Option<&AdminSettings>, prefix: Option<&str>) -> ExitCode {
         }
         Err(e) => {
             eprintln!("ccedge: purge failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `ccedge revoke`: asks the admin listener at `admin` to revoke `user`.
+pub fn revoke(admin: Option<&AdminSettings>, user: &str) -> ExitCode {
+    let encoded: String = user
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    match ask(admin, "DELETE", &format!("/auth/users/{encoded}")) {
+        Ok((_, 200, body)) => {
+            println!("ccedge: {}", body.trim());
+            ExitCode::SUCCESS
+        }
+        Ok((_, status, body)) => {
+            eprintln!("ccedge: revoke refused ({status}): {}", body.trim());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("ccedge: revoke failed: {e}");
             ExitCode::FAILURE
         }
     }

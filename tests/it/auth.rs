@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio_tungstenite::tungstenite::Message;
 
 const HOST: &str = "finesse1.example.com";
 const ISSUER: &str = "https://ids.example.com/ids";
@@ -31,6 +32,8 @@ struct Validator {
     calls: AtomicUsize,
     delay_ms: AtomicU64,
     broken: AtomicBool,
+    /// A user whose password changed: their `secret` no longer passes.
+    changed: Mutex<Option<String>>,
 }
 
 impl Validator {
@@ -46,9 +49,13 @@ impl Validator {
                     .headers()
                     .get("authorization")
                     .map(|v| v.as_bytes().to_vec());
-                // Every agent's password is `secret`.
+                // Every agent's password is `secret`, unless it changed.
+                let changed = state.changed.lock().unwrap().clone();
                 let valid = given.as_deref().is_some_and(|g| {
-                    (1..=100).any(|n| g == basic(&format!("agent{n}"), "secret").as_bytes())
+                    (1..=100)
+                        .map(|n| format!("agent{n}"))
+                        .filter(|agent| changed.as_ref() != Some(agent))
+                        .any(|agent| g == basic(&agent, "secret").as_bytes())
                 }) || given.as_deref() == Some(b"Bearer opaque-good".as_slice());
                 let status = match (state.broken.load(Ordering::SeqCst), valid) {
                     (true, _) => 500,
@@ -1146,6 +1153,88 @@ async fn twenty_agents_behind_one_office_address_each_get_their_own_limits() {
         ws::echoes(socket, "still here").await;
     }
     assert_eq!(log.upgrades.lock().unwrap().len(), 20);
+}
+
+#[tokio::test]
+async fn a_revoked_agent_is_checked_again_and_loses_its_websocket() {
+    let log = Arc::new(EchoLog::default());
+    let app = Upstream::custom("finesse", finesse_with_notifications(log.clone())).await;
+    let site = AuthSite::start_with("auth-revoke", None, Some(app), "").await;
+    let notifications = |agent: &'static str| {
+        let proto = format!(
+            "xmpp, {}",
+            URL_SAFE_NO_PAD.encode(format!("{agent}:secret"))
+        );
+        let ca = site.ca.pem.clone();
+        let port = site.port;
+        async move {
+            let headers = [
+                ("Sec-WebSocket-Protocol", proto.as_str()),
+                ("TrackingID", agent),
+            ];
+            ws::connect_with(HOST, port, "/ws/", &ca, &headers)
+                .await
+                .unwrap()
+        }
+    };
+    let mut alice = notifications("agent1").await;
+    let mut bob = notifications("agent2").await;
+    ws::echoes(&mut alice, "presence").await;
+    let alice_basic = basic("agent1", "secret");
+    let rest = site
+        .get("/finesse/api/User/agent1", Some(&alice_basic))
+        .await;
+    assert_eq!(rest.status, 200);
+    assert_eq!(site.validator.calls(), 2, "one check per agent, then kept");
+
+    // alice leaves the company: her password is changed and she is revoked at the proxy.
+    *site.validator.changed.lock().unwrap() = Some("agent1".into());
+    let config = site.dir.join("ccedge.yaml");
+    let out = tokio::process::Command::new(crate::harness::binary())
+        .args(["revoke", "-c", config.to_str().unwrap(), "AGENT1"])
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("AGENT1 revoked: 1 WebSocket(s) closed"),
+        "{said}"
+    );
+    let close = tokio::time::timeout(Duration::from_secs(5), async {
+        use futures_util::StreamExt;
+        loop {
+            match alice.next().await {
+                Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(_)) => {}
+                other => panic!("the WebSocket ended without a close frame: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("alice's WebSocket was not closed");
+    let frame = close.expect("a close frame with a code");
+    assert_eq!(u16::from(frame.code), 1008);
+    assert_eq!(frame.reason.as_str(), "credentials revoked");
+    let again = site
+        .get("/finesse/api/User/agent1", Some(&alice_basic))
+        .await;
+    assert_eq!(again.status, 401, "checked again, and refused");
+    assert_eq!(site.validator.calls(), 3);
+    ws::echoes(&mut bob, "still here").await;
+    let closed = site.ccedge.log_entry("agent1").await;
+    assert_eq!(closed["user"], "agent1");
+    assert!(
+        closed["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("revoked"),
+        "{closed}"
+    );
 }
 
 #[tokio::test]

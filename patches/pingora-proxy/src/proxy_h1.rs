@@ -513,6 +513,13 @@ where
 
         let mut next_upstream_task: Option<HttpTask> = None;
 
+        // ccedge patch: how the proxy may end the session once it is upgraded
+        // (ProxyHttp::upgraded_close), asked for once.
+        let mut upgraded_close: Option<
+            std::pin::Pin<Box<dyn std::future::Future<Output = Bytes> + Send>>,
+        > = None;
+        let mut upgraded_close_asked = false;
+
         /* duplex mode without caching
          * Read body from downstream while reading response from upstream
          * If response is done, only read body from downstream
@@ -555,8 +562,25 @@ where
             let support_cache_partial_read =
                 session.cache.support_streaming_partial_write() == Some(true);
             let upgraded = session.was_upgraded();
+            if upgraded && !upgraded_close_asked {
+                upgraded_close_asked = true;
+                upgraded_close = self.inner.upgraded_close(ctx);
+            }
+            let proxy_closes: OptionFuture<_> = upgraded_close.as_mut().into();
 
             tokio::select! {
+                // ccedge patch: the proxy ends the upgraded session, its last bytes sent first.
+                Some(last) = proxy_closes => {
+                    session
+                        .write_response_tasks(vec![HttpTask::UpgradedBody(Some(last), true)])
+                        .await?;
+                    return Err(Error::explain(
+                        ConnectionClosed,
+                        "the proxy ended the upgraded session",
+                    )
+                    .into_down());
+                }
+
                 // only try to send to pipe if there is capacity to avoid deadlock
                 // Otherwise deadlock could happen if both upstream and downstream are blocked
                 // on sending to their corresponding pipes which are both full.

@@ -399,6 +399,18 @@ pub trait ProxyHttp {
         Ok(())
     }
 
+    /// ccedge patch: how the proxy may end an upgraded (WebSocket) session itself. Asked once,
+    /// when a session is upgraded; the future it returns is then polled beside the session's
+    /// traffic, and when it resolves, the bytes it yields (a close frame, say) are written to the
+    /// client as the last of the upgraded body and the session ends: both connections are
+    /// closed. `None` (the default): only the client or the upstream ends the session.
+    fn upgraded_close(
+        &self,
+        _ctx: &mut Self::CTX,
+    ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = Bytes> + Send>>> {
+        None
+    }
+
     // custom_forwarding is called when downstream and upstream connections are successfully established.
     #[doc(hidden)]
     async fn custom_forwarding(

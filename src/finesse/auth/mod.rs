@@ -10,6 +10,7 @@
 mod credential;
 mod jwt;
 mod lockout;
+mod revocation;
 mod validator;
 mod verdicts;
 
@@ -24,6 +25,8 @@ use credential::{Credential, Presented};
 use http::header::HeaderValue;
 use lockout::{Admission, Kind, Lockouts, Reservation, Who};
 use pingora::http::RequestHeader;
+pub use revocation::close_frame;
+use revocation::Revocations;
 use serde_json::{json, Value};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -72,6 +75,8 @@ pub enum Decision {
 
 pub struct Auth {
     service: String,
+    /// Users revoked by the admin listener, and the open WebSockets of users.
+    revocations: Arc<Revocations>,
     /// The validate_url validators, also for `/status`.
     validator: Arc<validator::Validator>,
     public_paths: Vec<String>,
@@ -90,7 +95,8 @@ pub struct Auth {
 impl Auth {
     pub fn new(service: &str, settings: &AuthSettings, limits: &Limits) -> Auth {
         let metrics = Arc::new(AuthMetrics::new(service));
-        let verdicts = Arc::new(Verdicts::new());
+        let revocations = Arc::new(Revocations::new(settings.cache_for));
+        let verdicts = Arc::new(Verdicts::new(revocations.clone()));
         let mut methods: Vec<Box<dyn Method>> = Vec::new();
         let mut keys = None;
         let mut challenge = format!("realm=\"{service}\", charset=\"UTF-8\"");
@@ -122,6 +128,7 @@ impl Auth {
         methods.push(Box::new(validator.clone()));
         Auth {
             validator,
+            revocations,
             service: service.to_string(),
             public_paths: settings.public_paths.clone(),
             lockouts: Lockouts::new(&settings.lockout),
@@ -386,6 +393,17 @@ impl Auth {
             },
             user,
         }
+    }
+
+    /// Revokes `user`: verdicts on their credentials stop counting (the next request is checked
+    /// again) and their open WebSockets are closed; how many were open.
+    pub fn revoke(&self, user: &str) -> usize {
+        self.revocations.revoke(user)
+    }
+
+    /// What an open WebSocket of `user` waits on: it changes when the user is revoked.
+    pub fn watch(&self, user: &str) -> tokio::sync::watch::Receiver<()> {
+        self.revocations.watch(user)
     }
 
     /// Lifts the block of `user` at the client `ip` counts as (its IPv6 network), or with no

@@ -3,13 +3,14 @@
 //! and a hash is worthless outside this process. The store is bounded (least useful entries
 //! go first), and concurrent requests with one new credential wait for a single judgement.
 
+use super::revocation::Revocations;
 use hmac::{Hmac, Mac};
 use pingora_memory_cache::MemoryCache;
 use sha2::Sha256;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 
 /// Verdicts kept per site at most; a flood of distinct credentials evicts, it does not grow.
@@ -51,6 +52,8 @@ pub enum Source {
 struct Entry {
     digest: Digest,
     verdict: Verdict,
+    /// When it was judged: a revocation of its user after this voids it.
+    judged: Instant,
 }
 
 type Pending = Mutex<HashMap<Digest, Arc<OnceCell<Judged>>>>;
@@ -60,15 +63,18 @@ pub struct Verdicts {
     mac: Hmac<Sha256>,
     kept: MemoryCache<Digest, Entry>,
     pending: Pending,
+    revocations: Arc<Revocations>,
 }
 
 impl Verdicts {
-    pub fn new() -> Self {
+    /// `revocations`: users whose verdicts judged before their revocation no longer count.
+    pub fn new(revocations: Arc<Revocations>) -> Self {
         let key: [u8; 32] = rand::random();
         Verdicts {
             mac: Hmac::new_from_slice(&key).expect("any key length"),
             kept: MemoryCache::new(MAX_VERDICTS),
             pending: Mutex::new(HashMap::new()),
+            revocations,
         }
     }
 
@@ -78,11 +84,18 @@ impl Verdicts {
         mac.finalize().into_bytes().into()
     }
 
-    /// The verdict kept for `digest`, if there is one.
+    /// The verdict kept for `digest`, if there is one (and its user was not revoked since).
     pub fn kept(&self, digest: &Digest) -> Option<Verdict> {
         // The store is keyed by a 64-bit hash of the digest: compare the whole digest.
         let (entry, _) = self.kept.get(digest);
-        entry.filter(|e| e.digest == *digest).map(|e| e.verdict)
+        let entry = entry.filter(|e| e.digest == *digest)?;
+        if let Verdict::Valid { user: Some(user) } = &entry.verdict {
+            if self.revocations.revoked_since(user, entry.judged) {
+                self.kept.remove(digest);
+                return None;
+            }
+        }
+        Some(entry.verdict)
     }
 
     /// The verdict for `digest`: kept, or from `judge`, which runs once however many requests
@@ -105,6 +118,8 @@ impl Verdicts {
             cell: Some(cell),
         };
         let mut ran = false;
+        // A revocation while the judgement runs voids it too.
+        let started = Instant::now();
         let judged = waiting
             .cell()
             .get_or_init(|| {
@@ -117,6 +132,7 @@ impl Verdicts {
             let entry = Entry {
                 digest,
                 verdict: judged.verdict.clone(),
+                judged: started,
             };
             self.kept.put(&digest, entry, Some(judged.keep));
         }
@@ -178,8 +194,8 @@ mod tests {
 
     #[test]
     fn digests_are_keyed_per_store() {
-        let a = Verdicts::new();
-        let b = Verdicts::new();
+        let a = Verdicts::new(Arc::new(Revocations::new(Duration::from_secs(900))));
+        let b = Verdicts::new(Arc::new(Revocations::new(Duration::from_secs(900))));
         assert_eq!(a.digest(b"Basic x"), a.digest(b"Basic x"));
         assert_ne!(a.digest(b"Basic x"), a.digest(b"Basic y"));
         assert_ne!(a.digest(b"Basic x"), b.digest(b"Basic x"));
@@ -187,7 +203,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_verdict_is_kept_and_reused() {
-        let v = Verdicts::new();
+        let v = Verdicts::new(Arc::new(Revocations::new(Duration::from_secs(900))));
         let d = v.digest(b"Basic x");
         let (verdict, source) = v.get_or_judge(d, || async { valid("a") }).await;
         assert_eq!(source, Source::Judged);
@@ -199,7 +215,7 @@ mod tests {
 
     #[tokio::test]
     async fn zero_keep_is_not_kept() {
-        let v = Verdicts::new();
+        let v = Verdicts::new(Arc::new(Revocations::new(Duration::from_secs(900))));
         let d = v.digest(b"Bearer t");
         let down = || async {
             Judged {
@@ -213,7 +229,9 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_requests_share_one_judgement() {
-        let v = Arc::new(Verdicts::new());
+        let v = Arc::new(Verdicts::new(Arc::new(Revocations::new(
+            Duration::from_secs(900),
+        ))));
         let calls = Arc::new(AtomicUsize::new(0));
         let d = v.digest(b"Basic new");
         let tasks: Vec<_> = (0..20)
@@ -238,7 +256,9 @@ mod tests {
 
     #[tokio::test]
     async fn waiters_going_away_together_leave_nothing_behind() {
-        let v = Arc::new(Verdicts::new());
+        let v = Arc::new(Verdicts::new(Arc::new(Revocations::new(
+            Duration::from_secs(900),
+        ))));
         let d = v.digest(b"Basic pair");
         for _ in 0..200 {
             let tasks: Vec<_> = (0..2)
@@ -266,7 +286,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_abandoned_judgement_leaves_nothing_behind() {
-        let v = Verdicts::new();
+        let v = Verdicts::new(Arc::new(Revocations::new(Duration::from_secs(900))));
         let d = v.digest(b"Basic gone");
         let slow = v.get_or_judge(d, || async {
             tokio::time::sleep(Duration::from_secs(60)).await;

@@ -1,0 +1,149 @@
+//! Revoking a user (`DELETE /auth/users/<name>` on the admin listener): the verdicts kept on the
+//! user's credentials stop counting at once, so the next request is checked again, and the user's
+//! open WebSockets are closed (with a close frame saying why). User names are compared without
+//! regard to ASCII case.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Users tracked before those with no open WebSocket and no recent revocation are forgotten.
+const TIDY_PAST: usize = 4096;
+
+#[derive(Default)]
+struct UserState {
+    revoked_at: Option<Instant>,
+    /// Told when the user is revoked; each open WebSocket of the user holds a receiver.
+    sessions: Option<watch::Sender<()>>,
+}
+
+pub struct Revocations {
+    users: Mutex<HashMap<String, UserState>>,
+    /// Where `latest` counts from.
+    origin: Instant,
+    /// When the latest revocation happened, in milliseconds since `origin` (0: none yet): a
+    /// verdict judged after it needs no look at the table.
+    latest: AtomicU64,
+    /// How long a kept verdict lives: a revocation older than that concerns no verdict.
+    keep: Duration,
+}
+
+impl Revocations {
+    pub fn new(keep: Duration) -> Self {
+        Revocations {
+            users: Mutex::new(HashMap::new()),
+            origin: Instant::now(),
+            latest: AtomicU64::new(0),
+            keep,
+        }
+    }
+
+    fn users(&self) -> std::sync::MutexGuard<'_, HashMap<String, UserState>> {
+        self.users.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn millis(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.origin).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether `user` was revoked after a verdict on their credential judged at `judged`.
+    pub fn revoked_since(&self, user: &str, judged: Instant) -> bool {
+        let latest = self.latest.load(Ordering::Acquire);
+        if latest == 0 || latest < self.millis(judged) {
+            return false;
+        }
+        self.users()
+            .get(&user.to_ascii_lowercase())
+            .and_then(|s| s.revoked_at)
+            .is_some_and(|at| at >= judged)
+    }
+
+    /// What an open WebSocket of `user` waits on: it changes when the user is revoked.
+    pub fn watch(&self, user: &str) -> watch::Receiver<()> {
+        let mut users = self.users();
+        if users.len() > TIDY_PAST {
+            let now = Instant::now();
+            users.retain(|_, s| {
+                s.sessions.as_ref().is_some_and(|t| t.receiver_count() > 0)
+                    || s.revoked_at
+                        .is_some_and(|at| now.duration_since(at) < self.keep)
+            });
+        }
+        let state = users.entry(user.to_ascii_lowercase()).or_default();
+        state
+            .sessions
+            .get_or_insert_with(|| watch::channel(()).0)
+            .subscribe()
+    }
+
+    /// Revokes `user` now; how many of their WebSockets were open (they are told to close).
+    pub fn revoke(&self, user: &str) -> usize {
+        let now = Instant::now();
+        let mut users = self.users();
+        let state = users.entry(user.to_ascii_lowercase()).or_default();
+        state.revoked_at = Some(now);
+        self.latest
+            .store(self.millis(now).max(1), Ordering::Release);
+        match &state.sessions {
+            Some(sessions) => {
+                let open = sessions.receiver_count();
+                sessions.send_replace(());
+                open
+            }
+            None => 0,
+        }
+    }
+}
+
+/// The close frame a revoked user's WebSocket gets (server to client, so unmasked): 1008, policy
+/// violation, with the reason.
+pub fn close_frame() -> bytes::Bytes {
+    const REASON: &[u8] = b"credentials revoked";
+    let mut frame = Vec::with_capacity(4 + REASON.len());
+    frame.push(0x88);
+    frame.push(u8::try_from(2 + REASON.len()).expect("a short reason"));
+    frame.extend_from_slice(&1008u16.to_be_bytes());
+    frame.extend_from_slice(REASON);
+    bytes::Bytes::from(frame)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_revocation_concerns_verdicts_judged_before_it_only() {
+        let r = Revocations::new(Duration::from_secs(900));
+        let before = Instant::now();
+        assert!(!r.revoked_since("alice", before));
+        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(r.revoke("Alice"), 0);
+        assert!(r.revoked_since("alice", before));
+        assert!(r.revoked_since("ALICE", before));
+        assert!(!r.revoked_since("bob", before));
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(
+            !r.revoked_since("alice", Instant::now()),
+            "checked again since"
+        );
+    }
+
+    #[tokio::test]
+    async fn open_websockets_of_the_user_are_told() {
+        let r = Revocations::new(Duration::from_secs(900));
+        let mut alice = r.watch("alice");
+        let bob = r.watch("bob");
+        assert_eq!(r.revoke("ALICE"), 1);
+        assert!(alice.changed().await.is_ok());
+        assert!(!bob.has_changed().unwrap());
+    }
+
+    #[test]
+    fn the_close_frame_is_1008_with_its_reason() {
+        let frame = close_frame();
+        assert_eq!(&frame[..4], &[0x88, 21, 0x03, 0xF0]);
+        assert_eq!(&frame[4..], b"credentials revoked");
+    }
+}
