@@ -177,6 +177,8 @@ pub struct ClientPolicy {
     pub trusted_proxies: CidrSet,
     #[serde(rename = "client_ip_header")]
     pub ip_header: ClientIpHeader,
+    /// Connections start with a PROXY protocol header naming the client.
+    pub proxy_protocol: bool,
 }
 
 /// The header of a trusted balancer that names the client.

@@ -268,6 +268,10 @@ pub struct RawDigital {
     /// address not in trusted_proxies), x-real-ip, or another header name.
     #[serde(default = "forwarded_for")]
     pub client_ip_header: String,
+    /// Every connection starts with a PROXY protocol v1/v2 header from a peer in
+    /// trusted_proxies (an L4 balancer in TLS pass-through); its address is the client.
+    #[serde(default)]
+    pub proxy_protocol: bool,
     /// Per-client rate limits, first match counts (default: /drapi/ at 100/s, burst 200;
     /// [] turns limiting off).
     pub rate_limits: Option<Vec<RawRateLimit>>,
@@ -309,6 +313,10 @@ pub struct RawFinesse {
     /// address not in trusted_proxies), x-real-ip, or another header name.
     #[serde(default = "forwarded_for")]
     pub client_ip_header: String,
+    /// Every connection starts with a PROXY protocol v1/v2 header from a peer in
+    /// trusted_proxies (an L4 balancer in TLS pass-through); its address is the client.
+    #[serde(default)]
+    pub proxy_protocol: bool,
     /// Per-client rate limits for every server of the site, first match counts (default: each
     /// server's role sets its limit).
     pub rate_limits: Option<Vec<RawRateLimit>>,

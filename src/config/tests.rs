@@ -535,3 +535,21 @@ fn auth_url_and_jwt_problems_name_their_keys() {
         "{err}"
     );
 }
+
+#[test]
+fn proxy_protocol_needs_the_balancers_it_trusts() {
+    let s = Scratch::new("proxy-protocol");
+    let err = rejected(s.load(&format!("{DIGITAL}    proxy_protocol: true\n")));
+    assert!(
+        err.contains("digital_channels[0].proxy_protocol") && err.contains("needs trusted_proxies"),
+        "{err}"
+    );
+    let config = s
+        .load(&format!(
+            "{DIGITAL}    proxy_protocol: true\n    trusted_proxies: [10.0.0.0/24]\n"
+        ))
+        .unwrap();
+    assert!(config.digital[0].clients.proxy_protocol);
+    let config = s.load(DIGITAL).unwrap();
+    assert!(!config.digital[0].clients.proxy_protocol, "off by default");
+}

@@ -354,11 +354,19 @@ impl Validator {
         allow: &[String],
         trusted: &[String],
         ip_header: &str,
+        proxy_protocol: bool,
     ) -> ClientPolicy {
+        if proxy_protocol && trusted.is_empty() {
+            self.problem(
+                &format!("{path}.proxy_protocol"),
+                "needs trusted_proxies: the balancers allowed to send the PROXY header",
+            );
+        }
         ClientPolicy {
             allow: self.cidrs(&format!("{path}.client_allow"), allow),
             trusted_proxies: self.cidrs(&format!("{path}.trusted_proxies"), trusted),
             ip_header: self.ip_header(&format!("{path}.client_ip_header"), ip_header),
+            proxy_protocol,
         }
     }
 
@@ -522,6 +530,7 @@ impl Validator {
             &d.client_allow,
             &d.trusted_proxies,
             &d.client_ip_header,
+            d.proxy_protocol,
         );
         let rate_limits = match &d.rate_limits {
             Some(rules) => self.rate_rules(&format!("{path}.rate_limits"), rules, false),
@@ -617,6 +626,7 @@ impl Validator {
             &f.client_allow,
             &f.trusted_proxies,
             &f.client_ip_header,
+            f.proxy_protocol,
         );
         let rate_limits = f
             .rate_limits

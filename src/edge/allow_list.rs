@@ -11,16 +11,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[derive(Debug)]
 pub struct AllowList {
     service: String,
+    /// The key the list comes from, for the log.
+    key: &'static str,
     allow: CidrSet,
     refused: AtomicU64,
     report: OncePerSecond,
 }
 
 impl AllowList {
-    /// `None` when the list is empty (everyone may connect).
-    pub fn new(service: &str, allow: &CidrSet) -> Option<Self> {
+    /// `None` when the list is empty (everyone may connect); `key` names where it comes from.
+    pub fn new(service: &str, allow: &CidrSet, key: &'static str) -> Option<Self> {
         (!allow.is_empty()).then(|| AllowList {
             service: service.to_string(),
+            key,
             allow: allow.clone(),
             refused: AtomicU64::new(0),
             report: OncePerSecond::default(),
@@ -32,9 +35,10 @@ impl AllowList {
         crate::observe::metrics::connection_refused(&self.service);
         if self.report.ready() {
             log::warn!(
-                "service {}: refused connection from {} (not in client_allow); {refused} refused since start",
+                "service {}: refused connection from {} (not in {}); {refused} refused since start",
                 self.service,
-                addr.ip()
+                addr.ip(),
+                self.key
             );
         }
     }

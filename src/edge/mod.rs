@@ -9,6 +9,7 @@ pub mod headers;
 pub mod identity;
 pub mod limits;
 pub mod path;
+pub mod proxy_protocol;
 pub mod reply;
 pub mod target;
 pub mod upstream;

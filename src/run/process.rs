@@ -2,12 +2,13 @@
 //! digital channel, one per Finesse site, and the admin listener.
 
 use crate::config::tls::ServerTls;
-use crate::config::Limits;
+use crate::config::{ClientPolicy, Limits};
 use crate::config::{Config, FinesseService};
 use crate::digital::{DigitalChannel, DigitalProxy};
 use crate::edge::allow_list::AllowList;
 use crate::edge::connections::{ConnectionLimits, Limited};
 use crate::edge::limits::{role_connections, DIGITAL_CONNECTIONS};
+use crate::edge::proxy_protocol::ProxyProtocol;
 use crate::finesse::proxymap::ProxyMapApp;
 use crate::finesse::{FinesseProxy, FinesseSite};
 use crate::observe::access_log::AccessLog;
@@ -152,9 +153,7 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
         );
         let service = DigitalProxy::new(channel);
         let mut service = proxy_service(&conf, &d.name, service, &d.limits, connections);
-        if let Some(filter) = AllowList::new(&d.name, &d.clients.allow) {
-            service.set_connection_filter(Arc::new(filter));
-        }
+        guard(&mut service, &d.name, &d.clients);
         let checks = server.add_service(checks);
         let proxy = server.add_service(listen(service, &[d.listen], d.tls.as_ref())?);
         proxy.add_dependency(&checks);
@@ -194,10 +193,7 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
         );
         let service = FinesseProxy::new(site);
         let mut service = proxy_service(&conf, &f.name, service, &f.limits, connections);
-        let allow = AllowList::new(&f.name, &f.clients.allow).map(Arc::new);
-        if let Some(filter) = &allow {
-            service.set_connection_filter(filter.clone());
-        }
+        guard(&mut service, &f.name, &f.clients);
         server.add_service(listen(service, &finesse_addrs(f), f.tls.as_ref())?);
         if let Some(map) = &f.proxy_map {
             let app = ProxyMapApp::new(&f.name, &map.path, &f.servers, log.clone());
@@ -205,8 +201,9 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
                 Service::new(format!("{} proxy map", f.name), HttpServer::new_app(app));
             service.threads = Some(1);
             service.handshake_timeout = Some(f.limits.client_header_timeout);
-            if let Some(filter) = &allow {
-                service.set_connection_filter(filter.clone());
+            // Polled by the internal servers directly: no PROXY header, the TCP peer counts.
+            if let Some(filter) = AllowList::new(&f.name, &f.clients.allow, "client_allow") {
+                service.set_connection_filter(Arc::new(filter));
             }
             server.add_service(listen(service, &[map.listen], f.tls.as_ref())?);
             let scheme = if f.tls.is_some() { "https" } else { "http" };
@@ -310,6 +307,23 @@ where
 /// plain HTTP reads its headers and bodies into buffers of their own, so a plain connection
 /// reads without one (step e11).
 const TLS_CLIENT_READ_BUFFER: usize = 4 * 1024;
+
+/// Who may connect to a service's listeners: addresses in `client_allow`, checked at accept;
+/// with `proxy_protocol`, only the balancers in `trusted_proxies`, whose PROXY header is read
+/// first and names the client `client_allow` is checked against.
+fn guard<A>(service: &mut Service<A>, name: &str, clients: &ClientPolicy) {
+    if clients.proxy_protocol {
+        let balancers = AllowList::new(name, &clients.trusted_proxies, "trusted_proxies");
+        if let Some(filter) = balancers {
+            service.set_connection_filter(Arc::new(filter));
+        }
+        service
+            .endpoints()
+            .set_pre_tls_callback(Arc::new(ProxyProtocol::new(name, &clients.allow)));
+    } else if let Some(filter) = AllowList::new(name, &clients.allow, "client_allow") {
+        service.set_connection_filter(Arc::new(filter));
+    }
+}
 
 fn listen<A: Send + Sync + 'static>(
     mut service: Service<A>,

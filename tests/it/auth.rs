@@ -1156,6 +1156,25 @@ async fn twenty_agents_behind_one_office_address_each_get_their_own_limits() {
 }
 
 #[tokio::test]
+async fn a_name_claimed_with_a_wrong_password_spends_nothing_of_that_agents_rate() {
+    let extra = "    trusted_proxies: [127.0.0.1]\n    \
+                 rate_limits:\n      - {path_prefix: /, per_second: 2, burst: 0, per: user}\n";
+    let site = AuthSite::start_with("auth-claimed", None, None, extra).await;
+    // Someone elsewhere sends agent1's name with guesses, as fast as it can.
+    let guess = basic("agent1", "guess");
+    for _ in 0..20 {
+        let status = via_balancer(&site, &guess, &[("X-Forwarded-For", "198.51.100.66")]).await;
+        assert!(matches!(status, 401 | 429), "{status}");
+    }
+    // agent1's own rate, counted by the user ccedge verified, is untouched.
+    let own = basic("agent1", "secret");
+    for _ in 0..2 {
+        let status = via_balancer(&site, &own, &[("X-Forwarded-For", "203.0.113.10")]).await;
+        assert_eq!(status, 200);
+    }
+}
+
+#[tokio::test]
 async fn a_revoked_agent_is_checked_again_and_loses_its_websocket() {
     let log = Arc::new(EchoLog::default());
     let app = Upstream::custom("finesse", finesse_with_notifications(log.clone())).await;

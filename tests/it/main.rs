@@ -16,5 +16,6 @@ mod header_policy;
 mod observability;
 mod operations;
 mod process;
+mod proxy_protocol;
 mod reference;
 mod tls;

@@ -29,6 +29,8 @@ pub struct Client {
     proto: Proto,
     sender: Option<Sender>,
     resend: bool,
+    /// Bytes written on each new connection before TLS or HTTP (a PROXY protocol header).
+    preface: Vec<u8>,
     /// Requests sent again after their reused connection closed under them (see `resending`).
     pub resent: usize,
 }
@@ -50,6 +52,7 @@ impl Client {
             proto: Proto::H1,
             sender: None,
             resend: false,
+            preface: Vec::new(),
             resent: 0,
         }
     }
@@ -80,10 +83,21 @@ impl Client {
         self
     }
 
+    /// Start each new connection with `bytes`, as a balancer writes its PROXY header.
+    pub fn preface(mut self, bytes: &[u8]) -> Client {
+        self.preface = bytes.to_vec();
+        self
+    }
+
     async fn connect(&mut self) -> Result<(), String> {
-        let tcp = tokio::net::TcpStream::connect(self.addr)
+        let mut tcp = tokio::net::TcpStream::connect(self.addr)
             .await
             .map_err(|e| format!("connect {}: {e}", self.addr))?;
+        if !self.preface.is_empty() {
+            tokio::io::AsyncWriteExt::write_all(&mut tcp, &self.preface)
+                .await
+                .map_err(|e| format!("preface: {e}"))?;
+        }
         self.sender = Some(match &self.tls {
             None => handshake(TokioIo::new(tcp), self.proto).await?,
             Some(connector) => {
