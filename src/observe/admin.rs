@@ -173,11 +173,7 @@ impl Admin {
     fn purge(&self, method: &http::Method, query: Option<&str>) -> Response<Vec<u8>> {
         let text = "text/plain; charset=utf-8";
         if method != http::Method::DELETE {
-            return respond(
-                StatusCode::METHOD_NOT_ALLOWED,
-                text,
-                b"DELETE only\n".to_vec(),
-            );
+            return delete_only();
         }
         let prefix = query
             .into_iter()
@@ -219,11 +215,7 @@ impl Admin {
     fn lockout(&self, method: &http::Method, ip: &str, query: Option<&str>) -> Response<Vec<u8>> {
         let text = "text/plain; charset=utf-8";
         if method != http::Method::DELETE {
-            return respond(
-                StatusCode::METHOD_NOT_ALLOWED,
-                text,
-                b"DELETE only\n".to_vec(),
-            );
+            return delete_only();
         }
         let address = ip.split_once('/').map_or(ip, |(address, _)| address);
         let Ok(ip) = address.parse::<IpAddr>() else {
@@ -282,11 +274,7 @@ impl Admin {
     fn revoke(&self, method: &http::Method, user: &str) -> Response<Vec<u8>> {
         let text = "text/plain; charset=utf-8";
         if method != http::Method::DELETE {
-            return respond(
-                StatusCode::METHOD_NOT_ALLOWED,
-                text,
-                b"DELETE only\n".to_vec(),
-            );
+            return delete_only();
         }
         let Some(user) = percent_decoded(user).filter(|u| !u.is_empty()) else {
             return respond(
@@ -357,6 +345,15 @@ impl Admin {
             );
         }
     }
+}
+
+/// The answer to an admin action asked with another method than `DELETE`.
+fn delete_only() -> Response<Vec<u8>> {
+    respond(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "text/plain; charset=utf-8",
+        b"DELETE only\n".to_vec(),
+    )
 }
 
 /// `text` with its `%XX` escapes (and `+` as a space) decoded; `None` when it is malformed or
@@ -525,44 +522,39 @@ pub fn purge(admin: Option<&AdminSettings>, prefix: Option<&str>) -> ExitCode {
         Some(p) => format!("/cache?prefix={p}"),
         None => "/cache".to_string(),
     };
-    match ask(admin, "DELETE", &target) {
-        Ok((_, 200, body)) => {
-            println!("ccedge: {}", body.trim());
-            ExitCode::SUCCESS
-        }
-        Ok((_, status, body)) => {
-            eprintln!("ccedge: purge refused ({status}): {}", body.trim());
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("ccedge: purge failed: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    order(admin, &target, "purge")
 }
 
 /// `ccedge revoke`: asks the admin listener at `admin` to revoke `user`.
 pub fn revoke(admin: Option<&AdminSettings>, user: &str) -> ExitCode {
-    let encoded: String = user
-        .bytes()
+    order(admin, &format!("/auth/users/{}", encode(user)), "revoke")
+}
+
+/// `text` percent-encoded for a path segment.
+fn encode(text: &str) -> String {
+    text.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
                 char::from(b).to_string()
             }
             _ => format!("%{b:02X}"),
         })
-        .collect();
-    match ask(admin, "DELETE", &format!("/auth/users/{encoded}")) {
+        .collect()
+}
+
+/// Sends `DELETE target` to the admin listener and reports the answer as command `what`.
+fn order(admin: Option<&AdminSettings>, target: &str, what: &str) -> ExitCode {
+    match ask(admin, "DELETE", target) {
         Ok((_, 200, body)) => {
             println!("ccedge: {}", body.trim());
             ExitCode::SUCCESS
         }
         Ok((_, status, body)) => {
-            eprintln!("ccedge: revoke refused ({status}): {}", body.trim());
+            eprintln!("ccedge: {what} refused ({status}): {}", body.trim());
             ExitCode::FAILURE
         }
         Err(e) => {
-            eprintln!("ccedge: revoke failed: {e}");
+            eprintln!("ccedge: {what} failed: {e}");
             ExitCode::FAILURE
         }
     }

@@ -2,7 +2,7 @@
 //! counts its calls, SSO tokens signed with an RSA key made here, the lockout, public paths and
 //! the path tricks that must not reach them, WebSocket credentials, a validator that is down.
 
-use crate::harness::http::{Answer, Client, Proto};
+use crate::harness::http::{Answer, Client, Proto, Streams};
 use crate::harness::upstream::{full, Handler};
 use crate::harness::ws::{self, EchoLog};
 use crate::harness::{curl, free_port, server_block, Ca, Ccedge, TestDir, Upstream};
@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
 const HOST: &str = "finesse1.example.com";
@@ -553,26 +554,36 @@ async fn five_failures_block_that_user_at_that_address_and_nobody_else() {
     assert_eq!(right.status, 200);
 }
 
+/// Agents `agents` (by number) each sign in with `password` at once, as streams of one HTTP/2
+/// connection: a GET of their own `/finesse/api/User/agentN`; the statuses, in order.
+fn at_once(
+    streams: &Streams,
+    agents: std::ops::RangeInclusive<u32>,
+    password: &'static str,
+) -> Vec<JoinHandle<u16>> {
+    agents
+        .map(|n| {
+            let streams = streams.clone();
+            tokio::spawn(async move {
+                let credential = basic(&format!("agent{n}"), password);
+                let path = format!("/finesse/api/User/agent{n}");
+                streams
+                    .send("GET", &path, &[("Authorization", &credential)])
+                    .await
+                    .unwrap()
+                    .status
+            })
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn a_parallel_spray_is_judged_no_further_than_the_address_allows() {
     let site = AuthSite::start("auth-spray-parallel", None).await;
     site.validator.delay_ms.store(300, Ordering::SeqCst);
     let mut client = site.client();
     let streams = client.streams().await.unwrap();
-    let sprayed: Vec<_> = (1..=60)
-        .map(|n| {
-            let streams = streams.clone();
-            tokio::spawn(async move {
-                let guess = basic(&format!("agent{n}"), "Winter2026!");
-                let path = format!("/finesse/api/User/agent{n}");
-                streams
-                    .send("GET", &path, &[("Authorization", &guess)])
-                    .await
-                    .unwrap()
-                    .status
-            })
-        })
-        .collect();
+    let sprayed = at_once(&streams, 1..=60, "Winter2026!");
     let mut statuses = Vec::new();
     for guess in sprayed {
         statuses.push(guess.await.unwrap());
@@ -755,20 +766,7 @@ async fn parallel_sign_ins_with_good_credentials_all_pass() {
 
     // Forty agents behind one address signing in at once: checked a few at a time (as many as
     // the failures the address has left), all let in.
-    let agents: Vec<_> = (2..=41)
-        .map(|n| {
-            let streams = streams.clone();
-            tokio::spawn(async move {
-                let credential = basic(&format!("agent{n}"), "secret");
-                let path = format!("/finesse/api/User/agent{n}");
-                streams
-                    .send("GET", &path, &[("Authorization", &credential)])
-                    .await
-                    .unwrap()
-                    .status
-            })
-        })
-        .collect();
+    let agents = at_once(&streams, 2..=41, "secret");
     for agent in agents {
         assert_eq!(agent.await.unwrap(), 200);
     }
@@ -782,20 +780,7 @@ async fn lifting_a_lockout_during_a_burst_of_sign_ins_strands_nobody() {
     let mut client = site.client();
     let streams = client.streams().await.unwrap();
     // Six agents at once: five are checked, the sixth waits for a place.
-    let agents: Vec<_> = (1..=6)
-        .map(|n| {
-            let streams = streams.clone();
-            tokio::spawn(async move {
-                let credential = basic(&format!("agent{n}"), "secret");
-                let path = format!("/finesse/api/User/agent{n}");
-                streams
-                    .send("GET", &path, &[("Authorization", &credential)])
-                    .await
-                    .unwrap()
-                    .status
-            })
-        })
-        .collect();
+    let agents = at_once(&streams, 1..=6, "secret");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while site.validator.calls() < 5 {
         assert!(
