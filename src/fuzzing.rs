@@ -58,7 +58,7 @@ pub fn header_policy(data: &[u8]) {
         },
         ..ClientPolicy::default()
     };
-    let client = identity::Resolver::new(&clients, 64).resolve(peer, &req.headers);
+    let client = identity::Resolver::new(&clients, 64).resolve(peer, true, &req.headers);
     let tid = headers::tracking_id(&req.headers);
     let public = Authority::parse("finesse1.example.com:8445").expect("authority");
     let route = headers::RouteHeaders::new(&public, true, true);

@@ -7,6 +7,7 @@ use crate::config::Per;
 use crate::config::{ClientPolicy, Limits};
 use crate::edge::identity::{ClientIdentity, Resolver};
 use crate::edge::limits::{self, RateLimiter, Stage};
+use crate::edge::proxy_protocol;
 use crate::edge::reply::{self, Refusal};
 use crate::edge::target;
 use crate::observe::access_log::{self, AccessLog, Entry};
@@ -124,6 +125,8 @@ pub struct Front {
     pub name: String,
     /// Who a request's client is.
     pub clients: Resolver,
+    /// Connections start with a PROXY header (`proxy_protocol`).
+    proxy_protocol: bool,
     rate: Option<RateLimiter>,
     pub limits: Limits,
     log: Arc<AccessLog>,
@@ -142,6 +145,7 @@ impl Front {
         Front {
             name: name.to_string(),
             clients: Resolver::new(clients, limits.ipv6_prefix),
+            proxy_protocol: clients.proxy_protocol,
             rate,
             limits: limits.clone(),
             log,
@@ -156,7 +160,13 @@ impl Front {
         session.set_write_timeout(Some(self.limits.client_send_timeout));
         let header = session.req_header();
         let peer = peer_ip(session);
-        ctx.client = Some(self.clients.resolve(peer, &header.headers));
+        // Behind an L4 balancer, a connection its header named no client on is its own.
+        let relays = !self.proxy_protocol
+            || session
+                .digest()
+                .and_then(|d| d.socket_digest.as_deref())
+                .is_some_and(proxy_protocol::named_in_header);
+        ctx.client = Some(self.clients.resolve(peer, relays, &header.headers));
         ctx.tracking_id = Some(crate::edge::headers::tracking_id(&header.headers));
         ctx.wants_websocket = crate::edge::headers::is_websocket_upgrade(header);
         self.metrics.in_flight.inc();
@@ -209,28 +219,42 @@ impl Front {
         self.limit(Stage::AfterAuth, req, ctx)
     }
 
+    /// Whether a new credential of this request may be checked: not when its address has
+    /// already sent as many requests without a verified user as a rule per user admits (see
+    /// `RateLimiter::check_unverified`).
+    pub fn admit_unverified(&self, req: &RequestHeader, ctx: &Exchange) -> Result<(), Refusal> {
+        let (Some(rate), Some(client)) = (&self.rate, ctx.client) else {
+            return Ok(());
+        };
+        let route = ctx.route.unwrap_or(0);
+        rate.check_unverified(client.key, route, ctx.rule_path(req))
+            .map_err(|exceeded| self.exceeded(exceeded, None))
+    }
+
     fn limit(&self, stage: Stage, req: &RequestHeader, ctx: &Exchange) -> Result<(), Refusal> {
         let (Some(rate), Some(client)) = (&self.rate, ctx.client) else {
             return Ok(());
         };
         let route = ctx.route.unwrap_or(0);
         let user = ctx.verified.as_deref();
-        match rate.check(stage, client.key, user, route, ctx.rule_path(req)) {
-            Ok(()) => Ok(()),
-            Err(exceeded) => {
-                let r = exceeded.rule;
-                self.metrics.rate_limited.inc();
-                let per = match (r.per, user) {
-                    (Per::User, Some(_)) => "user",
-                    _ => "client address",
-                };
-                let message = format!(
-                    "rate limit exceeded: {} allows {} requests per second (burst {}) per {per}",
-                    r.path_prefix, r.per_second, r.burst
-                );
-                Err(Refusal::new(429, message).with("Retry-After", HeaderValue::from_static("1")))
-            }
-        }
+        rate.check(stage, client.key, user, route, ctx.rule_path(req))
+            .map_err(|exceeded| self.exceeded(exceeded, user))
+    }
+
+    /// The 429 of a request over a rate rule (counted for `user`, if any).
+    fn exceeded(&self, exceeded: limits::Exceeded<'_>, user: Option<&str>) -> Refusal {
+        let r = exceeded.rule;
+        self.metrics.rate_limited.inc();
+        let per = match (r.per, user) {
+            (Per::User, Some(_)) => "user",
+            (Per::User, None) => "client address for requests without a verified user",
+            (Per::Address, _) => "client address",
+        };
+        let message = format!(
+            "rate limit exceeded: {} allows {} requests per second (burst {}) per {per}",
+            r.path_prefix, r.per_second, r.burst
+        );
+        Refusal::new(429, message).with("Retry-After", HeaderValue::from_static("1"))
     }
 
     /// Answers the request with `refusal` and records why; `Ok(true)`, as `request_filter`

@@ -47,10 +47,11 @@ impl Resolver {
     /// The client of a request from `peer` carrying `headers`. From a trusted peer, the
     /// right-most address of its client header that is not itself trusted (the left-most when
     /// all are); for `x-forwarded-for`, the peer's `X-Real-IP` when it sent no usable
-    /// `X-Forwarded-For`; otherwise the peer itself.
-    pub fn resolve(&self, peer: IpAddr, headers: &HeaderMap) -> ClientIdentity {
+    /// `X-Forwarded-For`; otherwise the peer itself. `relays`: whether the peer may speak for
+    /// others at all (not an L4 balancer's own connection, see `proxy_protocol`).
+    pub fn resolve(&self, peer: IpAddr, relays: bool, headers: &HeaderMap) -> ClientIdentity {
         let peer = peer.to_canonical();
-        let peer_trusted = self.trusted.contains(peer);
+        let peer_trusted = relays && self.trusted.contains(peer);
         let ip = if !peer_trusted {
             peer
         } else {
@@ -167,7 +168,7 @@ mod tests {
     }
 
     fn resolve(peer: IpAddr, trusted: &CidrSet, headers: &HeaderMap) -> ClientIdentity {
-        resolver(trusted.clone(), ClientIpHeader::ForwardedFor, 64).resolve(peer, headers)
+        resolver(trusted.clone(), ClientIpHeader::ForwardedFor, 64).resolve(peer, true, headers)
     }
 
     #[test]
@@ -230,7 +231,7 @@ mod tests {
         ]);
         let real_ip = ClientIpHeader::Named(http::HeaderName::from_static("x-real-ip"));
         let r = resolver(trusted(&["10.0.0.0/8"]), real_ip, 64);
-        let id = r.resolve(ip("10.0.0.1"), &h);
+        let id = r.resolve(ip("10.0.0.1"), true, &h);
         assert_eq!(id.ip, ip("198.51.100.77"));
         assert!(
             id.peer_trusted && !id.chain_kept,
@@ -238,7 +239,7 @@ mod tests {
         );
         let only_forged = headers(&[("x-forwarded-for", "192.0.2.66")]);
         assert_eq!(
-            r.resolve(ip("10.0.0.1"), &only_forged).ip,
+            r.resolve(ip("10.0.0.1"), true, &only_forged).ip,
             ip("10.0.0.1"),
             "without the chosen header, the balancer itself"
         );
@@ -248,25 +249,31 @@ mod tests {
             ("true-client-ip", "203.0.113.8"),
             ("x-real-ip", "192.0.2.1"),
         ]);
-        assert_eq!(r.resolve(ip("10.0.0.1"), &h).ip, ip("203.0.113.8"));
+        assert_eq!(r.resolve(ip("10.0.0.1"), true, &h).ip, ip("203.0.113.8"));
         assert_eq!(
-            r.resolve(ip("203.0.113.99"), &h).ip,
+            r.resolve(ip("203.0.113.99"), true, &h).ip,
             ip("203.0.113.99"),
             "only a trusted peer names the client"
+        );
+        let own = r.resolve(ip("10.0.0.1"), false, &h);
+        assert_eq!(
+            (own.ip, own.peer_trusted),
+            (ip("10.0.0.1"), false),
+            "an L4 balancer's own connection relays nobody"
         );
     }
 
     #[test]
     fn ipv6_clients_are_keyed_by_their_prefix() {
         let r = resolver(trusted(&["10.0.0.0/8"]), ClientIpHeader::ForwardedFor, 64);
-        let a = r.resolve(ip("2001:db8:1:2::1"), &HeaderMap::new());
-        let b = r.resolve(ip("2001:db8:1:2:ffff::9"), &HeaderMap::new());
-        let c = r.resolve(ip("2001:db8:1:3::1"), &HeaderMap::new());
+        let a = r.resolve(ip("2001:db8:1:2::1"), true, &HeaderMap::new());
+        let b = r.resolve(ip("2001:db8:1:2:ffff::9"), true, &HeaderMap::new());
+        let c = r.resolve(ip("2001:db8:1:3::1"), true, &HeaderMap::new());
         assert_eq!(a.ip, ip("2001:db8:1:2::1"), "the address itself is kept");
         assert_eq!(a.key, b.key);
         assert_ne!(a.key, c.key);
         assert_eq!(show_key(a.key, 64), "2001:db8:1:2::/64");
-        let v4 = r.resolve(ip("192.0.2.1"), &HeaderMap::new());
+        let v4 = r.resolve(ip("192.0.2.1"), true, &HeaderMap::new());
         assert_eq!(
             (v4.key, show_key(v4.key, 64)),
             (ip("192.0.2.1"), "192.0.2.1".into())
@@ -281,7 +288,7 @@ mod tests {
             "NAT64 clients are their IPv4 address"
         );
         let forwarded = headers(&[("x-forwarded-for", "2001:db8:9:9::5")]);
-        let via = r.resolve(ip("10.0.0.1"), &forwarded);
+        let via = r.resolve(ip("10.0.0.1"), true, &forwarded);
         assert_eq!(via.key, ip("2001:db8:9:9::"));
     }
 

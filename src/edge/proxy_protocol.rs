@@ -5,7 +5,9 @@
 //! lockouts and the access log all see it. Only a peer in `trusted_proxies` may connect (the
 //! listener's connection filter drops others at accept); a connection without a valid header is
 //! closed. `UNKNOWN` (v1) and `LOCAL` (v2), which balancers send for their own health checks,
-//! leave the TCP peer as it is.
+//! leave the TCP peer as it is, and a request on such a connection is the balancer's own: its
+//! forwarding headers are not believed (see `named_in_header`). The socket digest's original
+//! destination marks a connection whose peer a header named: it is where the client connected.
 
 use crate::config::cidr::CidrSet;
 use crate::observe::throttle::OncePerSecond;
@@ -25,10 +27,21 @@ const HEADER_MAX: usize = 1024;
 /// What a PROXY header says about the connection.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Said {
-    /// It carries this client's address.
-    Client(SocketAddr),
-    /// `UNKNOWN` or `LOCAL`: the balancer speaks for itself.
+    /// It carries the client's address and the one it connected to.
+    Client {
+        client: SocketAddr,
+        destination: SocketAddr,
+    },
+    /// `UNKNOWN`, `LOCAL`, or an address family without IP addresses: the balancer speaks
+    /// for itself.
     Itself,
+}
+
+fn client(client: SocketAddr, destination: SocketAddr) -> Said {
+    Said::Client {
+        client,
+        destination,
+    }
 }
 
 /// The header at the start of `bytes` and its length; `Ok(None)` when more bytes are needed.
@@ -40,12 +53,14 @@ pub fn parse(bytes: &[u8]) -> Result<Option<(Said, usize)>, String> {
     match result {
         HeaderResult::V1(Ok(header)) => {
             let said = match header.addresses {
-                v1::Addresses::Tcp4(a) => {
-                    Said::Client(SocketAddr::from((a.source_address, a.source_port)))
-                }
-                v1::Addresses::Tcp6(a) => {
-                    Said::Client(SocketAddr::from((a.source_address, a.source_port)))
-                }
+                v1::Addresses::Tcp4(a) => client(
+                    (a.source_address, a.source_port).into(),
+                    (a.destination_address, a.destination_port).into(),
+                ),
+                v1::Addresses::Tcp6(a) => client(
+                    (a.source_address, a.source_port).into(),
+                    (a.destination_address, a.destination_port).into(),
+                ),
                 v1::Addresses::Unknown => Said::Itself,
             };
             Ok(Some((said, header.header.len())))
@@ -53,21 +68,28 @@ pub fn parse(bytes: &[u8]) -> Result<Option<(Said, usize)>, String> {
         HeaderResult::V2(Ok(header)) => {
             let said = match (header.command, &header.addresses) {
                 (v2::Command::Local, _) => Said::Itself,
-                (v2::Command::Proxy, v2::Addresses::IPv4(a)) => {
-                    Said::Client(SocketAddr::from((a.source_address, a.source_port)))
-                }
-                (v2::Command::Proxy, v2::Addresses::IPv6(a)) => {
-                    Said::Client(SocketAddr::from((a.source_address, a.source_port)))
-                }
-                (v2::Command::Proxy, _) => {
-                    return Err("a PROXY v2 header without an IP address".into())
-                }
+                (v2::Command::Proxy, v2::Addresses::IPv4(a)) => client(
+                    (a.source_address, a.source_port).into(),
+                    (a.destination_address, a.destination_port).into(),
+                ),
+                (v2::Command::Proxy, v2::Addresses::IPv6(a)) => client(
+                    (a.source_address, a.source_port).into(),
+                    (a.destination_address, a.destination_port).into(),
+                ),
+                // Unspecified or Unix: the protocol says to use the connection's own addresses.
+                (v2::Command::Proxy, _) => Said::Itself,
             };
             Ok(Some((said, header.len())))
         }
         HeaderResult::V1(Err(e)) => Err(format!("not a PROXY header: {e}")),
         HeaderResult::V2(Err(e)) => Err(format!("not a PROXY header: {e}")),
     }
+}
+
+/// Whether the peer of a connection with this socket digest was named by a PROXY header (not
+/// the balancer speaking for itself).
+pub fn named_in_header(socket: &SocketDigest) -> bool {
+    matches!(socket.original_dst.get(), Some(Some(_)))
 }
 
 /// Reads the PROXY header of a new connection (see the module's comment).
@@ -113,15 +135,9 @@ impl PreTlsProcess for ProxyProtocol {
                 .await
                 .map_err(|e| self.refuse(peer, &format!("reading the PROXY header: {e}")))?;
             if n == 0 && read.is_empty() {
-                // A balancer's TCP check: it connects and hangs up.
-                log::debug!(
-                    "service {}: connection closed before any byte",
-                    self.service
-                );
-                return Err(pingora::Error::explain(
-                    pingora::ErrorType::HandshakeError,
-                    "closed before a PROXY header",
-                ));
+                // A balancer's TCP check: it connects and hangs up. What follows (TLS, HTTP)
+                // finds the connection closed, as on a listener without PROXY headers.
+                return Ok(());
             }
             if n == 0 {
                 return Err(self.refuse(peer, "closed inside the PROXY header"));
@@ -136,7 +152,11 @@ impl PreTlsProcess for ProxyProtocol {
         };
         // What followed the header belongs to TLS or HTTP.
         stream.rewind(&read[length..]);
-        let Said::Client(client) = said else {
+        let Said::Client {
+            client,
+            destination,
+        } = said
+        else {
             return Ok(());
         };
         let ip = client.ip().to_canonical();
@@ -146,6 +166,7 @@ impl PreTlsProcess for ProxyProtocol {
         }
         let digest = SocketDigest::from_raw_fd(stream.as_raw_fd());
         let _ = digest.peer_addr.set(Some(client.into()));
+        let _ = digest.original_dst.set(Some(destination.into()));
         stream.set_socket_digest(digest);
         Ok(())
     }
@@ -168,12 +189,21 @@ mod tests {
     fn v1_names_the_client_or_itself() {
         let line = b"PROXY TCP4 203.0.113.7 10.0.0.1 51234 443\r\nGET / HTTP/1.1\r\n";
         let (said, length) = parse(line).unwrap().unwrap();
-        assert_eq!(said, Said::Client("203.0.113.7:51234".parse().unwrap()));
+        assert_eq!(
+            said,
+            client(
+                "203.0.113.7:51234".parse().unwrap(),
+                "10.0.0.1:443".parse().unwrap()
+            )
+        );
         assert_eq!(&line[length..], b"GET / HTTP/1.1\r\n");
         let v6 = b"PROXY TCP6 2001:db8::7 2001:db8::1 51234 443\r\n";
         assert_eq!(
             parse(v6).unwrap().unwrap().0,
-            Said::Client("[2001:db8::7]:51234".parse().unwrap())
+            client(
+                "[2001:db8::7]:51234".parse().unwrap(),
+                "[2001:db8::1]:443".parse().unwrap()
+            )
         );
         assert_eq!(
             parse(b"PROXY UNKNOWN\r\n").unwrap().unwrap().0,
@@ -195,9 +225,20 @@ mod tests {
         let length = header.len();
         header.extend_from_slice(b"\x16\x03\x01");
         let (said, found) = parse(&header).unwrap().unwrap();
-        assert_eq!(said, Said::Client("203.0.113.7:51234".parse().unwrap()));
+        assert_eq!(
+            said,
+            client(
+                "203.0.113.7:51234".parse().unwrap(),
+                "10.0.0.1:443".parse().unwrap()
+            )
+        );
         assert_eq!(found, length);
         assert_eq!(parse(&v2(0, 0, &[])).unwrap().unwrap().0, Said::Itself);
+        assert_eq!(
+            parse(&v2(1, 0, &[])).unwrap().unwrap().0,
+            Said::Itself,
+            "AF_UNSPEC"
+        );
         assert_eq!(parse(&header[..20]).unwrap(), None, "more to read");
     }
 

@@ -36,7 +36,7 @@ use routing::RouteTable;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use substitution::{Locations, Plan, StreamRewrite};
 
 /// One internal server as the proxy uses it.
@@ -245,8 +245,10 @@ impl FinesseSite {
         let Some(client) = ctx.client else {
             return Err(Refusal::new(500, "the client's address is unknown"));
         };
+        let path = ctx.rule_path(req);
+        let may_judge = || self.front.admit_unverified(req, ctx);
         match auth
-            .check(req, ctx.rule_path(req), client, ctx.wants_websocket)
+            .check(req, path, client, ctx.wants_websocket, may_judge)
             .await
         {
             Decision::Pass { user } => {
@@ -256,6 +258,8 @@ impl FinesseSite {
             }
             Decision::Refuse { refusal, user } => {
                 ctx.user = user;
+                // Without a verified user, it counts per address under a rule per user.
+                self.front.admit_user(req, ctx)?;
                 Err(refusal)
             }
         }
@@ -359,20 +363,31 @@ impl ProxyHttp for FinesseProxy {
     ) -> pingora::Result<bool> {
         let front = &self.site.front;
         front.begin(session, &mut ctx.exchange);
-        match self.site.gate(session, &mut ctx.exchange).await {
+        // A WebSocket watches for its user's revocation from the moment its check began.
+        let since = ctx.exchange.wants_websocket.then(Instant::now);
+        let refusal = match self.site.gate(session, &mut ctx.exchange).await {
             Ok(()) => {
                 let exchange = &ctx.exchange;
-                if let (Some(auth), Some(user), true) = (
-                    &self.site.auth,
-                    &exchange.verified,
-                    exchange.wants_websocket,
-                ) {
-                    ctx.closing = Some(auth.watch(user));
+                let (Some(auth), Some(user), Some(since)) =
+                    (&self.site.auth, &exchange.verified, since)
+                else {
+                    return Ok(false);
+                };
+                match auth.watch(user, since) {
+                    Some(closing) => {
+                        ctx.closing = Some(closing);
+                        return Ok(false);
+                    }
+                    None => Refusal::new(
+                        503,
+                        "the user was revoked while the credentials were checked: they are checked again on the next attempt",
+                    )
+                    .with("Retry-After", http::HeaderValue::from_static("1")),
                 }
-                Ok(false)
             }
-            Err(refusal) => front.respond(session, &mut ctx.exchange, refusal).await,
-        }
+            Err(refusal) => refusal,
+        };
+        front.respond(session, &mut ctx.exchange, refusal).await
     }
 
     /// A revoked user's WebSocket ends with a close frame (1008).

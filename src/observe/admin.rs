@@ -230,7 +230,7 @@ impl Admin {
             .into_iter()
             .flat_map(|q| q.split('&'))
             .find_map(|pair| pair.strip_prefix("user="))
-            .map(percent_decoded);
+            .map(query_decoded);
         let user = match user {
             Some(Some(user)) => Some(user),
             Some(None) => {
@@ -276,7 +276,7 @@ impl Admin {
         if method != http::Method::DELETE {
             return delete_only();
         }
-        let Some(user) = percent_decoded(user).filter(|u| !u.is_empty()) else {
+        let Some(user) = segment_decoded(user).filter(|u| !u.is_empty()) else {
             return respond(
                 StatusCode::BAD_REQUEST,
                 text,
@@ -356,30 +356,17 @@ fn delete_only() -> Response<Vec<u8>> {
     )
 }
 
-/// `text` with its `%XX` escapes (and `+` as a space) decoded; `None` when it is malformed or
-/// not UTF-8.
-fn percent_decoded(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
+/// A path segment, percent-decoded (`+` is a plus sign there); `None` when not UTF-8.
+fn segment_decoded(text: &str) -> Option<String> {
+    let decoded = percent_encoding::percent_decode_str(text)
+        .decode_utf8()
+        .ok()?;
+    Some(decoded.into_owned())
+}
+
+/// A query value, percent-decoded with `+` for a space; `None` when not UTF-8.
+fn query_decoded(text: &str) -> Option<String> {
+    segment_decoded(&text.replace('+', " "))
 }
 
 /// `host[:port]` or `[v6][:port]` -> host.
@@ -527,19 +514,8 @@ pub fn purge(admin: Option<&AdminSettings>, prefix: Option<&str>) -> ExitCode {
 
 /// `ccedge revoke`: asks the admin listener at `admin` to revoke `user`.
 pub fn revoke(admin: Option<&AdminSettings>, user: &str) -> ExitCode {
-    order(admin, &format!("/auth/users/{}", encode(user)), "revoke")
-}
-
-/// `text` percent-encoded for a path segment.
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                char::from(b).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    let user = percent_encoding::utf8_percent_encode(user, percent_encoding::NON_ALPHANUMERIC);
+    order(admin, &format!("/auth/users/{user}"), "revoke")
 }
 
 /// Sends `DELETE target` to the admin listener and reports the answer as command `what`.
@@ -608,16 +584,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lockout_user_names_are_percent_decoded() {
-        assert_eq!(percent_decoded("alice").as_deref(), Some("alice"));
+    fn user_names_are_percent_decoded_plus_signs_in_paths_kept() {
+        assert_eq!(query_decoded("alice").as_deref(), Some("alice"));
         assert_eq!(
-            percent_decoded("CORP%5Cj.doe%40x").as_deref(),
+            query_decoded("CORP%5Cj.doe%40x").as_deref(),
             Some("CORP\\j.doe@x")
         );
-        assert_eq!(percent_decoded("a+b").as_deref(), Some("a b"));
-        for bad in ["%", "%4", "%zz", "%ff"] {
-            assert_eq!(percent_decoded(bad), None, "{bad}");
-        }
+        assert_eq!(query_decoded("a+b").as_deref(), Some("a b"));
+        assert_eq!(query_decoded("a%2Bb").as_deref(), Some("a+b"));
+        assert_eq!(
+            segment_decoded("agent9+x@corp.com").as_deref(),
+            Some("agent9+x@corp.com")
+        );
+        assert_eq!(query_decoded("%ff"), None, "not UTF-8");
+        let sent = percent_encoding::utf8_percent_encode(
+            "agent9+x@corp.com",
+            percent_encoding::NON_ALPHANUMERIC,
+        )
+        .to_string();
+        assert_eq!(segment_decoded(&sent).as_deref(), Some("agent9+x@corp.com"));
     }
 
     #[test]

@@ -151,7 +151,7 @@ fn families() -> &'static Families {
         );
         let auth_blocked = counter(
             "ccedge_auth_blocked_requests_total",
-            "Requests refused with 429 because their client address is blocked.",
+            "Requests refused with 429 because their client address, or their user there, is blocked.",
             &["service"],
         );
         let cache_lookups = counter(

@@ -1242,6 +1242,112 @@ async fn a_revoked_agent_is_checked_again_and_loses_its_websocket() {
 }
 
 #[tokio::test]
+async fn a_websocket_being_checked_when_its_user_is_revoked_does_not_open() {
+    let log = Arc::new(EchoLog::default());
+    let app = Upstream::custom("finesse", finesse_with_notifications(log.clone())).await;
+    let site = AuthSite::start_with("auth-revoke-race", None, Some(app), "").await;
+    site.validator.delay_ms.store(1500, Ordering::SeqCst);
+    let proto = format!("xmpp, {}", URL_SAFE_NO_PAD.encode("agent8:secret"));
+    let (ca, port) = (site.ca.pem.clone(), site.port);
+    let opening = tokio::spawn(async move {
+        let headers = [("Sec-WebSocket-Protocol", proto.as_str())];
+        ws::connect_with(HOST, port, "/ws/", &ca, &headers)
+            .await
+            .err()
+    });
+    while site.validator.calls() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let revoke = format!("http://127.0.0.1:{}/auth/users/agent8", site.admin);
+    let revoked = curl(&["-X", "DELETE", &revoke]).await.unwrap();
+    assert_eq!(revoked.status, 200, "{}", revoked.body);
+    assert_eq!(
+        opening.await.unwrap(),
+        Some(503),
+        "the WebSocket opened although its user was revoked while it was checked"
+    );
+    assert!(log.upgrades.lock().unwrap().is_empty());
+    // The next attempt is checked again.
+    site.validator.delay_ms.store(0, Ordering::SeqCst);
+    let proto = format!("xmpp, {}", URL_SAFE_NO_PAD.encode("agent8:secret"));
+    let headers = [("Sec-WebSocket-Protocol", proto.as_str())];
+    let mut again = ws::connect_with(HOST, site.port, "/ws/", &site.ca.pem, &headers)
+        .await
+        .unwrap();
+    ws::echoes(&mut again, "back").await;
+    assert_eq!(site.validator.calls(), 2);
+}
+
+#[tokio::test]
+async fn a_stale_token_replayed_blocks_that_token_not_the_office() {
+    let site = AuthSite::start("auth-stale-token", None).await;
+    let stale = "Bearer stale-token";
+    let mut statuses = Vec::new();
+    for _ in 0..25 {
+        statuses.push(site.get("/finesse/api/User", Some(stale)).await.status);
+    }
+    assert_eq!(&statuses[..5], [401; 5]);
+    assert!(statuses[5..].iter().all(|s| *s == 429), "{statuses:?}");
+    let colleague = site
+        .get("/finesse/api/User/agent2", Some(&basic("agent2", "secret")))
+        .await;
+    assert_eq!(colleague.status, 200, "{}", colleague.body);
+    let stderr = site
+        .ccedge
+        .wait_stderr("a credential naming no user blocked at 127.0.0.1 for 1800 seconds after 5 failed logins")
+        .await;
+    assert!(
+        !stderr.contains("127.0.0.1 blocked for"),
+        "the office's address was blocked"
+    );
+}
+
+#[tokio::test]
+async fn requests_without_a_verified_user_count_per_address_under_a_rule_per_user() {
+    let extra = "    rate_limits:\n      - {path_prefix: /, per_second: 3, burst: 0, per: user}\n";
+    let site = AuthSite::start_with("auth-unverified", None, None, extra).await;
+    let agent = basic("agent2", "secret");
+    let signed_in = site.get("/finesse/api/User/agent2", Some(&agent)).await;
+    assert_eq!(signed_in.status, 200);
+    // No credentials at all, as fast as a client can send them.
+    let mut client = site.client();
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        let answer = client.get("/finesse/api/User").await.unwrap();
+        statuses.push(answer.status);
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    // While the validator is down, new credentials stop costing checks once the address has
+    // sent its share of requests without a verified user.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    site.validator.broken.store(true, Ordering::SeqCst);
+    let before = site.validator.calls();
+    let mut refused = 0;
+    for n in 0..20 {
+        let credential = basic("agent1", &format!("guess{n}"));
+        let answer = client
+            .send(
+                "GET",
+                "/finesse/api/User",
+                &[("Authorization", &credential)],
+                b"",
+            )
+            .await
+            .unwrap();
+        refused += usize::from(answer.status == 429);
+    }
+    assert!(refused > 0);
+    assert!(
+        site.validator.calls() - before <= 6,
+        "{} checks for 20 guesses",
+        site.validator.calls() - before
+    );
+    // An agent already signed in from the same address is not held back by them.
+    let agent = site.get("/finesse/api/User/agent2", Some(&agent)).await;
+    assert_eq!(agent.status, 200, "{}", agent.body);
+}
+
+#[tokio::test]
 async fn websocket_upgrades_carry_their_credentials_in_the_subprotocol() {
     let log = Arc::new(EchoLog::default());
     let app = Upstream::custom("notifications", ws::echo_handler(log.clone())).await;

@@ -82,9 +82,10 @@ async fn the_proxy_header_names_the_client_over_tls() {
         ),
         // A trusted balancer in front of the L4 one: its X-Forwarded-For is believed.
         (v1("10.9.0.5"), Proto::H1, forged),
-        // The L4 balancer's own health checks: the TCP peer, a trusted balancer.
-        (b"PROXY UNKNOWN\r\n".to_vec(), Proto::H1, forged),
-        (v2(None), Proto::H2, forged),
+        // The L4 balancer's own connections (its health checks): the TCP peer, which names
+        // nobody else whatever the request says.
+        (b"PROXY UNKNOWN\r\n".to_vec(), Proto::H1, "127.0.0.1"),
+        (v2(None), Proto::H2, "127.0.0.1"),
     ] {
         let answer = through(&dc, proto, &preface, forged)
             .await
@@ -150,6 +151,13 @@ async fn the_named_client_meets_client_allow_and_its_own_rate_limit() {
         .wait_stderr("connection from 198.51.100.7 closed: the client is not in client_allow")
         .await;
     assert_eq!(dc.publisher.hits(), 0);
+
+    // The balancer's own health checks are not clients.
+    let check = through(&dc, Proto::H1, b"PROXY UNKNOWN\r\n", "")
+        .await
+        .unwrap();
+    assert_eq!(check.status, 200);
+    assert_eq!(dc.publisher.hits(), 1);
 
     // Each address behind the balancer has its own budget.
     let first = through(&dc, Proto::H1, &v1("203.0.113.7"), "")

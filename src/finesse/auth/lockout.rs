@@ -1,8 +1,9 @@
 //! Brute-force protection, per user and per address: `failures` invalid credentials for one user
 //! name from one client address within `window` block that user there, and `address_failures`
 //! from one address across all users (password spraying) block the address, each for `block`.
-//! A credential without a user name (an invalid token, a malformed header) counts towards the
-//! address only. The table is bounded: past `MAX_TRACKED` records, those idle longest are
+//! A credential without a usable user name (a token) counts as a user of its own, so one stale
+//! token replayed by a gadget blocks that token, not its office; a malformed header counts
+//! towards the address only. The table is bounded: past `MAX_TRACKED` records, those idle longest are
 //! forgotten first, so a flood of addresses or names cannot grow it without limit.
 //!
 //! Guesses cannot outrun the count by arriving together: a credential that must be judged
@@ -25,11 +26,14 @@ use tokio::sync::Notify;
 
 /// Records (addresses, and user names at addresses) tracked per site at most.
 const MAX_TRACKED: usize = 65_536;
-/// The longest user name counted on its own; a longer one counts towards its address only.
+/// The longest user name counted on its own; a credential with a longer one counts as itself.
 const USER_MAX: usize = 256;
+/// What `/status` shows for the user of a block on a credential that names none.
+pub const NAMELESS: &str = "(a credential naming no user)";
 
 /// What a record counts: every attempt from a client address, or one user's there (the user
-/// name by a keyed hash of its lower-case form: `Alice` and `alice` are one user).
+/// name by a keyed hash of its lower-case form: `Alice` and `alice` are one user; a credential
+/// naming no user by a keyed hash of its digest).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Key {
     ip: IpAddr,
@@ -228,6 +232,28 @@ impl Lockouts {
         })
     }
 
+    /// The key of the record that stands for the user of `who`'s credential `digest`: its
+    /// user name's, or when it names none it can count under, the credential's own (names are
+    /// UTF-8, which never holds the byte that sets the two apart); the name to show for it.
+    fn counted_as<'w>(
+        &self,
+        who: Who<'w>,
+        digest: Option<&Digest>,
+    ) -> Option<(Key, Option<&'w str>)> {
+        if let Some(key) = self.user_key(who.ip, who.user) {
+            return Some((key, who.user));
+        }
+        let digest = digest?;
+        let mut hasher = self.names.build_hasher();
+        hasher.write_u8(0xFF);
+        hasher.write(digest);
+        let key = Key {
+            ip: who.ip,
+            user: Some(hasher.finish()),
+        };
+        Some((key, None))
+    }
+
     /// The record for `key`, made (with `name`) if there is none.
     fn record<'t>(
         &self,
@@ -271,7 +297,8 @@ impl Lockouts {
             ip: who.ip,
             user: None,
         };
-        let user = self.user_key(who.ip, who.user);
+        let counted = self.counted_as(who, Some(&digest));
+        let user = counted.map(|(key, _)| key);
         let window = self.settings.window;
         let mut table = self.table();
         // Looked at without making records: a known credential of a client with nothing
@@ -303,8 +330,9 @@ impl Lockouts {
                 return Admission::Decide(verdict);
             }
         }
+        let name = counted.and_then(|(_, name)| name);
         for key in std::iter::once(address).chain(user) {
-            let record = self.record(&mut table, key, who.user, now);
+            let record = self.record(&mut table, key, name, now);
             match record.judging.iter_mut().find(|(d, _)| *d == digest) {
                 Some((_, holders)) => *holders += 1,
                 None => record.judging.push((digest, 1)),
@@ -366,8 +394,9 @@ impl Lockouts {
         blocks
     }
 
-    /// Counts a failed attempt from `who` that needed no reservation (it was known to fail).
-    pub fn failed(&self, who: Who<'_>, now: Instant) -> Blocks {
+    /// Counts a failed attempt from `who` with credential `digest` (none for a malformed
+    /// one) that needed no reservation (it was known to fail).
+    pub fn failed(&self, who: Who<'_>, digest: Option<&Digest>, now: Instant) -> Blocks {
         let address = Key {
             ip: who.ip,
             user: None,
@@ -376,8 +405,8 @@ impl Lockouts {
         let mut blocks = Blocks::default();
         let record = self.record(&mut table, address, None, now);
         blocks.address = self.count_failure(record, address, now);
-        if let Some(key) = self.user_key(who.ip, who.user) {
-            let record = self.record(&mut table, key, who.user, now);
+        if let Some((key, name)) = self.counted_as(who, digest) {
+            let record = self.record(&mut table, key, name, now);
             blocks.user = self.count_failure(record, key, now);
         }
         blocks
@@ -451,7 +480,9 @@ impl Lockouts {
             .filter_map(|(key, r)| {
                 Some(Current {
                     ip: key.ip,
-                    user: key.user.and(r.name.as_deref().map(String::from)),
+                    user: key
+                        .user
+                        .map(|_| r.name.as_deref().unwrap_or(NAMELESS).to_string()),
                     seconds_left: r.blocked_for(now)?.as_secs().max(1),
                 })
             })
@@ -557,11 +588,11 @@ mod tests {
         let t = Instant::now();
         for i in 0..4 {
             assert_eq!(
-                l.failed(who(1, "alice"), t + Duration::from_secs(i)),
+                l.failed(who(1, "alice"), None, t + Duration::from_secs(i)),
                 Blocks::default()
             );
         }
-        let blocks = l.failed(who(1, "alice"), t + Duration::from_secs(5));
+        let blocks = l.failed(who(1, "alice"), None, t + Duration::from_secs(5));
         assert_eq!(
             blocks,
             Blocks {
@@ -606,9 +637,9 @@ mod tests {
         let t = Instant::now();
         let names: Vec<String> = (0..20).map(|n| format!("user{n}")).collect();
         for name in &names[..19] {
-            assert_eq!(l.failed(who(1, name), t).address, None);
+            assert_eq!(l.failed(who(1, name), None, t).address, None);
         }
-        let blocks = l.failed(who(1, &names[19]), t);
+        let blocks = l.failed(who(1, &names[19]), None, t);
         assert_eq!(blocks.address.map(|b| b.after_failures), Some(20));
         assert_eq!(blocks.user, None, "one failure for that user");
         assert_eq!(blocked_as(&l, who(1, "bob"), t), Some(Kind::Address));
@@ -620,20 +651,59 @@ mod tests {
     }
 
     #[test]
-    fn a_credential_without_a_user_name_counts_towards_the_address_only() {
+    fn a_malformed_credential_counts_towards_the_address_only() {
         let l = lockouts(1, 2, 30, 600);
         let t = Instant::now();
-        assert_eq!(l.failed(who(1, ""), t), Blocks::default());
+        assert_eq!(l.failed(who(1, ""), None, t), Blocks::default());
         assert_eq!(
-            l.failed(who(1, ""), t).address.map(|b| b.after_failures),
+            l.failed(who(1, ""), None, t)
+                .address
+                .map(|b| b.after_failures),
             Some(2)
         );
+    }
+
+    #[test]
+    fn a_token_naming_no_user_counts_as_a_user_of_its_own() {
+        let l = lockouts(5, 20, 30, 600);
+        let t = Instant::now();
+        // One stale token replayed by a gadget: blocked itself after five, its office is not.
+        let stale = digest(7);
+        for i in 1..=5u64 {
+            let blocks = l.failed(who(1, ""), Some(&stale), t + Duration::from_secs(i));
+            assert_eq!(blocks.user.is_some(), i == 5, "replay {i}");
+            assert_eq!(blocks.address, None);
+        }
+        let later = t + Duration::from_secs(6);
+        assert!(matches!(
+            l.reserve(who(1, ""), stale, None::<()>, later),
+            Admission::Blocked(Kind::User, _)
+        ));
+        assert!(
+            matches!(
+                l.reserve(who(1, ""), digest(8), None::<()>, later),
+                Admission::Reserved(_)
+            ),
+            "another token from the same office"
+        );
+        assert!(l.blocked(ip(1), later).is_none());
+        let shown = l.current(later);
+        assert_eq!(shown.len(), 1);
+        assert_eq!(shown[0].user.as_deref(), Some(NAMELESS));
+        // Tokens sprayed, each new: they count towards the address.
+        let l = lockouts(5, 3, 30, 600);
+        for n in 1..=3u8 {
+            let blocks = l.failed(who(1, ""), Some(&digest(n)), t);
+            assert_eq!(blocks.address.is_some(), n == 3);
+        }
+        // A name too long to count on its own counts as its credential.
         let long = "x".repeat(USER_MAX + 1);
-        let l = lockouts(1, 2, 30, 600);
+        let l = lockouts(1, 20, 30, 600);
+        assert!(l.failed(who(1, &long), Some(&digest(9)), t).user.is_some());
         assert_eq!(
-            l.failed(who(1, &long), t).user,
-            None,
-            "too long to count alone"
+            l.current(t)[0].user.as_deref(),
+            Some(NAMELESS),
+            "the name is not kept"
         );
     }
 
@@ -641,7 +711,7 @@ mod tests {
     fn no_more_credentials_are_judged_at_once_than_failures_are_left() {
         let l = lockouts(3, 20, 30, 600);
         let t = Instant::now();
-        l.failed(who(1, "alice"), t);
+        l.failed(who(1, "alice"), None, t);
         let a = reserved(&l, who(1, "alice"), 1, t);
         let b = reserved(&l, who(1, "alice"), 2, t);
         let waiter = waits(&l, who(1, "alice"), 3, t).expect("a third guess for alice waits");
@@ -740,19 +810,19 @@ mod tests {
     fn lifting_one_user_or_every_block_at_an_address() {
         let l = lockouts(1, 3, 10, 60);
         let t = Instant::now();
-        l.failed(who(7, "alice"), t);
-        l.failed(who(7, "bob"), t);
+        l.failed(who(7, "alice"), None, t);
+        l.failed(who(7, "bob"), None, t);
         assert!(l.clear(ip(7), Some("Alice"), t));
         assert!(!l.clear(ip(7), Some("alice"), t));
         assert_eq!(blocked_as(&l, who(7, "alice"), t), None);
         assert_eq!(blocked_as(&l, who(7, "bob"), t), Some(Kind::User));
-        l.failed(who(7, "carol"), t);
-        l.failed(who(7, "dave"), t);
+        l.failed(who(7, "carol"), None, t);
+        l.failed(who(7, "dave"), None, t);
         assert_eq!(blocked_as(&l, who(7, "erin"), t), Some(Kind::Address));
         assert!(l.clear(ip(7), None, t));
         assert_eq!(blocked_as(&l, who(7, "bob"), t), None, "every block there");
         assert_eq!(blocked_as(&l, who(7, "erin"), t), None);
-        l.failed(who(8, "alice"), t);
+        l.failed(who(8, "alice"), None, t);
         assert!(
             !l.clear(ip(8), None, t + Duration::from_secs(61)),
             "an ended block is no block"
@@ -784,11 +854,12 @@ mod tests {
     fn failures_in_flight_during_a_block_neither_extend_nor_repeat_it() {
         let l = lockouts(2, 20, 30, 600);
         let t = Instant::now();
-        l.failed(who(1, "alice"), t);
-        assert!(l.failed(who(1, "alice"), t).user.is_some());
+        l.failed(who(1, "alice"), None, t);
+        assert!(l.failed(who(1, "alice"), None, t).user.is_some());
         for s in 1..5 {
             assert_eq!(
-                l.failed(who(1, "alice"), t + Duration::from_secs(s)).user,
+                l.failed(who(1, "alice"), None, t + Duration::from_secs(s))
+                    .user,
                 None
             );
         }
@@ -805,7 +876,7 @@ mod tests {
         let t = Instant::now();
         for i in 0..10 {
             assert_eq!(
-                l.failed(who(1, "alice"), t + Duration::from_secs(i * 6)),
+                l.failed(who(1, "alice"), None, t + Duration::from_secs(i * 6)),
                 Blocks::default()
             );
         }
@@ -815,11 +886,11 @@ mod tests {
     fn a_flood_of_addresses_and_names_stays_bounded_and_keeps_blocks() {
         let l = lockouts(2, 20, 30, 600);
         let t = Instant::now();
-        l.failed(who(0, "alice"), t);
-        l.failed(who(0, "alice"), t);
+        l.failed(who(0, "alice"), None, t);
+        l.failed(who(0, "alice"), None, t);
         for n in 1..(MAX_TRACKED as u32) {
             let name = format!("u{n}");
-            l.failed(who(n, &name), t + Duration::from_millis(u64::from(n)));
+            l.failed(who(n, &name), None, t + Duration::from_millis(u64::from(n)));
         }
         assert!(l.tracked() <= MAX_TRACKED);
         let later = t + Duration::from_secs(200);

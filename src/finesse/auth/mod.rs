@@ -150,13 +150,15 @@ impl Auth {
     }
 
     /// Decides whether `req` from `client` may go on; `path` is the path rules match (see
-    /// `edge::target`).
+    /// `edge::target`). `may_judge` is asked before a credential is checked (not for one whose
+    /// verdict is kept): its refusal answers instead.
     pub async fn check(
         &self,
         req: &RequestHeader,
         path: &str,
         client: ClientIdentity,
         websocket: bool,
+        may_judge: impl Fn() -> Result<(), Refusal>,
     ) -> Decision {
         let public = self.public_paths.iter().any(|p| under(path, p));
         if public || is_preflight(req) {
@@ -168,7 +170,7 @@ impl Auth {
         let credential = match credential::presented(&req.headers, websocket) {
             Presented::Credential(c) => c,
             Presented::Unusable(why) => {
-                return self.failed(req, client, None, Arc::from(why), None);
+                return self.failed(req, client, None, None, Arc::from(why), None);
             }
             Presented::Nothing => {
                 let challenge = vec![("WWW-Authenticate", self.challenge(req))];
@@ -188,10 +190,14 @@ impl Auth {
             Ok(Turn::Judge(reservation)) => reservation,
             Ok(Turn::Known(verdict)) => {
                 self.metrics.kept.inc();
-                return self.decide(&attempt, client, claimed(), Some(verdict), None);
+                return self.decide(&attempt, client, claimed, Some(verdict), None);
             }
             Err(refused) => return refused,
         };
+        if let Err(refusal) = may_judge() {
+            let user = claimed().filter(|u| loggable(u)).map(Arc::from);
+            return Decision::Refuse { refusal, user };
+        }
         let mut verdict = None;
         for method in &self.methods {
             verdict = method.judge(&attempt).await;
@@ -199,7 +205,7 @@ impl Auth {
                 break;
             }
         }
-        self.decide(&attempt, client, claimed(), verdict, Some(reservation))
+        self.decide(&attempt, client, claimed, verdict, Some(reservation))
     }
 
     /// The credential `digest`'s verdict when it is known and its user and address have a place
@@ -255,17 +261,18 @@ impl Auth {
     }
 
     /// The gate's answer once a credential was judged (or found judged): `reservation` is
-    /// settled with the outcome. `claimed`: the user name the credential presents.
-    fn decide(
+    /// settled with the outcome. `claimed`: the user name the credential presents, read only
+    /// when the answer needs it.
+    fn decide<'c>(
         &self,
         attempt: &Attempt<'_>,
         client: ClientIdentity,
-        claimed: Option<&str>,
+        claimed: impl Fn() -> Option<&'c str>,
         verdict: Option<Verdict>,
         reservation: Option<Reservation<'_>>,
     ) -> Decision {
         let req = attempt.request;
-        let user = || claimed.filter(|u| loggable(u)).map(Arc::from);
+        let user = || claimed().filter(|u| loggable(u)).map(Arc::from);
         match verdict {
             Some(Verdict::Valid { user: proven }) => {
                 if let Some(r) = reservation {
@@ -273,7 +280,10 @@ impl Auth {
                 }
                 Decision::Pass { user: proven }
             }
-            Some(Verdict::Invalid(why)) => self.failed(req, client, claimed, why, reservation),
+            Some(Verdict::Invalid(why)) => {
+                let digest = Some(&attempt.digest);
+                self.failed(req, client, claimed(), digest, why, reservation)
+            }
             Some(Verdict::Unavailable(why)) => {
                 drop(reservation);
                 let message = format!("credentials cannot be checked right now: {why}");
@@ -306,7 +316,7 @@ impl Auth {
                 "too many failed logins for {user} from {from}: blocked for {seconds} more seconds"
             ),
             (Kind::User, None) => format!(
-                "too many failed logins for this user from {from}: blocked for {seconds} more seconds"
+                "too many failed logins with these credentials from {from}: blocked for {seconds} more seconds"
             ),
             (Kind::Address, _) => format!(
                 "too many failed logins from {from}: blocked for {seconds} more seconds"
@@ -336,6 +346,7 @@ impl Auth {
         req: &RequestHeader,
         client: ClientIdentity,
         claimed: Option<&str>,
+        digest: Option<&Digest>,
         why: Arc<str>,
         reservation: Option<Reservation<'_>>,
     ) -> Decision {
@@ -343,20 +354,24 @@ impl Auth {
         let now = Instant::now();
         let blocks = match reservation {
             Some(r) => r.settle(true, now),
-            None => self.lockouts.failed(
-                Who {
+            None => {
+                let who = Who {
                     ip: client.key,
                     user: claimed,
-                },
-                now,
-            ),
+                };
+                self.lockouts.failed(who, digest, now)
+            }
         };
         let shown = claimed.filter(|u| loggable(u));
         if let Some(blocked) = blocks.user {
             self.metrics.user_lockouts.inc();
+            let blocked_one = match (claimed, shown) {
+                (_, Some(user)) => format!("user {user}"),
+                (Some(_), None) => "user (a name that cannot be logged)".to_string(),
+                (None, _) => "a credential naming no user".to_string(),
+            };
             log::warn!(
-                "user {} blocked at {} for {} seconds after {} failed logins (service {})",
-                shown.unwrap_or("(a name that cannot be logged)"),
+                "{blocked_one} blocked at {} for {} seconds after {} failed logins (service {})",
                 client.ip,
                 blocked.seconds,
                 blocked.after_failures,
@@ -401,9 +416,10 @@ impl Auth {
         self.revocations.revoke(user)
     }
 
-    /// What an open WebSocket of `user` waits on: it changes when the user is revoked.
-    pub fn watch(&self, user: &str) -> tokio::sync::watch::Receiver<()> {
-        self.revocations.watch(user)
+    /// What an open WebSocket of `user` waits on: it changes when the user is revoked. `None`
+    /// when the user was revoked at `since` (when the request's check began) or after.
+    pub fn watch(&self, user: &str, since: Instant) -> Option<tokio::sync::watch::Receiver<()>> {
+        self.revocations.watch(user, since)
     }
 
     /// Lifts the block of `user` at the client `ip` counts as (its IPv6 network), or with no

@@ -3,13 +3,15 @@
 //! open WebSockets are closed (with a close frame saying why). User names are compared without
 //! regard to ASCII case.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-/// Users tracked before those with no open WebSocket and no recent revocation are forgotten.
+/// Users tracked before those with no open WebSocket and no recent revocation are forgotten;
+/// then again each time the table has doubled since.
 const TIDY_PAST: usize = 4096;
 
 #[derive(Default)]
@@ -19,8 +21,16 @@ struct UserState {
     sessions: Option<watch::Sender<()>>,
 }
 
+#[derive(Default)]
+struct Table {
+    /// By lower-case user name.
+    users: HashMap<String, UserState>,
+    /// The size at which the table is tidied next.
+    tidy_at: usize,
+}
+
 pub struct Revocations {
-    users: Mutex<HashMap<String, UserState>>,
+    table: RwLock<Table>,
     /// Where `latest` counts from.
     origin: Instant,
     /// When the latest revocation happened, in milliseconds since `origin` (0: none yet): a
@@ -30,18 +40,34 @@ pub struct Revocations {
     keep: Duration,
 }
 
+/// `user` as the table knows it (lower case), without a copy when it is already.
+fn folded(user: &str) -> Cow<'_, str> {
+    if user.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(user.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(user)
+    }
+}
+
 impl Revocations {
     pub fn new(keep: Duration) -> Self {
         Revocations {
-            users: Mutex::new(HashMap::new()),
+            table: RwLock::new(Table {
+                users: HashMap::new(),
+                tidy_at: TIDY_PAST,
+            }),
             origin: Instant::now(),
             latest: AtomicU64::new(0),
             keep,
         }
     }
 
-    fn users(&self) -> std::sync::MutexGuard<'_, HashMap<String, UserState>> {
-        self.users.lock().unwrap_or_else(|p| p.into_inner())
+    fn read(&self) -> RwLockReadGuard<'_, Table> {
+        self.table.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Table> {
+        self.table.write().unwrap_or_else(|p| p.into_inner())
     }
 
     fn millis(&self, t: Instant) -> u64 {
@@ -54,35 +80,44 @@ impl Revocations {
         if latest == 0 || latest < self.millis(judged) {
             return false;
         }
-        self.users()
-            .get(&user.to_ascii_lowercase())
+        self.read()
+            .users
+            .get(folded(user).as_ref())
             .and_then(|s| s.revoked_at)
             .is_some_and(|at| at >= judged)
     }
 
-    /// What an open WebSocket of `user` waits on: it changes when the user is revoked.
-    pub fn watch(&self, user: &str) -> watch::Receiver<()> {
-        let mut users = self.users();
-        if users.len() > TIDY_PAST {
+    /// What an open WebSocket of `user` waits on: it changes when the user is revoked. `None`
+    /// when the user was revoked at `since` or after (while their credential was being
+    /// checked, say): that WebSocket must not open.
+    pub fn watch(&self, user: &str, since: Instant) -> Option<watch::Receiver<()>> {
+        let mut table = self.write();
+        if table.users.len() >= table.tidy_at {
             let now = Instant::now();
-            users.retain(|_, s| {
+            table.users.retain(|_, s| {
                 s.sessions.as_ref().is_some_and(|t| t.receiver_count() > 0)
                     || s.revoked_at
                         .is_some_and(|at| now.duration_since(at) < self.keep)
             });
+            table.tidy_at = (table.users.len() * 2).max(TIDY_PAST);
         }
-        let state = users.entry(user.to_ascii_lowercase()).or_default();
-        state
-            .sessions
-            .get_or_insert_with(|| watch::channel(()).0)
-            .subscribe()
+        let state = table.users.entry(folded(user).into_owned()).or_default();
+        if state.revoked_at.is_some_and(|at| at >= since) {
+            return None;
+        }
+        Some(
+            state
+                .sessions
+                .get_or_insert_with(|| watch::channel(()).0)
+                .subscribe(),
+        )
     }
 
     /// Revokes `user` now; how many of their WebSockets were open (they are told to close).
     pub fn revoke(&self, user: &str) -> usize {
         let now = Instant::now();
-        let mut users = self.users();
-        let state = users.entry(user.to_ascii_lowercase()).or_default();
+        let mut table = self.write();
+        let state = table.users.entry(folded(user).into_owned()).or_default();
         state.revoked_at = Some(now);
         self.latest
             .store(self.millis(now).max(1), Ordering::Release);
@@ -133,11 +168,19 @@ mod tests {
     #[tokio::test]
     async fn open_websockets_of_the_user_are_told() {
         let r = Revocations::new(Duration::from_secs(900));
-        let mut alice = r.watch("alice");
-        let bob = r.watch("bob");
+        let opened = Instant::now();
+        let mut alice = r.watch("alice", opened).unwrap();
+        let bob = r.watch("bob", opened).unwrap();
         assert_eq!(r.revoke("ALICE"), 1);
         assert!(alice.changed().await.is_ok());
         assert!(!bob.has_changed().unwrap());
+        // A WebSocket whose credential was being checked when the revocation came.
+        assert!(r.watch("Alice", opened).is_none());
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(
+            r.watch("alice", Instant::now()).is_some(),
+            "checked again since"
+        );
     }
 
     #[test]

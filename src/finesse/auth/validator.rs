@@ -52,11 +52,30 @@ enum Answer {
 /// Whether a validator answers, as the last requests found it.
 #[derive(Default)]
 struct Health {
-    /// Failures in a row.
+    /// Failures in a row (one per request asked while it was awake).
     failures: u32,
+    /// When the current rest began.
+    rested_at: Option<Instant>,
     /// Not asked before this, unless no other validator answers.
     resting_until: Option<Instant>,
     last_error: Option<String>,
+}
+
+impl Health {
+    /// A request sent at `sent` failed at `now`: the validator rests, longer after each
+    /// failure in a row; the rest it begins, or `None` when a rest began after `sent` (many
+    /// requests in flight when it went down are one failure, not one each).
+    fn failed(&mut self, why: &str, sent: Instant, now: Instant) -> Option<Duration> {
+        self.last_error = Some(why.to_string());
+        if self.rested_at.is_some_and(|at| at >= sent) {
+            return None;
+        }
+        self.failures += 1;
+        let rest = backoff(self.failures);
+        self.rested_at = Some(now);
+        self.resting_until = Some(now + rest);
+        Some(rest)
+    }
 }
 
 /// One validator (side A, side B, ...).
@@ -91,12 +110,11 @@ impl Side {
         self.up.set(1);
     }
 
-    fn failed(&self, service: &str, why: &str, now: Instant) {
+    fn failed(&self, service: &str, why: &str, sent: Instant) {
         let mut health = self.health();
-        health.failures += 1;
-        let rest = backoff(health.failures);
-        health.resting_until = Some(now + rest);
-        health.last_error = Some(why.to_string());
+        let Some(rest) = health.failed(why, sent, Instant::now()) else {
+            return;
+        };
         self.up.set(0);
         if health.failures == 1 || self.report.ready() {
             log::warn!(
@@ -241,6 +259,7 @@ impl Validator {
         }
         let mut why = String::from("no validator is configured");
         for side in self.order(Instant::now()) {
+            let sent = Instant::now();
             match self.ask(side, credential).await {
                 Answer::Valid => {
                     side.answered(&self.service);
@@ -267,7 +286,7 @@ impl Validator {
                 }
                 Answer::Failed(failure) => {
                     side.answers[2].inc();
-                    side.failed(&self.service, &failure, Instant::now());
+                    side.failed(&self.service, &failure, sent);
                     why = format!("{}: {failure}", side.url);
                 }
             }
@@ -313,5 +332,23 @@ mod tests {
         let rests: Vec<u64> = (1..=6).map(|n| backoff(n).as_secs()).collect();
         assert_eq!(rests, [10, 20, 40, 60, 60, 60]);
         assert_eq!(backoff(u32::MAX).as_secs(), 60);
+    }
+
+    #[test]
+    fn requests_in_flight_when_it_went_down_are_one_failure() {
+        let mut health = Health::default();
+        let sent = Instant::now();
+        let down = sent + Duration::from_millis(300);
+        assert_eq!(health.failed("500", sent, down), Some(backoff(1)));
+        for _ in 0..9 {
+            assert_eq!(health.failed("500", sent, down), None);
+        }
+        assert_eq!(health.failures, 1);
+        // Asked again after its rest, it fails again: a longer rest.
+        let again = down + Duration::from_secs(11);
+        assert_eq!(
+            health.failed("500", again, again + Duration::from_millis(5)),
+            Some(backoff(2))
+        );
     }
 }
