@@ -219,18 +219,6 @@ impl Front {
         self.limit(Stage::AfterAuth, req, ctx)
     }
 
-    /// Whether a new credential of this request may be checked: not when its address has
-    /// already sent as many requests without a verified user as a rule per user admits (see
-    /// `RateLimiter::check_unverified`).
-    pub fn admit_unverified(&self, req: &RequestHeader, ctx: &Exchange) -> Result<(), Refusal> {
-        let (Some(rate), Some(client)) = (&self.rate, ctx.client) else {
-            return Ok(());
-        };
-        let route = ctx.route.unwrap_or(0);
-        rate.check_unverified(client.key, route, ctx.rule_path(req))
-            .map_err(|exceeded| self.exceeded(exceeded, None))
-    }
-
     fn limit(&self, stage: Stage, req: &RequestHeader, ctx: &Exchange) -> Result<(), Refusal> {
         let (Some(rate), Some(client)) = (&self.rate, ctx.client) else {
             return Ok(());
@@ -247,8 +235,7 @@ impl Front {
         self.metrics.rate_limited.inc();
         let per = match (r.per, user) {
             (Per::User, Some(_)) => "user",
-            (Per::User, None) => "client address for requests without a verified user",
-            (Per::Address, _) => "client address",
+            _ => "client address",
         };
         let message = format!(
             "rate limit exceeded: {} allows {} requests per second (burst {}) per {per}",

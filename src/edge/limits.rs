@@ -173,27 +173,6 @@ impl RateLimiter {
         self.judge(rule, &key, current)
     }
 
-    /// Whether one more request without a verified user from `client` would still be admitted
-    /// under a rule that counts per user (such requests count per address): asked before a new
-    /// credential is checked, so that a client refused again and again stops costing checks.
-    /// Counts nothing.
-    pub fn check_unverified(
-        &self,
-        client: IpAddr,
-        route: usize,
-        path: &str,
-    ) -> Result<(), Exceeded<'_>> {
-        let Some((index, rule)) = self.rule(route, path) else {
-            return Ok(());
-        };
-        if rule.per != Per::User {
-            return Ok(());
-        }
-        let key = Key(Counted::Address(client), index);
-        let current = self.rate.observe(&key, 0) + 1;
-        self.judge(rule, &key, current)
-    }
-
     fn judge<'r>(&self, rule: &'r RateRule, key: &Key, current: isize) -> Result<(), Exceeded<'r>> {
         // The previous second only matters once this one is past the plain limit.
         let previous = if current > rule.per_second as isize {
@@ -332,36 +311,6 @@ mod tests {
         );
         assert!(check(Stage::AfterAuth, None).is_ok());
         assert!(check(Stage::AfterAuth, None).is_err());
-    }
-
-    #[test]
-    fn a_new_credential_is_not_checked_for_an_address_over_its_unverified_rate() {
-        let mut per_user = rule("/", 2, 0);
-        per_user.per = Per::User;
-        let limiter = RateLimiter::by_path(vec![rule("/public/", 1, 0), per_user]).unwrap();
-        let office: IpAddr = "192.0.2.1".parse().unwrap();
-        let path = "/finesse/api/User";
-        let unverified = || limiter.check_unverified(office, 0, path);
-        assert!(unverified().is_ok());
-        assert!(limiter
-            .check(Stage::AfterAuth, office, None, 0, path)
-            .is_ok());
-        assert!(unverified().is_ok(), "one more would pass");
-        assert!(limiter
-            .check(Stage::AfterAuth, office, None, 0, path)
-            .is_ok());
-        assert!(unverified().is_err(), "the third would not");
-        assert!(unverified().is_err(), "asking counts nothing");
-        assert!(
-            limiter
-                .check(Stage::AfterAuth, office, Some("alice"), 0, path)
-                .is_ok(),
-            "verified users keep their own count"
-        );
-        assert!(
-            limiter.check_unverified(office, 0, "/public/x").is_ok(),
-            "rules per address are checked before authentication"
-        );
     }
 
     #[test]

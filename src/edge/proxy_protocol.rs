@@ -157,6 +157,11 @@ impl PreTlsProcess for ProxyProtocol {
             destination,
         } = said
         else {
+            // Set here, the balancer's own connection cannot be taken later for one a header
+            // named (a lookup of the socket's original destination would fill it otherwise).
+            if let Some(socket) = stream.get_socket_digest() {
+                let _ = socket.original_dst.set(None);
+            }
             return Ok(());
         };
         let ip = client.ip().to_canonical();

@@ -245,10 +245,8 @@ impl FinesseSite {
         let Some(client) = ctx.client else {
             return Err(Refusal::new(500, "the client's address is unknown"));
         };
-        let path = ctx.rule_path(req);
-        let may_judge = || self.front.admit_unverified(req, ctx);
         match auth
-            .check(req, path, client, ctx.wants_websocket, may_judge)
+            .check(req, ctx.rule_path(req), client, ctx.wants_websocket)
             .await
         {
             Decision::Pass { user } => {

@@ -1281,13 +1281,16 @@ async fn a_websocket_being_checked_when_its_user_is_revoked_does_not_open() {
 #[tokio::test]
 async fn a_stale_token_replayed_blocks_that_token_not_the_office() {
     let site = AuthSite::start("auth-stale-token", None).await;
-    let stale = "Bearer stale-token";
-    let mut statuses = Vec::new();
-    for _ in 0..25 {
-        statuses.push(site.get("/finesse/api/User", Some(stale)).await.status);
+    // Four gadgets with stale tokens (after a key rotation, say), each polling on.
+    for gadget in 1..=4 {
+        let stale = format!("Bearer stale-token-{gadget}");
+        let mut statuses = Vec::new();
+        for _ in 0..8 {
+            statuses.push(site.get("/finesse/api/User", Some(&stale)).await.status);
+        }
+        assert_eq!(&statuses[..5], [401; 5]);
+        assert!(statuses[5..].iter().all(|s| *s == 429), "{statuses:?}");
     }
-    assert_eq!(&statuses[..5], [401; 5]);
-    assert!(statuses[5..].iter().all(|s| *s == 429), "{statuses:?}");
     let colleague = site
         .get("/finesse/api/User/agent2", Some(&basic("agent2", "secret")))
         .await;
@@ -1317,34 +1320,12 @@ async fn requests_without_a_verified_user_count_per_address_under_a_rule_per_use
         statuses.push(answer.status);
     }
     assert!(statuses.contains(&429), "{statuses:?}");
-    // While the validator is down, new credentials stop costing checks once the address has
-    // sent its share of requests without a verified user.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    site.validator.broken.store(true, Ordering::SeqCst);
-    let before = site.validator.calls();
-    let mut refused = 0;
-    for n in 0..20 {
-        let credential = basic("agent1", &format!("guess{n}"));
-        let answer = client
-            .send(
-                "GET",
-                "/finesse/api/User",
-                &[("Authorization", &credential)],
-                b"",
-            )
-            .await
-            .unwrap();
-        refused += usize::from(answer.status == 429);
-    }
-    assert!(refused > 0);
-    assert!(
-        site.validator.calls() - before <= 6,
-        "{} checks for 20 guesses",
-        site.validator.calls() - before
-    );
-    // An agent already signed in from the same address is not held back by them.
+    // Colleagues at that address are not held back by them: one signed in before, one new.
     let agent = site.get("/finesse/api/User/agent2", Some(&agent)).await;
     assert_eq!(agent.status, 200, "{}", agent.body);
+    let new = basic("agent3", "secret");
+    let new = site.get("/finesse/api/User/agent3", Some(&new)).await;
+    assert_eq!(new.status, 200, "{}", new.body);
 }
 
 #[tokio::test]
@@ -1392,6 +1373,15 @@ async fn the_validator_down_is_503_never_a_pass_nor_a_failed_login() {
     let answer = site.get("/finesse/api/User/agent1", Some(&good)).await;
     assert_eq!(answer.status, 503, "{}", answer.body);
     assert!(answer.headers.contains_key("retry-after"));
+    // Resting after its failure, the validator is tried by one credential a second, not by
+    // every request.
+    for n in 0..20 {
+        let guess = basic("agent1", &format!("y{n}"));
+        let answer = site.get("/finesse/api/User/agent1", Some(&guess)).await;
+        assert_eq!(answer.status, 503, "{}", answer.body);
+    }
+    let calls = site.validator.calls();
+    assert!(calls <= 3, "{calls} checks for 21 credentials");
     site.validator_upstream.stop().await;
     for i in 0..7 {
         tokio::time::sleep(Duration::from_millis(150)).await;

@@ -58,8 +58,9 @@ pub enum Kind {
 
 #[derive(Default)]
 struct Record {
-    /// When the recent failures happened.
-    failures: VecDeque<Instant>,
+    /// When the recent failures happened, and with which credential (a fingerprint of its
+    /// digest; none for a malformed one).
+    failures: VecDeque<(Instant, Option<u64>)>,
     blocked_until: Option<Instant>,
     last_seen: Option<Instant>,
     /// Credentials being judged now, each holding one place among the failures left, and how
@@ -82,7 +83,7 @@ impl Record {
             || self
                 .failures
                 .back()
-                .is_some_and(|t| now.duration_since(*t) < window)
+                .is_some_and(|(t, _)| now.duration_since(*t) < window)
     }
 
     fn blocked_for(&self, now: Instant) -> Option<Duration> {
@@ -379,7 +380,7 @@ impl Lockouts {
                 record.release(digest);
                 wakes.extend(record.wake.clone());
                 if failed {
-                    let blocked = self.count_failure(record, key, now);
+                    let blocked = self.count_failure(record, key, Some(digest), now);
                     match key.user {
                         Some(_) => blocks.user = blocked,
                         None => blocks.address = blocked,
@@ -404,15 +405,25 @@ impl Lockouts {
         let mut table = self.table();
         let mut blocks = Blocks::default();
         let record = self.record(&mut table, address, None, now);
-        blocks.address = self.count_failure(record, address, now);
+        blocks.address = self.count_failure(record, address, digest, now);
         if let Some((key, name)) = self.counted_as(who, digest) {
             let record = self.record(&mut table, key, name, now);
-            blocks.user = self.count_failure(record, key, now);
+            blocks.user = self.count_failure(record, key, digest, now);
         }
         blocks
     }
 
-    fn count_failure(&self, record: &mut Record, key: Key, now: Instant) -> Option<Blocked> {
+    /// Counts a failure of `credential` in `record`. An address counts each credential once a
+    /// window: a gadget replaying one stale password or token spends one of its office's
+    /// attempts, not all of them (its user, or the token itself, is blocked by then), while
+    /// guesses and sprays, new credentials every time, count in full.
+    fn count_failure(
+        &self,
+        record: &mut Record,
+        key: Key,
+        credential: Option<&Digest>,
+        now: Instant,
+    ) -> Option<Blocked> {
         record.last_seen = Some(now);
         if record.blocked_until.is_some_and(|u| u > now) {
             // Already blocked: a request that was in flight when the block began.
@@ -423,7 +434,14 @@ impl Lockouts {
             None => self.settings.address_failures,
         };
         forget_old(&mut record.failures, self.settings.window, now);
-        record.failures.push_back(now);
+        let fingerprint =
+            credential.map(|d| u64::from_le_bytes(d[..8].try_into().expect("8 bytes")));
+        let replayed =
+            fingerprint.is_some() && record.failures.iter().any(|(_, f)| *f == fingerprint);
+        if key.user.is_none() && replayed {
+            return None;
+        }
+        record.failures.push_back((now, fingerprint));
         if record.failures.len() < limit as usize {
             return None;
         }
@@ -522,10 +540,10 @@ impl Lockouts {
 }
 
 /// Drops the failures that happened `window` or longer before `now`.
-fn forget_old(failures: &mut VecDeque<Instant>, window: Duration, now: Instant) {
+fn forget_old(failures: &mut VecDeque<(Instant, Option<u64>)>, window: Duration, now: Instant) {
     while failures
         .front()
-        .is_some_and(|t| now.duration_since(*t) >= window)
+        .is_some_and(|(t, _)| now.duration_since(*t) >= window)
     {
         failures.pop_front();
     }
@@ -661,6 +679,31 @@ mod tests {
                 .map(|b| b.after_failures),
             Some(2)
         );
+    }
+
+    #[test]
+    fn replays_of_one_credential_count_once_towards_the_address() {
+        let l = lockouts(5, 4, 30, 600);
+        let t = Instant::now();
+        // alice's stale saved password, replayed: alice is blocked, her office counts it once.
+        for i in 1..=8u64 {
+            let blocks = l.failed(
+                who(1, "alice"),
+                Some(&digest(1)),
+                t + Duration::from_millis(i),
+            );
+            assert_eq!(blocks.address, None, "replay {i}");
+        }
+        // So do the stale tokens of two gadgets, each replayed.
+        for token in 2..=3u8 {
+            for _ in 0..6 {
+                assert_eq!(l.failed(who(1, ""), Some(&digest(token)), t).address, None);
+            }
+        }
+        assert!(l.blocked(ip(1), t).is_none());
+        // A fourth credential, new, reaches the address's count.
+        let blocks = l.failed(who(1, "bob"), Some(&digest(4)), t);
+        assert_eq!(blocks.address.map(|b| b.after_failures), Some(4));
     }
 
     #[test]

@@ -150,15 +150,13 @@ impl Auth {
     }
 
     /// Decides whether `req` from `client` may go on; `path` is the path rules match (see
-    /// `edge::target`). `may_judge` is asked before a credential is checked (not for one whose
-    /// verdict is kept): its refusal answers instead.
+    /// `edge::target`).
     pub async fn check(
         &self,
         req: &RequestHeader,
         path: &str,
         client: ClientIdentity,
         websocket: bool,
-        may_judge: impl Fn() -> Result<(), Refusal>,
     ) -> Decision {
         let public = self.public_paths.iter().any(|p| under(path, p));
         if public || is_preflight(req) {
@@ -194,10 +192,6 @@ impl Auth {
             }
             Err(refused) => return refused,
         };
-        if let Err(refusal) = may_judge() {
-            let user = claimed().filter(|u| loggable(u)).map(Arc::from);
-            return Decision::Refuse { refusal, user };
-        }
         let mut verdict = None;
         for method in &self.methods {
             verdict = method.judge(&attempt).await;

@@ -36,9 +36,14 @@ pub struct Revocations {
     /// When the latest revocation happened, in milliseconds since `origin` (0: none yet): a
     /// verdict judged after it needs no look at the table.
     latest: AtomicU64,
-    /// How long a kept verdict lives: a revocation older than that concerns no verdict.
+    /// How long a revocation is remembered: as long as a kept verdict lives, and at least as
+    /// long as a check can take (a revocation during it must still be found when it ends).
     keep: Duration,
 }
+
+/// The longest a credential's check can take, waits for a place and the validator included,
+/// with room to spare.
+const CHECK_MAX: Duration = Duration::from_secs(300);
 
 /// `user` as the table knows it (lower case), without a copy when it is already.
 fn folded(user: &str) -> Cow<'_, str> {
@@ -58,7 +63,7 @@ impl Revocations {
             }),
             origin: Instant::now(),
             latest: AtomicU64::new(0),
-            keep,
+            keep: keep.max(CHECK_MAX),
         }
     }
 

@@ -2,8 +2,10 @@
 //! the client's credential (Finesse's `/finesse/api/UserAuth`, say). 2xx: valid; 401 or 403:
 //! invalid, final. Anything else, or no answer, fails that validator: the next one is asked (side
 //! B when side A is down or being patched), and the failed one rests in back-off (10 s, doubling
-//! to 60 s) before it is asked again. When none answers the credential is unavailable, which is
-//! never a pass and never counts as a failed login.
+//! to 60 s) before it is asked again. While every one rests, one credential a second is tried at
+//! the one resting longest (so that a single validator's blip does not refuse sign-ins for its
+//! whole rest, and a dead one is not asked by every request). When none answers the credential
+//! is unavailable, which is never a pass and never counts as a failed login.
 
 use super::credential::Credential;
 use super::verdicts::{Judged, Verdict, Verdicts};
@@ -34,6 +36,8 @@ const ANSWER_WAIT: Duration = Duration::from_secs(10);
 /// `BACKOFF_MAX`.
 const BACKOFF_FIRST: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// While every validator rests, one credential this often is tried anyway.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 /// How long a validator rests after its `failures`-th failure in a row.
 pub fn backoff(failures: u32) -> Duration {
@@ -56,6 +60,8 @@ struct Health {
     failures: u32,
     /// When the current rest began.
     rested_at: Option<Instant>,
+    /// When it last answered.
+    answered_at: Option<Instant>,
     /// Not asked before this, unless no other validator answers.
     resting_until: Option<Instant>,
     last_error: Option<String>,
@@ -63,11 +69,13 @@ struct Health {
 
 impl Health {
     /// A request sent at `sent` failed at `now`: the validator rests, longer after each
-    /// failure in a row; the rest it begins, or `None` when a rest began after `sent` (many
-    /// requests in flight when it went down are one failure, not one each).
+    /// failure in a row; the rest it begins, or `None` when a rest began, or an answer came,
+    /// after `sent` (many requests in flight when it went down are one failure, not one each,
+    /// and a slow one from before its last answer is no news).
     fn failed(&mut self, why: &str, sent: Instant, now: Instant) -> Option<Duration> {
         self.last_error = Some(why.to_string());
-        if self.rested_at.is_some_and(|at| at >= sent) {
+        let news = |at: Option<Instant>| at.is_some_and(|at| at >= sent);
+        if news(self.rested_at) || news(self.answered_at) {
             return None;
         }
         self.failures += 1;
@@ -106,7 +114,10 @@ impl Side {
         if health.failures > 0 {
             log::info!("service {service}: validator {} answers again", self.url);
         }
-        *health = Health::default();
+        *health = Health {
+            answered_at: Some(Instant::now()),
+            ..Health::default()
+        };
         self.up.set(1);
     }
 
@@ -148,6 +159,8 @@ pub struct Validator {
     keep_valid: Duration,
     verdicts: Arc<Verdicts>,
     metrics: Arc<AuthMetrics>,
+    /// When a credential was last tried while every validator rested.
+    probed: Mutex<Option<Instant>>,
     /// "No validator answered" is logged at most once a second.
     report: OncePerSecond,
 }
@@ -201,13 +214,14 @@ impl Validator {
             keep_valid,
             verdicts,
             metrics,
+            probed: Mutex::default(),
             report: OncePerSecond::default(),
         }
     }
 
     /// The validators to ask, in order: those not resting, in the configured order; when every
-    /// one is resting, the one that has rested longest, so that a credential is never refused
-    /// without asking anyone.
+    /// one is resting, the one that has rested longest, for one credential a second (none for
+    /// the others).
     fn order(&self, now: Instant) -> Vec<&Side> {
         let awake: Vec<&Side> = self
             .sides
@@ -217,6 +231,11 @@ impl Validator {
         if !awake.is_empty() {
             return awake;
         }
+        let mut probed = self.probed.lock().unwrap_or_else(|p| p.into_inner());
+        if probed.is_some_and(|at| now.duration_since(at) < PROBE_EVERY) {
+            return Vec::new();
+        }
+        *probed = Some(now);
         self.sides
             .iter()
             .min_by_key(|s| s.resting(now))
@@ -257,7 +276,7 @@ impl Validator {
                 keep: INVALID_KEEP,
             };
         }
-        let mut why = String::from("no validator is configured");
+        let mut why = String::from("every validator rests after failing");
         for side in self.order(Instant::now()) {
             let sent = Instant::now();
             match self.ask(side, credential).await {
@@ -350,5 +369,15 @@ mod tests {
             health.failed("500", again, again + Duration::from_millis(5)),
             Some(backoff(2))
         );
+        // A slow request sent before its last answer fails late: no news, no rest.
+        let mut health = Health {
+            answered_at: Some(again + Duration::from_secs(1)),
+            ..Health::default()
+        };
+        assert_eq!(
+            health.failed("timeout", again, again + Duration::from_secs(10)),
+            None
+        );
+        assert_eq!(health.failures, 0);
     }
 }

@@ -56,7 +56,8 @@ struct Entry {
     judged: Instant,
 }
 
-type Pending = Mutex<HashMap<Digest, Arc<OnceCell<Judged>>>>;
+/// Judgements in progress, each with when it began.
+type Pending = Mutex<HashMap<Digest, Arc<OnceCell<(Judged, Instant)>>>>;
 
 pub struct Verdicts {
     /// HMAC-SHA256 keyed with 32 random bytes, ready to hash (the key's blocks done once).
@@ -100,14 +101,37 @@ impl Verdicts {
 
     /// The verdict for `digest`: kept, or from `judge`, which runs once however many requests
     /// ask at the same time (should the request running it go away, a waiting one takes over).
+    /// A valid verdict whose check began before its user was revoked is judged again (once;
+    /// revoked again meanwhile, it is unavailable): a request that joined a check running at
+    /// the revocation must not pass on it.
     pub async fn get_or_judge<F, Fut>(&self, digest: Digest, judge: F) -> (Verdict, Source)
     where
-        F: FnOnce() -> Fut,
+        F: Fn() -> Fut,
         Fut: Future<Output = Judged>,
     {
-        if let Some(verdict) = self.kept(&digest) {
-            return (verdict, Source::Kept);
+        for _ in 0..2 {
+            if let Some(verdict) = self.kept(&digest) {
+                return (verdict, Source::Kept);
+            }
+            let (judged, began, source) = self.judge_once(digest, &judge).await;
+            let revoked = match &judged.verdict {
+                Verdict::Valid { user: Some(user) } => self.revocations.revoked_since(user, began),
+                _ => false,
+            };
+            if !revoked {
+                return (judged.verdict, source);
+            }
         }
+        let why = "the user was revoked while the credentials were checked";
+        (Verdict::Unavailable(why.into()), Source::Judged)
+    }
+
+    /// One judgement of `digest`, shared with whoever asks meanwhile; when it began.
+    async fn judge_once<F, Fut>(&self, digest: Digest, judge: &F) -> (Judged, Instant, Source)
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Judged>,
+    {
         let cell = {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             pending.entry(digest).or_default().clone()
@@ -118,13 +142,13 @@ impl Verdicts {
             cell: Some(cell),
         };
         let mut ran = false;
-        // A revocation while the judgement runs voids it too.
-        let started = Instant::now();
-        let judged = waiting
+        let (judged, began) = waiting
             .cell()
             .get_or_init(|| {
                 ran = true;
-                judge()
+                let began = Instant::now();
+                let judgement = judge();
+                async move { (judgement.await, began) }
             })
             .await
             .clone();
@@ -132,12 +156,12 @@ impl Verdicts {
             let entry = Entry {
                 digest,
                 verdict: judged.verdict.clone(),
-                judged: started,
+                judged: began,
             };
             self.kept.put(&digest, entry, Some(judged.keep));
         }
         let source = if ran { Source::Judged } else { Source::Shared };
-        (judged.verdict, source)
+        (judged, began, source)
     }
 
     /// Judgements in progress.
@@ -154,11 +178,11 @@ struct Waiting<'a> {
     digest: Digest,
     /// Taken (and so released) under the map's lock, so that the reference count read there is
     /// exact.
-    cell: Option<Arc<OnceCell<Judged>>>,
+    cell: Option<Arc<OnceCell<(Judged, Instant)>>>,
 }
 
 impl Waiting<'_> {
-    fn cell(&self) -> &OnceCell<Judged> {
+    fn cell(&self) -> &OnceCell<(Judged, Instant)> {
         self.cell.as_ref().expect("held until dropped")
     }
 }
@@ -282,6 +306,41 @@ mod tests {
             }
         }
         assert_eq!(v.pending_len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_check_running_when_its_user_is_revoked_is_judged_again_for_all() {
+        let revocations = Arc::new(Revocations::new(Duration::from_secs(900)));
+        let v = Arc::new(Verdicts::new(revocations.clone()));
+        let d = v.digest(b"Basic agent8");
+        let runs = Arc::new(AtomicUsize::new(0));
+        let ask = |v: Arc<Verdicts>, runs: Arc<AtomicUsize>| async move {
+            v.get_or_judge(d, || {
+                let runs = runs.clone();
+                async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    valid("agent8")
+                }
+            })
+            .await
+        };
+        let first = tokio::spawn(ask(v.clone(), runs.clone()));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        revocations.revoke("agent8");
+        // Arrives after the revocation and joins the check that began before it.
+        let second = tokio::spawn(ask(v.clone(), runs.clone()));
+        for request in [first, second] {
+            let (verdict, _) = request.await.unwrap();
+            assert_eq!(verdict, valid("agent8").verdict);
+        }
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            2,
+            "judged again after the revocation"
+        );
+        let (_, source) = ask(v.clone(), runs.clone()).await;
+        assert_eq!(source, Source::Kept, "the new verdict is kept");
     }
 
     #[tokio::test]
