@@ -2,10 +2,11 @@
 //! the client's credential (Finesse's `/finesse/api/UserAuth`, say). 2xx: valid; 401 or 403:
 //! invalid, final. Anything else, or no answer, fails that validator: the next one is asked (side
 //! B when side A is down or being patched), and the failed one rests in back-off (10 s, doubling
-//! to 60 s) before it is asked again. While every one rests, one credential a second is tried at
-//! the one resting longest (so that a single validator's blip does not refuse sign-ins for its
-//! whole rest, and a dead one is not asked by every request). When none answers the credential
-//! is unavailable, which is never a pass and never counts as a failed login.
+//! to 60 s) before it is asked again. While every one rests, the one whose rest ends first is
+//! asked anyway: a client's credential can itself make a validator fail (a header too large for
+//! it, say), and no client must be able to put every validator to rest for the others. When
+//! none answers the credential is unavailable, which is never a pass and never counts as a
+//! failed login.
 
 use super::credential::Credential;
 use super::verdicts::{Judged, Verdict, Verdicts};
@@ -36,8 +37,6 @@ const ANSWER_WAIT: Duration = Duration::from_secs(10);
 /// `BACKOFF_MAX`.
 const BACKOFF_FIRST: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
-/// While every validator rests, one credential this often is tried anyway.
-const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 /// How long a validator rests after its `failures`-th failure in a row.
 pub fn backoff(failures: u32) -> Duration {
@@ -159,8 +158,6 @@ pub struct Validator {
     keep_valid: Duration,
     verdicts: Arc<Verdicts>,
     metrics: Arc<AuthMetrics>,
-    /// When a credential was last tried while every validator rested.
-    probed: Mutex<Option<Instant>>,
     /// "No validator answered" is logged at most once a second.
     report: OncePerSecond,
 }
@@ -214,14 +211,12 @@ impl Validator {
             keep_valid,
             verdicts,
             metrics,
-            probed: Mutex::default(),
             report: OncePerSecond::default(),
         }
     }
 
     /// The validators to ask, in order: those not resting, in the configured order; when every
-    /// one is resting, the one that has rested longest, for one credential a second (none for
-    /// the others).
+    /// one is resting, the one whose rest ends first (see the module's comment).
     fn order(&self, now: Instant) -> Vec<&Side> {
         let awake: Vec<&Side> = self
             .sides
@@ -231,11 +226,6 @@ impl Validator {
         if !awake.is_empty() {
             return awake;
         }
-        let mut probed = self.probed.lock().unwrap_or_else(|p| p.into_inner());
-        if probed.is_some_and(|at| now.duration_since(at) < PROBE_EVERY) {
-            return Vec::new();
-        }
-        *probed = Some(now);
         self.sides
             .iter()
             .min_by_key(|s| s.resting(now))
@@ -276,7 +266,7 @@ impl Validator {
                 keep: INVALID_KEEP,
             };
         }
-        let mut why = String::from("every validator rests after failing");
+        let mut why = String::from("no validator is configured");
         for side in self.order(Instant::now()) {
             let sent = Instant::now();
             match self.ask(side, credential).await {
