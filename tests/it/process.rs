@@ -86,7 +86,12 @@ async fn daemon_flag_runs_in_the_background() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let _guard = Daemon(pid);
-    while status_pid(admin).await != Some(u64::from(pid)) {
+    // The admin listener can open before the proxy's: wait for both.
+    while status_pid(admin).await != Some(u64::from(pid))
+        || tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+    {
         assert!(Instant::now() < deadline, "daemon {pid} is not serving");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
