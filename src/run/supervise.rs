@@ -96,6 +96,8 @@ pub fn supervise(file: &Path, config: Config) -> ExitCode {
 struct Supervisor {
     file: PathBuf,
     config: Config,
+    /// `server.pid_file`, locked for as long as this supervisor lives.
+    _pid_lock: std::fs::File,
     current: Child,
     /// Servers that handed over their sockets and are finishing their requests, with their pids.
     draining: Vec<(u32, Child)>,
@@ -105,8 +107,7 @@ struct Supervisor {
 impl Supervisor {
     async fn start(file: &Path, config: Config) -> Result<Supervisor, String> {
         let file = std::fs::canonicalize(file).map_err(|e| format!("{}: {e}", file.display()))?;
-        std::fs::write(&config.server.pid_file, format!("{}\n", std::process::id()))
-            .map_err(|e| format!("cannot write pid file {}: {e}", config.server.pid_file))?;
+        let pid_lock = claim_pid_file(&config)?;
         let mut current = spawn(&file, &config, false)?;
         wait_ready(&mut current, &config).await?;
         let state = State {
@@ -124,6 +125,7 @@ impl Supervisor {
         let supervisor = Supervisor {
             file,
             config,
+            _pid_lock: pid_lock,
             current,
             draining: Vec::new(),
             state,
@@ -205,12 +207,23 @@ impl Supervisor {
         for (_, old) in &mut self.draining {
             let _ = old.wait().await;
         }
-        for file in [
-            PathBuf::from(&self.config.server.pid_file),
-            state_file(&self.config),
-            ready_file(&self.config),
-        ] {
-            let _ = std::fs::remove_file(file);
+        // Only what this supervisor wrote: the files carry its pid or its server's.
+        let own = std::process::id().to_string();
+        let server = self.state.server_pid.to_string();
+        let ours = |path: &Path, pid: &str| {
+            std::fs::read_to_string(path).is_ok_and(|text| text.trim() == pid)
+        };
+        let pid_file = PathBuf::from(&self.config.server.pid_file);
+        let state = state_file(&self.config);
+        let ready = ready_file(&self.config);
+        if ours(&pid_file, &own) {
+            let _ = std::fs::remove_file(pid_file);
+        }
+        if read_state(&state).is_some_and(|s| s.supervisor_pid == std::process::id()) {
+            let _ = std::fs::remove_file(state);
+        }
+        if ours(&ready, &server) {
+            let _ = std::fs::remove_file(ready);
         }
         ExitCode::SUCCESS
     }
@@ -306,6 +319,44 @@ impl Supervisor {
             self.config.server.grace_period_seconds + self.config.server.graceful_shutdown_timeout_seconds
         ))
     }
+}
+
+/// Locks `server.pid_file` (as `ccedge -d` does) and writes this process's pid in it. Refused
+/// while another process holds it: a second supervisor, even one finishing its graceful stop,
+/// or a daemon.
+fn claim_pid_file(config: &Config) -> Result<std::fs::File, String> {
+    use std::io::Write;
+    let path = &config.server.pid_file;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| format!("cannot open pid file {path}: {e}"))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(path).unwrap_or_default();
+            let serving = read_state(&state_file(config))
+                .map(|s| format!(", serving {}", s.config.display()))
+                .unwrap_or_default();
+            return Err(format!(
+                "another ccedge (pid {}{serving}) holds the pid file {path}: stop it and wait \
+                 until it has exited (a graceful stop takes up to the grace period), or reload it \
+                 with `ccedge reload -c FILE`; a second supervisor for the same pid_file would \
+                 take its state from it",
+                holder.trim()
+            ));
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(format!("cannot lock pid file {path}: {e}"))
+        }
+    }
+    file.set_len(0)
+        .and_then(|()| writeln!(file, "{}", std::process::id()))
+        .map_err(|e| format!("cannot write pid file {path}: {e}"))?;
+    Ok(file)
 }
 
 enum Failure {

@@ -297,6 +297,91 @@ async fn supervisor_refuses_a_broken_file_on_sighup_and_stops_on_sigterm() {
 }
 
 #[tokio::test]
+async fn a_second_supervisor_is_refused_while_the_first_stops_and_no_one_removes_the_others_files()
+{
+    let dir = TestDir::new("supervise-twice");
+    let publisher = Upstream::plain("publisher").await;
+    let (port, admin) = (free_port(), free_port());
+    let yaml = format!(
+        "{server}digital_channels:\n  - name: cc\n    listen: 127.0.0.1:{port}\n    public: dc.example.com:443\n    \
+         publisher: {p}\n    subscriber: 127.0.0.1:{spare}\n",
+        server = server_block(&dir, admin),
+        p = publisher.authority(),
+        spare = free_port(),
+    );
+    let mut first = Ccedge::launch(&dir, "ccedge", &yaml, &["supervise"], &[port, admin]).await;
+    let config = dir.join("ccedge.yaml");
+    // A second supervisor that started anyway is stopped with its server, then the test fails.
+    let supervise = || async {
+        let second = tokio::process::Command::new(binary())
+            .args(["supervise", "-c", config.to_str().unwrap()])
+            .stderr(std::process::Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let group = second.id().unwrap();
+        let output = tokio::time::timeout(Duration::from_secs(5), second.wait_with_output()).await;
+        let Ok(output) = output else {
+            let group = format!("-{group}");
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &group])
+                .status();
+            panic!("a second supervisor started");
+        };
+        output.unwrap()
+    };
+    let running = supervise().await;
+    let said = String::from_utf8_lossy(&running.stderr);
+    assert_eq!(running.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains(&format!("another ccedge (pid {}", first.pid())),
+        "{said}"
+    );
+
+    // Stopping takes the grace period: a second supervisor started meanwhile is refused too.
+    first.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopping = supervise().await;
+    let said = String::from_utf8_lossy(&stopping.stderr);
+    assert_eq!(stopping.status.code(), Some(1), "{said}");
+    assert!(said.contains("holds the pid file"), "{said}");
+    // Files someone else has written since are not the first supervisor's to remove.
+    let (pid_file, state) = (dir.join("ccedge.pid"), dir.join("ccedge.pid.json"));
+    std::fs::write(&pid_file, "4194300\n").unwrap();
+    std::fs::write(&state, "{\"supervisor_pid\": 4194300}").unwrap();
+    assert_eq!(first.wait_exit(15).await, Some(0));
+    assert!(
+        pid_file.exists() && state.exists(),
+        "another's files removed"
+    );
+
+    let second = Ccedge::launch(&dir, "second", &yaml, &["supervise"], &[port, admin]).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&state).map_or(true, |s| {
+        !s.contains(&format!("\"supervisor_pid\": {}", second.pid()))
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "the second supervisor wrote no state"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let reloaded = std::process::Command::new(binary())
+        .args(["reload", "-c", dir.join("second.yaml").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        reloaded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reloaded.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap().trim(),
+        second.pid().to_string()
+    );
+}
+
+#[tokio::test]
 async fn a_node_down_before_a_reload_gets_no_traffic_after_it() {
     let dir = TestDir::new("reload-health");
     let publisher = Upstream::plain("publisher").await;
