@@ -1,7 +1,11 @@
 //! Finesse servers behind one proxy: by port, then by host; 421 for everything else.
 
 use crate::harness::fixtures::{args, https};
+use crate::harness::http::Client;
 use crate::harness::{curl, free_port, server_block, Ca, Ccedge, TestDir, Upstream};
+use std::net::SocketAddr;
+
+const HOST: &str = "finesse1.example.com";
 
 struct Site {
     dir: TestDir,
@@ -218,4 +222,93 @@ async fn absolute_form_targets_are_held_to_the_configured_hosts() {
         echo.header("host"),
         Some(format!("cuic1.example.com:{}", site.web))
     );
+}
+
+#[tokio::test]
+async fn upstream_connections_are_reused_under_concurrent_load() {
+    const CLIENTS: usize = 8;
+    const EACH: usize = 60;
+    let dir = TestDir::new("route-reuse-load");
+    let finesse = Upstream::plain("finesse").await;
+    let port = free_port();
+    // Two worker threads: a pooled connection is released on one and taken on the other.
+    let yaml = format!(
+        "{server}finesse:\n  - name: site\n    bind: 127.0.0.1\n    cache: {{max_size_mb: 8}}\n    rate_limits: []\n    limits: {{max_connections_per_ip: 1000}}\n    servers:\n      \
+         - {{public: \"{HOST}:{port}\", upstream: \"{up}\", role: finesse}}\n",
+        server = server_block(&dir.path, None).replace("threads: 1", "threads: 2"),
+        up = finesse.authority(),
+    );
+    let _ccedge = Ccedge::start(&dir, &yaml, &[port]).await;
+    // Half the clients keep their connection; the other half send one request per connection
+    // and close it as soon as they have the answer, as health checkers and scripts do.
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|n| {
+            tokio::spawn(async move {
+                let mut kept = Client::new(
+                    SocketAddr::from(([127, 0, 0, 1], port)),
+                    &format!("{HOST}:{port}"),
+                );
+                for _ in 0..EACH {
+                    if n % 2 == 0 {
+                        assert_eq!(
+                            kept.get("/finesse/api/SystemInfo").await.unwrap().status,
+                            200
+                        );
+                    } else {
+                        let answer = one_request_then_close(port).await;
+                        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+                    }
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.await.unwrap();
+    }
+    // Never more requests in flight than clients: each upstream connection beyond that (and a
+    // few released a moment after their answer) is one ccedge closed although the upstream
+    // kept it alive.
+    assert_eq!(finesse.hits(), CLIENTS * EACH);
+    let opened = finesse.connections();
+    assert!(
+        opened <= CLIENTS + 4,
+        "{opened} upstream connections for {CLIENTS} clients"
+    );
+}
+
+/// Sends `GET /finesse/api/SystemInfo` on a new connection, reads the whole answer and closes
+/// the connection at once.
+async fn one_request_then_close(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tcp.write_all(
+        format!("GET /finesse/api/SystemInfo HTTP/1.1\r\nHost: {HOST}:{port}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = tcp.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed before the answer");
+        got.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&got).to_string();
+        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+            continue;
+        };
+        let head = head.to_ascii_lowercase();
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        let complete = match length {
+            Some(length) => body.len() >= length,
+            None => body.ends_with("0\r\n\r\n"),
+        };
+        if complete {
+            return text;
+        }
+    }
 }
