@@ -11,7 +11,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).build();
+    log::set_max_level(logger.filter());
+    let _ = log::set_boxed_logger(Box::new(observe::log_levels::Levels::new(logger)));
     let cli = cli::Cli::parse();
     if let Some(cli::Command::Schema) = cli.command {
         return match serde_json::to_string_pretty(&config::schema()) {

@@ -44,6 +44,7 @@ struct Families {
     connections_open: IntGaugeVec,
     connections_over_limit: IntCounterVec,
     certificate_expiry: IntGaugeVec,
+    routine_events: IntCounterVec,
 }
 
 fn families() -> &'static Families {
@@ -93,6 +94,11 @@ fn families() -> &'static Families {
             "ccedge_client_send_timeouts_total",
             "Client connections closed because the client read nothing for client_send_timeout_ms.",
             &["service"],
+        );
+        let routine_events = counter(
+            "ccedge_routine_events_total",
+            "Routine events Pingora reports (a client that left, a failed TLS handshake, ...), logged at DEBUG.",
+            &["event"],
         );
         let refused_connections = counter(
             "ccedge_connections_refused_total",
@@ -232,6 +238,7 @@ fn families() -> &'static Families {
             connections_open,
             connections_over_limit,
             certificate_expiry,
+            routine_events,
         }
     })
 }
@@ -388,6 +395,11 @@ pub fn certificate_expiry(service: &str, role: &str, certificate: &str) -> IntGa
     families()
         .certificate_expiry
         .with_label_values(&[service, role, certificate])
+}
+
+/// The counter of one kind of routine event (`observe::log_levels`).
+pub fn routine_events(event: &str) -> IntCounter {
+    families().routine_events.with_label_values(&[event])
 }
 
 pub fn connection_refused(service: &str) {

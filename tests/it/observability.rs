@@ -245,3 +245,50 @@ async fn access_log_to_stdout_or_off() {
         ""
     );
 }
+
+#[tokio::test]
+async fn routine_client_failures_are_counted_not_logged_as_errors() {
+    use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+    use tokio::io::AsyncWriteExt;
+    let dc = Digital::start("obs-routine", "").await;
+    // A scanner speaking plain HTTP to the TLS port.
+    let mut scanner = tokio::net::TcpStream::connect(("127.0.0.1", dc.port))
+        .await
+        .unwrap();
+    scanner.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    // A client that leaves in the middle of its request header.
+    let mut tls = SslConnector::builder(SslMethod::tls()).unwrap();
+    tls.set_verify(SslVerifyMode::NONE);
+    let ssl = tls.build().configure().unwrap().into_ssl("x").unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", dc.port))
+        .await
+        .unwrap();
+    let mut leaving = tokio_openssl::SslStream::new(ssl, tcp).unwrap();
+    std::pin::Pin::new(&mut leaving).connect().await.unwrap();
+    leaving
+        .write_all(b"GET /x HTTP/1.1\r\nHost: d")
+        .await
+        .unwrap();
+    drop(leaving);
+
+    let metrics = format!("http://127.0.0.1:{}/metrics", dc.admin);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = curl(&[&metrics]).await.unwrap().body;
+        // The harness's own readiness probe (a connection closed unused) counts as well.
+        let counted = |event: &str| {
+            let line = format!("ccedge_routine_events_total{{event=\"{event}\"}} ");
+            text.lines()
+                .filter_map(|l| l.strip_prefix(&line))
+                .any(|n| n.parse::<u64>().is_ok_and(|n| n >= 1))
+        };
+        if counted("client_handshake_failed") && counted("client_error") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not counted:\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(scanner);
+    let log = dc.ccedge.stderr_text();
+    assert!(!log.contains("ERROR"), "{log}");
+}
