@@ -24,6 +24,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::LoadBalancer;
 use pingora::prelude::HttpPeer;
+use pingora::protocols::http::ServerSession;
 use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::services::background::GenBackgroundService;
@@ -346,6 +347,16 @@ impl ProxyHttp for DigitalProxy {
         ctx: &mut Exchange,
     ) -> FailToProxy {
         exchange::on_failure(session, e, ctx).await
+    }
+
+    fn request_refused(
+        &self,
+        session: &ServerSession,
+        request: Option<&RequestHeader>,
+        status: u16,
+        error: Option<&pingora::Error>,
+    ) {
+        self.channel.front.refused(session, request, status, error);
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&pingora::Error>, ctx: &mut Exchange) {

@@ -15,11 +15,12 @@ use crate::observe::metrics::ServiceMetrics;
 use bytes::Bytes;
 use http::header::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::ServerSession;
 use pingora::proxy::{FailToProxy, Session};
 use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Per-request state shared by the filters of one request.
 pub struct Exchange {
@@ -323,6 +324,53 @@ impl Front {
         }
     }
 
+    /// A request Pingora refused before any rule ran (see `ProxyHttp::request_refused`): counted
+    /// and logged as every other answer. The client is the connection's (its TCP peer, or the
+    /// one its PROXY header named): forwarding headers of a refused request are not believed.
+    pub fn refused(
+        &self,
+        session: &ServerSession,
+        request: Option<&RequestHeader>,
+        status: u16,
+        error: Option<&pingora::Error>,
+    ) {
+        self.metrics.finish(None, status, Duration::ZERO);
+        if !self.log.enabled() {
+            return;
+        }
+        let refusal = match status {
+            405 => "method_not_allowed",
+            431 => "header_too_large",
+            _ => "malformed_request",
+        };
+        self.log.write(&Entry {
+            time: access_log::Timestamp::now(),
+            service: &self.name,
+            route: None,
+            client_ip: session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip().to_canonical()),
+            user: None,
+            method: request.map_or("", |r| r.method.as_str()),
+            host: None,
+            path: request.map_or("", |r| clip(r.uri.path())),
+            // Without a request header read whole, the connection spoke HTTP/1 (an HTTP/2
+            // request is always read whole).
+            protocol: request.map_or("HTTP/1.1", |_| access_log::protocol(session)),
+            status,
+            bytes_sent: 0,
+            duration_ms: 0.0,
+            upstream: None,
+            upstream_status: None,
+            attempts: 0,
+            cache: "BYPASS",
+            tracking_id: None,
+            refusal: Some(refusal),
+            error: error.map(ToString::to_string),
+        });
+    }
+
     fn write_log(
         &self,
         session: &Session,
@@ -355,6 +403,7 @@ impl Front {
             attempts: ctx.attempts,
             cache: labels.cache,
             tracking_id: ctx.tracking_id.as_ref().and_then(|t| t.to_str().ok()),
+            refusal: None,
             error: match (&ctx.refusal, error) {
                 (Some(refusal), Some(e))
                     if !matches!(e.etype(), pingora::ErrorType::HTTPStatus(_)) =>

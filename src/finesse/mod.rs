@@ -30,6 +30,7 @@ use pingora::cache::key::HashBinary;
 use pingora::cache::{CacheKey, CacheMeta, NoCacheReason, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
+use pingora::protocols::http::ServerSession;
 use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use routing::RouteTable;
@@ -589,6 +590,16 @@ impl ProxyHttp for FinesseProxy {
         ctx: &mut FinesseCtx,
     ) -> FailToProxy {
         exchange::on_failure(session, e, &ctx.exchange).await
+    }
+
+    fn request_refused(
+        &self,
+        session: &ServerSession,
+        request: Option<&RequestHeader>,
+        status: u16,
+        error: Option<&pingora::Error>,
+    ) {
+        self.site.front.refused(session, request, status, error);
     }
 
     async fn logging(

@@ -72,6 +72,7 @@ impl ServeHttp for ProxyMapApp {
             attempts: 0,
             cache: "BYPASS",
             tracking_id: None,
+            refusal: None,
             error: None,
         });
         Response::builder()

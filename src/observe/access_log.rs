@@ -44,6 +44,9 @@ pub struct Entry<'a> {
     pub attempts: u8,
     pub cache: &'a str,
     pub tracking_id: Option<&'a str>,
+    /// Why the request was refused before ccedge's rules saw it (Pingora's protocol checks):
+    /// `malformed_request`, `method_not_allowed`, `header_too_large`.
+    pub refusal: Option<&'a str>,
     pub error: Option<String>,
 }
 
@@ -290,6 +293,7 @@ mod tests {
             attempts: 0,
             cache: "BYPASS",
             tracking_id: Some("T"),
+            refusal: None,
             error: None,
         }
     }

@@ -292,3 +292,97 @@ async fn routine_client_failures_are_counted_not_logged_as_errors() {
     let log = dc.ccedge.stderr_text();
     assert!(!log.contains("ERROR"), "{log}");
 }
+
+#[tokio::test]
+async fn requests_pingora_refuses_are_logged_counted_and_do_not_name_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = TestDir::new("obs-refused");
+    let publisher = Upstream::plain("publisher").await;
+    let (port, admin) = (free_port(), free_port());
+    let yaml = format!(
+        "{server}digital_channels:\n  - name: cc\n    listen: 127.0.0.1:{port}\n    public: dc.example.com:443\n    \
+         publisher: {p}\n    subscriber: 127.0.0.1:{spare}\n",
+        server = server_block(&dir.path, Some(admin)),
+        p = publisher.authority(),
+        spare = free_port(),
+    );
+    let ccedge = Ccedge::start(&dir, &yaml, &[port, admin]).await;
+    let host = "Host: dc.example.com\r\n";
+    let cases = [
+        (
+            format!("GET /a HTTP/1.1\r\n{host}Host: evil.example.net\r\n\r\n"),
+            400,
+            "malformed_request",
+        ),
+        (
+            "NOT A REQUEST\r\n\r\n".to_string(),
+            400,
+            "malformed_request",
+        ),
+        (
+            format!("CONNECT dc.example.com:443 HTTP/1.1\r\n{host}\r\n"),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            format!("GET /{} HTTP/1.1\r\n{host}\r\n", "a".repeat(70 * 1024)),
+            431,
+            "header_too_large",
+        ),
+    ];
+    for (request, status, _) in &cases {
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let _ = tcp.read_to_end(&mut answer).await;
+        let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+        assert!(
+            answer.starts_with(&format!("http/1.1 {status} ")),
+            "{request:.60}: {answer}"
+        );
+        assert!(!answer.contains("\r\nserver:"), "{answer}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let refused = loop {
+        let refused: Vec<Value> = ccedge
+            .log_lines()
+            .into_iter()
+            .filter(|l| !l["refusal"].is_null())
+            .collect();
+        if refused.len() >= cases.len() || Instant::now() > deadline {
+            break refused;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let got: Vec<(u64, &str)> = refused
+        .iter()
+        .map(|l| {
+            (
+                l["status"].as_u64().unwrap(),
+                l["refusal"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let wanted: Vec<(u64, &str)> = cases.iter().map(|(_, s, r)| (*s as u64, *r)).collect();
+    assert_eq!(got, wanted, "{refused:?}");
+    assert_eq!(refused[0]["client_ip"], "127.0.0.1");
+    assert!(
+        refused[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("multiple Host header fields"),
+        "{refused:?}"
+    );
+    assert_eq!(refused[2]["method"], "CONNECT");
+    assert_eq!(publisher.hits(), 0);
+    let metrics = curl(&[&format!("http://127.0.0.1:{admin}/metrics")])
+        .await
+        .unwrap()
+        .body;
+    assert!(
+        metrics.contains("ccedge_requests_total{route=\"none\",service=\"cc\",status=\"4xx\"} 4"),
+        "{metrics}"
+    );
+}

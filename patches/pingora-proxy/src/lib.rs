@@ -368,6 +368,13 @@ where
                         .unwrap_or_else(|e| {
                             error!("failed to send error response to downstream: {e}");
                         });
+                    // ccedge patch: the refusal is reported (see `request_refused`).
+                    self.inner
+                        .request_refused(&downstream_session, None, 400, Some(&e));
+                } else if matches!(e.etype, HTTPStatus(431)) {
+                    // ccedge patch: an oversized header, answered where it was read.
+                    self.inner
+                        .request_refused(&downstream_session, None, 431, Some(&e));
                 } else {
                     // otherwise the connection must be broken, no need to send anything
                     error!(
@@ -401,6 +408,10 @@ where
                 .unwrap_or_else(|e| {
                     error!("failed to send error response to downstream: {e}");
                 });
+            // ccedge patch: the refusal is reported (see `request_refused`).
+            let request = downstream_session.req_header();
+            self.inner
+                .request_refused(&downstream_session, Some(request), 405, None);
             downstream_session.shutdown().await;
             return None;
         }

@@ -411,6 +411,20 @@ pub trait ProxyHttp {
         None
     }
 
+    /// ccedge patch: a request refused before any phase of this trait ran, which Pingora has
+    /// answered with `status`: 400 for a request it could not parse or found ambiguous (`error`
+    /// says what), 405 for `CONNECT`, 431 for a header over the size limit. `request` is the
+    /// request header when it was read whole. The connection is closed after this. The default
+    /// does nothing.
+    fn request_refused(
+        &self,
+        _session: &HttpSession,
+        _request: Option<&RequestHeader>,
+        _status: u16,
+        _error: Option<&Error>,
+    ) {
+    }
+
     // custom_forwarding is called when downstream and upstream connections are successfully established.
     #[doc(hidden)]
     async fn custom_forwarding(

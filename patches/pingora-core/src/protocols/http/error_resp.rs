@@ -18,15 +18,15 @@ use http::header;
 use once_cell::sync::Lazy;
 use pingora_http::ResponseHeader;
 
-use super::SERVER_NAME;
 
 /// Generate an error response with the given status code.
 ///
 /// This error response has a zero `Content-Length` and `Cache-Control: private, no-store`.
+///
+/// ccedge patch: no `Server` header (it said `Pingora`): a proxy's own answers do not name the
+/// software behind it.
 pub fn gen_error_response(code: u16) -> ResponseHeader {
-    let mut resp = ResponseHeader::build(code, Some(4)).unwrap();
-    resp.insert_header(header::SERVER, &SERVER_NAME[..])
-        .unwrap();
+    let mut resp = ResponseHeader::build(code, Some(3)).unwrap();
     resp.insert_header(header::DATE, "Sun, 06 Nov 1994 08:49:37 GMT")
         .unwrap(); // placeholder
     resp.insert_header(header::CONTENT_LENGTH, "0").unwrap();

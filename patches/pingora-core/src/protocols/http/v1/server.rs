@@ -233,15 +233,16 @@ impl HttpSession {
         self.reused
     }
 
-    /// ccedge patch: answers `431 Request Header Fields Too Large` and ends the session (no
-    /// request is returned, so the connection is closed without a second answer).
+    /// ccedge patch: answers `431 Request Header Fields Too Large` and ends the session: the
+    /// read fails with `HTTPStatus(431)`, so the caller knows the request was refused (and
+    /// answered) and closes the connection without a second answer.
     async fn refuse_header_size(&mut self, what: &str) -> Result<Option<usize>> {
         debug!("request header {what}: 431 to {:?}", self.underlying_stream);
         let answer = b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\n\
                        Connection: close\r\n\r\n";
         let _ = self.underlying_stream.write_all(answer).await;
         let _ = self.underlying_stream.flush().await;
-        Ok(None)
+        Error::e_explain(HTTPStatus(431), format!("request header {what}"))
     }
 
     /// ccedge patch: bound the time the request header may take to arrive, counted from now when
