@@ -24,7 +24,6 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::LoadBalancer;
 use pingora::prelude::HttpPeer;
-use pingora::protocols::http::ServerSession;
 use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::services::background::GenBackgroundService;
@@ -351,12 +350,12 @@ impl ProxyHttp for DigitalProxy {
 
     fn request_refused(
         &self,
-        session: &ServerSession,
+        digest: Option<&Digest>,
         request: Option<&RequestHeader>,
         status: u16,
-        error: Option<&pingora::Error>,
+        reason: &dyn std::fmt::Display,
     ) {
-        self.channel.front.refused(session, request, status, error);
+        self.channel.front.refused(digest, request, status, reason);
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&pingora::Error>, ctx: &mut Exchange) {

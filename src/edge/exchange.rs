@@ -15,7 +15,7 @@ use crate::observe::metrics::ServiceMetrics;
 use bytes::Bytes;
 use http::header::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::protocols::http::ServerSession;
+use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, Session};
 use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr};
@@ -329,10 +329,10 @@ impl Front {
     /// one its PROXY header named): forwarding headers of a refused request are not believed.
     pub fn refused(
         &self,
-        session: &ServerSession,
+        digest: Option<&Digest>,
         request: Option<&RequestHeader>,
         status: u16,
-        error: Option<&pingora::Error>,
+        reason: &dyn std::fmt::Display,
     ) {
         self.metrics.finish(None, status, Duration::ZERO);
         if !self.log.enabled() {
@@ -343,21 +343,27 @@ impl Front {
             431 => "header_too_large",
             _ => "malformed_request",
         };
+        // Without a request header read whole, the connection spoke HTTP/1 (an HTTP/2
+        // request's header is always read whole).
+        let protocol = match request.map(|r| r.version) {
+            Some(http::Version::HTTP_2) => "HTTP/2",
+            Some(http::Version::HTTP_10) => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        };
         self.log.write(&Entry {
             time: access_log::Timestamp::now(),
             service: &self.name,
             route: None,
-            client_ip: session
-                .client_addr()
+            client_ip: digest
+                .and_then(|d| d.socket_digest.as_ref())
+                .and_then(|s| s.peer_addr())
                 .and_then(|a| a.as_inet())
                 .map(|a| a.ip().to_canonical()),
             user: None,
             method: request.map_or("", |r| r.method.as_str()),
             host: None,
             path: request.map_or("", |r| clip(r.uri.path())),
-            // Without a request header read whole, the connection spoke HTTP/1 (an HTTP/2
-            // request is always read whole).
-            protocol: request.map_or("HTTP/1.1", |_| access_log::protocol(session)),
+            protocol,
             status,
             bytes_sent: 0,
             duration_ms: 0.0,
@@ -367,7 +373,7 @@ impl Front {
             cache: "BYPASS",
             tracking_id: None,
             refusal: Some(refusal),
-            error: error.map(ToString::to_string),
+            error: Some(reason.to_string()),
         });
     }
 

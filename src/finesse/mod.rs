@@ -30,7 +30,6 @@ use pingora::cache::key::HashBinary;
 use pingora::cache::{CacheKey, CacheMeta, NoCacheReason, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
-use pingora::protocols::http::ServerSession;
 use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use routing::RouteTable;
@@ -594,12 +593,12 @@ impl ProxyHttp for FinesseProxy {
 
     fn request_refused(
         &self,
-        session: &ServerSession,
+        digest: Option<&Digest>,
         request: Option<&RequestHeader>,
         status: u16,
-        error: Option<&pingora::Error>,
+        reason: &dyn std::fmt::Display,
     ) {
-        self.site.front.refused(session, request, status, error);
+        self.site.front.refused(digest, request, status, reason);
     }
 
     async fn logging(

@@ -947,3 +947,55 @@ async fn http2_settings_and_ping_floods_spare_other_clients() {
     assert!(took < Duration::from_secs(1));
     drop(site.dir);
 }
+
+#[tokio::test]
+async fn http2_streams_refused_on_arrival_are_logged_and_counted() {
+    let site = H2Site::start("hard-h2-refused", "      max_streams_per_connection: 8\n").await;
+    let authority = site.authority();
+    let mut h2 = site.raw().await;
+    let userinfo = format!("agent@{authority}");
+    let refused = [
+        // Neither :authority nor Host.
+        header_block(&[(2, "GET"), (6, "https"), (4, "/a")]),
+        // User information in :authority.
+        header_block(&[(2, "GET"), (6, "https"), (4, "/a"), (1, &userinfo)]),
+    ];
+    for (i, block) in refused.iter().enumerate() {
+        h2.frame(HEADERS, END_HEADERS | END_STREAM, 1 + 2 * i as u32, block)
+            .await
+            .unwrap();
+    }
+    let (frames, _) = h2.read_frames(Duration::from_millis(300)).await;
+    let answered = |stream: u32| {
+        frames
+            .iter()
+            .any(|(kind, s, _)| *kind == HEADERS && *s == stream)
+    };
+    assert!(answered(1) && answered(3), "{frames:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let lines = loop {
+        let lines: Vec<serde_json::Value> = site
+            ._ccedge
+            .log_lines()
+            .into_iter()
+            .filter(|l| l["refusal"] == "malformed_request")
+            .collect();
+        if lines.len() >= 2 || Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let seen: Vec<(u64, &str)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["status"].as_u64().unwrap(),
+                l["protocol"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(seen, [(400, "HTTP/2"), (400, "HTTP/2")], "{lines:?}");
+    assert_eq!(lines[1]["path"], "/a");
+    assert_eq!(lines[0]["client_ip"], "127.0.0.1");
+    assert_eq!(site.app.hits(), 0);
+}

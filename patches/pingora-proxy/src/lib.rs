@@ -370,11 +370,11 @@ where
                         });
                     // ccedge patch: the refusal is reported (see `request_refused`).
                     self.inner
-                        .request_refused(&downstream_session, None, 400, Some(&e));
+                        .request_refused(downstream_session.digest(), None, 400, &e);
                 } else if matches!(e.etype, HTTPStatus(431)) {
                     // ccedge patch: an oversized header, answered where it was read.
                     self.inner
-                        .request_refused(&downstream_session, None, 431, Some(&e));
+                        .request_refused(downstream_session.digest(), None, 431, &e);
                 } else {
                     // otherwise the connection must be broken, no need to send anything
                     error!(
@@ -409,9 +409,12 @@ where
                     error!("failed to send error response to downstream: {e}");
                 });
             // ccedge patch: the refusal is reported (see `request_refused`).
-            let request = downstream_session.req_header();
-            self.inner
-                .request_refused(&downstream_session, Some(request), 405, None);
+            self.inner.request_refused(
+                downstream_session.digest(),
+                Some(downstream_session.req_header()),
+                405,
+                &"CONNECT is not proxied",
+            );
             downstream_session.shutdown().await;
             return None;
         }
@@ -1623,6 +1626,18 @@ where
         self.shutdown_flag.store(true, Ordering::Release);
         // Notify all keepalived requests blocking on read_request() to abort
         self.shutdown.notify_waiters();
+    }
+
+    // ccedge patch: see `ProxyHttp::request_refused`.
+    fn h2_stream_refused(
+        &self,
+        digest: &Digest,
+        request: &RequestHeader,
+        status: u16,
+        reason: &'static str,
+    ) {
+        self.inner
+            .request_refused(Some(digest), Some(request), status, &reason);
     }
 
     fn server_options(&self) -> Option<&HttpServerOptions> {

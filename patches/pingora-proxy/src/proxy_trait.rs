@@ -412,16 +412,16 @@ pub trait ProxyHttp {
     }
 
     /// ccedge patch: a request refused before any phase of this trait ran, which Pingora has
-    /// answered with `status`: 400 for a request it could not parse or found ambiguous (`error`
-    /// says what), 405 for `CONNECT`, 431 for a header over the size limit. `request` is the
-    /// request header when it was read whole. The connection is closed after this. The default
-    /// does nothing.
+    /// answered with `status`: 400 for a request it could not parse or found ambiguous, 405 for
+    /// `CONNECT`, 431 for a header over the size limit, and for an HTTP/2 stream refused while
+    /// it was accepted 400 or 0 (reset, no answer). `request` is the request header when it was
+    /// read whole, `digest` the connection's, `reason` what was wrong. The default does nothing.
     fn request_refused(
         &self,
-        _session: &HttpSession,
+        _digest: Option<&Digest>,
         _request: Option<&RequestHeader>,
         _status: u16,
-        _error: Option<&Error>,
+        _reason: &dyn std::fmt::Display,
     ) {
     }
 

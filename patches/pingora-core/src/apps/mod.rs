@@ -27,6 +27,7 @@ use std::time::Duration;
 use crate::protocols::http::v2::server;
 use crate::protocols::http::{ReusableHttpStream, ServerSession};
 use crate::protocols::Digest;
+use pingora_http::RequestHeader;
 use crate::protocols::Stream;
 use crate::protocols::ALPN;
 
@@ -253,6 +254,17 @@ pub trait HttpServerApp {
 
     async fn http_cleanup(&self) {}
 
+    /// ccedge patch: an HTTP/2 stream refused while it was accepted, before any session existed:
+    /// answered with `status` (0: reset, no answer) for `reason`. The default does nothing.
+    fn h2_stream_refused(
+        &self,
+        _digest: &Digest,
+        _request: &RequestHeader,
+        _status: u16,
+        _reason: &'static str,
+    ) {
+    }
+
     #[doc(hidden)]
     async fn process_custom_session(
         self: Arc<Self>,
@@ -303,9 +315,11 @@ where
     // machine — lives in `server::accept_downstream_sessions` so that
     // the same code path is exercised by tests in `protocols::http::v2`.
     let app = app.clone();
+    let refusing = app.clone();
+    let refused_on = digest.clone();
     let shutdown_for_session = shutdown.clone();
     let h2_idle_timeout = app.server_options().and_then(|o| o.h2_idle_timeout);
-    server::accept_downstream_sessions(
+    server::accept_reporting_rejections(
         h2_conn,
         digest,
         shutdown.clone(),
@@ -321,6 +335,9 @@ where
                 app.process_new_http(ServerSession::new_http2(h2_stream), &shutdown)
                     .await;
             });
+        },
+        |request, status, reason| {
+            refusing.h2_stream_refused(&refused_on, request, status, reason);
         },
     )
     .await;

@@ -130,14 +130,32 @@ pub async fn handshake(io: Stream, options: Option<H2Options>) -> Result<H2Conne
 /// that bound during drain.
 // TODO: add a per-connection drain timeout to bound how long a single
 // misbehaving client can keep this task alive after GOAWAY.
+#[cfg(test)]
 pub(crate) async fn accept_downstream_sessions<F>(
+    conn: H2Connection<Stream>,
+    digest: Arc<Digest>,
+    shutdown: ShutdownWatch,
+    idle_timeout: Option<Duration>,
+    on_session: F,
+) where
+    F: FnMut(HttpSession, StreamGuard),
+{
+    accept_reporting_rejections(conn, digest, shutdown, idle_timeout, on_session, |_, _, _| {})
+        .await
+}
+
+/// ccedge patch: as [`accept_downstream_sessions`], and `on_rejected` is told of each stream
+/// refused during acceptance (see [`H2Accept::Rejected`]).
+pub(crate) async fn accept_reporting_rejections<F, R>(
     mut conn: H2Connection<Stream>,
     digest: Arc<Digest>,
     mut shutdown: ShutdownWatch,
     idle_timeout: Option<Duration>,
     mut on_session: F,
+    mut on_rejected: R,
 ) where
     F: FnMut(HttpSession, StreamGuard),
+    R: FnMut(&RequestHeader, u16, &'static str),
 {
     let mut shutdown_initiated = false;
     // Per-connection budget for malformed streams (see MAX_MALFORMED_STREAMS_PER_CONN).
@@ -190,7 +208,11 @@ pub(crate) async fn accept_downstream_sessions<F>(
             Ok(None) => return,
             // The offending stream was already answered or reset; keep the
             // connection alive and continue accepting sibling streams.
-            Ok(Some(H2Accept::Rejected)) => continue,
+            Ok(Some(H2Accept::Rejected {
+                request,
+                status,
+                reason,
+            })) => on_rejected(&request, status, reason),
             Ok(Some(H2Accept::Session(session))) => {
                 on_session(session, active.start_session());
             }
@@ -310,7 +332,14 @@ pub enum H2Accept {
     /// should continue accepting. Repeated rejections can exhaust the
     /// per-connection budget, causing acceptance to return a connection error
     /// instead to bound rejection work.
-    Rejected,
+    ///
+    /// ccedge patch: with the refused request's header, the status it was answered with (0:
+    /// the stream was reset, no answer) and why, so the application can log and count it.
+    Rejected {
+        request: Box<RequestHeader>,
+        status: u16,
+        reason: &'static str,
+    },
 }
 
 /// Reject ambiguous H2 authority representations:
@@ -451,7 +480,11 @@ impl HttpSession {
             debug!("Rejecting H2 request: forbidden delimiter byte in request target");
             send_response.send_reset(h2::Reason::PROTOCOL_ERROR);
             account_malformed_stream(malformed_streams)?;
-            return Ok(Some(H2Accept::Rejected));
+            return Ok(Some(H2Accept::Rejected {
+                request: Box::new(request_header),
+                status: 0,
+                reason: "a control byte in the request target",
+            }));
         }
 
         // Reject ambiguous Content-Length framing at the stream level.
@@ -468,7 +501,11 @@ impl HttpSession {
             send_response.send_reset(h2::Reason::PROTOCOL_ERROR);
 
             account_malformed_stream(malformed_streams)?;
-            return Ok(Some(H2Accept::Rejected));
+            return Ok(Some(H2Accept::Rejected {
+                request: Box::new(request_header),
+                status: 0,
+                reason: "an ambiguous Content-Length",
+            }));
         }
 
         // RFC 9113 section 8.1.1 forbids forwarding a malformed request:
@@ -483,7 +520,11 @@ impl HttpSession {
                 debug!("failed to send downstream h2 authority rejection: {e}");
             }
             account_malformed_stream(malformed_streams)?;
-            return Ok(Some(H2Accept::Rejected));
+            return Ok(Some(H2Accept::Rejected {
+                request: Box::new(request_header),
+                status: 400,
+                reason: "an ambiguous or missing authority",
+            }));
         }
 
         Ok(Some(H2Accept::Session(HttpSession {
@@ -1234,7 +1275,7 @@ mod test {
             .await
             .unwrap();
         assert!(
-            matches!(accepted, Some(H2Accept::Rejected)),
+            matches!(accepted, Some(H2Accept::Rejected { .. })),
             "mismatched authority reached the application"
         );
 
@@ -1242,7 +1283,7 @@ mod test {
             .await
             .unwrap();
         assert!(
-            matches!(accepted, Some(H2Accept::Rejected)),
+            matches!(accepted, Some(H2Accept::Rejected { .. })),
             "duplicate Host fields reached the application"
         );
 
@@ -1250,7 +1291,7 @@ mod test {
             .await
             .unwrap();
         assert!(
-            matches!(accepted, Some(H2Accept::Rejected)),
+            matches!(accepted, Some(H2Accept::Rejected { .. })),
             "missing authority reached the application"
         );
 
@@ -1343,7 +1384,7 @@ mod test {
                 .await
                 .unwrap();
             assert!(
-                matches!(accepted, Some(H2Accept::Rejected)),
+                matches!(accepted, Some(H2Accept::Rejected { .. })),
                 "userinfo authority {case} reached the application"
             );
         }
@@ -1445,7 +1486,7 @@ mod test {
             .await
             .unwrap();
         assert!(
-            matches!(accepted, Some(H2Accept::Rejected)),
+            matches!(accepted, Some(H2Accept::Rejected { .. })),
             "reset authority mismatch reached the application"
         );
 
@@ -1662,7 +1703,7 @@ mod test {
             // yields `Rejected` rather than a session built from the forbidden
             // request target. Sibling streams and the connection are unaffected.
             assert!(
-                matches!(accepted, Some(H2Accept::Rejected)),
+                matches!(accepted, Some(H2Accept::Rejected { .. })),
                 "request with forbidden byte in target was not rejected"
             );
         });
