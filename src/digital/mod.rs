@@ -353,9 +353,9 @@ impl ProxyHttp for DigitalProxy {
         digest: Option<&Digest>,
         request: Option<&RequestHeader>,
         status: u16,
-        reason: &dyn std::fmt::Display,
+        error: &pingora::Error,
     ) {
-        self.channel.front.refused(digest, request, status, reason);
+        self.channel.front.refused(digest, request, status, error);
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&pingora::Error>, ctx: &mut Exchange) {

@@ -332,7 +332,7 @@ impl Front {
         digest: Option<&Digest>,
         request: Option<&RequestHeader>,
         status: u16,
-        reason: &dyn std::fmt::Display,
+        error: &pingora::Error,
     ) {
         self.metrics.finish(None, status, Duration::ZERO);
         if !self.log.enabled() {
@@ -373,7 +373,7 @@ impl Front {
             cache: "BYPASS",
             tracking_id: None,
             refusal: Some(refusal),
-            error: Some(reason.to_string()),
+            error: Some(refusal_reason(error)),
         });
     }
 
@@ -422,6 +422,23 @@ impl Front {
             },
         });
     }
+}
+
+/// What was wrong with a refused request, for the log: the kind of error and its context, but
+/// never a context quoting the raw request (Pingora's parse errors do, credentials included).
+fn refusal_reason(error: &pingora::Error) -> String {
+    let mut reason = error.etype().as_str().to_string();
+    if let Some(context) = error.context.as_ref().map(|c| c.as_str()) {
+        if !context.starts_with("buf:") {
+            reason.push_str(": ");
+            reason.push_str(clip(context));
+        }
+    }
+    if let Some(cause) = &error.cause {
+        reason.push_str(": ");
+        reason.push_str(clip(&cause.to_string()));
+    }
+    reason
 }
 
 /// Longest value a client controls that goes into a log line.

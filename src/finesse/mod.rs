@@ -596,9 +596,9 @@ impl ProxyHttp for FinesseProxy {
         digest: Option<&Digest>,
         request: Option<&RequestHeader>,
         status: u16,
-        reason: &dyn std::fmt::Display,
+        error: &pingora::Error,
     ) {
-        self.site.front.refused(digest, request, status, reason);
+        self.site.front.refused(digest, request, status, error);
     }
 
     async fn logging(

@@ -308,6 +308,7 @@ async fn requests_pingora_refuses_are_logged_counted_and_do_not_name_it() {
     );
     let ccedge = Ccedge::start(&dir, &yaml, &[port, admin]).await;
     let host = "Host: dc.example.com\r\n";
+    const SECRET: &str = "YWdlbnQ6czNjcmV0";
     let cases = [
         (
             format!("GET /a HTTP/1.1\r\n{host}Host: evil.example.net\r\n\r\n"),
@@ -315,7 +316,7 @@ async fn requests_pingora_refuses_are_logged_counted_and_do_not_name_it() {
             "malformed_request",
         ),
         (
-            "NOT A REQUEST\r\n\r\n".to_string(),
+            format!("NOT A REQUEST\r\nAuthorization: Basic {SECRET}\r\n\r\n"),
             400,
             "malformed_request",
         ),
@@ -376,6 +377,9 @@ async fn requests_pingora_refuses_are_logged_counted_and_do_not_name_it() {
         "{refused:?}"
     );
     assert_eq!(refused[2]["method"], "CONNECT");
+    // A request that cannot be parsed is not quoted: it can carry credentials.
+    let log = std::fs::read_to_string(dir.join("access.log")).unwrap();
+    assert!(!log.contains(SECRET), "{log}");
     assert_eq!(publisher.hits(), 0);
     let metrics = curl(&[&format!("http://127.0.0.1:{admin}/metrics")])
         .await

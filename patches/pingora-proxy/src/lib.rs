@@ -413,7 +413,7 @@ where
                 downstream_session.digest(),
                 Some(downstream_session.req_header()),
                 405,
-                &"CONNECT is not proxied",
+                &Error::explain(HTTPStatus(405), "CONNECT is not proxied"),
             );
             downstream_session.shutdown().await;
             return None;
@@ -1636,8 +1636,12 @@ where
         status: u16,
         reason: &'static str,
     ) {
-        self.inner
-            .request_refused(Some(digest), Some(request), status, &reason);
+        self.inner.request_refused(
+            Some(digest),
+            Some(request),
+            status,
+            &Error::explain(InvalidHTTPHeader, reason),
+        );
     }
 
     fn server_options(&self) -> Option<&HttpServerOptions> {

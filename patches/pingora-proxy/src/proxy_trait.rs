@@ -415,13 +415,14 @@ pub trait ProxyHttp {
     /// answered with `status`: 400 for a request it could not parse or found ambiguous, 405 for
     /// `CONNECT`, 431 for a header over the size limit, and for an HTTP/2 stream refused while
     /// it was accepted 400 or 0 (reset, no answer). `request` is the request header when it was
-    /// read whole, `digest` the connection's, `reason` what was wrong. The default does nothing.
+    /// read whole, `digest` the connection's, `error` what was wrong (its context can quote the
+    /// raw request). The default does nothing.
     fn request_refused(
         &self,
         _digest: Option<&Digest>,
         _request: Option<&RequestHeader>,
         _status: u16,
-        _reason: &dyn std::fmt::Display,
+        _error: &Error,
     ) {
     }
 
