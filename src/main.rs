@@ -13,7 +13,8 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let logger =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).build();
-    log::set_max_level(logger.filter());
+    // Pingora's routine events are counted whatever the level shown (observe::log_levels).
+    log::set_max_level(logger.filter().max(log::LevelFilter::Warn));
     let _ = log::set_boxed_logger(Box::new(observe::log_levels::Levels::new(logger)));
     let cli = cli::Cli::parse();
     if let Some(cli::Command::Schema) = cli.command {

@@ -20,7 +20,7 @@ use pingora::proxy::{FailToProxy, Session};
 use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Per-request state shared by the filters of one request.
 pub struct Exchange {
@@ -334,7 +334,7 @@ impl Front {
         status: u16,
         error: &pingora::Error,
     ) {
-        self.metrics.finish(None, status, Duration::ZERO);
+        self.metrics.count(None, status);
         if !self.log.enabled() {
             return;
         }
@@ -410,6 +410,7 @@ impl Front {
             cache: labels.cache,
             tracking_id: ctx.tracking_id.as_ref().and_then(|t| t.to_str().ok()),
             refusal: None,
+            // Clipped: an upstream's unparseable answer is quoted in its error, up to 1 MiB.
             error: match (&ctx.refusal, error) {
                 (Some(refusal), Some(e))
                     if !matches!(e.etype(), pingora::ErrorType::HTTPStatus(_)) =>
@@ -419,7 +420,11 @@ impl Front {
                 (Some(refusal), _) => Some(refusal.to_string()),
                 (None, Some(e)) => Some(e.to_string()),
                 (None, None) => None,
-            },
+            }
+            .map(|mut text| {
+                text.truncate(clip(&text).len());
+                text
+            }),
         });
     }
 }

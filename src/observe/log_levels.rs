@@ -116,13 +116,19 @@ const SOCKETS_LOST: &str = "ccedge: the new server may not have the listening so
 /// Pingora's lines ccedge can trigger, by what they mean to an operator; the first match counts.
 #[rustfmt::skip]
 const RULES: &[Rule] = &[
+    // An answer the HTTP/2 library refused to send (headers it forbids): ccedge's doing, not the client's.
+    rule(PROXY, Contains("user error:"), Advice("ccedge: an answer HTTP/2 refused to carry; please report it")),
     // Clients: scanners, disconnects, malformed traffic.
     rule(LISTENING, Starts("Downstream handshake error"), Routine(Event::ClientHandshakeFailed)),
     rule(LISTENING, Starts("Downstream handshake timeout"), Routine(Event::ClientHandshakeTimeout)),
     rule(LISTENING, Starts("Accept() failed"), Advice("ccedge: raise the open-files limit (LimitNOFILE) or lower the connection limits")),
     rule("pingora_core::apps", Starts("H2 handshake error"), Routine(Event::ClientHandshakeFailed)),
     rule("pingora_core::protocols::http::v2::server", Starts("tearing down downstream h2 connection"), Routine(Event::ClientH2Malformed)),
-    rule(PROXY, Starts("Fail to proxy: Downstream"), Routine(Event::ClientError)),
+    rule(PROXY, Starts("Fail to proxy: Downstream ConnectionClosed"), Routine(Event::ClientError)),
+    rule(PROXY, Starts("Fail to proxy: Downstream ReadError"), Routine(Event::ClientError)),
+    rule(PROXY, Starts("Fail to proxy: Downstream WriteError"), Routine(Event::ClientError)),
+    rule(PROXY, Starts("Fail to proxy: Downstream ReadTimedout"), Routine(Event::ClientError)),
+    rule(PROXY, Starts("Fail to proxy: Downstream WriteTimedout"), Routine(Event::ClientError)),
     rule(PROXY, Starts("failed to send error response to downstream"), Routine(Event::ClientError)),
     // ccedge's own refusals (413, 421, 503), already in the access log and the metrics.
     rule(PROXY, Starts("Fail to proxy:  HTTPStatus"), At(Level::Debug)),
@@ -142,6 +148,8 @@ const RULES: &[Rule] = &[
     rule("pingora_pool::connection", Starts("Data received on idle client connection"), Routine(Event::UpstreamIdleData)),
     rule("pingora_pool::connection", Starts("Fail to get pool node"), At(Level::Debug)),
     rule("pingora_core::protocols::tls::boringssl_openssl::stream", Starts("Clearing dirty TLS error stack"), At(Level::Debug)),
+    // A client that reset its connection before ccedge closed it.
+    rule("pingora_core::protocols::tls::boringssl_openssl::server", Starts("TLS shutdown failed"), Routine(Event::ClientError)),
     // ccedge logs node health changes itself.
     rule("pingora_load_balancing", Contains(" becomes unhealthy"), At(Level::Debug)),
     rule("pingora_load_balancing", Contains(" becomes healthy"), At(Level::Debug)),
@@ -190,8 +198,13 @@ pub struct Levels<L> {
     inner: L,
 }
 
+/// Longest line of Pingora's written: an upstream's unparseable answer is quoted whole (1 MiB).
+const LINE_MAX: usize = 4096;
+
 impl<L: Log> Levels<L> {
+    /// Every event's counter is registered now, so that each series exists from the start.
     pub fn new(inner: L) -> Levels<L> {
+        let _ = Event::ClientError.counter();
         Levels { inner }
     }
 
@@ -223,16 +236,24 @@ impl<L: Log> Log for Levels<L> {
         if record.level() > Level::Info || !record.target().starts_with("pingora") {
             return self.inner.log(record);
         }
-        let formatted;
+        let mut formatted;
         let message = match record.args().as_str() {
             Some(text) => text,
             None => {
                 formatted = record.args().to_string();
+                if formatted.len() > LINE_MAX {
+                    let mut end = LINE_MAX;
+                    while !formatted.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    formatted.truncate(end);
+                    formatted.push_str(" (cut)");
+                }
                 &formatted
             }
         };
         match classify(record.target(), message) {
-            None => self.inner.log(record),
+            None => self.write(record, record.level(), format_args!("{message}")),
             Some(Routine(event)) => {
                 event.counter().inc();
                 self.write(record, Level::Debug, format_args!("{message}"));
@@ -263,6 +284,7 @@ mod tests {
             (PROXY, "Fail to proxy: Downstream WriteError context: Peer: addr: 127.0.0.1:8 cause: Broken pipe (os error 32), status: 0, tries: 1, retry: false, GET /x, Host: a", Event::ClientError),
             (PROXY_CACHE, "Fail to serve cache: Downstream WriteError context: while writing body cause: Broken pipe (os error 32), GET /desktop/a.js, Host: a", Event::ClientError),
             ("pingora_core::connectors", "Unexpected data read in idle connection", Event::UpstreamIdleData),
+            ("pingora_core::protocols::tls::boringssl_openssl::server", "TLS shutdown failed, error:0A000126", Event::ClientError),
             (PROXY_H1, "Fail to cache response: Internal InternalError context: body longer than 8 bytes: not cached, GET /big", Event::CacheTooLarge),
         ];
         for (target, message, event) in cases {
@@ -310,6 +332,9 @@ mod tests {
         assert!(matches!(classify(PROXY, upstream), Some(Advice(_))));
         let internal = "Fail to proxy: Internal InternalError context: request reached the upstream without a client identity";
         assert_eq!(classify(PROXY, internal), None);
+        // A downstream failure of ccedge's own making (a header HTTP/2 refuses) is not a client's.
+        let malformed = "Fail to proxy: Downstream WriteError context: x cause: user error: malformed headers, status: 0";
+        assert!(matches!(classify(PROXY, malformed), Some(Advice(_))));
         // The same words from another module are not the line the rule is about.
         assert_eq!(
             classify("pingora_core::server", "Fail to proxy: Downstream x"),
@@ -374,7 +399,16 @@ mod tests {
             PROXY,
             format_args!("Fail to proxy: Upstream y"),
         );
-        let seen = levels.inner.0.lock().unwrap().clone();
+        let long = "x".repeat(2 * LINE_MAX);
+        log(
+            &levels,
+            Level::Warn,
+            "pingora_core::protocols::http::v1::client",
+            format_args!("{long}"),
+        );
+        let mut seen = levels.inner.0.lock().unwrap().clone();
+        let (_, cut) = seen.pop().unwrap();
+        assert_eq!(cut.len(), LINE_MAX + " (cut)".len());
         assert_eq!(Event::ClientError.counter().get(), before + 1);
         assert_eq!(
             seen,

@@ -303,12 +303,17 @@ impl ServiceMetrics {
 
     /// Counts one finished request.
     pub fn finish(&self, route: Option<usize>, status: u16, elapsed: Duration) {
+        self.count(route, status);
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one request, without a duration (a refusal of the HTTP layer, which has none).
+    pub fn count(&self, route: Option<usize>, status: u16) {
         let route = route
             .unwrap_or(self.requests.len() - 1)
             .min(self.requests.len() - 1);
         let class = usize::from(status / 100).min(CLASSES.len() - 1);
         self.requests[route][class].inc();
-        self.duration.observe(elapsed.as_secs_f64());
     }
 }
 
