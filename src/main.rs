@@ -112,6 +112,12 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    if cli.daemon {
+        if let Err(e) = run::supervise::pid_file_free(&config) {
+            eprintln!("ccedge: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     match run::process::run(config, cli.daemon, cli.upgrade) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

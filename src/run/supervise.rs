@@ -83,14 +83,43 @@ pub fn supervise(file: &Path, config: Config) -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        // Before anything else: a reload asked during the start must not kill the supervisor.
+        let signals = match Signals::new() {
+            Ok(signals) => signals,
+            Err(e) => {
+                log::error!("supervisor: cannot handle signals: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         match Supervisor::start(file, config).await {
-            Ok(mut s) => s.run().await,
+            Ok(mut s) => s.run(signals).await,
             Err(e) => {
                 log::error!("supervisor: {e}");
                 ExitCode::FAILURE
             }
         }
     })
+}
+
+/// The signals the supervisor answers.
+struct Signals {
+    hangup: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
+    child: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        Ok(Signals {
+            hangup: signal(SignalKind::hangup())?,
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+            quit: signal(SignalKind::quit())?,
+            child: signal(SignalKind::child())?,
+        })
+    }
 }
 
 struct Supervisor {
@@ -146,23 +175,18 @@ impl Supervisor {
         }
     }
 
-    async fn run(&mut self) -> ExitCode {
-        let mut hangup = signal(SignalKind::hangup()).expect("signal handler");
-        let mut terminate = signal(SignalKind::terminate()).expect("signal handler");
-        let mut interrupt = signal(SignalKind::interrupt()).expect("signal handler");
-        let mut quit = signal(SignalKind::quit()).expect("signal handler");
-        let mut child = signal(SignalKind::child()).expect("signal handler");
+    async fn run(&mut self, mut signals: Signals) -> ExitCode {
         loop {
             tokio::select! {
-                _ = hangup.recv() => {
+                _ = signals.hangup.recv() => {
                     if let Err(code) = self.reload().await {
                         return code;
                     }
                 }
-                _ = terminate.recv() => return self.stop(Signal::SIGTERM).await,
-                _ = quit.recv() => return self.stop(Signal::SIGTERM).await,
-                _ = interrupt.recv() => return self.stop(Signal::SIGINT).await,
-                _ = child.recv() => {
+                _ = signals.terminate.recv() => return self.stop(Signal::SIGTERM).await,
+                _ = signals.quit.recv() => return self.stop(Signal::SIGTERM).await,
+                _ = signals.interrupt.recv() => return self.stop(Signal::SIGINT).await,
+                _ = signals.child.recv() => {
                     if let Some(code) = self.reap() {
                         return code;
                     }
@@ -203,9 +227,23 @@ impl Supervisor {
         for (pid, _) in &self.draining {
             send(*pid, how);
         }
-        let _ = self.current.wait().await;
-        for (_, old) in &mut self.draining {
-            let _ = old.wait().await;
+        // The servers stop within their grace periods; one that does not is killed, so that a
+        // hung server cannot hold the pid file (and every restart) forever.
+        let server = &self.config.server;
+        let limit = Duration::from_secs(
+            server.grace_period_seconds + server.graceful_shutdown_timeout_seconds + 10,
+        );
+        let children =
+            std::iter::once(&mut self.current).chain(self.draining.iter_mut().map(|(_, old)| old));
+        for child in children {
+            if tokio::time::timeout(limit, child.wait()).await.is_err() {
+                log::error!(
+                    "supervisor: server {} did not stop within {} s; killing it",
+                    child.id().unwrap_or_default(),
+                    limit.as_secs()
+                );
+                let _ = child.kill().await;
+            }
         }
         // Only what this supervisor wrote: the files carry its pid or its server's.
         let own = std::process::id().to_string();
@@ -323,40 +361,83 @@ impl Supervisor {
 
 /// Locks `server.pid_file` (as `ccedge -d` does) and writes this process's pid in it. Refused
 /// while another process holds it: a second supervisor, even one finishing its graceful stop,
-/// or a daemon.
+/// or a daemon. The file is this user's and readable by nobody else: a lock needs only an open
+/// file, and anyone who could open it could hold every supervisor off.
 fn claim_pid_file(config: &Config) -> Result<std::fs::File, String> {
     use std::io::Write;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
     let path = &config.server.pid_file;
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(|e| format!("cannot open pid file {path}: {e}"))?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let holder = std::fs::read_to_string(path).unwrap_or_default();
-            let serving = read_state(&state_file(config))
-                .map(|s| format!(", serving {}", s.config.display()))
-                .unwrap_or_default();
+    // A stopping supervisor may remove the file between our open and our lock: the lock then
+    // holds a file that is gone, so it is taken again on the file now at the path.
+    for _ in 0..3 {
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(|e| format!("cannot open pid file {path}: {e}"))?;
+        let opened = file
+            .metadata()
+            .map_err(|e| format!("cannot read pid file {path}: {e}"))?;
+        if opened.uid() != nix::unistd::geteuid().as_raw() {
             return Err(format!(
-                "another ccedge (pid {}{serving}) holds the pid file {path}: stop it and wait \
-                 until it has exited (a graceful stop takes up to the grace period), or reload it \
-                 with `ccedge reload -c FILE`; a second supervisor for the same pid_file would \
-                 take its state from it",
-                holder.trim()
+                "pid file {path} belongs to another user (uid {}): remove it, or set \
+                 server.pid_file to a path of ccedge's own",
+                opened.uid()
             ));
         }
-        Err(std::fs::TryLockError::Error(e)) => {
-            return Err(format!("cannot lock pid file {path}: {e}"))
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(held_message(config)),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(format!("cannot lock pid file {path}: {e}"))
+            }
         }
+        let current = std::fs::symlink_metadata(path).ok();
+        if !current.is_some_and(|c| c.dev() == opened.dev() && c.ino() == opened.ino()) {
+            continue;
+        }
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .and_then(|()| file.set_len(0))
+            .and_then(|()| writeln!(file, "{}", std::process::id()))
+            .map_err(|e| format!("cannot write pid file {path}: {e}"))?;
+        return Ok(file);
     }
-    file.set_len(0)
-        .and_then(|()| writeln!(file, "{}", std::process::id()))
-        .map_err(|e| format!("cannot write pid file {path}: {e}"))?;
-    Ok(file)
+    Err(format!(
+        "pid file {path} keeps being replaced: is another ccedge starting and stopping?"
+    ))
+}
+
+/// Whether another process holds `server.pid_file`'s lock (a supervisor or a daemon).
+fn held(config: &Config) -> bool {
+    std::fs::File::open(&config.server.pid_file)
+        .is_ok_and(|f| matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)))
+}
+
+fn held_message(config: &Config) -> String {
+    let path = &config.server.pid_file;
+    let holder = std::fs::read_to_string(path).unwrap_or_default();
+    let serving = read_state(&state_file(config))
+        .map(|s| format!(", serving {}", s.config.display()))
+        .unwrap_or_default();
+    format!(
+        "another ccedge (pid {}{serving}) holds the pid file {path}: stop it and wait until it \
+         has exited (a graceful stop takes up to the grace period), or reload it with \
+         `ccedge reload -c FILE`",
+        holder.trim()
+    )
+}
+
+/// Refuses `ccedge -d` while another ccedge holds `server.pid_file`: the daemon would move the
+/// file aside and take it over.
+pub fn pid_file_free(config: &Config) -> Result<(), String> {
+    if held(config) {
+        return Err(held_message(config));
+    }
+    Ok(())
 }
 
 enum Failure {
@@ -407,7 +488,10 @@ async fn wait_ready(child: &mut Child, config: &Config) -> Result<(), String> {
 /// checks of `-t`) and reports how it went.
 pub fn reload(file: &Path, config: &Config) -> ExitCode {
     let path = state_file(config);
-    let Some(state) = read_state(&path).filter(|s| alive(s.supervisor_pid)) else {
+    // A live supervisor holds the pid file's lock: a state file alone may be a dead one's, and
+    // its pid another process's now.
+    let live = held(config);
+    let Some(state) = read_state(&path).filter(|s| live && alive(s.supervisor_pid)) else {
         eprintln!(
             "ccedge: no ccedge supervisor is running for {} (no live state in {}); \
              start ccedge with `ccedge supervise -c FILE` to reload without dropping requests",

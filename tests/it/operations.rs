@@ -296,6 +296,27 @@ async fn supervisor_refuses_a_broken_file_on_sighup_and_stops_on_sigterm() {
     assert_eq!(none.status.code(), Some(1));
 }
 
+/// Runs ccedge with `args`, expecting it to exit within 5 s; one that starts anyway is stopped
+/// with what it started, and the test fails.
+async fn exits_at_once(args: &[&str]) -> std::process::Output {
+    let started = tokio::process::Command::new(binary())
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let group = format!("-{}", started.id().unwrap());
+    let output = tokio::time::timeout(Duration::from_secs(5), started.wait_with_output()).await;
+    let Ok(output) = output else {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .status();
+        panic!("ccedge {args:?} started instead of refusing");
+    };
+    output.unwrap()
+}
+
 #[tokio::test]
 async fn a_second_supervisor_is_refused_while_the_first_stops_and_no_one_removes_the_others_files()
 {
@@ -311,26 +332,8 @@ async fn a_second_supervisor_is_refused_while_the_first_stops_and_no_one_removes
     );
     let mut first = Ccedge::launch(&dir, "ccedge", &yaml, &["supervise"], &[port, admin]).await;
     let config = dir.join("ccedge.yaml");
-    // A second supervisor that started anyway is stopped with its server, then the test fails.
-    let supervise = || async {
-        let second = tokio::process::Command::new(binary())
-            .args(["supervise", "-c", config.to_str().unwrap()])
-            .stderr(std::process::Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .unwrap();
-        let group = second.id().unwrap();
-        let output = tokio::time::timeout(Duration::from_secs(5), second.wait_with_output()).await;
-        let Ok(output) = output else {
-            let group = format!("-{group}");
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", "--", &group])
-                .status();
-            panic!("a second supervisor started");
-        };
-        output.unwrap()
-    };
-    let running = supervise().await;
+    let supervise = ["supervise", "-c", config.to_str().unwrap()];
+    let running = exits_at_once(&supervise).await;
     let said = String::from_utf8_lossy(&running.stderr);
     assert_eq!(running.status.code(), Some(1), "{said}");
     assert!(
@@ -338,10 +341,23 @@ async fn a_second_supervisor_is_refused_while_the_first_stops_and_no_one_removes
         "{said}"
     );
 
+    // Nor may a daemon take the file over, and nobody else may open (and so lock) it.
+    let daemon = exits_at_once(&["-d", "-c", config.to_str().unwrap()]).await;
+    let said = String::from_utf8_lossy(&daemon.stderr);
+    assert_eq!(daemon.status.code(), Some(1), "{said}");
+    assert!(said.contains("holds the pid file"), "{said}");
+    let mode = std::fs::metadata(dir.join("ccedge.pid"))
+        .unwrap()
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+
     // Stopping takes the grace period: a second supervisor started meanwhile is refused too.
     first.signal("TERM");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let stopping = supervise().await;
+    let stopping = exits_at_once(&supervise).await;
     let said = String::from_utf8_lossy(&stopping.stderr);
     assert_eq!(stopping.status.code(), Some(1), "{said}");
     assert!(said.contains("holds the pid file"), "{said}");
