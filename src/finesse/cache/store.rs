@@ -30,8 +30,10 @@ use std::time::SystemTime;
 /// process's and its lock is held for a list update only, so one shard keeps the order exact.
 pub const SHARDS: usize = 1;
 
-/// Bytes an entry is counted for beyond its body: its header and bookkeeping.
-const ENTRY_OVERHEAD: usize = 512;
+/// Bytes an entry is counted for beyond its body and header: its key, path, maps and lists.
+const ENTRY_OVERHEAD: usize = 1024;
+/// Bytes each header field is counted for beyond its name and value (map slots, case map).
+const FIELD_OVERHEAD: usize = 64;
 
 /// What a stored response's metadata is made from again on every hit (pingora's `CacheMeta` is
 /// not `Clone`).
@@ -55,8 +57,17 @@ impl StoredMeta {
             stale_while_revalidate: meta.stale_while_revalidate_sec(),
             stale_if_error: meta.stale_if_error_sec(),
             variance: meta.variance(),
-            header: meta.response_header().clone(),
+            header: compact(meta.response_header()),
         }
+    }
+
+    /// What the header is counted for in the cache's size.
+    fn weight(&self) -> usize {
+        self.header
+            .headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + FIELD_OVERHEAD)
+            .sum()
     }
 
     fn to_meta(&self) -> CacheMeta {
@@ -73,6 +84,24 @@ impl StoredMeta {
         }
         meta
     }
+}
+
+/// A copy of `header` in allocations of its own. An upstream's header is parsed in place: its
+/// values are slices of the buffer it was read into (4 KiB at least), which a stored clone would
+/// keep alive for as long as the entry lives, uncounted.
+fn compact(header: &ResponseHeader) -> ResponseHeader {
+    let mut copy =
+        ResponseHeader::build(header.status, Some(header.headers.len())).expect("a valid status");
+    copy.set_version(header.version);
+    for (name, value) in &header.headers {
+        let value = http::HeaderValue::from_bytes(value.as_bytes()).expect("was a header value");
+        copy.append_header(name.clone(), value)
+            .expect("was a header field");
+    }
+    if let Some(phrase) = header.get_reason_phrase() {
+        let _ = copy.set_reason_phrase(Some(phrase));
+    }
+    copy
 }
 
 /// A stored response's header framed by the length of the body stored with it. A body that was
@@ -196,13 +225,19 @@ impl Storage for MemStore {
         _trace: &SpanHandle,
     ) -> pingora::Result<MissHandler> {
         let path = key.extensions.get::<RequestPath>().map_or("", |p| &p.0);
+        // A body of announced length is read into a buffer of its size (a rewritten one has none).
+        let length = meta
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+            .unwrap_or(0);
         Ok(Box::new(Miss {
             store: self,
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             key: key.to_compact(),
             path: path.into(),
             meta: StoredMeta::of(meta),
-            body: BytesMut::new(),
+            body: BytesMut::with_capacity(length.min(self.max_body)),
         }))
     }
 
@@ -353,15 +388,21 @@ impl HandleMiss for Miss {
     }
 
     async fn finish(self: Box<Self>) -> pingora::Result<MissFinishType> {
-        let weight = self.body.len() + ENTRY_OVERHEAD;
         let mut meta = self.meta;
         meta.header = with_length(meta.header, self.body.len());
+        let weight = self.body.len() + meta.weight() + ENTRY_OVERHEAD;
+        // A buffer that grew by doubling (a body of unknown length) is copied to its length.
+        let body = if self.body.capacity() > self.body.len() + self.body.len() / 8 {
+            Bytes::copy_from_slice(&self.body)
+        } else {
+            self.body.freeze()
+        };
         self.store.insert(Object {
             id: self.id,
             key: self.key,
             path: self.path,
             meta,
-            body: self.body.freeze(),
+            body,
             weight,
         });
         Ok(MissFinishType::Created(weight))
@@ -436,7 +477,24 @@ mod tests {
             .unwrap();
         hit.seek(6, Some(11)).unwrap();
         assert_eq!(hit.read_body().await.unwrap().unwrap(), "world");
-        assert_eq!(s.size(), (1, 11 + ENTRY_OVERHEAD));
+        let header = "content-length".len() + "11".len() + FIELD_OVERHEAD;
+        assert_eq!(s.size(), (1, 11 + header + ENTRY_OVERHEAD));
+    }
+
+    #[test]
+    fn a_stored_header_keeps_nothing_of_the_buffer_it_was_read_into() {
+        // As an upstream's header is parsed: values are slices of the read buffer.
+        let buffer = Bytes::from(vec![b'v'; 4096]);
+        let mut header = ResponseHeader::build(200, None).unwrap();
+        let value = http::HeaderValue::from_maybe_shared(buffer.slice(10..20)).unwrap();
+        header.insert_header("x-upstream", value).unwrap();
+        let now = SystemTime::now();
+        let meta = CacheMeta::new(now, now, 0, 0, header);
+        let stored = StoredMeta::of(&meta);
+        let kept = stored.header.headers["x-upstream"].as_bytes();
+        assert_eq!(kept, b"vvvvvvvvvv");
+        let inside = buffer.as_ptr_range().contains(&kept.as_ptr());
+        assert!(!inside, "the stored header points into the read buffer");
     }
 
     #[tokio::test]
