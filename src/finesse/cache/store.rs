@@ -34,6 +34,8 @@ pub const SHARDS: usize = 1;
 const ENTRY_OVERHEAD: usize = 1024;
 /// Bytes each header field is counted for beyond its name and value (map slots, case map).
 const FIELD_OVERHEAD: usize = 64;
+/// The largest body buffer allocated ahead of the body, on the upstream's word.
+const PREALLOCATED_MAX: usize = 1 << 20;
 
 /// What a stored response's metadata is made from again on every hit (pingora's `CacheMeta` is
 /// not `Clone`).
@@ -225,7 +227,8 @@ impl Storage for MemStore {
         _trace: &SpanHandle,
     ) -> pingora::Result<MissHandler> {
         let path = key.extensions.get::<RequestPath>().map_or("", |p| &p.0);
-        // A body of announced length is read into a buffer of its size (a rewritten one has none).
+        // A body of announced length is read into a buffer of its size (a rewritten one has
+        // none), up to 1 MiB: past that the announcement is not taken on trust.
         let length = meta
             .headers()
             .get(http::header::CONTENT_LENGTH)
@@ -237,7 +240,7 @@ impl Storage for MemStore {
             key: key.to_compact(),
             path: path.into(),
             meta: StoredMeta::of(meta),
-            body: BytesMut::with_capacity(length.min(self.max_body)),
+            body: BytesMut::with_capacity(length.min(self.max_body).min(PREALLOCATED_MAX)),
         }))
     }
 
