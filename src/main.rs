@@ -112,7 +112,8 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    if cli.daemon {
+    // An upgrade (`-u`) takes over from the process that holds the file.
+    if cli.daemon && !cli.upgrade {
         if let Err(e) = run::supervise::pid_file_free(&config) {
             eprintln!("ccedge: {e}");
             return ExitCode::FAILURE;

@@ -116,19 +116,15 @@ const SOCKETS_LOST: &str = "ccedge: the new server may not have the listening so
 /// Pingora's lines ccedge can trigger, by what they mean to an operator; the first match counts.
 #[rustfmt::skip]
 const RULES: &[Rule] = &[
-    // An answer the HTTP/2 library refused to send (headers it forbids): ccedge's doing, not the client's.
-    rule(PROXY, Contains("user error:"), Advice("ccedge: an answer HTTP/2 refused to carry; please report it")),
     // Clients: scanners, disconnects, malformed traffic.
     rule(LISTENING, Starts("Downstream handshake error"), Routine(Event::ClientHandshakeFailed)),
     rule(LISTENING, Starts("Downstream handshake timeout"), Routine(Event::ClientHandshakeTimeout)),
     rule(LISTENING, Starts("Accept() failed"), Advice("ccedge: raise the open-files limit (LimitNOFILE) or lower the connection limits")),
     rule("pingora_core::apps", Starts("H2 handshake error"), Routine(Event::ClientHandshakeFailed)),
     rule("pingora_core::protocols::http::v2::server", Starts("tearing down downstream h2 connection"), Routine(Event::ClientH2Malformed)),
-    rule(PROXY, Starts("Fail to proxy: Downstream ConnectionClosed"), Routine(Event::ClientError)),
-    rule(PROXY, Starts("Fail to proxy: Downstream ReadError"), Routine(Event::ClientError)),
-    rule(PROXY, Starts("Fail to proxy: Downstream WriteError"), Routine(Event::ClientError)),
-    rule(PROXY, Starts("Fail to proxy: Downstream ReadTimedout"), Routine(Event::ClientError)),
-    rule(PROXY, Starts("Fail to proxy: Downstream WriteTimedout"), Routine(Event::ClientError)),
+    // Whatever failed on the client's side of the exchange: it left, reset, cancelled an HTTP/2
+    // stream, or sent a body it could not frame.
+    rule(PROXY, Starts("Fail to proxy: Downstream"), Routine(Event::ClientError)),
     rule(PROXY, Starts("failed to send error response to downstream"), Routine(Event::ClientError)),
     // ccedge's own refusals (413, 421, 503), already in the access log and the metrics.
     rule(PROXY, Starts("Fail to proxy:  HTTPStatus"), At(Level::Debug)),
@@ -284,6 +280,8 @@ mod tests {
             (PROXY, "Fail to proxy: Downstream WriteError context: Peer: addr: 127.0.0.1:8 cause: Broken pipe (os error 32), status: 0, tries: 1, retry: false, GET /x, Host: a", Event::ClientError),
             (PROXY_CACHE, "Fail to serve cache: Downstream WriteError context: while writing body cause: Broken pipe (os error 32), GET /desktop/a.js, Host: a", Event::ClientError),
             ("pingora_core::connectors", "Unexpected data read in idle connection", Event::UpstreamIdleData),
+            (PROXY, "Fail to proxy: Downstream H2Error context: Client closed H2 cause: user error: inactive stream, status: 0", Event::ClientError),
+            (PROXY, "Fail to proxy: Downstream InvalidChunk context: invalid chunk size, status: 400", Event::ClientError),
             ("pingora_core::protocols::tls::boringssl_openssl::server", "TLS shutdown failed, error:0A000126", Event::ClientError),
             (PROXY_H1, "Fail to cache response: Internal InternalError context: body longer than 8 bytes: not cached, GET /big", Event::CacheTooLarge),
         ];
@@ -332,9 +330,6 @@ mod tests {
         assert!(matches!(classify(PROXY, upstream), Some(Advice(_))));
         let internal = "Fail to proxy: Internal InternalError context: request reached the upstream without a client identity";
         assert_eq!(classify(PROXY, internal), None);
-        // A downstream failure of ccedge's own making (a header HTTP/2 refuses) is not a client's.
-        let malformed = "Fail to proxy: Downstream WriteError context: x cause: user error: malformed headers, status: 0";
-        assert!(matches!(classify(PROXY, malformed), Some(Advice(_))));
         // The same words from another module are not the line the rule is about.
         assert_eq!(
             classify("pingora_core::server", "Fail to proxy: Downstream x"),

@@ -92,18 +92,28 @@ impl StoredMeta {
 /// values are slices of the buffer it was read into (4 KiB at least), which a stored clone would
 /// keep alive for as long as the entry lives, uncounted.
 fn compact(header: &ResponseHeader) -> ResponseHeader {
-    let mut copy =
-        ResponseHeader::build(header.status, Some(header.headers.len())).expect("a valid status");
+    copied(header).unwrap_or_else(|| header.clone())
+}
+
+/// `header` rebuilt field by field, names in the case the upstream wrote them.
+fn copied(header: &ResponseHeader) -> Option<ResponseHeader> {
+    let mut copy = ResponseHeader::build(header.status, Some(header.headers.len())).ok()?;
     copy.set_version(header.version);
-    for (name, value) in &header.headers {
-        let value = http::HeaderValue::from_bytes(value.as_bytes()).expect("was a header value");
-        copy.append_header(name.clone(), value)
-            .expect("was a header field");
+    let value = |v: &http::HeaderValue| http::HeaderValue::from_bytes(v.as_bytes()).ok();
+    if header.has_case() {
+        for (name, v) in header.case_header_iter() {
+            let name = String::from_utf8(name.as_slice().to_vec()).ok()?;
+            copy.append_header(name, value(v)?).ok()?;
+        }
+    } else {
+        for (name, v) in &header.headers {
+            copy.append_header(name.clone(), value(v)?).ok()?;
+        }
     }
     if let Some(phrase) = header.get_reason_phrase() {
-        let _ = copy.set_reason_phrase(Some(phrase));
+        copy.set_reason_phrase(Some(phrase)).ok()?;
     }
-    copy
+    Some(copy)
 }
 
 /// A stored response's header framed by the length of the body stored with it. A body that was
@@ -490,12 +500,18 @@ mod tests {
         let buffer = Bytes::from(vec![b'v'; 4096]);
         let mut header = ResponseHeader::build(200, None).unwrap();
         let value = http::HeaderValue::from_maybe_shared(buffer.slice(10..20)).unwrap();
-        header.insert_header("x-upstream", value).unwrap();
+        header.insert_header("X-Upstream", value).unwrap();
         let now = SystemTime::now();
         let meta = CacheMeta::new(now, now, 0, 0, header);
         let stored = StoredMeta::of(&meta);
         let kept = stored.header.headers["x-upstream"].as_bytes();
         assert_eq!(kept, b"vvvvvvvvvv");
+        let names: Vec<&[u8]> = stored
+            .header
+            .case_header_iter()
+            .map(|(n, _)| n.as_slice())
+            .collect();
+        assert_eq!(names, [&b"X-Upstream"[..]], "the upstream's case is kept");
         let inside = buffer.as_ptr_range().contains(&kept.as_ptr());
         assert!(!inside, "the stored header points into the read buffer");
     }

@@ -356,9 +356,14 @@ impl HttpSession {
                     }
                     HeaderParseState::Partial => { /* read more below */ }
                     HeaderParseState::Invalid(e) => {
+                        // ccedge patch: the header is not quoted (it can carry an agent's
+                        // session cookie, and be 1 MiB long), only its length.
                         return self.fail_response_header_read(Error::because(
                             InvalidHTTPHeader,
-                            format!("buf: {}", self.response_header_read_buf.escape_ascii()),
+                            format!(
+                                "unparseable response header ({} bytes)",
+                                self.response_header_read_buf.len()
+                            ),
                             e,
                         ));
                     }
