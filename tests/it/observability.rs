@@ -1,6 +1,6 @@
 //! The access log and the admin listener.
 
-use crate::harness::fixtures::{args, Digital};
+use crate::harness::fixtures::{args, plain_channel, Digital};
 use crate::harness::{binary, curl, free_port, server_block, Ccedge, TestDir, Upstream};
 use base64::Engine;
 use serde_json::Value;
@@ -299,13 +299,7 @@ async fn requests_pingora_refuses_are_logged_counted_and_do_not_name_it() {
     let dir = TestDir::new("obs-refused");
     let publisher = Upstream::plain("publisher").await;
     let (port, admin) = (free_port(), free_port());
-    let yaml = format!(
-        "{server}digital_channels:\n  - name: cc\n    listen: 127.0.0.1:{port}\n    public: dc.example.com:443\n    \
-         publisher: {p}\n    subscriber: 127.0.0.1:{spare}\n",
-        server = server_block(&dir.path, Some(admin)),
-        p = publisher.authority(),
-        spare = free_port(),
-    );
+    let yaml = plain_channel(&server_block(&dir.path, Some(admin)), port, &publisher);
     let ccedge = Ccedge::start(&dir, &yaml, &[port, admin]).await;
     let host = "Host: dc.example.com\r\n";
     const SECRET: &str = "YWdlbnQ6czNjcmV0";

@@ -1,7 +1,7 @@
 //! Running ccedge: the supervisor, reloads that lose no request, node health across a reload,
 //! and the metrics.
 
-use crate::harness::fixtures::{args, Digital};
+use crate::harness::fixtures::{args, plain_channel, Digital};
 use crate::harness::http::{Client, Proto};
 use crate::harness::proxy::{reload, server_pid};
 use crate::harness::upstream::{full, Handler};
@@ -233,13 +233,7 @@ async fn supervisor_refuses_a_broken_file_on_sighup_and_stops_on_sigterm() {
     let dir = TestDir::new("supervise-hup");
     let publisher = Upstream::plain("publisher").await;
     let (port, admin) = (free_port(), free_port());
-    let yaml = format!(
-        "{server}digital_channels:\n  - name: cc\n    listen: 127.0.0.1:{port}\n    public: dc.example.com:443\n    \
-         publisher: {p}\n    subscriber: 127.0.0.1:{spare}\n",
-        server = server_block(&dir, admin),
-        p = publisher.authority(),
-        spare = free_port(),
-    );
+    let yaml = plain_channel(&server_block(&dir, admin), port, &publisher);
     let mut supervisor =
         Ccedge::launch(&dir, "ccedge", &yaml, &["supervise"], &[port, admin]).await;
     let health = std::process::Command::new(binary())
@@ -323,13 +317,7 @@ async fn a_second_supervisor_is_refused_while_the_first_stops_and_no_one_removes
     let dir = TestDir::new("supervise-twice");
     let publisher = Upstream::plain("publisher").await;
     let (port, admin) = (free_port(), free_port());
-    let yaml = format!(
-        "{server}digital_channels:\n  - name: cc\n    listen: 127.0.0.1:{port}\n    public: dc.example.com:443\n    \
-         publisher: {p}\n    subscriber: 127.0.0.1:{spare}\n",
-        server = server_block(&dir, admin),
-        p = publisher.authority(),
-        spare = free_port(),
-    );
+    let yaml = plain_channel(&server_block(&dir, admin), port, &publisher);
     let mut first = Ccedge::launch(&dir, "ccedge", &yaml, &["supervise"], &[port, admin]).await;
     let config = dir.join("ccedge.yaml");
     let supervise = ["supervise", "-c", config.to_str().unwrap()];

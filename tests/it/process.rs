@@ -1,18 +1,9 @@
 //! Pingora's process flags kept working: `-u` (take over a running ccedge's sockets) and `-d`.
 
+use crate::harness::fixtures::plain_channel;
 use crate::harness::{curl, free_port, server_block, signal, Ccedge, TestDir, Upstream};
 use serde_json::Value;
 use std::time::{Duration, Instant};
-
-fn plain_digital(dir: &TestDir, port: u16, admin: u16, upstream: &Upstream) -> String {
-    format!(
-        "{server}digital_channels:\n  - name: cc\n    listen: 127.0.0.1:{port}\n    public: dc.example.com:443\n    \
-         publisher: {u}\n    subscriber: 127.0.0.1:{spare}\n",
-        server = server_block(&dir.path, Some(admin)),
-        u = upstream.authority(),
-        spare = free_port(),
-    )
-}
 
 async fn status_pid(admin: u16) -> Option<u64> {
     let reply = curl(&[&format!("http://127.0.0.1:{admin}/status")])
@@ -27,7 +18,7 @@ async fn upgrade_flag_takes_over_the_listening_sockets() {
     let dir = TestDir::new("proc-upgrade");
     let upstream = Upstream::plain("publisher").await;
     let (port, admin) = (free_port(), free_port());
-    let yaml = plain_digital(&dir, port, admin, &upstream);
+    let yaml = plain_channel(&server_block(&dir.path, Some(admin)), port, &upstream);
     let mut old = Ccedge::launch(&dir, "old", &yaml, &[], &[port, admin]).await;
     let new = Ccedge::launch(&dir, "new", &yaml, &["-u"], &[]).await;
     old.signal("QUIT");
@@ -65,7 +56,10 @@ async fn daemon_flag_runs_in_the_background() {
     let dir = TestDir::new("proc-daemon");
     let upstream = Upstream::plain("publisher").await;
     let (port, admin) = (free_port(), free_port());
-    let config = dir.write("ccedge.yaml", &plain_digital(&dir, port, admin, &upstream));
+    let config = dir.write(
+        "ccedge.yaml",
+        &plain_channel(&server_block(&dir.path, Some(admin)), port, &upstream),
+    );
     let status = tokio::process::Command::new(crate::harness::binary())
         .args(["-d", "-c", config.to_str().unwrap()])
         .status()
@@ -128,7 +122,7 @@ async fn a_stopping_process_answers_the_first_request_of_every_connection_it_acc
     let dir = TestDir::new("proc-stop-accepted");
     let upstream = Upstream::plain("publisher").await;
     let (port, admin) = (free_port(), free_port());
-    let yaml = plain_digital(&dir, port, admin, &upstream).replace(
+    let yaml = plain_channel(&server_block(&dir.path, Some(admin)), port, &upstream).replace(
         "graceful_shutdown_timeout_seconds: 1",
         "graceful_shutdown_timeout_seconds: 5",
     );

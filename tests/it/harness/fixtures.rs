@@ -54,6 +54,18 @@ impl Digital {
     }
 }
 
+/// A configuration of `server` (a `server:` block) and one plain-HTTP digital channel `cc` on
+/// 127.0.0.1:`port` (public `dc.example.com:443`) with `publisher` and a subscriber nobody
+/// answers on.
+pub fn plain_channel(server: &str, port: u16, publisher: &Upstream) -> String {
+    format!(
+        "{server}digital_channels:\n  - name: cc\n    listen: 127.0.0.1:{port}\n    public: {DC_HOST}:443\n    \
+         publisher: {p}\n    subscriber: 127.0.0.1:{spare}\n",
+        p = publisher.authority(),
+        spare = free_port(),
+    )
+}
+
 /// curl arguments for `https://host:port/path` on loopback, trusting the folder's `ca.crt`.
 pub fn https(dir: &TestDir, host: &str, port: u16, path: &str) -> Vec<String> {
     vec![
