@@ -42,6 +42,9 @@ pub enum Command {
     /// takes over the listening sockets, the old one finishes its requests). Exit 0 when the
     /// new configuration serves, 1 when nothing changed.
     Reload,
+    /// Have the running ccedge of FILE (its supervisor, which tells every server process, or a
+    /// daemon) reopen the access log, as after a log rotation; exit 0 once the file is there.
+    Reopen,
     /// Exit 0 when the admin listener of FILE answers /healthz, 1 otherwise (for container
     /// health checks).
     Health,

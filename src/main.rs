@@ -33,6 +33,9 @@ fn main() -> ExitCode {
         eprintln!("ccedge: -c FILE is required (ccedge --help explains the options)");
         return ExitCode::FAILURE;
     };
+    if let Some(cli::Command::Reopen) = cli.command {
+        return run::supervise::reopen(&file);
+    }
     if let Some(cli::Command::Health | cli::Command::Purge { .. } | cli::Command::Revoke { .. }) =
         &cli.command
     {
@@ -96,6 +99,7 @@ fn main() -> ExitCode {
             cli::Command::Health
             | cli::Command::Purge { .. }
             | cli::Command::Revoke { .. }
+            | cli::Command::Reopen
             | cli::Command::Schema,
         )
         | None => {}

@@ -79,15 +79,42 @@ pub fn parse_with(
     })
 }
 
+/// `file` read as YAML only: no DNS, no certificate files.
+fn read_raw(file: &Path) -> Result<raw::RawConfig, ConfigError> {
+    let shown = file.display().to_string();
+    let fail = |line: String| ConfigError { lines: vec![line] };
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| fail(format!("{shown}: cannot read the configuration: {e}")))?;
+    serde_yaml::from_str(&text).map_err(|e| fail(describe_yaml_error(&shown, &e)))
+}
+
+/// The files of a running ccedge that `file` names.
+pub struct ProcessFiles {
+    pub pid_file: String,
+    /// The access log, when it is a file.
+    pub access_log: Option<std::path::PathBuf>,
+}
+
+/// Just the pid file and the access log of `file`, for `ccedge reopen` (which a log rotation
+/// runs: it must not depend on DNS or certificate files).
+pub fn process_files(file: &Path) -> Result<ProcessFiles, ConfigError> {
+    let server = read_raw(file)?.server;
+    let access_log = match server.access_log.as_str() {
+        "stdout" | "off" => None,
+        path => Some(path.into()),
+    };
+    Ok(ProcessFiles {
+        pid_file: server.pid_file,
+        access_log,
+    })
+}
+
 /// Just the admin listener of `file` (its address and token), for the commands that talk to a
 /// running ccedge, without validating the rest (no DNS, no files).
 pub fn admin_access(file: &Path) -> Result<Option<AdminSettings>, ConfigError> {
     let shown = file.display().to_string();
     let fail = |line: String| ConfigError { lines: vec![line] };
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| fail(format!("{shown}: cannot read the configuration: {e}")))?;
-    let raw: raw::RawConfig =
-        serde_yaml::from_str(&text).map_err(|e| fail(describe_yaml_error(&shown, &e)))?;
+    let raw = read_raw(file)?;
     raw.server
         .admin
         .map(|a| {

@@ -3,7 +3,8 @@
 //! its worker thread and appended to a shared batch; the writer takes the batch every
 //! `FLUSH_EVERY` (sooner once it is large) and writes it with one call, so a busy proxy makes a
 //! few writes a second instead of one per request and wakes no thread per line. If the writer
-//! falls far behind, lines are dropped and the drop is reported.
+//! falls far behind, lines are dropped and the drop is reported. `reopen` (SIGUSR1, after a
+//! log rotation) has the writer finish the batch on the old file, then open the path again.
 
 use crate::config::AccessLogTarget;
 use serde::Serialize;
@@ -11,6 +12,8 @@ use std::cell::RefCell;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -66,6 +69,10 @@ struct Batch {
 
 pub struct AccessLog {
     enabled: bool,
+    /// The file written, when it is one (reopened by `reopen`).
+    path: Option<PathBuf>,
+    /// How many times a reopen was asked; the writer reopens when it has seen fewer.
+    reopens: Arc<AtomicU64>,
     output: Mutex<Option<Box<dyn Write + Send>>>,
     batch: OnceLock<Option<Arc<Batch>>>,
     worker: Mutex<Option<JoinHandle<()>>>,
@@ -83,16 +90,16 @@ impl AccessLog {
         let output: Option<Box<dyn Write + Send>> = match target {
             AccessLogTarget::Off => None,
             AccessLogTarget::Stdout => Some(Box::new(std::io::stdout())),
-            AccessLogTarget::File(path) => Some(Box::new(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(|e| format!("cannot open access log {}: {e}", path.display()))?,
-            )),
+            AccessLogTarget::File(path) => Some(Box::new(open_file(path)?)),
+        };
+        let path = match target {
+            AccessLogTarget::File(path) => Some(path.clone()),
+            _ => None,
         };
         Ok(AccessLog {
             enabled: output.is_some(),
+            path,
+            reopens: Arc::default(),
             output: Mutex::new(output),
             batch: OnceLock::new(),
             worker: Mutex::new(None),
@@ -128,9 +135,10 @@ impl AccessLog {
         let output = self.output.lock().ok()?.take()?;
         let batch = Arc::new(Batch::default());
         let shared = batch.clone();
+        let reopen = self.path.clone().map(|path| (path, self.reopens.clone()));
         let handle = std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || writer(output, &shared))
+            .spawn(move || writer(output, reopen, &shared))
             .map_err(|e| log::error!("access log writer could not start: {e}"))
             .ok()?;
         *self.worker.lock().ok()? = Some(handle);
@@ -159,15 +167,37 @@ impl AccessLog {
         }
     }
 
+    /// Opens the file again at its path, after a rotation moved it away: the lines queued so far
+    /// go to the old file, every later one to the new (within `FLUSH_EVERY`). `false` when the
+    /// log is not a file (stdout, off): nothing to reopen.
+    pub fn reopen(&self) -> bool {
+        self.reopens.fetch_add(1, Ordering::Relaxed);
+        self.path.is_some()
+    }
+
     /// Whether lines are written at all (`access_log: off` writes none).
     pub fn enabled(&self) -> bool {
         self.enabled
     }
 }
 
-fn writer(mut output: Box<dyn Write + Send>, batch: &Batch) {
+fn open_file(path: &std::path::Path) -> Result<std::fs::File, String> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("cannot open access log {}: {e}", path.display()))
+}
+
+fn writer(
+    mut output: Box<dyn Write + Send>,
+    reopen: Option<(PathBuf, Arc<AtomicU64>)>,
+    batch: &Batch,
+) {
     let mut failing = false;
     let mut spare = Vec::new();
+    // The file was opened before any reopen was asked.
+    let mut reopened = 0;
     loop {
         let (dropped, stop) = {
             let Ok(pending) = batch.pending.lock() else {
@@ -198,6 +228,19 @@ fn writer(mut output: Box<dyn Write + Send>, batch: &Batch) {
         }
         if dropped > 0 {
             log::warn!("{dropped} access log lines dropped: the log destination is not keeping up");
+        }
+        let asked = reopen
+            .as_ref()
+            .map(|(path, asked)| (path, asked.load(Ordering::Relaxed)));
+        if let Some((path, asked)) = asked.filter(|(_, asked)| *asked != reopened) {
+            reopened = asked;
+            match open_file(path) {
+                Ok(file) => {
+                    output = Box::new(file);
+                    log::info!("access log reopened: {}", path.display());
+                }
+                Err(e) => log::error!("{e}; the access log goes on in the old file"),
+            }
         }
         if stop {
             return;

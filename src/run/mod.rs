@@ -1,4 +1,5 @@
 //! Process assembly and operations: the Pingora server, the supervisor and reloads.
 
 pub mod process;
+pub mod signals;
 pub mod supervise;

@@ -13,6 +13,7 @@ use crate::finesse::proxymap::ProxyMapApp;
 use crate::finesse::{FinesseProxy, FinesseSite};
 use crate::observe::access_log::AccessLog;
 use crate::observe::admin::{Admin, StatusSource};
+use crate::run::signals::{self, ReopenOnSignal};
 use pingora::apps::http_app::HttpServer;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
@@ -132,6 +133,11 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
     // process's sockets: past that point the old process no longer accepts connections.
     let conf = server.configuration.clone();
     let log = Arc::new(AccessLog::open(&config.server.access_log)?);
+    signals::hold_reopen_signal()?;
+    server.add_service(background_service(
+        "access log reopen",
+        ReopenOnSignal(log.clone()),
+    ));
     let mut sources: Vec<Arc<dyn StatusSource>> = Vec::new();
 
     for d in &config.digital {

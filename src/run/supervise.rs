@@ -108,6 +108,7 @@ struct Signals {
     interrupt: tokio::signal::unix::Signal,
     quit: tokio::signal::unix::Signal,
     child: tokio::signal::unix::Signal,
+    reopen: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -118,6 +119,7 @@ impl Signals {
             interrupt: signal(SignalKind::interrupt())?,
             quit: signal(SignalKind::quit())?,
             child: signal(SignalKind::child())?,
+            reopen: signal(SignalKind::user_defined1())?,
         })
     }
 }
@@ -191,7 +193,19 @@ impl Supervisor {
                         return code;
                     }
                 }
+                _ = signals.reopen.recv() => self.reopen(),
             }
+        }
+    }
+
+    /// Passes SIGUSR1 on to every server: the draining ones write their last lines too.
+    fn reopen(&mut self) {
+        let servers: Vec<u32> = std::iter::once(self.state.server_pid)
+            .chain(self.draining.iter().map(|(pid, _)| *pid))
+            .collect();
+        log::info!("supervisor: SIGUSR1: servers {servers:?} reopen the access log");
+        for pid in servers {
+            send(pid, Signal::SIGUSR1);
         }
     }
 
@@ -413,7 +427,11 @@ fn claim_pid_file(config: &Config) -> Result<std::fs::File, String> {
 
 /// Whether another process holds `server.pid_file`'s lock (a supervisor or a daemon).
 fn held(config: &Config) -> bool {
-    std::fs::File::open(&config.server.pid_file)
+    held_file(&config.server.pid_file)
+}
+
+fn held_file(pid_file: &str) -> bool {
+    std::fs::File::open(pid_file)
         .is_ok_and(|f| matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)))
 }
 
@@ -482,6 +500,48 @@ async fn wait_ready(child: &mut Child, config: &Config) -> Result<(), String> {
         }
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// `ccedge reopen -c FILE`: has the running ccedge (its supervisor, which tells every server,
+/// or a daemon) reopen its access log, and waits until the file is there again.
+pub fn reopen(file: &Path) -> ExitCode {
+    let files = match config::process_files(file) {
+        Ok(files) => files,
+        Err(e) => {
+            eprintln!("ccedge: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let pid_file = &files.pid_file;
+    let holder = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|text| text.trim().parse::<u32>().ok());
+    let Some(pid) = holder.filter(|pid| held_file(pid_file) && alive(*pid)) else {
+        eprintln!(
+            "ccedge: no ccedge holds {pid_file} (neither a supervisor nor a daemon); a ccedge \
+             in the foreground reopens its access log on SIGUSR1: kill -USR1 <its pid>"
+        );
+        return ExitCode::FAILURE;
+    };
+    send(pid, Signal::SIGUSR1);
+    let Some(log) = files.access_log else {
+        println!("ccedge: told {pid}; its access log is not a file, nothing to reopen");
+        return ExitCode::SUCCESS;
+    };
+    // After a rotation that moved the file away, the reopen creates it again.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !log.exists() {
+        if Instant::now() > deadline {
+            eprintln!(
+                "ccedge: told {pid}, but {} was not created again within 5 s; see its log",
+                log.display()
+            );
+            return ExitCode::FAILURE;
+        }
+        std::thread::sleep(POLL);
+    }
+    println!("ccedge: {pid} reopened {}", log.display());
+    ExitCode::SUCCESS
 }
 
 /// `ccedge reload -c FILE`: asks the running supervisor to reload (after `FILE` passed the

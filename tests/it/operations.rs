@@ -495,3 +495,92 @@ async fn metrics_parse_with_promtool_and_count_what_happened() {
         6.0
     );
 }
+
+/// The numbers `n` of the `/rotate/{n}` requests an access log file holds.
+fn rotated_requests(path: &std::path::Path) -> Vec<u64> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter_map(|entry| {
+            let path = entry["path"].as_str()?.strip_prefix("/rotate/")?;
+            path.parse().ok()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_log_rotation_under_load_loses_no_line() {
+    let dir = TestDir::new("log-rotation");
+    let publisher = Upstream::plain("publisher").await;
+    let (port, admin) = (free_port(), free_port());
+    let yaml = plain_channel(&server_block(&dir, admin), port, &publisher);
+    let supervisor = Ccedge::launch(&dir, "ccedge", &yaml, &["supervise"], &[port, admin]).await;
+    let config = dir.join("ccedge.yaml");
+    let (log, rotated) = (dir.join("access.log"), dir.join("access.log.1"));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = |stop: Arc<AtomicBool>, first: u64| {
+        tokio::spawn(async move {
+            let mut client = Client::new(([127, 0, 0, 1], port).into(), "dc.example.com");
+            let mut n = first;
+            while !stop.load(Ordering::SeqCst) {
+                let answer = client.get(&format!("/rotate/{n}")).await.unwrap();
+                assert_eq!(answer.status, 200, "{}", answer.body);
+                n += 1;
+            }
+            first..n
+        })
+    };
+    let clients = [load(stop.clone(), 0), load(stop.clone(), 1_000_000)];
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // What logrotate does: move the file, then run the postrotate command.
+    std::fs::rename(&log, &rotated).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let reopen = tokio::process::Command::new(binary())
+        .args(["reopen", "-c", config.to_str().unwrap()])
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&reopen.stdout);
+    assert!(
+        reopen.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&reopen.stderr)
+    );
+    assert!(said.contains("reopened"), "{said}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut sent = Vec::new();
+    for client in clients {
+        sent.extend(client.await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let (before, after) = (rotated_requests(&rotated), rotated_requests(&log));
+    assert!(
+        !before.is_empty() && !after.is_empty(),
+        "{} / {}",
+        before.len(),
+        after.len()
+    );
+    let mut logged: Vec<u64> = before.iter().chain(&after).copied().collect();
+    logged.sort_unstable();
+    sent.sort_unstable();
+    assert_eq!(logged.len(), sent.len(), "lines lost or doubled");
+    assert_eq!(logged, sent);
+    // Each client's requests went to the old file, then to the new one.
+    for first in [0, 1_000_000] {
+        let mine = |n: &&u64| (first..first + 1_000_000).contains(*n);
+        let last_old = before.iter().filter(mine).max();
+        let first_new = after.iter().filter(mine).min();
+        assert!(last_old < first_new, "{last_old:?} then {first_new:?}");
+    }
+
+    // With nothing running, the command says so.
+    drop(supervisor);
+    let reopen = exits_at_once(&["reopen", "-c", config.to_str().unwrap()]).await;
+    let said = String::from_utf8_lossy(&reopen.stderr);
+    assert_eq!(reopen.status.code(), Some(1), "{said}");
+    assert!(said.contains("no ccedge holds"), "{said}");
+}
