@@ -438,6 +438,8 @@ mod tests {
         };
         let log = AccessLog {
             enabled: true,
+            path: None,
+            reopens: Arc::default(),
             output: Mutex::new(Some(Box::new(output))),
             batch: OnceLock::new(),
             worker: Mutex::new(None),
