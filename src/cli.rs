@@ -46,8 +46,20 @@ pub enum Command {
     /// daemon) reopen the access log, as after a log rotation; exit 0 once the file is there.
     Reopen,
     /// Exit 0 when the admin listener of FILE answers /healthz, 1 otherwise (for container
-    /// health checks).
-    Health,
+    /// health checks); with --ready, /readyz (not starting, draining or stopping).
+    Health {
+        /// Ask /readyz instead: whether this instance should get new connections.
+        #[arg(long)]
+        ready: bool,
+    },
+    /// Take the running ccedge of FILE out of its balancer's rotation (through the admin
+    /// listener): /readyz answers 503, kept-alive connections close after their next answer,
+    /// HTTP/2 connections get GOAWAY, WebSockets go on. --off ends the drain.
+    Drain {
+        /// End the drain: /readyz answers 200 again.
+        #[arg(long)]
+        off: bool,
+    },
     /// Empty the caches of the running ccedge (through the admin listener of FILE); with
     /// --prefix, only the entries whose request path starts with it.
     Purge {

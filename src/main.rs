@@ -36,8 +36,12 @@ fn main() -> ExitCode {
     if let Some(cli::Command::Reopen) = cli.command {
         return run::supervise::reopen(&file);
     }
-    if let Some(cli::Command::Health | cli::Command::Purge { .. } | cli::Command::Revoke { .. }) =
-        &cli.command
+    if let Some(
+        cli::Command::Health { .. }
+        | cli::Command::Purge { .. }
+        | cli::Command::Revoke { .. }
+        | cli::Command::Drain { .. },
+    ) = &cli.command
     {
         // Only the admin address: these must not depend on DNS or certificate files.
         let admin = match config::admin_access(&file) {
@@ -52,7 +56,9 @@ fn main() -> ExitCode {
                 observe::admin::purge(admin.as_ref(), prefix.as_deref())
             }
             Some(cli::Command::Revoke { user }) => observe::admin::revoke(admin.as_ref(), user),
-            _ => observe::admin::probe(admin.as_ref()),
+            Some(cli::Command::Drain { off }) => observe::admin::drain(admin.as_ref(), *off),
+            Some(cli::Command::Health { ready }) => observe::admin::probe(admin.as_ref(), *ready),
+            _ => ExitCode::FAILURE,
         };
     }
     let config = match config::load(&file) {
@@ -96,7 +102,8 @@ fn main() -> ExitCode {
             )
         }
         Some(
-            cli::Command::Health
+            cli::Command::Health { .. }
+            | cli::Command::Drain { .. }
             | cli::Command::Purge { .. }
             | cli::Command::Revoke { .. }
             | cli::Command::Reopen

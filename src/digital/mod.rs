@@ -16,6 +16,7 @@ use crate::edge::reply::Refusal;
 use crate::edge::{target, upstream};
 use crate::observe::access_log::AccessLog;
 use crate::observe::admin::{self, StatusSource};
+use crate::observe::lifecycle::Lifecycle;
 use crate::observe::metrics::Totals;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -57,7 +58,7 @@ impl DigitalChannel {
     /// `health_state` is the file that carries node health over a reload.
     pub fn new(
         service: &DigitalService,
-        log: Arc<AccessLog>,
+        (log, lifecycle): (Arc<AccessLog>, Arc<Lifecycle>),
         health_state: std::path::PathBuf,
     ) -> (Self, GenBackgroundService<LoadBalancer<RoundRobin>>) {
         let tls = service.upstream_tls.as_ref();
@@ -93,7 +94,7 @@ impl DigitalChannel {
                 &service.clients,
                 RateLimiter::by_path(service.rate_limits.clone()),
                 &service.limits,
-                log,
+                (log, lifecycle),
                 &ROUTE_NAMES,
             ),
             status: json!({

@@ -9,6 +9,7 @@
 use crate::config::cidr::CidrSet;
 use crate::config::CidrLimit;
 use crate::edge::identity;
+use crate::observe::lifecycle::Lifecycle;
 use crate::observe::metrics;
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
@@ -137,17 +138,21 @@ impl Drop for Slot {
     }
 }
 
-/// A server application whose connections are counted and limited.
+/// A server application whose connections are counted and limited, and which end as the
+/// process's lifecycle says (a drain, a reload, a stop) rather than only at the server's
+/// shutdown.
 pub struct Limited<A> {
     app: Arc<A>,
     limits: Arc<ConnectionLimits>,
+    lifecycle: Arc<Lifecycle>,
 }
 
 impl<A> Limited<A> {
-    pub fn new(app: A, limits: Arc<ConnectionLimits>) -> Self {
+    pub fn new(app: A, limits: Arc<ConnectionLimits>, lifecycle: Arc<Lifecycle>) -> Self {
         Limited {
             app: Arc::new(app),
             limits,
+            lifecycle,
         }
     }
 }
@@ -157,8 +162,10 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Limited<A> {
     async fn process_new(
         self: &Arc<Self>,
         mut stream: Stream,
-        shutdown: &ShutdownWatch,
+        _shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let _open = self.lifecycle.connection();
+        let shutdown = &self.lifecycle.connection_watch();
         let socket = stream.get_socket_digest();
         let inet = |a: Option<&pingora::protocols::l4::socket::SocketAddr>| {
             a.and_then(|a| a.as_inet()).copied()

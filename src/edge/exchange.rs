@@ -11,6 +11,7 @@ use crate::edge::proxy_protocol;
 use crate::edge::reply::{self, Refusal};
 use crate::edge::target;
 use crate::observe::access_log::{self, AccessLog, Entry};
+use crate::observe::lifecycle::Lifecycle;
 use crate::observe::metrics::ServiceMetrics;
 use bytes::Bytes;
 use http::header::HeaderValue;
@@ -131,6 +132,7 @@ pub struct Front {
     rate: Option<RateLimiter>,
     pub limits: Limits,
     log: Arc<AccessLog>,
+    lifecycle: Arc<Lifecycle>,
     pub metrics: ServiceMetrics,
 }
 
@@ -140,7 +142,7 @@ impl Front {
         clients: &ClientPolicy,
         rate: Option<RateLimiter>,
         limits: &Limits,
-        log: Arc<AccessLog>,
+        (log, lifecycle): (Arc<AccessLog>, Arc<Lifecycle>),
         routes: &[&str],
     ) -> Front {
         Front {
@@ -150,6 +152,7 @@ impl Front {
             rate,
             limits: limits.clone(),
             log,
+            lifecycle,
             metrics: ServiceMetrics::new(name, routes),
         }
     }
@@ -186,9 +189,9 @@ impl Front {
 
     /// Sets the connection's timeouts for this request.
     pub fn prepare(&self, session: &mut Session, ctx: &Exchange) {
-        // A stopping process answers with `Connection: close` (Pingora has already turned
-        // keep-alive off for it); only a running one keeps connections.
-        if !session.is_process_shutting_down() {
+        // A stopping or draining process answers with `Connection: close` (Pingora has already
+        // turned keep-alive off for it); only a running one keeps connections.
+        if !session.is_process_shutting_down() && !self.lifecycle.closing() {
             session.set_keepalive(Some(self.limits.keepalive_timeout.as_secs().max(1)));
         }
         let read_timeout = if ctx.wants_websocket {

@@ -18,6 +18,7 @@ use crate::edge::reply::Refusal;
 use crate::edge::{target, upstream};
 use crate::observe::access_log::AccessLog;
 use crate::observe::admin::{self, Purged, StatusSource};
+use crate::observe::lifecycle::Lifecycle;
 use crate::observe::metrics::Totals;
 use crate::observe::throttle::OncePerSecond;
 use async_trait::async_trait;
@@ -67,7 +68,7 @@ pub struct FinesseSite {
 }
 
 impl FinesseSite {
-    pub fn new(service: &FinesseService, log: Arc<AccessLog>) -> Self {
+    pub fn new(service: &FinesseService, log: Arc<AccessLog>, lifecycle: Arc<Lifecycle>) -> Self {
         let https = service.tls.is_some();
         let routes = service
             .servers
@@ -154,7 +155,7 @@ impl FinesseSite {
                 &service.clients,
                 rate,
                 &service.limits,
-                log,
+                (log, lifecycle),
                 &route_names,
             ),
             plan: Plan::new(

@@ -9,6 +9,7 @@
 
 use crate::config::tls::Presented;
 use crate::config::AdminSettings;
+use crate::observe::lifecycle::{Lifecycle, Readiness};
 use crate::observe::metrics::Totals;
 use crate::observe::throttle::OncePerSecond;
 use crate::observe::traffic::{self, History};
@@ -113,6 +114,7 @@ pub struct Admin {
     /// SHA-256 of the token, when one is required (compared in constant time).
     token: Option<[u8; 32]>,
     refusals: OncePerSecond,
+    lifecycle: Arc<Lifecycle>,
 }
 
 impl Admin {
@@ -121,6 +123,7 @@ impl Admin {
         config_file: String,
         sources: Vec<Arc<dyn StatusSource>>,
         settings: &AdminSettings,
+        lifecycle: Arc<Lifecycle>,
     ) -> (Self, TrafficSampler) {
         let started = Instant::now();
         let watched = Arc::new(Watched {
@@ -137,6 +140,7 @@ impl Admin {
                 .as_ref()
                 .map(|t| Sha256::digest(t.0.as_bytes()).into()),
             refusals: OncePerSecond::default(),
+            lifecycle,
         };
         (admin, TrafficSampler(watched))
     }
@@ -162,6 +166,8 @@ impl Admin {
             "pid": std::process::id(),
             "config": self.config_file,
             "uptime_seconds": self.started.elapsed().as_secs(),
+            "readiness": self.lifecycle.readiness().name(),
+            "open_connections": self.lifecycle.open_connections(),
             "now": crate::observe::access_log::now(),
             "services": services,
         })
@@ -269,6 +275,60 @@ impl Admin {
 }
 
 impl Admin {
+    /// `GET /readyz`: 200 while this instance should get new connections. Upstream health is
+    /// not part of it: a dead upstream would make every instance unready at once.
+    fn readyz(&self) -> Response<Vec<u8>> {
+        let text = "text/plain; charset=utf-8";
+        let body: &[u8] = match self.lifecycle.readiness() {
+            Readiness::Ready => return respond(StatusCode::OK, text, b"ready\n".to_vec()),
+            Readiness::Starting => b"starting: the listeners are not all up yet\n",
+            Readiness::Draining => b"draining: POST /drain was asked; DELETE /drain ends it\n",
+            Readiness::Stopping => b"stopping: a reload or a stop is under way\n",
+        };
+        respond(StatusCode::SERVICE_UNAVAILABLE, text, body.to_vec())
+    }
+
+    /// `POST /drain` starts a drain, `DELETE /drain` ends it.
+    fn drain(&self, method: &http::Method) -> Response<Vec<u8>> {
+        let text = "text/plain; charset=utf-8";
+        let on = match *method {
+            http::Method::POST => true,
+            http::Method::DELETE => false,
+            _ => {
+                return respond(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    text,
+                    b"POST starts a drain, DELETE ends it\n".to_vec(),
+                )
+            }
+        };
+        if self.lifecycle.readiness() == Readiness::Stopping {
+            return respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                text,
+                b"stopping: a reload or a stop is under way\n".to_vec(),
+            );
+        }
+        let changed = self.lifecycle.drain(on);
+        let open = self.lifecycle.open_connections();
+        let body = match (on, changed) {
+            (true, true) => {
+                log::info!(
+                    "admin listener: drain started: /readyz answers 503, kept-alive connections \
+                     close after their next answer ({open} client connections open)"
+                );
+                format!("draining: /readyz answers 503; {open} client connection(s) open\n")
+            }
+            (true, false) => format!("already draining; {open} client connection(s) open\n"),
+            (false, true) => {
+                log::info!("admin listener: drain ended: /readyz answers 200 again");
+                "drain ended: ready\n".to_string()
+            }
+            (false, false) => "not draining\n".to_string(),
+        };
+        respond(StatusCode::OK, text, body.into_bytes())
+    }
+
     /// `DELETE /auth/users/<name>`: revokes that user on every site (see
     /// `StatusSource::revoke_user`).
     fn revoke(&self, method: &http::Method, user: &str) -> Response<Vec<u8>> {
@@ -422,7 +482,8 @@ impl ServeHttp for Admin {
                     .to_vec(),
             );
         }
-        if req.uri.path() != "/healthz" && !self.authorized(req) {
+        let open = matches!(req.uri.path(), "/healthz" | "/readyz");
+        if !open && !self.authorized(req) {
             self.refused("no valid token", req);
             let mut denied = respond(
                 StatusCode::UNAUTHORIZED,
@@ -449,6 +510,9 @@ impl ServeHttp for Admin {
         if req.uri.path() == "/cache" {
             return self.purge(&req.method, req.uri.query());
         }
+        if req.uri.path() == "/drain" {
+            return self.drain(&req.method);
+        }
         if req.method != http::Method::GET && req.method != http::Method::HEAD {
             return respond(StatusCode::METHOD_NOT_ALLOWED, text, b"GET only\n".to_vec());
         }
@@ -459,6 +523,7 @@ impl ServeHttp for Admin {
                 STATUS_PAGE.as_bytes().to_vec(),
             ),
             "/healthz" => respond(StatusCode::OK, text, b"ok\n".to_vec()),
+            "/readyz" => self.readyz(),
             "/metrics" => {
                 for source in &self.watched.sources {
                     source.refresh_metrics();
@@ -485,18 +550,23 @@ impl ServeHttp for Admin {
 }
 
 /// `ccedge health`: asks the admin listener at `admin` for `/healthz`.
-pub fn probe(admin: Option<&AdminSettings>) -> ExitCode {
-    match ask(admin, "GET", "/healthz") {
+pub fn probe(admin: Option<&AdminSettings>, ready: bool) -> ExitCode {
+    let (target, yes, no) = if ready {
+        ("/readyz", "ready", "not ready")
+    } else {
+        ("/healthz", "healthy", "unhealthy")
+    };
+    match ask(admin, "GET", target) {
         Ok((addr, 200, _)) => {
-            println!("ccedge: healthy ({addr})");
+            println!("ccedge: {yes} ({addr})");
             ExitCode::SUCCESS
         }
         Ok((_, status, body)) => {
-            eprintln!("ccedge: unhealthy: {status} {}", body.trim());
+            eprintln!("ccedge: {no}: {status} {}", body.trim());
             ExitCode::FAILURE
         }
         Err(e) => {
-            eprintln!("ccedge: unhealthy: {e}");
+            eprintln!("ccedge: {no}: {e}");
             ExitCode::FAILURE
         }
     }
@@ -509,18 +579,24 @@ pub fn purge(admin: Option<&AdminSettings>, prefix: Option<&str>) -> ExitCode {
         Some(p) => format!("/cache?prefix={p}"),
         None => "/cache".to_string(),
     };
-    order(admin, &target, "purge")
+    order(admin, "DELETE", &target, "purge")
+}
+
+/// `ccedge drain`: asks the admin listener at `admin` to start a drain (or with `off` to end it).
+pub fn drain(admin: Option<&AdminSettings>, off: bool) -> ExitCode {
+    let method = if off { "DELETE" } else { "POST" };
+    order(admin, method, "/drain", "drain")
 }
 
 /// `ccedge revoke`: asks the admin listener at `admin` to revoke `user`.
 pub fn revoke(admin: Option<&AdminSettings>, user: &str) -> ExitCode {
     let user = percent_encoding::utf8_percent_encode(user, percent_encoding::NON_ALPHANUMERIC);
-    order(admin, &format!("/auth/users/{user}"), "revoke")
+    order(admin, "DELETE", &format!("/auth/users/{user}"), "revoke")
 }
 
-/// Sends `DELETE target` to the admin listener and reports the answer as command `what`.
-fn order(admin: Option<&AdminSettings>, target: &str, what: &str) -> ExitCode {
-    match ask(admin, "DELETE", target) {
+/// Sends `method target` to the admin listener and reports the answer as command `what`.
+fn order(admin: Option<&AdminSettings>, method: &str, target: &str, what: &str) -> ExitCode {
+    match ask(admin, method, target) {
         Ok((_, 200, body)) => {
             println!("ccedge: {}", body.trim());
             ExitCode::SUCCESS

@@ -13,6 +13,7 @@ use crate::finesse::proxymap::ProxyMapApp;
 use crate::finesse::{FinesseProxy, FinesseSite};
 use crate::observe::access_log::AccessLog;
 use crate::observe::admin::{Admin, StatusSource};
+use crate::observe::lifecycle::{Lifecycle, PhaseWatch};
 use crate::run::signals::{self, ReopenOnSignal};
 use pingora::apps::http_app::HttpServer;
 use pingora::apps::HttpServerOptions;
@@ -133,6 +134,11 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
     // process's sockets: past that point the old process no longer accepts connections.
     let conf = server.configuration.clone();
     let log = Arc::new(AccessLog::open(&config.server.access_log)?);
+    let lifecycle = Lifecycle::new();
+    server.add_service(background_service(
+        "lifecycle",
+        PhaseWatch::new(lifecycle.clone(), server.watch_execution_phase()),
+    ));
     signals::hold_reopen_signal()?;
     server.add_service(background_service(
         "access log reopen",
@@ -142,7 +148,8 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
 
     for d in &config.digital {
         let health_state = PathBuf::from(format!("{}.{}.health", config.server.pid_file, d.name));
-        let (channel, checks) = DigitalChannel::new(d, log.clone(), health_state);
+        let (channel, checks) =
+            DigitalChannel::new(d, (log.clone(), lifecycle.clone()), health_state);
         let channel = Arc::new(channel);
         sources.push(channel.clone());
         let connections = ConnectionLimits::new(
@@ -158,7 +165,8 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
             d.limits.ipv6_prefix,
         );
         let service = DigitalProxy::new(channel);
-        let mut service = proxy_service(&conf, &d.name, service, &d.limits, connections);
+        let limited = (connections, lifecycle.clone());
+        let mut service = proxy_service(&conf, &d.name, service, &d.limits, limited);
         guard(&mut service, &d.name, &d.clients);
         let checks = server.add_service(checks);
         let proxy = server.add_service(listen(service, &[d.listen], d.tls.as_ref())?);
@@ -172,7 +180,7 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
         );
     }
     for f in &config.finesse {
-        let site = Arc::new(FinesseSite::new(f, log.clone()));
+        let site = Arc::new(FinesseSite::new(f, log.clone(), lifecycle.clone()));
         sources.push(site.clone());
         if let Some(refresh) = site.key_refresh() {
             let name = format!("{} signing keys", f.name);
@@ -198,7 +206,8 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
             f.limits.ipv6_prefix,
         );
         let service = FinesseProxy::new(site);
-        let mut service = proxy_service(&conf, &f.name, service, &f.limits, connections);
+        let limited = (connections, lifecycle.clone());
+        let mut service = proxy_service(&conf, &f.name, service, &f.limits, limited);
         guard(&mut service, &f.name, &f.clients);
         server.add_service(listen(service, &finesse_addrs(f), f.tls.as_ref())?);
         if let Some(map) = &f.proxy_map {
@@ -241,7 +250,12 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
             ),
             _ => {}
         }
-        let (admin, sampler) = Admin::new(config.file.display().to_string(), sources, settings);
+        let (admin, sampler) = Admin::new(
+            config.file.display().to_string(),
+            sources,
+            settings,
+            lifecycle.clone(),
+        );
         let mut service = Service::new("admin".to_string(), HttpServer::new_app(admin));
         service.threads = Some(1);
         service.add_tcp(&addr.to_string());
@@ -280,13 +294,14 @@ fn finesse_addrs(f: &FinesseService) -> Vec<SocketAddr> {
 }
 
 /// A proxy service: `limits` bound the handshake and each request header's arrival, HTTP/2
-/// streams per connection and, through `connections`, open connections per client address.
+/// streams per connection and, through `connections`, open connections per client address;
+/// its connections follow the process's `lifecycle`.
 fn proxy_service<P>(
     conf: &Arc<ServerConf>,
     name: &str,
     proxy: P,
     limits: &Limits,
-    connections: Arc<ConnectionLimits>,
+    (connections, lifecycle): (Arc<ConnectionLimits>, Arc<Lifecycle>),
 ) -> Service<Limited<HttpProxy<P>>>
 where
     P: ProxyHttp + Send + Sync + 'static,
@@ -301,7 +316,10 @@ where
     let mut proxy = pingora::proxy::http_proxy(conf, proxy);
     proxy.server_options = Some(options);
     proxy.h2_options = Some(h2);
-    let mut service = Service::new(name.to_string(), Limited::new(proxy, connections));
+    let mut service = Service::new(
+        name.to_string(),
+        Limited::new(proxy, connections, lifecycle),
+    );
     service.handshake_timeout = Some(limits.client_header_timeout);
     service
 }

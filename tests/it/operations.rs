@@ -584,3 +584,142 @@ async fn a_log_rotation_under_load_loses_no_line() {
     assert_eq!(reopen.status.code(), Some(1), "{said}");
     assert!(said.contains("no ccedge holds"), "{said}");
 }
+
+/// A TLS Finesse site on `port` in front of `upstream`, with `admin` (and its token).
+fn finesse_site(
+    dir: &TestDir,
+    cert: &crate::harness::certs::Pair,
+    port: u16,
+    admin: u16,
+    upstream: &Upstream,
+) -> String {
+    format!(
+        "{server}    token: {TOKEN}\nfinesse:\n  - name: desktop\n    bind: 127.0.0.1\n    rate_limits: []\n    tls:\n      cert: {c}\n      key: {k}\n    \
+         servers:\n      - public: {HOST}:{port}\n        upstream: {u}\n",
+        server = server_block(dir, admin),
+        c = cert.cert.display(),
+        k = cert.key.display(),
+        u = upstream.authority(),
+    )
+}
+
+const TOKEN: &str = "drain-test-token-0123456789";
+
+/// `GET /readyz` on the admin listener: status and body.
+async fn readyz(admin: u16) -> (u16, String) {
+    let answer = Client::new(([127, 0, 0, 1], admin).into(), "127.0.0.1")
+        .get("/readyz")
+        .await
+        .unwrap();
+    (answer.status, answer.body)
+}
+
+/// Runs `ccedge ARGS -c config`: exit code and what it printed.
+async fn command(args: &[&str], config: &std::path::Path) -> (Option<i32>, String) {
+    let out = tokio::process::Command::new(binary())
+        .args(args)
+        .arg("-c")
+        .arg(config)
+        .output()
+        .await
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), said)
+}
+
+#[tokio::test]
+async fn a_drain_takes_the_instance_out_of_rotation_and_leaves_websockets_alone() {
+    let dir = TestDir::new("drain");
+    let ca = Ca::new("drain");
+    let cert = ca.server(&dir.path, "proxy", &[HOST]);
+    let upstream = Upstream::custom("a", node("a", Arc::new(EchoLog::default()))).await;
+    let (port, admin) = (free_port(), free_port());
+    let yaml = finesse_site(&dir, &cert, port, admin, &upstream);
+    let _ccedge = Ccedge::start(&dir, &yaml, &[port, admin]).await;
+    let config = dir.join("ccedge.yaml");
+    assert_eq!(readyz(admin).await, (200, "ready\n".into()));
+
+    let mut socket = ws::connect(HOST, port, "/ws", &ca.pem).await;
+    let mut h1 = Client::tls(HOST, port, &ca.pem, Proto::H1);
+    let first = h1.get("/before").await.unwrap();
+    assert_eq!(first.status, 200);
+    assert!(first.headers.get("connection").is_none_or(|c| c != "close"));
+    let mut h2 = crate::harness::h2raw::RawH2::connect(HOST, port, &ca.pem).await;
+    let (frames, closed) = h2.read_frames(Duration::from_millis(300)).await;
+    assert!(!closed && frames.iter().all(|f| f.0 != crate::harness::h2raw::GOAWAY));
+
+    // The admin token is needed to drain, not to ask for readiness.
+    let mut anonymous = Client::new(([127, 0, 0, 1], admin).into(), "127.0.0.1");
+    let refused = anonymous.send("POST", "/drain", &[], &[]).await.unwrap();
+    assert_eq!(refused.status, 401);
+    assert_eq!(readyz(admin).await.0, 200);
+
+    let (code, said) = command(&["drain"], &config).await;
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("draining"), "{said}");
+    let (status, body) = readyz(admin).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.starts_with("draining"), "{body}");
+    let health = Client::new(([127, 0, 0, 1], admin).into(), "127.0.0.1")
+        .get("/healthz")
+        .await
+        .unwrap();
+    assert_eq!(health.status, 200, "alive while draining");
+
+    // The kept-alive connection is told to close with its next answer.
+    let next = h1.get("/during").await.unwrap();
+    assert_eq!(next.status, 200);
+    assert_eq!(
+        next.headers.get("connection").map(|c| c.to_str().unwrap()),
+        Some("close")
+    );
+    // HTTP/2 connections get GOAWAY, the open one at once, a new one after its first requests.
+    let (frames, _) = h2.read_frames(Duration::from_secs(1)).await;
+    assert!(
+        frames.iter().any(|f| f.0 == crate::harness::h2raw::GOAWAY),
+        "{frames:?}"
+    );
+    let mut late = Client::tls(HOST, port, &ca.pem, Proto::H2);
+    assert_eq!(late.get("/new-during-drain").await.unwrap().status, 200);
+    let mut late = crate::harness::h2raw::RawH2::connect(HOST, port, &ca.pem).await;
+    let (frames, _) = late.read_frames(Duration::from_secs(4)).await;
+    assert!(
+        frames.iter().any(|f| f.0 == crate::harness::h2raw::GOAWAY),
+        "{frames:?}"
+    );
+    // WebSockets go on.
+    ws::echoes(&mut socket, "while draining").await;
+    let status: Value = serde_json::from_str(
+        &Client::new(([127, 0, 0, 1], admin).into(), "127.0.0.1")
+            .send(
+                "GET",
+                "/status",
+                &[("authorization", &format!("Bearer {TOKEN}"))],
+                &[],
+            )
+            .await
+            .unwrap()
+            .body,
+    )
+    .unwrap();
+    assert_eq!(status["readiness"], "draining");
+
+    let (code, said) = command(&["drain", "--off"], &config).await;
+    assert_eq!(code, Some(0), "{said}");
+    assert_eq!(readyz(admin).await, (200, "ready\n".into()));
+    let (code, said) = command(&["health", "--ready"], &config).await;
+    assert_eq!(code, Some(0), "{said}");
+    let mut again = Client::tls(HOST, port, &ca.pem, Proto::H1);
+    for _ in 0..2 {
+        let answer = again.get("/after").await.unwrap();
+        assert!(answer
+            .headers
+            .get("connection")
+            .is_none_or(|c| c != "close"));
+    }
+    ws::echoes(&mut socket, "after the drain").await;
+}

@@ -1,0 +1,226 @@
+//! Where this process stands: starting, ready, draining (an administrator asked, `POST /drain`)
+//! or stopping (a reload handed its sockets over, or a stop). The admin listener answers
+//! `/readyz` from it; every client connection watches it: while draining or stopping, a
+//! kept-alive HTTP/1.1 connection is closed after its next answer (`Connection: close`) and an
+//! HTTP/2 connection gets GOAWAY, while WebSockets go on until they end.
+
+use async_trait::async_trait;
+use pingora::server::{ExecutionPhase, ShutdownWatch};
+use pingora::services::background::BackgroundService;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{broadcast, watch};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    Starting,
+    Ready,
+    Draining,
+    Stopping,
+}
+
+impl Readiness {
+    pub fn name(self) -> &'static str {
+        match self {
+            Readiness::Starting => "starting",
+            Readiness::Ready => "ready",
+            Readiness::Draining => "draining",
+            Readiness::Stopping => "stopping",
+        }
+    }
+}
+
+pub struct Lifecycle {
+    running: AtomicBool,
+    stopping: AtomicBool,
+    drained: AtomicBool,
+    /// What client connections watch in place of the server's shutdown: true while draining or
+    /// stopping.
+    closing: watch::Sender<bool>,
+    /// Client connections open now, on every service of this process.
+    open: AtomicUsize,
+}
+
+impl Lifecycle {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Lifecycle {
+            running: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            drained: AtomicBool::new(false),
+            closing: watch::channel(false).0,
+            open: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn readiness(&self) -> Readiness {
+        if self.stopping.load(Ordering::Acquire) {
+            Readiness::Stopping
+        } else if self.drained.load(Ordering::Acquire) {
+            Readiness::Draining
+        } else if self.running.load(Ordering::Acquire) {
+            Readiness::Ready
+        } else {
+            Readiness::Starting
+        }
+    }
+
+    /// Starts (`true`) or ends a drain; whether that changed anything.
+    pub fn drain(&self, on: bool) -> bool {
+        let changed = self.drained.swap(on, Ordering::AcqRel) != on;
+        self.update();
+        changed
+    }
+
+    fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.update();
+    }
+
+    fn update(&self) {
+        let closing = self.stopping.load(Ordering::Acquire) || self.drained.load(Ordering::Acquire);
+        self.closing.send_if_modified(|now| {
+            let changed = *now != closing;
+            *now = closing;
+            changed
+        });
+    }
+
+    /// Whether connections are to close after their current request (draining or stopping).
+    pub fn closing(&self) -> bool {
+        self.drained.load(Ordering::Relaxed) || self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// What a new client connection watches for its end. One that opens while the process
+    /// drains is told at the next `ANNOUNCE_EVERY` (see `announce`), after its first requests:
+    /// an HTTP/2 connection sent GOAWAY at once would have its first request refused, and a
+    /// client whose balancer has not yet noticed the drain would be sent around in a loop.
+    /// (HTTP/1.1 reads the state itself: its first answer says `Connection: close`.)
+    pub fn connection_watch(&self) -> ShutdownWatch {
+        self.closing.subscribe()
+    }
+
+    /// Tells again, while draining or stopping, every connection that opened since.
+    fn announce(&self) {
+        if self.closing() {
+            self.closing.send_modify(|_| {});
+        }
+    }
+
+    /// Counts a client connection until the guard is dropped.
+    pub fn connection(self: &Arc<Self>) -> OpenConnection {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(self.clone())
+    }
+
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+}
+
+pub struct OpenConnection(Arc<Lifecycle>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How often connections opened during a drain are told to close.
+const ANNOUNCE_EVERY: Duration = Duration::from_secs(2);
+
+/// Follows the server's phases: ready once every service runs, stopping once a reload or a
+/// stop has the listeners close (the moment Pingora's own shutdown begins).
+pub struct PhaseWatch {
+    lifecycle: Arc<Lifecycle>,
+    phases: Mutex<Option<broadcast::Receiver<ExecutionPhase>>>,
+}
+
+impl PhaseWatch {
+    /// `phases` must be subscribed before the server starts, so that no phase is missed.
+    pub fn new(lifecycle: Arc<Lifecycle>, phases: broadcast::Receiver<ExecutionPhase>) -> Self {
+        PhaseWatch {
+            lifecycle,
+            phases: Mutex::new(Some(phases)),
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for PhaseWatch {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(mut phases) = self.phases.lock().ok().and_then(|mut p| p.take()) else {
+            return;
+        };
+        let (mut starting, mut running) = (true, true);
+        let mut announce = tokio::time::interval(ANNOUNCE_EVERY);
+        loop {
+            tokio::select! {
+                phase = phases.recv(), if starting => match phase {
+                    Ok(ExecutionPhase::Running) => {
+                        self.lifecycle.running.store(true, Ordering::Release);
+                        starting = false;
+                    }
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => starting = false,
+                },
+                _ = shutdown.changed(), if running => {
+                    self.lifecycle.stop();
+                    running = false;
+                }
+                _ = announce.tick() => self.lifecycle.announce(),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_drain_is_seen_by_open_connections_and_new_ones() {
+        let lifecycle = Lifecycle::new();
+        lifecycle.running.store(true, Ordering::Release);
+        assert_eq!(lifecycle.readiness(), Readiness::Ready);
+        let mut open = lifecycle.connection_watch();
+        assert!(!open.has_changed().unwrap());
+        assert!(lifecycle.drain(true));
+        assert!(!lifecycle.drain(true), "asked twice, changed once");
+        assert_eq!(lifecycle.readiness(), Readiness::Draining);
+        assert!(open.has_changed().unwrap() && *open.borrow_and_update());
+        // A connection opened while draining reads the state, and is told at the next
+        // announcement; so are the others, again.
+        let mut new = lifecycle.connection_watch();
+        assert!(!new.has_changed().unwrap() && *new.borrow());
+        lifecycle.announce();
+        assert!(new.has_changed().unwrap() && *new.borrow_and_update());
+        assert!(lifecycle.drain(false));
+        assert!(!*new.borrow_and_update());
+        lifecycle.announce();
+        assert!(
+            !new.has_changed().unwrap(),
+            "nothing to announce when ready"
+        );
+        assert_eq!(lifecycle.readiness(), Readiness::Ready);
+        let after = lifecycle.connection_watch();
+        assert!(!after.has_changed().unwrap() && !*after.borrow());
+        // A stop is for good: ending a drain does not undo it.
+        lifecycle.drain(true);
+        lifecycle.stop();
+        lifecycle.drain(false);
+        assert_eq!(lifecycle.readiness(), Readiness::Stopping);
+        assert!(*lifecycle.connection_watch().borrow());
+    }
+
+    #[test]
+    fn connections_are_counted_while_open() {
+        let lifecycle = Lifecycle::new();
+        let a = lifecycle.connection();
+        let b = lifecycle.connection();
+        assert_eq!(lifecycle.open_connections(), 2);
+        drop(a);
+        drop(b);
+        assert_eq!(lifecycle.open_connections(), 0);
+    }
+}
