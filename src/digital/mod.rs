@@ -81,6 +81,15 @@ impl DigitalChannel {
         );
         let certificates = tls::presented(service.tls.as_ref(), tls.into_iter());
         admin::record_certificates(&service.name, &certificates);
+        let front = Front::new(
+            &service.name,
+            &service.clients,
+            RateLimiter::by_path(service.rate_limits.clone()),
+            &service.limits,
+            (log, lifecycle),
+            &ROUTE_NAMES,
+            &node_addrs.each_ref().map(String::as_str),
+        );
         let channel = DigitalChannel {
             certificates,
             route_headers: RouteHeaders::new(&service.public, service.tls.is_some(), false),
@@ -89,14 +98,7 @@ impl DigitalChannel {
             health,
             publisher_only_paths: service.publisher_only_paths.clone(),
             public_host: service.public.host.clone(),
-            front: Front::new(
-                &service.name,
-                &service.clients,
-                RateLimiter::by_path(service.rate_limits.clone()),
-                &service.limits,
-                (log, lifecycle),
-                &ROUTE_NAMES,
-            ),
+            front,
             status: json!({
                 "name": service.name,
                 "kind": "digital_channel",
@@ -227,10 +229,10 @@ impl ProxyHttp for DigitalProxy {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut Exchange,
     ) -> pingora::Result<()> {
-        self.channel.front.count_body(body, ctx)
+        self.channel.front.count_body(body, end_of_stream, ctx)
     }
 
     async fn upstream_peer(
@@ -296,12 +298,13 @@ impl ProxyHttp for DigitalProxy {
     async fn connected_to_upstream(
         &self,
         _session: &mut Session,
-        _reused: bool,
+        reused: bool,
         _peer: &HttpPeer,
         _fd: std::os::unix::io::RawFd,
         digest: Option<&Digest>,
-        _ctx: &mut Exchange,
+        ctx: &mut Exchange,
     ) -> pingora::Result<()> {
+        ctx.connected(reused);
         upstream::check_connection(digest)
     }
 
@@ -329,6 +332,17 @@ impl ProxyHttp for DigitalProxy {
     ) -> pingora::Result<()> {
         self.channel.front.upstream_answered(resp, ctx);
         Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Exchange,
+    ) -> pingora::Result<Option<std::time::Duration>> {
+        ctx.upstream_body(body);
+        Ok(None)
     }
 
     async fn response_filter(

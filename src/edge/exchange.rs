@@ -49,6 +49,16 @@ pub struct Exchange {
     /// The user authentication verified, for the limits that count per user.
     pub verified: Option<Arc<str>>,
     body_bytes: u64,
+    /// When the last attempt chose its node, and when its request was sent (the connection
+    /// ready, then the end of the request body).
+    attempt_at: Option<Instant>,
+    sent_at: Option<Instant>,
+    /// The last attempt's connection time (0 for a reused connection) and its wait for the
+    /// response header, in milliseconds.
+    pub upstream_connect_ms: Option<f64>,
+    pub upstream_header_ms: Option<f64>,
+    /// Bytes of response body received from the upstream.
+    pub upstream_bytes: u64,
     /// Counted in the in-flight gauge (until it is logged).
     in_flight: bool,
     /// Asks for a WebSocket upgrade (decided once, in `Front::begin`).
@@ -80,6 +90,11 @@ impl Exchange {
             user: None,
             verified: None,
             body_bytes: 0,
+            attempt_at: None,
+            sent_at: None,
+            upstream_connect_ms: None,
+            upstream_header_ms: None,
+            upstream_bytes: 0,
             in_flight: false,
             wants_websocket: false,
             websocket: false,
@@ -97,6 +112,25 @@ impl Exchange {
         self.upstream = Some(node);
         self.attempts += 1;
         self.body_bytes = 0;
+        self.attempt_at = Some(Instant::now());
+        self.sent_at = None;
+        self.upstream_connect_ms = None;
+        self.upstream_header_ms = None;
+    }
+
+    /// The attempt's upstream connection is ready (`reused`: taken from the pool).
+    pub fn connected(&mut self, reused: bool) {
+        let now = Instant::now();
+        self.upstream_connect_ms = Some(match (reused, self.attempt_at) {
+            (false, Some(at)) => access_log::millis_between(at, now),
+            _ => 0.0,
+        });
+        self.sent_at = Some(now);
+    }
+
+    /// Counts response body bytes that came from the upstream.
+    pub fn upstream_body(&mut self, body: &Option<Bytes>) {
+        self.upstream_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
     }
 
     /// The client and TrackingID, which every request has once `Front::begin` ran.
@@ -144,6 +178,7 @@ impl Front {
         limits: &Limits,
         (log, lifecycle): (Arc<AccessLog>, Arc<Lifecycle>),
         routes: &[&str],
+        nodes: &[&str],
     ) -> Front {
         Front {
             name: name.to_string(),
@@ -153,7 +188,7 @@ impl Front {
             limits: limits.clone(),
             log,
             lifecycle,
-            metrics: ServiceMetrics::new(name, routes),
+            metrics: ServiceMetrics::new(name, routes, nodes),
         }
     }
 
@@ -270,7 +305,16 @@ impl Front {
     }
 
     /// Counts streamed request body bytes; an error once the limit is passed.
-    pub fn count_body(&self, body: &Option<Bytes>, ctx: &mut Exchange) -> pingora::Result<()> {
+    pub fn count_body(
+        &self,
+        body: &Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Exchange,
+    ) -> pingora::Result<()> {
+        // The request is sent once its body is (a WebSocket's frames come after the answer).
+        if end_of_stream && ctx.sent_at.is_some() && ctx.upstream_status.is_none() {
+            ctx.sent_at = Some(Instant::now());
+        }
         ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
         if ctx.body_bytes > self.limits.max_body_bytes {
             let message = self.body_message();
@@ -288,10 +332,28 @@ impl Front {
 
     /// The upstream's response header arrived.
     pub fn upstream_answered(&self, resp: &ResponseHeader, ctx: &mut Exchange) {
+        if ctx.upstream_status.is_none() {
+            if let Some(sent) = ctx.sent_at {
+                let waited = sent.elapsed();
+                ctx.upstream_header_ms = Some(access_log::millis(waited));
+                if let Some(node) = ctx
+                    .upstream
+                    .and_then(|n| self.metrics.upstream_header.get(n))
+                {
+                    node.observe(waited.as_secs_f64());
+                }
+            }
+        }
         ctx.upstream_status = Some(resp.status.as_u16());
         if resp.status == http::StatusCode::SWITCHING_PROTOCOLS && !ctx.websocket {
             ctx.websocket = true;
             self.metrics.websockets.inc();
+            if let Some(node) = ctx
+                .upstream
+                .and_then(|n| self.metrics.upstream_websockets.get(n))
+            {
+                node.inc();
+            }
         }
     }
 
@@ -319,6 +381,12 @@ impl Front {
         }
         if std::mem::take(&mut ctx.websocket) {
             self.metrics.websockets.dec();
+            if let Some(node) = ctx
+                .upstream
+                .and_then(|n| self.metrics.upstream_websockets.get(n))
+            {
+                node.dec();
+            }
         }
         self.metrics
             .finish(ctx.route, status, ctx.started.elapsed());
@@ -372,6 +440,9 @@ impl Front {
             duration_ms: 0.0,
             upstream: None,
             upstream_status: None,
+            upstream_connect_ms: None,
+            upstream_header_ms: None,
+            upstream_bytes: 0,
             attempts: 0,
             cache: "BYPASS",
             tracking_id: None,
@@ -409,6 +480,9 @@ impl Front {
             duration_ms: access_log::millis_since(ctx.started),
             upstream: labels.upstream,
             upstream_status: ctx.upstream_status,
+            upstream_connect_ms: ctx.upstream_connect_ms,
+            upstream_header_ms: ctx.upstream_header_ms,
+            upstream_bytes: ctx.upstream_bytes,
             attempts: ctx.attempts,
             cache: labels.cache,
             tracking_id: ctx.tracking_id.as_ref().and_then(|t| t.to_str().ok()),

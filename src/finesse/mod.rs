@@ -138,6 +138,13 @@ impl FinesseSite {
             .map(|s| s.public.to_string())
             .collect();
         let route_names: Vec<&str> = route_names.iter().map(String::as_str).collect();
+        // A request's node is its route's server.
+        let nodes: Vec<String> = service
+            .servers
+            .iter()
+            .map(|s| s.upstream.authority.to_string())
+            .collect();
+        let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
         let clients = service.upstream_tls.iter().chain(
             service
                 .servers
@@ -157,6 +164,7 @@ impl FinesseSite {
                 &service.limits,
                 (log, lifecycle),
                 &route_names,
+                &nodes,
             ),
             plan: Plan::new(
                 &service.substitutions,
@@ -417,10 +425,12 @@ impl ProxyHttp for FinesseProxy {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut FinesseCtx,
     ) -> pingora::Result<()> {
-        self.site.front.count_body(body, &mut ctx.exchange)
+        self.site
+            .front
+            .count_body(body, end_of_stream, &mut ctx.exchange)
     }
 
     fn request_cache_filter(
@@ -522,12 +532,13 @@ impl ProxyHttp for FinesseProxy {
     async fn connected_to_upstream(
         &self,
         _session: &mut Session,
-        _reused: bool,
+        reused: bool,
         _peer: &HttpPeer,
         _fd: std::os::unix::io::RawFd,
         digest: Option<&Digest>,
-        _ctx: &mut FinesseCtx,
+        ctx: &mut FinesseCtx,
     ) -> pingora::Result<()> {
+        ctx.exchange.connected(reused);
         upstream::check_connection(digest)
     }
 
@@ -567,6 +578,7 @@ impl ProxyHttp for FinesseProxy {
         end_of_stream: bool,
         ctx: &mut FinesseCtx,
     ) -> pingora::Result<Option<Duration>> {
+        ctx.exchange.upstream_body(body);
         if let Some(rewrite) = ctx.rewrite.as_mut() {
             let out = rewrite.push(body.take().unwrap_or_default(), end_of_stream);
             *body = (!out.is_empty() || end_of_stream).then_some(out);

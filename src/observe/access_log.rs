@@ -43,6 +43,12 @@ pub struct Entry<'a> {
     pub duration_ms: f64,
     pub upstream: Option<&'a str>,
     pub upstream_status: Option<u16>,
+    /// The last attempt's time to connect to the upstream (0 on a reused connection).
+    pub upstream_connect_ms: Option<f64>,
+    /// From the request's sending (its body included) to the upstream's response header.
+    pub upstream_header_ms: Option<f64>,
+    /// Response body bytes received from the upstream (0 when it sent none, or for a cache hit).
+    pub upstream_bytes: u64,
     /// Upstream connections tried (more than one after a failover retry).
     pub attempts: u8,
     pub cache: &'a str,
@@ -305,7 +311,17 @@ pub fn protocol(session: &pingora::protocols::http::ServerSession) -> &'static s
 
 /// Time since `started` in milliseconds, to the microsecond.
 pub fn millis_since(started: std::time::Instant) -> f64 {
-    (started.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0
+    millis(started.elapsed())
+}
+
+/// `from` to `to` in milliseconds, to the microsecond.
+pub fn millis_between(from: std::time::Instant, to: std::time::Instant) -> f64 {
+    millis(to.saturating_duration_since(from))
+}
+
+/// `d` in milliseconds, to the microsecond.
+pub fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
 }
 
 /// Current time as RFC 3339 UTC with milliseconds.
@@ -333,6 +349,9 @@ mod tests {
             duration_ms: 1.5,
             upstream: None,
             upstream_status: None,
+            upstream_connect_ms: None,
+            upstream_header_ms: None,
+            upstream_bytes: 0,
             attempts: 0,
             cache: "BYPASS",
             tracking_id: Some("T"),

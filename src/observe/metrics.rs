@@ -20,6 +20,8 @@ struct Families {
     registry: Registry,
     requests: IntCounterVec,
     duration: HistogramVec,
+    upstream_header: HistogramVec,
+    upstream_websockets: IntGaugeVec,
     in_flight: IntGaugeVec,
     websockets: IntGaugeVec,
     failovers: IntCounterVec,
@@ -210,10 +212,31 @@ fn families() -> &'static Families {
         registry
             .register(Box::new(duration.clone()))
             .expect("unique metric");
+        let upstream_header = HistogramVec::new(
+            HistogramOpts::new(
+                "ccedge_upstream_header_seconds",
+                "Time from a request's sending to its response header, by service and upstream node.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["service", "node"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(upstream_header.clone()))
+            .expect("unique metric");
+        let upstream_websockets = gauge(
+            "ccedge_upstream_websockets_open",
+            "Upgraded (WebSocket) connections open now, by service and upstream node.",
+            &["service", "node"],
+        );
         Families {
             registry,
             requests,
             duration,
+            upstream_header,
+            upstream_websockets,
             in_flight,
             websockets,
             failovers,
@@ -263,6 +286,9 @@ pub struct ServiceMetrics {
     /// `[route][class]`, the last route being "none".
     requests: Vec<[IntCounter; CLASSES.len()]>,
     duration: Histogram,
+    /// By node, in the service's own numbering of nodes.
+    pub upstream_header: Vec<Histogram>,
+    pub upstream_websockets: Vec<IntGauge>,
     pub in_flight: IntGauge,
     pub websockets: IntGauge,
     pub failovers: IntCounter,
@@ -271,7 +297,8 @@ pub struct ServiceMetrics {
 }
 
 impl ServiceMetrics {
-    pub fn new(service: &str, routes: &[&str]) -> ServiceMetrics {
+    /// `nodes`: the upstream node of each index the service's requests name (`Exchange::upstream`).
+    pub fn new(service: &str, routes: &[&str], nodes: &[&str]) -> ServiceMetrics {
         let f = families();
         let requests = routes
             .iter()
@@ -283,6 +310,14 @@ impl ServiceMetrics {
         ServiceMetrics {
             requests,
             duration: f.duration.with_label_values(&[service]),
+            upstream_header: nodes
+                .iter()
+                .map(|node| f.upstream_header.with_label_values(&[service, node]))
+                .collect(),
+            upstream_websockets: nodes
+                .iter()
+                .map(|node| f.upstream_websockets.with_label_values(&[service, node]))
+                .collect(),
             in_flight: f.in_flight.with_label_values(&[service]),
             websockets: f.websockets.with_label_values(&[service]),
             failovers: f.failovers.with_label_values(&[service]),
@@ -435,7 +470,11 @@ mod tests {
 
     #[test]
     fn counts_by_route_and_class() {
-        let m = ServiceMetrics::new("metrics-test", &["default", "publisher_only"]);
+        let m = ServiceMetrics::new(
+            "metrics-test",
+            &["default", "publisher_only"],
+            &["pub:8445", "sub:8445"],
+        );
         m.finish(Some(0), 200, Duration::from_millis(3));
         m.finish(Some(1), 503, Duration::from_millis(1));
         m.finish(None, 421, Duration::from_millis(1));

@@ -723,3 +723,100 @@ async fn a_drain_takes_the_instance_out_of_rotation_and_leaves_websockets_alone(
     }
     ws::echoes(&mut socket, "after the drain").await;
 }
+
+/// The value of the series of `name` whose labels include each of `labels`, 0 when absent.
+fn series(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| labels.iter().all(|label| l.contains(label)))
+        .find_map(|l| l.rsplit_once(' ')?.1.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn admin_metrics(admin: u16) -> String {
+    let bearer = format!("Bearer {TOKEN}");
+    Client::new(([127, 0, 0, 1], admin).into(), "127.0.0.1")
+        .send("GET", "/metrics", &[("authorization", &bearer)], &[])
+        .await
+        .unwrap()
+        .body
+}
+
+#[tokio::test]
+async fn upstream_timings_are_logged_and_measured_per_node() {
+    let dir = TestDir::new("upstream-timings");
+    let ca = Ca::new("timings");
+    let cert = ca.server(&dir.path, "proxy", &[HOST]);
+    let websocket = ws::echo_handler(Arc::new(EchoLog::default()));
+    let handler: Handler = Arc::new(move |req| {
+        if req.headers().contains_key("sec-websocket-key") {
+            return websocket(req);
+        }
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            hyper::Response::new(full(vec![b'x'; 1000]))
+        })
+    });
+    let upstream = Upstream::custom("slow", handler).await;
+    let (port, admin) = (free_port(), free_port());
+    let ccedge = Ccedge::start(
+        &dir,
+        &finesse_site(&dir, &cert, port, admin, &upstream),
+        &[port, admin],
+    )
+    .await;
+    let mut client = Client::tls(HOST, port, &ca.pem, Proto::H1);
+    for _ in 0..2 {
+        assert_eq!(client.get("/slow").await.unwrap().status, 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let lines = loop {
+        let lines: Vec<Value> = ccedge
+            .log_lines()
+            .into_iter()
+            .filter(|l| l["path"] == "/slow")
+            .collect();
+        if lines.len() == 2 || Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let ms = |line: &Value, field: &str| line[field].as_f64().unwrap_or(-1.0);
+    // A new upstream connection, then the pooled one again.
+    assert!(ms(&lines[0], "upstream_connect_ms") > 0.0, "{}", lines[0]);
+    assert_eq!(ms(&lines[1], "upstream_connect_ms"), 0.0, "{}", lines[1]);
+    for line in &lines {
+        let header = ms(line, "upstream_header_ms");
+        assert!((300.0..2000.0).contains(&header), "{line}");
+        assert!(ms(line, "duration_ms") >= header, "{line}");
+        assert_eq!(line["upstream_bytes"], 1000, "{line}");
+    }
+
+    let node = format!("node=\"{}\"", upstream.authority());
+    let labels = [node.as_str(), "service=\"desktop\""];
+    let text = admin_metrics(admin).await;
+    let count = series(&text, "ccedge_upstream_header_seconds_count", &labels);
+    assert_eq!(count, 2.0, "{text}");
+    let fast = [node.as_str(), "service=\"desktop\"", "le=\"0.25\""];
+    assert_eq!(
+        series(&text, "ccedge_upstream_header_seconds_bucket", &fast),
+        0.0
+    );
+    let slow = [node.as_str(), "service=\"desktop\"", "le=\"0.5\""];
+    assert_eq!(
+        series(&text, "ccedge_upstream_header_seconds_bucket", &slow),
+        2.0
+    );
+
+    let gauge = "ccedge_upstream_websockets_open";
+    let mut socket = ws::connect(HOST, port, "/ws", &ca.pem).await;
+    ws::echoes(&mut socket, "counted").await;
+    assert_eq!(series(&admin_metrics(admin).await, gauge, &labels), 1.0);
+    socket.close(None).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while series(&admin_metrics(admin).await, gauge, &labels) != 0.0 {
+        assert!(Instant::now() < deadline, "the WebSocket is still counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
