@@ -121,6 +121,9 @@ fn main() -> ExitCode {
             config.digital.len(),
             config.finesse.len()
         );
+        for line in run::process::certificates(&config) {
+            println!("ccedge: {line}");
+        }
         return ExitCode::SUCCESS;
     }
     // An upgrade (`-u`) takes over from the process that holds the file.

@@ -413,7 +413,7 @@ fn seconds<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 
 fn tls_summary<S: Serializer>(tls: &Option<ServerTls>, s: S) -> Result<S::Ok, S::Error> {
     match tls {
-        Some(tls) => s.serialize_str(&tls.summary),
+        Some(tls) => s.serialize_str(&tls.summary()),
         None => s.serialize_none(),
     }
 }

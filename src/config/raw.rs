@@ -78,7 +78,22 @@ pub struct RawAdmin {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(rename = "Tls")]
+#[schemars(extend("oneOf" = [{"required": ["cert", "key"]}, {"required": ["certificates"]}]))]
 pub struct RawTls {
+    /// PEM certificate chain, leaf first.
+    pub cert: Option<String>,
+    /// PEM private key of the certificate.
+    pub key: Option<String>,
+    /// Several certificates, chosen by the name the client asks for (SNI): the one naming it
+    /// exactly, then one whose wildcard covers it; the first for clients without SNI.
+    pub certificates: Option<Vec<RawCertKey>>,
+}
+
+/// One certificate of a listener.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "CertKey")]
+pub struct RawCertKey {
     /// PEM certificate chain, leaf first.
     pub cert: String,
     /// PEM private key of the certificate.

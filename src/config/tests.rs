@@ -220,14 +220,52 @@ fn certificate_that_does_not_parse_or_match() {
         format!("{DIGITAL}    tls:\n      cert: @DIR@/proxy.crt\n      key: @DIR@/proxy.key\n");
     let config = s.load(&good).unwrap();
     assert_eq!(
-        config.digital[0]
-            .tls
-            .as_ref()
-            .unwrap()
+        config.digital[0].tls.as_ref().unwrap().certificates[0]
             .cert
             .display()
             .to_string(),
         s.path("proxy.crt")
+    );
+}
+
+#[test]
+fn several_certificates_are_one_form_or_the_other() {
+    let s = Scratch::new("sni");
+    let list = format!(
+        "{DIGITAL}    tls:\n      certificates:\n        - cert: @DIR@/proxy.crt\n          key: @DIR@/proxy.key\n        \
+         - cert: @DIR@/proxy.crt\n          key: @DIR@/other.key\n"
+    );
+    let err = rejected(s.load(&list));
+    assert!(
+        err.contains("test.yaml:12: digital_channels[0].tls.certificates[1].key:")
+            && err.contains("does not match"),
+        "{err}"
+    );
+    let good = list.replace("other.key", "proxy.key");
+    let config = s.load(&good).unwrap();
+    let tls = config.digital[0].tls.as_ref().unwrap();
+    assert_eq!(tls.certificates.len(), 2);
+    assert_eq!(tls.certificates[0].names, ["proxy.example.com"]);
+    let both = format!(
+        "{DIGITAL}    tls:\n      cert: @DIR@/proxy.crt\n      key: @DIR@/proxy.key\n      certificates:\n        \
+         - cert: @DIR@/proxy.crt\n          key: @DIR@/proxy.key\n"
+    );
+    let err = rejected(s.load(&both));
+    assert!(
+        err.contains("digital_channels[0].tls: give either cert and key"),
+        "{err}"
+    );
+    let empty = format!("{DIGITAL}    tls:\n      certificates: []\n");
+    let err = rejected(s.load(&empty));
+    assert!(
+        err.contains("digital_channels[0].tls.certificates: lists no certificate"),
+        "{err}"
+    );
+    let half = format!("{DIGITAL}    tls:\n      cert: @DIR@/proxy.crt\n");
+    let err = rejected(s.load(&half));
+    assert!(
+        err.contains("digital_channels[0].tls.key: is required with cert"),
+        "{err}"
     );
 }
 
@@ -474,7 +512,7 @@ fn relative_certificate_paths_start_at_the_configuration_folder() {
     let yaml = format!("{DIGITAL}    tls:\n      cert: proxy.crt\n      key: ./proxy.key\n");
     let config = parse(&yaml, &s.dir.join("ccedge.yaml")).unwrap();
     let tls = config.digital[0].tls.as_ref().unwrap();
-    assert_eq!(tls.cert, s.dir.join("proxy.crt"));
+    assert_eq!(tls.certificates[0].cert, s.dir.join("proxy.crt"));
     let err = rejected(parse(&yaml, Path::new("/nowhere/ccedge.yaml")));
     assert!(err.contains("/nowhere/proxy.crt"), "{err}");
 }

@@ -2,7 +2,11 @@
 //! checked at configuration time so that a bad file is a start-up error, never a runtime surprise.
 
 use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::TlsAccept;
+use pingora::protocols::tls::TlsRef;
+use pingora::tls::ext::{ssl_add_chain_cert, ssl_use_certificate, ssl_use_private_key};
 use pingora::tls::pkey::{PKey, Private};
+use pingora::tls::ssl::NameType;
 use pingora::tls::ssl::{SslOptions, SslVersion};
 use pingora::tls::x509::{X509Ref, X509};
 use pingora::utils::tls::CertKey;
@@ -14,15 +18,183 @@ const TLS12_CIPHERS: &str = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-
 ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:\
 ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
 
-/// A listener's certificate chain and key, checked to belong together.
+/// A listener's certificates: one, or several chosen by the name the client asks for (SNI).
 #[derive(Debug, Clone)]
 pub struct ServerTls {
+    /// In the configuration's order; the first is the default.
+    pub certificates: Vec<ListenerCert>,
+    /// Which certificate answers which name.
+    sni: SniIndex,
+}
+
+/// One certificate chain and its key, checked to belong together.
+#[derive(Clone)]
+pub struct ListenerCert {
     pub cert: PathBuf,
     pub key: PathBuf,
     /// The leaf certificate's subject and expiry, for `/status` and start-up logs.
     pub summary: String,
     /// The leaf certificate, for `/status`, the status page and the expiry metric.
     pub leaf: CertFacts,
+    /// The DNS names of the leaf's subjectAltName, as written (`*.example.com` included).
+    pub names: Vec<String>,
+    chain: Arc<Vec<X509>>,
+    pkey: Arc<PKey<Private>>,
+}
+
+impl std::fmt::Debug for ListenerCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerCert")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("names", &self.names)
+            .finish()
+    }
+}
+
+impl ListenerCert {
+    pub fn load(cert: &Path, key: &Path) -> Result<Self, TlsFileError> {
+        let chain = read_certs(cert)?;
+        let pkey = read_key(key)?;
+        check_pair(&chain[0], &pkey, key)?;
+        let names = chain[0]
+            .subject_alt_names()
+            .map(|names| {
+                names
+                    .iter()
+                    .filter_map(|n| n.dnsname().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(ListenerCert {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            summary: describe(&chain[0]),
+            leaf: CertFacts::of(&chain[0]),
+            names,
+            chain: Arc::new(chain),
+            pkey: Arc::new(pkey),
+        })
+    }
+}
+
+/// Names to certificates: exact names, then `*.` wildcards (one label), lower case; where two
+/// certificates name the same, the first listed answers.
+#[derive(Debug, Clone, Default)]
+struct SniIndex {
+    exact: std::collections::HashMap<String, usize>,
+    /// By the part after `*.`.
+    wildcard: std::collections::HashMap<String, usize>,
+}
+
+impl SniIndex {
+    /// `names`: each certificate's subjectAltName DNS names.
+    fn new<'a>(names: impl Iterator<Item = &'a [String]>) -> Self {
+        let mut index = SniIndex::default();
+        for (i, names) in names.enumerate() {
+            for name in names {
+                let name = name.trim_end_matches('.').to_ascii_lowercase();
+                match name.strip_prefix("*.") {
+                    Some(parent) if !parent.contains('*') => {
+                        index.wildcard.entry(parent.to_string()).or_insert(i);
+                    }
+                    Some(_) => {}
+                    None if !name.contains('*') => {
+                        index.exact.entry(name).or_insert(i);
+                    }
+                    None => {}
+                }
+            }
+        }
+        index
+    }
+
+    /// The certificate for `name` (as the client sent it); `None`: none names it.
+    fn find(&self, name: &str) -> Option<usize> {
+        let name = name.trim_end_matches('.');
+        if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            return self.find(&name.to_ascii_lowercase());
+        }
+        if let Some(i) = self.exact.get(name) {
+            return Some(*i);
+        }
+        let (_, parent) = name.split_once('.')?;
+        self.wildcard.get(parent).copied()
+    }
+}
+
+impl ServerTls {
+    pub fn new(certificates: Vec<ListenerCert>) -> Self {
+        let sni = SniIndex::new(certificates.iter().map(|c| c.names.as_slice()));
+        ServerTls { certificates, sni }
+    }
+
+    /// The certificate a client asking for `name` gets: the one naming it exactly, else the one
+    /// whose wildcard covers it, else the first (as a client without SNI).
+    pub fn for_name(&self, name: Option<&str>) -> &ListenerCert {
+        let i = name.and_then(|n| self.sni.find(n)).unwrap_or(0);
+        &self.certificates[i]
+    }
+
+    /// Whether a certificate names `name` (exactly or by its wildcard).
+    pub fn names(&self, name: &str) -> bool {
+        self.sni.find(name).is_some()
+    }
+
+    /// The certificates' subjects and expiry, for `/status` and start-up logs.
+    pub fn summary(&self) -> String {
+        let all: Vec<&str> = self
+            .certificates
+            .iter()
+            .map(|c| c.summary.as_str())
+            .collect();
+        all.join("; ")
+    }
+
+    /// Listener settings: TLS 1.2 minimum, ALPN h2 then http/1.1, AEAD-only TLS 1.2 suites, no
+    /// compression, no renegotiation, no session tickets (nothing that outlives a key rotation).
+    /// With several certificates, each handshake gets the one its SNI name asks for.
+    pub fn settings(&self) -> pingora::Result<TlsSettings> {
+        let mut tls = match self.certificates.as_slice() {
+            [one] => {
+                let cert = one.cert.to_string_lossy();
+                let key = one.key.to_string_lossy();
+                TlsSettings::intermediate(&cert, &key)?
+            }
+            _ => TlsSettings::with_callbacks(Box::new(BySni(self.clone())))?,
+        };
+        tls.enable_h2();
+        tls.set_min_proto_version(Some(SslVersion::TLS1_2))
+            .map_err(|e| tls_error("minimum TLS version", e))?;
+        tls.set_cipher_list(TLS12_CIPHERS)
+            .map_err(|e| tls_error("TLS 1.2 cipher list", e))?;
+        tls.set_options(
+            SslOptions::NO_COMPRESSION | SslOptions::NO_TICKET | SslOptions::NO_RENEGOTIATION,
+        );
+        Ok(tls)
+    }
+}
+
+/// Gives each handshake the certificate its SNI name asks for.
+struct BySni(ServerTls);
+
+#[async_trait::async_trait]
+impl TlsAccept for BySni {
+    async fn certificate_callback(&self, ssl: &mut TlsRef) {
+        let chosen = self.0.for_name(ssl.servername(NameType::HOST_NAME));
+        let mut set = || -> Result<(), pingora::tls::error::ErrorStack> {
+            ssl_use_certificate(ssl, &chosen.chain[0])?;
+            ssl_use_private_key(ssl, &chosen.pkey)?;
+            for intermediate in &chosen.chain[1..] {
+                ssl_add_chain_cert(ssl, intermediate)?;
+            }
+            Ok(())
+        };
+        if let Err(e) = set() {
+            // The handshake then fails for want of a certificate; the cause is worth a line.
+            log::error!("TLS: cannot present {}: {e}", chosen.cert.display());
+        }
+    }
 }
 
 /// What operators watch of a certificate: whose it is and when it ends.
@@ -58,37 +230,6 @@ impl CertFacts {
     }
 }
 
-impl ServerTls {
-    pub fn load(cert: &Path, key: &Path) -> Result<Self, TlsFileError> {
-        let chain = read_certs(cert)?;
-        let pkey = read_key(key)?;
-        check_pair(&chain[0], &pkey, key)?;
-        Ok(ServerTls {
-            cert: cert.to_path_buf(),
-            key: key.to_path_buf(),
-            summary: describe(&chain[0]),
-            leaf: CertFacts::of(&chain[0]),
-        })
-    }
-
-    /// Listener settings: TLS 1.2 minimum, ALPN h2 then http/1.1, AEAD-only TLS 1.2 suites, no
-    /// compression, no renegotiation, no session tickets (nothing that outlives a key rotation).
-    pub fn settings(&self) -> pingora::Result<TlsSettings> {
-        let cert = self.cert.to_string_lossy();
-        let key = self.key.to_string_lossy();
-        let mut tls = TlsSettings::intermediate(&cert, &key)?;
-        tls.enable_h2();
-        tls.set_min_proto_version(Some(SslVersion::TLS1_2))
-            .map_err(|e| tls_error("minimum TLS version", e))?;
-        tls.set_cipher_list(TLS12_CIPHERS)
-            .map_err(|e| tls_error("TLS 1.2 cipher list", e))?;
-        tls.set_options(
-            SslOptions::NO_COMPRESSION | SslOptions::NO_TICKET | SslOptions::NO_RENEGOTIATION,
-        );
-        Ok(tls)
-    }
-}
-
 fn tls_error(what: &str, e: pingora::tls::error::ErrorStack) -> Box<pingora::Error> {
     pingora::Error::because(pingora::ErrorType::TLSHandshakeFailure, what.to_string(), e)
 }
@@ -99,28 +240,39 @@ pub struct Presented {
     pub role: &'static str,
     pub facts: CertFacts,
     pub file: Option<PathBuf>,
+    /// For a listener certificate: the service's public hosts it answers for (by SNI).
+    pub covers: Vec<String>,
 }
 
 impl Presented {
     /// For `/status`, with the days left as of now.
     pub fn to_json(&self) -> serde_json::Value {
-        self.facts.to_json(self.role, self.file.as_deref())
+        let mut json = self.facts.to_json(self.role, self.file.as_deref());
+        json["covers"] = serde_json::json!(self.covers);
+        json
     }
 }
 
-/// The certificates a service presents: its listener's, and the client certificates it shows
-/// upstreams (each once).
+/// The certificates a service presents: its listener's (with which of the service's public
+/// `hosts` each answers for), and the client certificates it shows upstreams (each once).
 pub fn presented<'a>(
     listener: Option<&'a ServerTls>,
+    hosts: &[&str],
     upstreams: impl Iterator<Item = &'a UpstreamTls>,
 ) -> Vec<Presented> {
     let mut certs: Vec<Presented> = listener
-        .map(|t| Presented {
-            role: "listener",
-            facts: t.leaf.clone(),
-            file: Some(t.cert.clone()),
-        })
         .into_iter()
+        .flat_map(|t| t.certificates.iter().enumerate().map(move |c| (t, c)))
+        .map(|(tls, (i, c))| Presented {
+            role: "listener",
+            facts: c.leaf.clone(),
+            file: Some(c.cert.clone()),
+            covers: hosts
+                .iter()
+                .filter(|h| tls.sni.find(h) == Some(i))
+                .map(|h| h.to_string())
+                .collect(),
+        })
         .collect();
     let mut seen: Vec<&Arc<CertKey>> = Vec::new();
     for client in upstreams.filter_map(|u| u.client.as_ref()) {
@@ -130,6 +282,7 @@ pub fn presented<'a>(
                 role: "upstream client",
                 facts: CertFacts::of(client.leaf()),
                 file: None,
+                covers: Vec::new(),
             });
         }
     }
@@ -261,4 +414,59 @@ pub fn not_after(cert: &X509Ref) -> i64 {
         .diff(cert.not_after())
         .map(|d| i64::from(d.days) * 86_400 + i64::from(d.secs))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn index(certificates: &[&[&str]]) -> SniIndex {
+        let owned: Vec<Vec<String>> = certificates
+            .iter()
+            .map(|names| names.iter().map(|n| n.to_string()).collect())
+            .collect();
+        SniIndex::new(owned.iter().map(Vec::as_slice))
+    }
+
+    #[test]
+    fn sni_names_pick_exact_names_then_wildcards_of_one_label() {
+        let sni = index(&[
+            &["finesse1.example.com"],
+            &["*.example.com", "cuic.example.com"],
+            &["finesse1.example.com", "*.corp.example.com"],
+        ]);
+        assert_eq!(sni.find("finesse1.example.com"), Some(0));
+        assert_eq!(
+            sni.find("FINESSE1.Example.COM."),
+            Some(0),
+            "case and a trailing dot"
+        );
+        assert_eq!(sni.find("cuic.example.com"), Some(1));
+        assert_eq!(sni.find("ids.example.com"), Some(1), "by the wildcard");
+        assert_eq!(sni.find("a.corp.example.com"), Some(2));
+        assert_eq!(
+            sni.find("a.b.example.com"),
+            None,
+            "a wildcard covers one label"
+        );
+        assert_eq!(sni.find("example.com"), None, "nor the parent itself");
+        assert_eq!(sni.find("other.example.net"), None);
+        assert_eq!(sni.find(""), None);
+    }
+
+    #[test]
+    fn an_exact_name_wins_over_an_earlier_wildcard_and_the_first_of_equals_wins() {
+        let sni = index(&[
+            &["*.example.com"],
+            &["finesse1.example.com"],
+            &["finesse1.example.com"],
+        ]);
+        assert_eq!(sni.find("finesse1.example.com"), Some(1));
+        assert_eq!(sni.find("finesse2.example.com"), Some(0));
+        // Patterns a browser would not accept name nothing.
+        let odd = index(&[&["f*.example.com", "*.*.example.com", "*"]]);
+        assert_eq!(odd.find("finesse1.example.com"), None);
+        assert_eq!(odd.find("a.b.example.com"), None);
+        assert_eq!(odd.find("localhost"), None);
+    }
 }

@@ -5,7 +5,7 @@
 use super::model::*;
 use super::raw::*;
 use crate::config::cidr::CidrSet;
-use crate::config::tls::{ServerTls, TlsFileError, UpstreamTls};
+use crate::config::tls::{ListenerCert, ServerTls, TlsFileError, UpstreamTls};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -243,9 +243,47 @@ impl Validator {
         let Some(tls) = tls else {
             return Some(None);
         };
-        let cert = (format!("{path}.cert"), tls.cert.as_str());
-        let key = (format!("{path}.key"), tls.key.as_str());
-        self.cert_pair(cert, key, ServerTls::load).map(Some)
+        let pairs: Vec<(String, &str, &str)> = match (&tls.cert, &tls.key, &tls.certificates) {
+            (Some(cert), Some(key), None) => vec![(path.to_string(), cert, key)],
+            (None, None, Some(list)) if !list.is_empty() => list
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    (
+                        format!("{path}.certificates[{i}]"),
+                        c.cert.as_str(),
+                        c.key.as_str(),
+                    )
+                })
+                .collect(),
+            (None, None, Some(_)) => {
+                self.problem(&format!("{path}.certificates"), "lists no certificate");
+                return None;
+            }
+            (_, _, Some(_)) => {
+                self.problem(
+                    path,
+                    "give either cert and key (one certificate) or certificates (several), not both",
+                );
+                return None;
+            }
+            (None, _, None) => {
+                self.problem(&format!("{path}.cert"), "is required (or certificates)");
+                return None;
+            }
+            (Some(_), None, None) => {
+                self.problem(&format!("{path}.key"), "is required with cert");
+                return None;
+            }
+        };
+        let mut certificates = Vec::new();
+        for (at, cert, key) in pairs {
+            let cert = (format!("{at}.cert"), cert);
+            let key = (format!("{at}.key"), key);
+            certificates.push(self.cert_pair(cert, key, ListenerCert::load));
+        }
+        let certificates: Option<Vec<ListenerCert>> = certificates.into_iter().collect();
+        Some(Some(ServerTls::new(certificates?)))
     }
 
     /// A certificate chain and its private key, loaded by `load` and checked to belong together.

@@ -79,7 +79,8 @@ impl DigitalChannel {
             &service.public.to_string(),
             health_state,
         );
-        let certificates = tls::presented(service.tls.as_ref(), tls.into_iter());
+        let hosts = [service.public.host.as_str()];
+        let certificates = tls::presented(service.tls.as_ref(), &hosts, tls.into_iter());
         admin::record_certificates(&service.name, &certificates);
         let front = Front::new(
             &service.name,
@@ -103,7 +104,7 @@ impl DigitalChannel {
                 "name": service.name,
                 "kind": "digital_channel",
                 "listen": service.listen.to_string(),
-                "tls": service.tls.as_ref().map(|t| &t.summary),
+                "tls": service.tls.as_ref().map(|t| t.summary()),
                 "public": service.public.to_string(),
                 "routes": [
                     {"name": ROUTE_NAMES[ROUTE_DEFAULT], "paths": "/", "nodes": NODE_NAMES},

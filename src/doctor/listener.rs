@@ -3,46 +3,43 @@
 
 use super::names;
 use super::report::{self, Check};
-use crate::config::tls::ServerTls;
+use crate::config::tls::{ListenerCert, ServerTls};
 use crate::config::{Authority, FinesseService};
 use openssl::x509::store::X509StoreBuilder;
 use openssl::x509::{X509StoreContext, X509VerifyResult, X509};
 use std::time::Duration;
 
-/// The checks of one listener certificate: it loads with its key, covers each of `hosts`, has a
-/// complete chain, and is not about to expire.
+/// The checks of a listener's certificates: each loads with its key, has a complete chain and
+/// is not about to expire; and each of `hosts` gets, by its SNI name, a certificate naming it.
 pub fn certificate(service: &str, tls: &ServerTls, hosts: &[&str], now: i64) -> Vec<Check> {
-    let what = format!("listener {service}: certificate {}", tls.cert.display());
-    let chain = match std::fs::read(&tls.cert)
-        .map_err(|e| e.to_string())
-        .and_then(|pem| X509::stack_from_pem(&pem).map_err(|e| e.to_string()))
-    {
-        Ok(chain) if !chain.is_empty() => chain,
-        Ok(_) => {
-            return vec![Check::fail(
-                what,
-                "holds no certificate",
-                "put the PEM chain, leaf first, in the file",
-            )]
-        }
-        Err(e) => {
-            return vec![Check::fail(
-                what,
-                format!("cannot be read: {e}"),
-                "check the path and the file's permissions",
-            )]
-        }
-    };
-    let leaf = &chain[0];
-    let subject = super::subject(leaf);
-    let mut checks = vec![Check::ok(
-        format!("{what}: key"),
-        format!("{subject}: matches {}", tls.key.display()),
-    )];
+    let mut checks = Vec::new();
+    let mut leaves = Vec::new();
+    for listener in &tls.certificates {
+        let (more, leaf) = one_certificate(service, listener, now);
+        checks.extend(more);
+        leaves.push(leaf);
+    }
     for host in hosts {
         let check = format!("listener {service}: certificate covers {host}");
+        let chosen = tls.for_name(Some(host));
+        let index = tls
+            .certificates
+            .iter()
+            .position(|c| std::ptr::eq(c, chosen))
+            .unwrap_or_default();
+        let Some(leaf) = &leaves[index] else {
+            continue;
+        };
+        let subject = super::subject(leaf);
+        let file = chosen.cert.display();
         if names::covers(leaf, host) {
-            checks.push(Check::ok(check, format!("named by {subject}")));
+            checks.push(Check::ok(check, format!("named by {subject} ({file})")));
+        } else if tls.certificates.len() > 1 {
+            checks.push(Check::fail(
+                check,
+                format!("no certificate names it: a client asking for {host} gets the first, {subject} ({file})"),
+                format!("add a certificate naming {host} (or a wildcard covering it) to tls.certificates"),
+            ));
         } else {
             checks.push(Check::fail(
                 check,
@@ -54,6 +51,40 @@ pub fn certificate(service: &str, tls: &ServerTls, hosts: &[&str], now: i64) -> 
             ));
         }
     }
+    checks
+}
+
+/// One certificate's checks, and its leaf when the file reads.
+fn one_certificate(service: &str, tls: &ListenerCert, now: i64) -> (Vec<Check>, Option<X509>) {
+    let what = format!("listener {service}: certificate {}", tls.cert.display());
+    let chain = match std::fs::read(&tls.cert)
+        .map_err(|e| e.to_string())
+        .and_then(|pem| X509::stack_from_pem(&pem).map_err(|e| e.to_string()))
+    {
+        Ok(chain) if !chain.is_empty() => chain,
+        Ok(_) => {
+            let fail = Check::fail(
+                what,
+                "holds no certificate",
+                "put the PEM chain, leaf first, in the file",
+            );
+            return (vec![fail], None);
+        }
+        Err(e) => {
+            let fail = Check::fail(
+                what,
+                format!("cannot be read: {e}"),
+                "check the path and the file's permissions",
+            );
+            return (vec![fail], None);
+        }
+    };
+    let leaf = &chain[0];
+    let subject = super::subject(leaf);
+    let mut checks = vec![Check::ok(
+        format!("{what}: key"),
+        format!("{subject}: matches {}", tls.key.display()),
+    )];
     checks.push(chain_check(&what, &chain));
     let ends = chain
         .iter()
@@ -66,7 +97,7 @@ pub fn certificate(service: &str, tls: &ServerTls, hosts: &[&str], now: i64) -> 
         ends.0,
         now,
     ));
-    checks
+    (checks, Some(chain[0].clone()))
 }
 
 /// Each certificate of the file is issued by the next one, and the chain verifies up to a root
@@ -203,7 +234,7 @@ async fn reaches_site(
             .connect()
             .await
             .map_err(|e| format!("TLS: {e}"))?;
-        let ours = std::fs::read(&tls.cert)
+        let ours = std::fs::read(&tls.for_name(Some(&public.host)).cert)
             .ok()
             .and_then(|pem| X509::from_pem(&pem).ok())
             .and_then(|c| c.to_der().ok());

@@ -114,7 +114,7 @@ impl FinesseSite {
             "listen": service.listen_ports().iter()
                 .map(|p| std::net::SocketAddr::new(service.bind, *p).to_string())
                 .collect::<Vec<_>>(),
-            "tls": service.tls.as_ref().map(|t| &t.summary),
+            "tls": service.tls.as_ref().map(|t| t.summary()),
             "routes": service.servers.iter().map(|s| json!({
                 "public": s.public.to_string(),
                 "listen_port": s.listen_port,
@@ -151,7 +151,14 @@ impl FinesseSite {
                 .iter()
                 .filter_map(|s| s.upstream_tls.as_ref()),
         );
-        let certificates = tls::presented(service.tls.as_ref(), clients);
+        let mut hosts: Vec<&str> = service
+            .servers
+            .iter()
+            .map(|s| s.public.host.as_str())
+            .collect();
+        hosts.sort_unstable();
+        hosts.dedup();
+        let certificates = tls::presented(service.tls.as_ref(), &hosts, clients);
         admin::record_certificates(&service.name, &certificates);
         FinesseSite {
             certificates,

@@ -67,6 +67,27 @@ pub fn warnings(config: &Config) -> Vec<String> {
             ));
         }
     }
+    let hosts = config
+        .digital
+        .iter()
+        .map(|d| (&d.name, &d.tls, vec![d.public.host.as_str()]))
+        .chain(config.finesse.iter().map(|f| {
+            let hosts = f.servers.iter().map(|s| s.public.host.as_str()).collect();
+            (&f.name, &f.tls, hosts)
+        }));
+    for (name, tls, hosts) in hosts {
+        let Some(tls) = tls.as_ref().filter(|t| t.certificates.len() > 1) else {
+            continue;
+        };
+        for host in hosts {
+            if host.parse::<std::net::IpAddr>().is_err() && !tls.names(host) {
+                warnings.push(format!(
+                    "service {name}: no certificate in tls.certificates names {host}: clients asking for it get the first, {}",
+                    tls.certificates[0].cert.display()
+                ));
+            }
+        }
+    }
     for f in &config.finesse {
         if let Some(auth) = &f.auth {
             let plain = |e: &crate::config::Endpoint| e.tls.is_none();
@@ -100,19 +121,47 @@ pub fn warnings(config: &Config) -> Vec<String> {
     warnings
 }
 
-/// Everything that can still fail before binding: listener TLS settings.
-pub fn check(config: &Config) -> Result<(), String> {
-    let listeners = config
+/// Each service's listener certificates, for `-t`: the names each covers and its expiry.
+pub fn certificates(config: &Config) -> Vec<String> {
+    let now = chrono::Utc::now().timestamp();
+    let mut lines = Vec::new();
+    for (name, tls) in listener_tls(config) {
+        let several = tls.certificates.len() > 1;
+        for (i, c) in tls.certificates.iter().enumerate() {
+            let end = chrono::DateTime::from_timestamp(c.leaf.not_after, 0)
+                .map_or_else(String::new, |t| t.format("%Y-%m-%d").to_string());
+            let days = (c.leaf.not_after - now).div_euclid(86_400);
+            let default = if several && i == 0 { " (default)" } else { "" };
+            lines.push(format!(
+                "service {name}: certificate {}{default}: names {}; expires {end} ({days} days)",
+                c.cert.display(),
+                if c.names.is_empty() {
+                    "nothing (no DNS subjectAltName)".to_string()
+                } else {
+                    c.names.join(", ")
+                },
+            ));
+        }
+    }
+    lines
+}
+
+/// The services with a TLS listener, and their public host names.
+fn listener_tls(config: &Config) -> Vec<(&str, &ServerTls)> {
+    let digital = config
         .digital
         .iter()
-        .filter_map(|d| d.tls.as_ref().map(|t| (&d.name, t)))
-        .chain(
-            config
-                .finesse
-                .iter()
-                .filter_map(|f| f.tls.as_ref().map(|t| (&f.name, t))),
-        );
-    for (name, tls) in listeners {
+        .filter_map(|d| d.tls.as_ref().map(|t| (d.name.as_str(), t)));
+    let finesse = config
+        .finesse
+        .iter()
+        .filter_map(|f| f.tls.as_ref().map(|t| (f.name.as_str(), t)));
+    digital.chain(finesse).collect()
+}
+
+/// Everything that can still fail before binding: listener TLS settings.
+pub fn check(config: &Config) -> Result<(), String> {
+    for (name, tls) in listener_tls(config) {
         tls.settings()
             .map_err(|e| format!("service {name}: TLS settings rejected: {e}"))?;
     }

@@ -205,3 +205,109 @@ async fn upstream_from_an_unknown_ca_is_refused_unless_verify_is_off() {
     assert_eq!(upstream.hits(), 1);
     proxy.wait_stderr("upstream_tls.verify is false").await;
 }
+
+/// The subject line of the certificate 127.0.0.1:`port` presents to a client sending `sni`
+/// (none: no SNI at all).
+fn presented_subject(port: u16, sni: Option<&str>) -> String {
+    let mut command = std::process::Command::new("openssl");
+    command.args(["s_client", "-connect", &format!("127.0.0.1:{port}")]);
+    match sni {
+        Some(name) => command.args(["-servername", name]),
+        None => command.arg("-noservername"),
+    };
+    let out = command
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl is installed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find(|l| l.starts_with("subject="))
+        .unwrap_or_else(|| panic!("no certificate presented:\n{text}"))
+        .to_string()
+}
+
+#[tokio::test]
+async fn certificates_are_chosen_by_sni_exact_then_wildcard_the_first_by_default() {
+    let dir = TestDir::new("tls-sni");
+    let ca = Ca::new("tls-sni");
+    ca.write(&dir.join("ca.crt"));
+    let finesse = ca.server(&dir.path, "finesse", &["finesse1.example.com"]);
+    let wildcard = ca.server(&dir.path, "wildcard", &["*.example.net"]);
+    let (a, b) = (Upstream::plain("a").await, Upstream::plain("b").await);
+    let (port, admin) = (free_port(), free_port());
+    let yaml = format!(
+        "{server}finesse:\n  - name: desktop\n    bind: 127.0.0.1\n    rate_limits: []\n    tls:\n      certificates:\n        \
+         - cert: {fc}\n          key: {fk}\n        - cert: {wc}\n          key: {wk}\n    servers:\n      \
+         - public: finesse1.example.com:{port}\n        upstream: {a}\n      \
+         - public: cuic1.example.net:{port}\n        upstream: {b}\n        role: cuic\n",
+        server = server_block(&dir.path, Some(admin)),
+        fc = finesse.cert.display(),
+        fk = finesse.key.display(),
+        wc = wildcard.cert.display(),
+        wk = wildcard.key.display(),
+        a = a.authority(),
+        b = b.authority(),
+    );
+    let _ccedge = Ccedge::start(&dir, &yaml, &[port, admin]).await;
+
+    // curl checks the name: each host gets a certificate naming it, over both HTTP versions.
+    for (host, node) in [("finesse1.example.com", "a"), ("cuic1.example.net", "b")] {
+        for version in ["--http2", "--http1.1"] {
+            let reply = curl(&args(&[version], &https(&dir, host, port, "/x")))
+                .await
+                .unwrap_or_else(|e| panic!("{host} {version}: {e}"));
+            assert_eq!(reply.status, 200, "{host}");
+            assert_eq!(reply.echo().node(), node);
+        }
+    }
+    let subjects = tokio::task::spawn_blocking(move || {
+        [
+            presented_subject(port, Some("CUIC1.example.NET")),
+            presented_subject(port, Some("a.b.example.net")),
+            presented_subject(port, Some("unknown.example.org")),
+            presented_subject(port, None),
+        ]
+    })
+    .await
+    .unwrap();
+    assert!(subjects[0].contains("*.example.net"), "{subjects:?}");
+    for default in &subjects[1..] {
+        assert!(default.contains("finesse1.example.com"), "{subjects:?}");
+    }
+
+    // -t and /status show each certificate and the hosts it answers for.
+    let config = dir.join("ccedge.yaml");
+    let checked = std::process::Command::new(crate::harness::binary())
+        .args(["-t", "-c", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&checked.stdout);
+    assert!(checked.status.success(), "{said}");
+    assert!(
+        said.contains(&format!(
+            "certificate {} (default): names finesse1.example.com; expires",
+            finesse.cert.display()
+        )),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!(
+            "certificate {}: names *.example.net;",
+            wildcard.cert.display()
+        )),
+        "{said}"
+    );
+    let status = curl(&[&format!("http://127.0.0.1:{admin}/status")])
+        .await
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_str(&status.body).unwrap();
+    let certificates = status["services"][0]["certificates"].as_array().unwrap();
+    let covers: Vec<&serde_json::Value> = certificates.iter().map(|c| &c["covers"]).collect();
+    assert_eq!(
+        covers,
+        [
+            &serde_json::json!(["finesse1.example.com"]),
+            &serde_json::json!(["cuic1.example.net"])
+        ]
+    );
+}
