@@ -53,6 +53,8 @@ pub struct ServerSettings {
     pub upgrade_sock: String,
     pub grace_period_seconds: u64,
     pub graceful_shutdown_timeout_seconds: u64,
+    pub websocket_drain_seconds: u64,
+    pub max_draining_processes: usize,
     pub access_log: AccessLogTarget,
     pub admin: Option<AdminSettings>,
 }

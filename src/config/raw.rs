@@ -41,6 +41,12 @@ pub struct RawServer {
     pub grace_period_seconds: u64,
     /// Seconds an old process is given to stop once its grace period is over.
     pub graceful_shutdown_timeout_seconds: u64,
+    /// After a reload, open WebSockets stay in the old process until they close, this long at
+    /// most (0: they are closed at the end of the grace period).
+    pub websocket_drain_seconds: u64,
+    /// Old processes kept for their WebSockets; past it, a reload has the oldest close them
+    /// (1001, going away).
+    pub max_draining_processes: usize,
     /// Where the access log (one JSON object per request) goes: stdout, off, or an absolute path.
     pub access_log: String,
     /// The admin listener (plain HTTP: /healthz, /status, /metrics); none when left out.
@@ -55,6 +61,8 @@ impl Default for RawServer {
             upgrade_sock: "/tmp/ccedge-upgrade.sock".into(),
             grace_period_seconds: 30,
             graceful_shutdown_timeout_seconds: 10,
+            websocket_drain_seconds: 28_800,
+            max_draining_processes: 3,
             access_log: "stdout".into(),
             admin: None,
         }

@@ -125,6 +125,8 @@ impl Validator {
             upgrade_sock: s.upgrade_sock.clone(),
             grace_period_seconds: s.grace_period_seconds,
             graceful_shutdown_timeout_seconds: s.graceful_shutdown_timeout_seconds,
+            websocket_drain_seconds: s.websocket_drain_seconds,
+            max_draining_processes: s.max_draining_processes,
             access_log,
             admin,
         })

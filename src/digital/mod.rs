@@ -26,7 +26,7 @@ use pingora::lb::selection::RoundRobin;
 use pingora::lb::LoadBalancer;
 use pingora::prelude::HttpPeer;
 use pingora::protocols::Digest;
-use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session, UpgradedClose};
 use pingora::services::background::GenBackgroundService;
 use serde_json::json;
 use std::sync::Arc;
@@ -344,6 +344,30 @@ impl ProxyHttp for DigitalProxy {
     ) -> pingora::Result<Option<std::time::Duration>> {
         ctx.upstream_body(body);
         Ok(None)
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Exchange,
+    ) -> pingora::Result<Option<std::time::Duration>> {
+        self.channel.front.upgraded_from_upstream(body, ctx);
+        Ok(None)
+    }
+
+    /// A WebSocket ccedge ends gets close frames (see `edge::websocket`).
+    fn upgraded_close(
+        &self,
+        ctx: &mut Exchange,
+    ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = UpgradedClose> + Send>>> {
+        self.channel.front.upgraded_close(ctx, None)
+    }
+
+    fn suppress_error_log(&self, _session: &Session, ctx: &Exchange, _e: &pingora::Error) -> bool {
+        // A WebSocket the proxy closed is in the access log, no error.
+        exchange::closed_by_proxy(ctx)
     }
 
     async fn response_filter(

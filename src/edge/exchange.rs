@@ -10,6 +10,7 @@ use crate::edge::limits::{self, RateLimiter, Stage};
 use crate::edge::proxy_protocol;
 use crate::edge::reply::{self, Refusal};
 use crate::edge::target;
+use crate::edge::websocket::WebSocket;
 use crate::observe::access_log::{self, AccessLog, Entry};
 use crate::observe::lifecycle::Lifecycle;
 use crate::observe::metrics::ServiceMetrics;
@@ -17,9 +18,11 @@ use bytes::Bytes;
 use http::header::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::Digest;
-use pingora::proxy::{FailToProxy, Session};
+use pingora::proxy::{FailToProxy, Session, UpgradedClose};
 use std::borrow::Cow;
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -63,8 +66,8 @@ pub struct Exchange {
     in_flight: bool,
     /// Asks for a WebSocket upgrade (decided once, in `Front::begin`).
     pub wants_websocket: bool,
-    /// Upgraded to a WebSocket (counted until it ends).
-    websocket: bool,
+    /// Upgraded to a WebSocket (counted until it ends): its frames, followed to close it cleanly.
+    pub websocket: Option<WebSocket>,
 }
 
 impl Default for Exchange {
@@ -97,7 +100,7 @@ impl Exchange {
             upstream_bytes: 0,
             in_flight: false,
             wants_websocket: false,
-            websocket: false,
+            websocket: None,
         }
     }
 
@@ -230,7 +233,7 @@ impl Front {
             session.set_keepalive(Some(self.limits.keepalive_timeout.as_secs().max(1)));
         }
         let read_timeout = if ctx.wants_websocket {
-            self.limits.websocket_idle_timeout
+            crate::edge::websocket::backstop(self.limits.websocket_idle_timeout)
         } else {
             self.limits.client_header_timeout
         };
@@ -307,11 +310,16 @@ impl Front {
     /// Counts streamed request body bytes; an error once the limit is passed.
     pub fn count_body(
         &self,
-        body: &Option<Bytes>,
+        body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut Exchange,
     ) -> pingora::Result<()> {
-        // The request is sent once its body is (a WebSocket's frames come after the answer).
+        // A WebSocket's frames are not a request body.
+        if let Some(websocket) = &mut ctx.websocket {
+            websocket.from_client(body);
+            return Ok(());
+        }
+        // The request is sent once its body is.
         if end_of_stream && ctx.sent_at.is_some() && ctx.upstream_status.is_none() {
             ctx.sent_at = Some(Instant::now());
         }
@@ -345,8 +353,9 @@ impl Front {
             }
         }
         ctx.upstream_status = Some(resp.status.as_u16());
-        if resp.status == http::StatusCode::SWITCHING_PROTOCOLS && !ctx.websocket {
-            ctx.websocket = true;
+        if resp.status == http::StatusCode::SWITCHING_PROTOCOLS && ctx.websocket.is_none() {
+            ctx.websocket = Some(WebSocket::default());
+            self.lifecycle.websocket_opened();
             self.metrics.websockets.inc();
             if let Some(node) = ctx
                 .upstream
@@ -354,6 +363,29 @@ impl Front {
             {
                 node.inc();
             }
+        }
+    }
+
+    /// The future that ends an upgraded session with close frames (see `edge::websocket`):
+    /// when `revoked` changes, the process closes its WebSockets, or no frame passed for
+    /// `websocket_idle_timeout_ms`.
+    pub fn upgraded_close(
+        &self,
+        ctx: &Exchange,
+        revoked: Option<tokio::sync::watch::Receiver<()>>,
+    ) -> Option<Pin<Box<dyn Future<Output = UpgradedClose> + Send>>> {
+        let websocket = ctx.websocket.as_ref()?;
+        Some(websocket.closer(
+            revoked,
+            self.lifecycle.websockets_closing(),
+            self.limits.websocket_idle_timeout,
+        ))
+    }
+
+    /// Upgraded bytes from the upstream, on their way to the client.
+    pub fn upgraded_from_upstream(&self, body: &mut Option<Bytes>, ctx: &mut Exchange) {
+        if let Some(websocket) = &mut ctx.websocket {
+            websocket.from_upstream(body);
         }
     }
 
@@ -379,7 +411,11 @@ impl Front {
         if std::mem::take(&mut ctx.in_flight) {
             self.metrics.in_flight.dec();
         }
-        if std::mem::take(&mut ctx.websocket) {
+        if let Some(websocket) = ctx.websocket.take() {
+            if let Some(why) = websocket.ended_by_proxy() {
+                ctx.refusal = Some(Cow::Borrowed(why));
+            }
+            self.lifecycle.websocket_closed();
             self.metrics.websockets.dec();
             if let Some(node) = ctx
                 .upstream
@@ -536,6 +572,13 @@ fn clip(text: &str) -> &str {
         end -= 1;
     }
     &text[..end]
+}
+
+/// Whether ccedge itself ended this request's WebSocket (logged in the access log, not an error).
+pub fn closed_by_proxy(ctx: &Exchange) -> bool {
+    ctx.websocket
+        .as_ref()
+        .is_some_and(|w| w.ended_by_proxy().is_some())
 }
 
 /// Names used in the access-log line, resolved by the service from the exchange's indexes.

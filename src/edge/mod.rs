@@ -13,3 +13,4 @@ pub mod proxy_protocol;
 pub mod reply;
 pub mod target;
 pub mod upstream;
+pub mod websocket;

@@ -63,12 +63,14 @@ pub fn peer(
 }
 
 /// The peer for one request: an upgraded (WebSocket) connection may stay silent for
-/// `websocket_idle_timeout` rather than the HTTP read timeout.
+/// `websocket_idle_timeout` rather than the HTTP read timeout (it is then closed with close
+/// frames; these timeouts are the backstop).
 pub fn for_request(peer: &HttpPeer, upgrade: bool, limits: &Limits) -> Box<HttpPeer> {
     let mut peer = Box::new(peer.clone());
     if upgrade {
-        peer.options.read_timeout = Some(limits.websocket_idle_timeout);
-        peer.options.write_timeout = Some(limits.websocket_idle_timeout);
+        let backstop = crate::edge::websocket::backstop(limits.websocket_idle_timeout);
+        peer.options.read_timeout = Some(backstop);
+        peer.options.write_timeout = Some(backstop);
     }
     peer
 }

@@ -32,7 +32,7 @@ use pingora::cache::{CacheKey, CacheMeta, NoCacheReason, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::protocols::Digest;
-use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session, UpgradedClose};
 use routing::RouteTable;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -347,11 +347,9 @@ pub struct FinesseCtx {
     /// For a WebSocket of a verified user: changes when the user is revoked (Pingora waits on it
     /// once the session is upgraded).
     closing: Option<tokio::sync::watch::Receiver<()>>,
-    /// Set when `closing` resolved: the proxy ended the WebSocket.
-    revoked: Arc<AtomicBool>,
 }
 
-type Closing = std::pin::Pin<Box<dyn std::future::Future<Output = Bytes> + Send>>;
+type Closing = std::pin::Pin<Box<dyn std::future::Future<Output = UpgradedClose> + Send>>;
 
 #[async_trait]
 impl ProxyHttp for FinesseProxy {
@@ -366,7 +364,6 @@ impl ProxyHttp for FinesseProxy {
             exchange: Exchange::new(),
             rewrite: None,
             closing: None,
-            revoked: Arc::default(),
         }
     }
 
@@ -404,18 +401,24 @@ impl ProxyHttp for FinesseProxy {
         front.respond(session, &mut ctx.exchange, refusal).await
     }
 
-    /// A revoked user's WebSocket ends with a close frame (1008).
+    /// A WebSocket ccedge ends gets close frames (see `edge::websocket`): 1008 for a revoked
+    /// user, 1001 when idle or when the process closes its WebSockets.
     fn upgraded_close(&self, ctx: &mut FinesseCtx) -> Option<Closing> {
-        let mut revocation = ctx.closing.take()?;
-        let revoked = ctx.revoked.clone();
-        Some(Box::pin(async move {
-            if revocation.changed().await.is_err() {
-                // The user's state is kept while this receiver lives: this is not reached.
-                std::future::pending::<()>().await;
-            }
-            revoked.store(true, Ordering::Relaxed);
-            auth::close_frame()
-        }))
+        let revocation = ctx.closing.take();
+        self.site.front.upgraded_close(&ctx.exchange, revocation)
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut FinesseCtx,
+    ) -> pingora::Result<Option<Duration>> {
+        self.site
+            .front
+            .upgraded_from_upstream(body, &mut ctx.exchange);
+        Ok(None)
     }
 
     fn suppress_error_log(
@@ -424,8 +427,8 @@ impl ProxyHttp for FinesseProxy {
         ctx: &FinesseCtx,
         _e: &pingora::Error,
     ) -> bool {
-        // A WebSocket the proxy closed for a revoked user is in the access log, no error.
-        ctx.revoked.load(Ordering::Relaxed)
+        // A WebSocket the proxy closed is in the access log, no error.
+        exchange::closed_by_proxy(&ctx.exchange)
     }
 
     async fn request_body_filter(
@@ -628,10 +631,6 @@ impl ProxyHttp for FinesseProxy {
         ctx: &mut FinesseCtx,
     ) {
         let site = &self.site;
-        if ctx.revoked.load(Ordering::Relaxed) {
-            ctx.exchange.refusal =
-                Some("the user was revoked by the admin listener: WebSocket closed (1008)".into());
-        }
         let ctx = &mut ctx.exchange;
         let phase = session.cache.phase();
         if let Some(cache) = &site.cache {

@@ -115,6 +115,8 @@ pub struct Admin {
     token: Option<[u8; 32]>,
     refusals: OncePerSecond,
     lifecycle: Arc<Lifecycle>,
+    /// `server.pid_file`: beside it, what processes draining after a reload report and read.
+    pid_file: String,
 }
 
 impl Admin {
@@ -123,7 +125,7 @@ impl Admin {
         config_file: String,
         sources: Vec<Arc<dyn StatusSource>>,
         settings: &AdminSettings,
-        lifecycle: Arc<Lifecycle>,
+        (lifecycle, pid_file): (Arc<Lifecycle>, String),
     ) -> (Self, TrafficSampler) {
         let started = Instant::now();
         let watched = Arc::new(Watched {
@@ -141,6 +143,7 @@ impl Admin {
                 .map(|t| Sha256::digest(t.0.as_bytes()).into()),
             refusals: OncePerSecond::default(),
             lifecycle,
+            pid_file,
         };
         (admin, TrafficSampler(watched))
     }
@@ -168,6 +171,8 @@ impl Admin {
             "uptime_seconds": self.started.elapsed().as_secs(),
             "readiness": self.lifecycle.readiness().name(),
             "open_connections": self.lifecycle.open_connections(),
+            "websockets": self.lifecycle.open_websockets(),
+            "draining_processes": crate::observe::draining::reports(&self.pid_file),
             "now": crate::observe::access_log::now(),
             "services": services,
         })
@@ -357,6 +362,8 @@ impl Admin {
             );
         }
         let closed: usize = revoked.iter().sum();
+        // Processes still draining after a reload carry WebSockets too.
+        crate::observe::draining::append_revocation(&self.pid_file, &user);
         let shown: String = user.chars().filter(|c| !c.is_control()).collect();
         log::warn!("user {shown:?} revoked by the admin listener: {closed} WebSocket(s) closed");
         let body = format!(

@@ -35,6 +35,9 @@ pub struct Lifecycle {
     running: AtomicBool,
     stopping: AtomicBool,
     drained: AtomicBool,
+    /// True once open WebSockets are to close (with 1001): a stop, or a drain at its limit.
+    websockets_closing: watch::Sender<bool>,
+    websockets: AtomicUsize,
     /// What client connections watch in place of the server's shutdown: true while draining or
     /// stopping.
     closing: watch::Sender<bool>,
@@ -48,6 +51,8 @@ impl Lifecycle {
             running: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             drained: AtomicBool::new(false),
+            websockets_closing: watch::channel(false).0,
+            websockets: AtomicUsize::new(0),
             closing: watch::channel(false).0,
             open: AtomicUsize::new(0),
         })
@@ -115,6 +120,28 @@ impl Lifecycle {
 
     pub fn open_connections(&self) -> usize {
         self.open.load(Ordering::Relaxed)
+    }
+
+    /// What each open WebSocket waits on to close (1001).
+    pub fn websockets_closing(&self) -> watch::Receiver<bool> {
+        self.websockets_closing.subscribe()
+    }
+
+    /// Has every open WebSocket (and any opened later) close with 1001.
+    pub fn close_websockets(&self) {
+        self.websockets_closing.send_replace(true);
+    }
+
+    pub fn websocket_opened(&self) {
+        self.websockets.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn websocket_closed(&self) {
+        self.websockets.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn open_websockets(&self) -> usize {
+        self.websockets.load(Ordering::Relaxed)
     }
 }
 

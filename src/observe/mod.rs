@@ -2,6 +2,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod draining;
 pub mod lifecycle;
 pub mod log_levels;
 pub mod metrics;

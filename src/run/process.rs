@@ -14,6 +14,7 @@ use crate::finesse::{FinesseProxy, FinesseSite};
 use crate::observe::access_log::AccessLog;
 use crate::observe::admin::{Admin, StatusSource};
 use crate::observe::lifecycle::{Lifecycle, PhaseWatch};
+use crate::run::drain::ProcessDrain;
 use crate::run::signals::{self, ReopenOnSignal};
 use pingora::apps::http_app::HttpServer;
 use pingora::apps::HttpServerOptions;
@@ -285,6 +286,7 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
             f.listen_ports()
         );
     }
+    let drained_sources = sources.clone();
     if let Some(settings) = &config.server.admin {
         let addr = settings.listen;
         match &settings.token {
@@ -303,7 +305,7 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
             config.file.display().to_string(),
             sources,
             settings,
-            lifecycle.clone(),
+            (lifecycle.clone(), config.server.pid_file.clone()),
         );
         let mut service = Service::new("admin".to_string(), HttpServer::new_app(admin));
         service.threads = Some(1);
@@ -312,8 +314,18 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
         server.add_service(background_service("traffic sampler", sampler));
         log::info!("admin listener on http://{addr}/ (status page; /healthz, /status, /metrics)");
     }
+    let drain = ProcessDrain {
+        lifecycle: lifecycle.clone(),
+        websocket_drain: std::time::Duration::from_secs(config.server.websocket_drain_seconds),
+        phases: server.watch_execution_phase(),
+        pid_file: config.server.pid_file.clone(),
+        sources: drained_sources,
+    };
     server.bootstrap();
-    server.run(RunArgs::default());
+    server.run(RunArgs {
+        drain: Some(Box::new(drain)),
+        ..RunArgs::default()
+    });
     log.close();
     Ok(())
 }

@@ -365,10 +365,32 @@ impl Supervisor {
         self.draining.push((old_pid, old));
         self.state.server_pid = next_pid;
         self.config = config;
+        let server = &self.config.server;
+        // Past the cap, the oldest close their WebSockets (1001) and exit.
+        let excess = self
+            .draining
+            .len()
+            .saturating_sub(server.max_draining_processes);
+        for (pid, _) in self.draining.iter().take(excess) {
+            log::info!(
+                "supervisor: more than {} previous servers (server.max_draining_processes): \
+                 server {pid} closes its WebSockets",
+                server.max_draining_processes
+            );
+            send(*pid, Signal::SIGTERM);
+        }
+        let grace = server.grace_period_seconds;
+        let stays = if server.websocket_drain_seconds > grace {
+            format!(
+                "; its WebSockets stay until they close, {} s at most",
+                server.websocket_drain_seconds
+            )
+        } else {
+            String::new()
+        };
         Ok(format!(
-            "reloaded {}: server {next_pid} took over from {old_pid}, which finishes its requests within {} s",
+            "reloaded {}: server {next_pid} took over from {old_pid}, which finishes its requests within {grace} s{stays}",
             self.file.display(),
-            self.config.server.grace_period_seconds + self.config.server.graceful_shutdown_timeout_seconds
         ))
     }
 }

@@ -19,3 +19,4 @@ mod process;
 mod proxy_protocol;
 mod reference;
 mod tls;
+mod websockets;

@@ -106,11 +106,13 @@ async fn reloads_lose_no_request_and_apply_the_new_configuration() {
     let a = Upstream::custom("a", node("a", log.clone())).await;
     let b = Upstream::custom("b", node("b", log.clone())).await;
     let (port, extra, admin) = (free_port(), free_port(), free_port());
+    // WebSockets are not kept after a reload here: the old process closes them at its grace
+    // period's end (`websocket_drain_seconds: 0`).
     let config = |upstream: &Upstream, with_extra: bool| {
         let mut yaml = format!(
             "{server}finesse:\n  - name: desktop\n    bind: 127.0.0.1\n    rate_limits: []\n    tls:\n      cert: {c}\n      key: {k}\n    \
              servers:\n      - public: {HOST}:{port}\n        upstream: {u}\n",
-            server = server_block(&dir, admin),
+            server = server_block(&dir, admin).replace("  admin:", "  websocket_drain_seconds: 0\n  admin:"),
             c = cert.cert.display(),
             k = cert.key.display(),
             u = upstream.authority(),
@@ -147,8 +149,8 @@ async fn reloads_lose_no_request_and_apply_the_new_configuration() {
 
     // 1: another upstream and a new listener.
     std::fs::write(&file, config(&b, true)).unwrap();
-    let (ok, said) = reload(&file).await;
     let reloaded = Instant::now();
+    let (ok, said) = reload(&file).await;
     assert!(ok, "{said}");
     assert!(said.contains("took over from"), "{said}");
     ws::echoes(&mut socket, "right after the reload").await;
@@ -160,15 +162,22 @@ async fn reloads_lose_no_request_and_apply_the_new_configuration() {
         .unwrap();
     assert_eq!(added.status, 200, "the added listener does not serve");
     ws::echoes(&mut socket, "old process draining").await;
-    // Once its grace period is over, the old process ends the WebSocket it was carrying.
+    // Once its grace period is over, the old process ends the WebSocket it was carrying, with
+    // a close frame.
     let ended = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(Ok(_)) = socket.next().await {}
+        loop {
+            match socket.next().await {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Close(frame))) => return frame,
+                Some(Ok(_)) => {}
+                _ => return None,
+            }
+        }
     })
     .await;
-    assert!(
-        ended.is_ok(),
-        "the old process never let go of its WebSocket"
-    );
+    let Ok(Some(close)) = ended else {
+        panic!("the old process never closed its WebSocket with a close frame: {ended:?}");
+    };
+    assert_eq!(u16::from(close.code), 1001, "{close:?}");
     assert!(
         reloaded.elapsed() >= Duration::from_secs(3),
         "ended before the grace period"
@@ -342,7 +351,15 @@ async fn a_second_supervisor_is_refused_while_the_first_stops_and_no_one_removes
         0o600
     );
 
-    // Stopping takes the grace period: a second supervisor started meanwhile is refused too.
+    // Stopping takes up to the grace period (here, for a request still arriving): a second
+    // supervisor started meanwhile is refused too.
+    let mut arriving = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut arriving, b"GET / HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
     first.signal("TERM");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let stopping = exits_at_once(&supervise).await;

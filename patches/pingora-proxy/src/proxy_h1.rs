@@ -516,7 +516,7 @@ where
         // ccedge patch: how the proxy may end the session once it is upgraded
         // (ProxyHttp::upgraded_close), asked for once.
         let mut upgraded_close: Option<
-            std::pin::Pin<Box<dyn std::future::Future<Output = Bytes> + Send>>,
+            std::pin::Pin<Box<dyn std::future::Future<Output = crate::UpgradedClose> + Send>>,
         > = None;
         let mut upgraded_close_asked = false;
 
@@ -569,11 +569,21 @@ where
             let proxy_closes: OptionFuture<_> = upgraded_close.as_mut().into();
 
             tokio::select! {
-                // ccedge patch: the proxy ends the upgraded session, its last bytes sent first.
+                // ccedge patch: the proxy ends the upgraded session, its last bytes sent first:
+                // to the client, then through the pipe to the upstream, whose half then ends
+                // (an upgraded request ends when either side does); its last answers are let go.
                 Some(last) = proxy_closes => {
                     session
-                        .write_response_tasks(vec![HttpTask::UpgradedBody(Some(last), true)])
+                        .write_response_tasks(vec![HttpTask::UpgradedBody(last.downstream, true)])
                         .await?;
+                    if let Some(upstream) = last.upstream {
+                        let ends = async {
+                            if tx.send(HttpTask::UpgradedBody(Some(upstream), true)).await.is_ok() {
+                                while rx.recv().await.is_some() {}
+                            }
+                        };
+                        let _ = time::timeout(Duration::from_secs(1), ends).await;
+                    }
                     return Err(Error::explain(
                         ConnectionClosed,
                         "the proxy ended the upgraded session",

@@ -38,6 +38,14 @@ pub enum ProxyWarnLogContext {
     DownstreamCache,
 }
 
+/// ccedge patch: the last bytes of an upgraded session the proxy ends (see
+/// [`ProxyHttp::upgraded_close`]), for the client and for the upstream; `None`: nothing more.
+#[derive(Debug, Default)]
+pub struct UpgradedClose {
+    pub downstream: Option<Bytes>,
+    pub upstream: Option<Bytes>,
+}
+
 /// The interface to control the HTTP proxy
 ///
 /// The methods in [ProxyHttp] are filters/callbacks which will be performed on all requests at their
@@ -401,13 +409,13 @@ pub trait ProxyHttp {
 
     /// ccedge patch: how the proxy may end an upgraded (WebSocket) session itself. Asked once,
     /// when a session is upgraded; the future it returns is then polled beside the session's
-    /// traffic, and when it resolves, the bytes it yields (a close frame, say) are written to the
-    /// client as the last of the upgraded body and the session ends: both connections are
-    /// closed. `None` (the default): only the client or the upstream ends the session.
+    /// traffic, and when it resolves, the bytes it yields for each side (a close frame, say) are
+    /// written to it as the last of the upgraded stream and the session ends: both connections
+    /// are closed. `None` (the default): only the client or the upstream ends the session.
     fn upgraded_close(
         &self,
         _ctx: &mut Self::CTX,
-    ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = Bytes> + Send>>> {
+    ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = UpgradedClose> + Send>>> {
         None
     }
 

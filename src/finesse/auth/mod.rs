@@ -25,7 +25,6 @@ use credential::{Credential, Presented};
 use http::header::HeaderValue;
 use lockout::{Admission, Kind, Lockouts, Reservation, Who};
 use pingora::http::RequestHeader;
-pub use revocation::close_frame;
 use revocation::Revocations;
 use serde_json::{json, Value};
 use std::net::IpAddr;

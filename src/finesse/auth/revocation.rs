@@ -137,18 +137,6 @@ impl Revocations {
     }
 }
 
-/// The close frame a revoked user's WebSocket gets (server to client, so unmasked): 1008, policy
-/// violation, with the reason.
-pub fn close_frame() -> bytes::Bytes {
-    const REASON: &[u8] = b"credentials revoked";
-    let mut frame = Vec::with_capacity(4 + REASON.len());
-    frame.push(0x88);
-    frame.push(u8::try_from(2 + REASON.len()).expect("a short reason"));
-    frame.extend_from_slice(&1008u16.to_be_bytes());
-    frame.extend_from_slice(REASON);
-    bytes::Bytes::from(frame)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,12 +174,5 @@ mod tests {
             r.watch("alice", Instant::now()).is_some(),
             "checked again since"
         );
-    }
-
-    #[test]
-    fn the_close_frame_is_1008_with_its_reason() {
-        let frame = close_frame();
-        assert_eq!(&frame[..4], &[0x88, 21, 0x03, 0xF0]);
-        assert_eq!(&frame[4..], b"credentials revoked");
     }
 }

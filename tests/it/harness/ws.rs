@@ -70,6 +70,9 @@ pub async fn echoes(client: &mut Client, text: &str) {
     }
 }
 
+/// The length of the frame `slow-frame-please` asks for.
+pub const SLOW_FRAME_LEN: usize = 1000;
+
 /// What the echo upstream saw: request headers of each upgrade and how each connection ended.
 #[derive(Default)]
 pub struct EchoLog {
@@ -79,7 +82,8 @@ pub struct EchoLog {
 
 /// An upstream handler that accepts WebSocket upgrades (choosing the `xmpp` subprotocol when
 /// offered, as Finesse does) and echoes every message; a text message `close-please` makes it
-/// close the connection itself.
+/// close the connection itself, and `slow-frame-please` makes it send a text frame of
+/// `SLOW_FRAME_LEN` bytes in two halves, 800 ms apart.
 pub fn echo_handler(log: Arc<EchoLog>) -> Handler {
     Arc::new(move |mut req: Request<Incoming>| {
         let log = log.clone();
@@ -108,7 +112,28 @@ pub fn echo_handler(log: Arc<EchoLog>) -> Handler {
                             while let Some(Ok(_)) = ws.next().await {}
                             break "server closed".to_string();
                         }
-                        Some(Ok(Message::Close(_))) => break "client closed".to_string(),
+                        Some(Ok(Message::Text(t))) if t.as_str() == "slow-frame-please" => {
+                            use tokio::io::AsyncWriteExt;
+                            let mut frame = vec![0x81, 126];
+                            frame.extend_from_slice(&(SLOW_FRAME_LEN as u16).to_be_bytes());
+                            frame.extend(std::iter::repeat_n(b'x', SLOW_FRAME_LEN));
+                            let (first, rest) = frame.split_at(frame.len() / 2);
+                            let raw = ws.get_mut();
+                            let sent = async {
+                                raw.write_all(first).await?;
+                                raw.flush().await?;
+                                tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+                                raw.write_all(rest).await?;
+                                raw.flush().await
+                            };
+                            if sent.await.is_err() {
+                                break "send failed".to_string();
+                            }
+                        }
+                        Some(Ok(Message::Close(frame))) => {
+                            let code = frame.map_or(0, |f| u16::from(f.code));
+                            break format!("client closed ({code})");
+                        }
                         Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
                             if ws.send(m).await.is_err() {
                                 break "send failed".to_string();

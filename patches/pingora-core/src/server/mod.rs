@@ -177,11 +177,23 @@ impl ShutdownSignalWatch for UnixShutdownSignalWatch {
     }
 }
 
+/// ccedge patch: how a stopping server waits for its connections (see [`RunArgs::drain`]).
+pub trait Drain: Send {
+    /// Called once the services stopped accepting, in place of sleeping the whole grace period:
+    /// returns when the server may shut its runtimes down (its connections have ended, or
+    /// `grace` or a longer limit of its own has passed).
+    fn wait(self: Box<Self>, grace: Duration);
+}
+
 /// Arguments to configure running of the pingora server.
 pub struct RunArgs {
     /// Signal for initating shutdown
     #[cfg(unix)]
     pub shutdown_signal: Box<dyn ShutdownSignalWatch>,
+    /// ccedge patch: with a drain, a graceful upgrade stops accepting as soon as the listening
+    /// sockets are sent (instead of accepting for `CLOSE_TIMEOUT` more seconds), and a graceful
+    /// stop waits as the drain says instead of sleeping the grace period out.
+    pub drain: Option<Box<dyn Drain>>,
 }
 
 impl Default for RunArgs {
@@ -189,12 +201,13 @@ impl Default for RunArgs {
     fn default() -> Self {
         Self {
             shutdown_signal: Box::new(UnixShutdownSignalWatch),
+            drain: None,
         }
     }
 
     #[cfg(windows)]
     fn default() -> Self {
-        Self {}
+        Self { drain: None }
     }
 }
 
@@ -237,7 +250,7 @@ impl Server {
     }
 
     #[cfg(unix)]
-    async fn main_loop(&self, run_args: RunArgs) -> ShutdownType {
+    async fn main_loop(&self, run_args: RunArgs, drained: bool) -> ShutdownType {
         // waiting for exit signal
 
         self.execution_phase_watch
@@ -300,7 +313,8 @@ impl Server {
                         true
                     }
                 };
-                if sent_fds {
+                // ccedge patch: with a drain, the new process accepts from now on.
+                if sent_fds && !drained {
                     self.execution_phase_watch
                         .send(ExecutionPhase::GracefulUpgradeCloseTimeout)
                         .ok();
@@ -639,7 +653,7 @@ impl Server {
     /// never return.
     /// Instead it will either start the daemon process and exit, or panic
     /// if daemonization fails.
-    pub fn run(mut self, run_args: RunArgs) {
+    pub fn run(mut self, mut run_args: RunArgs) {
         info!("Server starting");
 
         let conf = self.configuration.as_ref();
@@ -784,10 +798,11 @@ impl Server {
             BlockingPoolOpts::default(),
             RuntimeOpts::default(),
         );
+        let drain = run_args.drain.take();
         #[cfg(unix)]
         let shutdown_type = server_runtime
             .get_handle()
-            .block_on(self.main_loop(run_args));
+            .block_on(self.main_loop(run_args, drain.is_some()));
         #[cfg(windows)]
         let shutdown_type = server_runtime
             .get_handle()
@@ -808,7 +823,11 @@ impl Server {
                 .grace_period_seconds
                 .unwrap_or(EXIT_TIMEOUT);
             info!("Graceful shutdown: grace period {}s starts", exit_timeout);
-            thread::sleep(Duration::from_secs(exit_timeout));
+            // ccedge patch: the drain decides how long to wait.
+            match drain {
+                Some(drain) => drain.wait(Duration::from_secs(exit_timeout)),
+                None => thread::sleep(Duration::from_secs(exit_timeout)),
+            }
             info!("Graceful shutdown: grace period ends");
         }
 

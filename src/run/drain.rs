@@ -1,0 +1,179 @@
+//! How a server process ends once it stopped accepting (Pingora's graceful shutdown, through
+//! pingora-core's `Drain`). After a reload's hand-over, its WebSockets stay until they close, up
+//! to `server.websocket_drain_seconds`; its HTTP requests have the grace period; it exits as
+//! soon as its last connection ends. On a stop, its WebSockets are closed at once (1001) and
+//! its HTTP requests have the grace period. Meanwhile it reports what it holds (for `/status`
+//! of the current process), closes the WebSockets of users revoked after the reload, answers
+//! SIGTERM (close the WebSockets now: the supervisor's cap, or a stop) and SIGINT (exit now).
+
+use crate::observe::admin::StatusSource;
+use crate::observe::draining::{self, Report};
+use crate::observe::lifecycle::Lifecycle;
+use pingora::server::{Drain, ExecutionPhase};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::broadcast;
+
+/// How often the process looks at its connections and writes its report.
+const TICK: Duration = Duration::from_millis(200);
+const REPORT_EVERY: Duration = Duration::from_secs(1);
+/// How long closed WebSockets have to finish their closing handshake.
+const CLOSE_WAIT: Duration = Duration::from_secs(3);
+
+pub struct ProcessDrain {
+    pub lifecycle: Arc<Lifecycle>,
+    pub websocket_drain: Duration,
+    /// Subscribed before the server started: says whether the stop is a reload's hand-over.
+    pub phases: broadcast::Receiver<ExecutionPhase>,
+    pub pid_file: String,
+    /// Where revocations are applied.
+    pub sources: Vec<Arc<dyn StatusSource>>,
+}
+
+impl ProcessDrain {
+    /// Whether the server handed its sockets over (a reload) rather than stopping.
+    fn handed_over(&mut self) -> bool {
+        let mut handed_over = false;
+        loop {
+            match self.phases.try_recv() {
+                Ok(ExecutionPhase::GracefulUpgradeTransferringFds) => handed_over = true,
+                Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) => {}
+                Err(_) => return handed_over,
+            }
+        }
+    }
+
+    fn revoke_since(&self, since_ms: u128) -> u128 {
+        let mut latest = since_ms;
+        for (at, user) in draining::revocations_since(&self.pid_file, since_ms) {
+            let closed: usize = self
+                .sources
+                .iter()
+                .filter_map(|s| s.revoke_user(&user))
+                .sum();
+            log::info!(
+                "draining server: user {user:?} revoked after the reload: {closed} WebSocket(s) closed"
+            );
+            latest = latest.max(at);
+        }
+        latest
+    }
+
+    async fn run(mut self, grace: Duration) {
+        let started = Instant::now();
+        let handed_over = self.handed_over();
+        let lifecycle = self.lifecycle.clone();
+        log::info!(
+            "draining server: {} client connection(s) open, {} of them WebSockets",
+            lifecycle.open_connections(),
+            lifecycle.open_websockets()
+        );
+        let (Ok(mut terminate), Ok(mut interrupt)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            log::error!("draining server: cannot handle signals; closing its WebSockets now");
+            lifecycle.close_websockets();
+            tokio::time::sleep(CLOSE_WAIT.min(grace)).await;
+            return;
+        };
+        let websockets_until = if handed_over {
+            started + self.websocket_drain.max(grace)
+        } else {
+            started
+        };
+        if handed_over && !self.websocket_drain.is_zero() && lifecycle.open_websockets() > 0 {
+            log::info!(
+                "draining server: {} WebSocket(s) stay here until they close, for up to {} s \
+                 (server.websocket_drain_seconds)",
+                lifecycle.open_websockets(),
+                self.websocket_drain.as_secs()
+            );
+        }
+        let since = crate::observe::access_log::now();
+        let close_at = chrono::Utc::now()
+            + chrono::Duration::from_std(websockets_until - started).unwrap_or_default();
+        let close_at = close_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let pid = std::process::id();
+        let mut revoked_since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let mut closed_at: Option<Instant> = None;
+        let mut terminated = false;
+        let mut reported = started - REPORT_EVERY;
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = terminate.recv() => {
+                    if !terminated && lifecycle.open_websockets() > 0 {
+                        log::info!("draining server: SIGTERM: closing its WebSockets now");
+                    }
+                    terminated = true;
+                }
+                _ = interrupt.recv() => {
+                    log::info!("draining server: SIGINT: exiting now");
+                    break;
+                }
+            }
+            let now = Instant::now();
+            let open = lifecycle.open_connections();
+            if open == 0 {
+                break;
+            }
+            if closed_at.is_none() && (now >= websockets_until || terminated) {
+                lifecycle.close_websockets();
+                closed_at = Some(now);
+            }
+            if let Some(at) = closed_at {
+                if now.duration_since(at) >= CLOSE_WAIT {
+                    break;
+                }
+            }
+            // Past the grace period only WebSockets are waited for.
+            if now.duration_since(started) >= grace && lifecycle.open_websockets() == 0 {
+                break;
+            }
+            if handed_over {
+                revoked_since = self.revoke_since(revoked_since);
+                if now.duration_since(reported) >= REPORT_EVERY {
+                    reported = now;
+                    draining::write_report(
+                        &self.pid_file,
+                        &Report {
+                            pid,
+                            since: since.clone(),
+                            open_connections: open,
+                            websockets: lifecycle.open_websockets(),
+                            websockets_close_at: close_at.clone(),
+                        },
+                    );
+                }
+            }
+        }
+        let _ = std::fs::remove_file(draining::report_file(&self.pid_file, pid));
+        log::info!(
+            "draining server: done after {} s ({} connection(s) left)",
+            started.elapsed().as_secs(),
+            lifecycle.open_connections()
+        );
+    }
+}
+
+impl Drain for ProcessDrain {
+    fn wait(self: Box<Self>, grace: Duration) {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(e) => {
+                log::error!("draining server: {e}; waiting out the grace period");
+                std::thread::sleep(grace);
+                return;
+            }
+        };
+        runtime.block_on(self.run(grace));
+    }
+}
