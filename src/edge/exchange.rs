@@ -227,9 +227,11 @@ impl Front {
 
     /// Sets the connection's timeouts for this request.
     pub fn prepare(&self, session: &mut Session, ctx: &Exchange) {
-        // A stopping or draining process answers with `Connection: close` (Pingora has already
-        // turned keep-alive off for it); only a running one keeps connections.
-        if !session.is_process_shutting_down() && !self.lifecycle.closing() {
+        // A stopping or draining process answers with `Connection: close`; only a running one
+        // keeps connections.
+        if session.is_process_shutting_down() || self.lifecycle.closing() {
+            session.set_keepalive(None);
+        } else {
             session.set_keepalive(Some(self.limits.keepalive_timeout.as_secs().max(1)));
         }
         let read_timeout = if ctx.wants_websocket {

@@ -1245,6 +1245,77 @@ async fn a_revoked_agent_is_checked_again_and_loses_its_websocket() {
 }
 
 #[tokio::test]
+async fn a_user_revoked_after_a_reload_loses_the_websocket_the_old_process_carries() {
+    let log = Arc::new(EchoLog::default());
+    let app = Upstream::custom("finesse", finesse_with_notifications(log.clone())).await;
+    let mut site = AuthSite::start_with("auth-revoke-draining", None, Some(app), "").await;
+    let proto = format!("xmpp, {}", URL_SAFE_NO_PAD.encode("agent1:secret"));
+    let headers = [("Sec-WebSocket-Protocol", proto.as_str())];
+    let mut alice = ws::connect_with(HOST, site.port, "/ws/", &site.ca.pem, &headers)
+        .await
+        .unwrap();
+    ws::echoes(&mut alice, "presence").await;
+
+    // A reload by hand: a new process takes the sockets over, the old one keeps alice.
+    let yaml = std::fs::read_to_string(site.dir.join("ccedge.yaml")).unwrap();
+    let socket = site.dir.join("upgrade.sock");
+    let _ = std::fs::remove_file(&socket);
+    let second = Ccedge::launch(
+        &site.dir,
+        "second",
+        &yaml,
+        &["-u"],
+        &[site.port, site.admin],
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new process never waited for the sockets"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    site.ccedge.signal("QUIT");
+    while crate::harness::proxy::server_pid(site.admin).await != u64::from(second.pid()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new process does not serve"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ws::echoes(&mut alice, "still in the old process").await;
+
+    // Revoked through the new process's admin listener: the old process closes her WebSocket.
+    let config = site.dir.join("second.yaml");
+    let out = tokio::process::Command::new(crate::harness::binary())
+        .args(["revoke", "-c", config.to_str().unwrap(), "agent1"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let close = tokio::time::timeout(Duration::from_secs(5), async {
+        use futures_util::StreamExt;
+        loop {
+            match alice.next().await {
+                Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(_)) => {}
+                other => panic!("the WebSocket ended without a close frame: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the old process kept the revoked user's WebSocket");
+    assert_eq!(close.map(|f| u16::from(f.code)), Some(1008));
+    // Its last connection gone, the old process exits.
+    assert_eq!(site.ccedge.wait_exit(10).await, Some(0));
+}
+
+#[tokio::test]
 async fn a_websocket_being_checked_when_its_user_is_revoked_does_not_open() {
     let log = Arc::new(EchoLog::default());
     let app = Upstream::custom("finesse", finesse_with_notifications(log.clone())).await;

@@ -61,11 +61,20 @@ async fn answered_by(ca: &Ca, port: u16, node: &str) {
     }
 }
 
-/// The server process the supervisor has as current.
+/// The server process the supervisor has as current (waiting for its state file).
 fn supervised_server(dir: &TestDir) -> u64 {
-    let state: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("ccedge.pid.json")).unwrap()).unwrap();
-    state["server_pid"].as_u64().unwrap()
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = std::fs::read(dir.join("ccedge.pid.json")).unwrap_or_default();
+        if let Some(pid) = serde_json::from_slice::<Value>(&state)
+            .ok()
+            .and_then(|s| s["server_pid"].as_u64())
+        {
+            return pid;
+        }
+        assert!(Instant::now() < deadline, "the supervisor wrote no state");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// A client loop that runs until `stop`, returning every failure it saw and the nodes that
@@ -836,4 +845,104 @@ async fn upstream_timings_are_logged_and_measured_per_node() {
         assert!(Instant::now() < deadline, "the WebSocket is still counted");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Whether process `pid` still runs.
+fn running(pid: u64) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// The processes draining after reloads, as the current one's `/status` lists them.
+async fn draining(admin: u16) -> Vec<Value> {
+    let bearer = format!("Bearer {TOKEN}");
+    let status = Client::new(([127, 0, 0, 1], admin).into(), "127.0.0.1")
+        .send("GET", "/status", &[("authorization", &bearer)], &[])
+        .await
+        .unwrap();
+    let status: Value = serde_json::from_str(&status.body).unwrap();
+    status["draining_processes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn websockets_stay_in_the_old_process_and_past_the_cap_the_oldest_closes_them() {
+    let dir = TestDir::new("reload-drain");
+    let ca = Ca::new("reload-drain");
+    let cert = ca.server(&dir.path, "proxy", &[HOST]);
+    let log = Arc::new(EchoLog::default());
+    let upstream = Upstream::custom("a", node("a", log.clone())).await;
+    let (port, admin) = (free_port(), free_port());
+    let yaml = finesse_site(&dir, &cert, port, admin, &upstream)
+        .replace("  admin:", "  max_draining_processes: 1\n  admin:");
+    let _supervisor = Ccedge::launch(&dir, "ccedge", &yaml, &["supervise"], &[port, admin]).await;
+    let file = dir.join("ccedge.yaml");
+
+    let first = supervised_server(&dir);
+    let mut a = ws::connect(HOST, port, "/ws", &ca.pem).await;
+    let (ok, said) = reload(&file).await;
+    assert!(ok, "{said}");
+    assert!(
+        said.contains("its WebSockets stay until they close"),
+        "{said}"
+    );
+    // Past the grace period (3 s), the WebSocket is still served by the first process.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    ws::echoes(&mut a, "after the grace period").await;
+    assert!(running(first));
+    let listed = draining(admin).await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(
+        (listed[0]["pid"].as_u64(), listed[0]["websockets"].as_u64()),
+        (Some(first), Some(1))
+    );
+
+    // A second reload with a WebSocket in the second process: one old process at most, so the
+    // first closes its WebSocket (1001, and a masked close to the upstream) and exits.
+    let second = supervised_server(&dir);
+    let mut b = ws::connect(HOST, port, "/ws", &ca.pem).await;
+    let (ok, said) = reload(&file).await;
+    assert!(ok, "{said}");
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match a.next().await {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Close(frame))) => return frame,
+                Some(Ok(_)) => {}
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("the oldest process kept its WebSocket");
+    assert_eq!(closed.map(|f| u16::from(f.code)), Some(1001));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while running(first)
+        || !log
+            .endings
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e == "client closed (1001)")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the first process is still there: {:?}",
+            log.endings
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ws::echoes(&mut b, "the second process keeps its own").await;
+
+    // The second process exits as soon as its last connection ends.
+    b.close(None).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while running(second) {
+        assert!(
+            Instant::now() < deadline,
+            "the second process did not exit once idle"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(draining(admin).await.is_empty());
 }
