@@ -45,6 +45,14 @@ pub enum Command {
     /// Have the running ccedge of FILE (its supervisor, which tells every server process, or a
     /// daemon) reopen the access log, as after a log rotation; exit 0 once the file is there.
     Reopen,
+    /// Compare FILE with what the running ccedge serves (asked through the admin listener FILE
+    /// names): listeners, routes, upstreams, limits, auth, certificates with their expiry. Exit 0
+    /// when equal, 1 when different, 2 when the comparison could not be made.
+    Diff {
+        /// Print the changes as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Exit 0 when the admin listener of FILE answers /healthz, 1 otherwise (for container
     /// health checks); with --ready, /readyz (not starting, draining or stopping).
     Health {

@@ -63,6 +63,10 @@ fn main() -> ExitCode {
     }
     let config = match config::load(&file) {
         Ok(config) => config,
+        Err(e) if matches!(cli.command, Some(cli::Command::Diff { .. })) => {
+            eprintln!("ccedge: configuration rejected:\n{e}");
+            return ExitCode::from(2);
+        }
         Err(e) => {
             if let Some(cli::Command::Doctor { json, .. }) = cli.command {
                 return doctor::unloadable(&file, &e.to_string(), json);
@@ -71,6 +75,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(cli::Command::Diff { json }) = cli.command {
+        return run::diff::run(&config, json);
+    }
     if let Some(cli::Command::Doctor { json, timeout }) = cli.command {
         return doctor::run(
             &config,
@@ -107,6 +114,7 @@ fn main() -> ExitCode {
             | cli::Command::Purge { .. }
             | cli::Command::Revoke { .. }
             | cli::Command::Reopen
+            | cli::Command::Diff { .. }
             | cli::Command::Schema,
         )
         | None => {}

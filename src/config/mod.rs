@@ -5,6 +5,7 @@ pub mod cidr;
 mod locate;
 pub mod model;
 mod raw;
+pub mod summary;
 pub mod tls;
 pub mod validate;
 

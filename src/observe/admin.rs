@@ -117,16 +117,32 @@ pub struct Admin {
     lifecycle: Arc<Lifecycle>,
     /// `server.pid_file`: beside it, what processes draining after a reload report and read.
     pid_file: String,
+    /// What this process serves (`config::summary`), for `GET /config` and `ccedge diff`.
+    summary: Vec<u8>,
+}
+
+/// What the admin listener knows of its process.
+pub struct AdminProcess {
+    pub config_file: String,
+    /// `config::summary` of the configuration it runs.
+    pub summary: serde_json::Value,
+    pub lifecycle: Arc<Lifecycle>,
+    pub pid_file: String,
 }
 
 impl Admin {
     /// The admin application, and the background service that samples the traffic it reports.
     pub fn new(
-        config_file: String,
+        process: AdminProcess,
         sources: Vec<Arc<dyn StatusSource>>,
         settings: &AdminSettings,
-        (lifecycle, pid_file): (Arc<Lifecycle>, String),
     ) -> (Self, TrafficSampler) {
+        let AdminProcess {
+            config_file,
+            summary,
+            lifecycle,
+            pid_file,
+        } = process;
         let started = Instant::now();
         let watched = Arc::new(Watched {
             history: History::new(sources.len(), started),
@@ -144,6 +160,7 @@ impl Admin {
             refusals: OncePerSecond::default(),
             lifecycle,
             pid_file,
+            summary: serde_json::to_vec_pretty(&summary).unwrap_or_default(),
         };
         (admin, TrafficSampler(watched))
     }
@@ -531,6 +548,7 @@ impl ServeHttp for Admin {
             ),
             "/healthz" => respond(StatusCode::OK, text, b"ok\n".to_vec()),
             "/readyz" => self.readyz(),
+            "/config" => respond(StatusCode::OK, "application/json", self.summary.clone()),
             "/metrics" => {
                 for source in &self.watched.sources {
                     source.refresh_metrics();
@@ -587,6 +605,18 @@ pub fn purge(admin: Option<&AdminSettings>, prefix: Option<&str>) -> ExitCode {
         None => "/cache".to_string(),
     };
     order(admin, "DELETE", &target, "purge")
+}
+
+/// What the running process serves (`GET /config`), for `ccedge diff`.
+pub fn running_config(admin: Option<&AdminSettings>) -> Result<serde_json::Value, String> {
+    match ask(admin, "GET", "/config")? {
+        (_, 200, body) => serde_json::from_str(&body)
+            .map_err(|e| format!("the admin listener's /config is not JSON: {e}")),
+        (addr, status, body) => Err(format!(
+            "{addr}: /config answered {status}: {}",
+            body.trim()
+        )),
+    }
 }
 
 /// `ccedge drain`: asks the admin listener at `admin` to start a drain (or with `off` to end it).

@@ -12,7 +12,7 @@ use crate::edge::proxy_protocol::ProxyProtocol;
 use crate::finesse::proxymap::ProxyMapApp;
 use crate::finesse::{FinesseProxy, FinesseSite};
 use crate::observe::access_log::AccessLog;
-use crate::observe::admin::{Admin, StatusSource};
+use crate::observe::admin::{Admin, AdminProcess, StatusSource};
 use crate::observe::lifecycle::{Lifecycle, PhaseWatch};
 use crate::run::drain::ProcessDrain;
 use crate::run::signals::{self, ReopenOnSignal};
@@ -301,12 +301,13 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
             ),
             _ => {}
         }
-        let (admin, sampler) = Admin::new(
-            config.file.display().to_string(),
-            sources,
-            settings,
-            (lifecycle.clone(), config.server.pid_file.clone()),
-        );
+        let process = AdminProcess {
+            config_file: config.file.display().to_string(),
+            summary: crate::config::summary::summary(&config),
+            lifecycle: lifecycle.clone(),
+            pid_file: config.server.pid_file.clone(),
+        };
+        let (admin, sampler) = Admin::new(process, sources, settings);
         let mut service = Service::new("admin".to_string(), HttpServer::new_app(admin));
         service.threads = Some(1);
         service.add_tcp(&addr.to_string());

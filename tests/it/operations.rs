@@ -946,3 +946,90 @@ async fn websockets_stay_in_the_old_process_and_past_the_cap_the_oldest_closes_t
     }
     assert!(draining(admin).await.is_empty());
 }
+
+#[tokio::test]
+async fn diff_says_what_a_reload_would_change() {
+    let dir = TestDir::new("diff");
+    let ca = Ca::new("diff");
+    let cert = ca.server(&dir.path, "proxy", &[HOST]);
+    let renewed = ca.server_expiring(&dir.path, "renewed", &[HOST], 400);
+    let upstream = Upstream::plain("a").await;
+    let (port, admin, extra) = (free_port(), free_port(), free_port());
+    let yaml = finesse_site(&dir, &cert, port, admin, &upstream);
+    let _ccedge = Ccedge::start(&dir, &yaml, &[port, admin]).await;
+
+    let diff = |yaml: &str, json: bool| {
+        let file = dir.write("new.yaml", yaml);
+        async move {
+            let mut args = vec!["diff", "-c", file.to_str().unwrap()];
+            if json {
+                args.insert(1, "--json");
+            }
+            let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            let out = tokio::process::Command::new(binary())
+                .args(&args)
+                .output()
+                .await
+                .unwrap();
+            let said = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            (out.status.code(), said)
+        }
+    };
+    let (code, said) = diff(&yaml, false).await;
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("is what the running ccedge serves"), "{said}");
+
+    let changed =
+        yaml.replace(
+            &cert.cert.display().to_string(),
+            &renewed.cert.display().to_string(),
+        )
+        .replace(
+            &cert.key.display().to_string(),
+            &renewed.key.display().to_string(),
+        )
+        .replace(
+            "rate_limits: []\n",
+            "rate_limits: []\n    limits:\n      max_body_bytes: 1000\n",
+        ) + &format!(
+            "      - public: cuic.example.com:{extra}\n        upstream: {}\n        role: cuic\n",
+            upstream.authority()
+        );
+    let (code, said) = diff(&changed, false).await;
+    assert_eq!(code, Some(1), "{said}");
+    for expected in [
+        format!("+ listener 127.0.0.1:{extra} (desktop)"),
+        "~ limits services.desktop.settings.limits.max_body_bytes: 15728640 -> 1000".to_string(),
+        "~ certificate services.desktop.certificates[0].expires:".to_string(),
+        "+ route services.desktop.settings.servers[1].public".to_string(),
+    ] {
+        assert!(said.contains(&expected), "{expected:?} missing:\n{said}");
+    }
+    let (code, said) = diff(&changed, true).await;
+    assert_eq!(code, Some(1), "{said}");
+    let report: Value = serde_json::from_str(&said).unwrap();
+    assert_eq!(report["equal"], false);
+    assert!(report["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["category"] == "limits" && c["after"] == 1000));
+
+    // No comparison: a broken file, or a file whose admin listener nobody answers.
+    let (code, said) = diff("finesse: [", false).await;
+    assert_eq!(code, Some(2), "{said}");
+    let elsewhere = yaml.replace(
+        &format!("127.0.0.1:{admin}"),
+        &format!("127.0.0.1:{}", free_port()),
+    );
+    let (code, said) = diff(&elsewhere, false).await;
+    assert_eq!(code, Some(2), "{said}");
+    assert!(
+        said.contains("cannot read what the running ccedge serves"),
+        "{said}"
+    );
+}
