@@ -933,6 +933,21 @@ async fn websockets_stay_in_the_old_process_and_past_the_cap_the_oldest_closes_t
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     ws::echoes(&mut b, "the second process keeps its own").await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(dir.join("access.log")).unwrap_or_default();
+        if text
+            .lines()
+            .any(|l| l.contains("\"path\":\"/ws\"") && l.contains("websocket_drain_seconds"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the closed WebSocket's line is not in the new file:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // The second process exits as soon as its last connection ends.
     b.close(None).await.unwrap();
