@@ -173,12 +173,20 @@ impl AccessLog {
         }
     }
 
-    /// Opens the file again at its path, after a rotation moved it away: the lines queued so far
-    /// go to the old file, every later one to the new (within `FLUSH_EVERY`). `false` when the
-    /// log is not a file (stdout, off): nothing to reopen.
+    /// Opens the file again at its path, after a rotation moved it away: the lines the writer
+    /// has written so far are in the old file, every later one goes to the new (the writer
+    /// reopens within `FLUSH_EVERY`). `false` when the log is not a file (stdout, off).
     pub fn reopen(&self) -> bool {
+        let Some(path) = &self.path else {
+            return false;
+        };
+        // The file is there again at once, whether or not a line is written soon.
+        if let Err(e) = open_file(path) {
+            log::error!("{e}; the access log goes on in the old file");
+            return true;
+        }
         self.reopens.fetch_add(1, Ordering::Relaxed);
-        self.path.is_some()
+        true
     }
 
     /// Whether lines are written at all (`access_log: off` writes none).
@@ -217,6 +225,19 @@ fn writer(
             std::mem::swap(&mut pending.text, &mut spare);
             (std::mem::take(&mut pending.dropped), pending.stop)
         };
+        let asked = reopen
+            .as_ref()
+            .map(|(path, asked)| (path, asked.load(Ordering::Relaxed)));
+        if let Some((path, asked)) = asked.filter(|(_, asked)| *asked != reopened) {
+            reopened = asked;
+            match open_file(path) {
+                Ok(file) => {
+                    output = Box::new(file);
+                    log::info!("access log reopened: {}", path.display());
+                }
+                Err(e) => log::error!("{e}; the access log goes on in the old file"),
+            }
+        }
         if !spare.is_empty() {
             let result = output.write_all(&spare).and_then(|()| output.flush());
             match (result, failing) {
@@ -234,19 +255,6 @@ fn writer(
         }
         if dropped > 0 {
             log::warn!("{dropped} access log lines dropped: the log destination is not keeping up");
-        }
-        let asked = reopen
-            .as_ref()
-            .map(|(path, asked)| (path, asked.load(Ordering::Relaxed)));
-        if let Some((path, asked)) = asked.filter(|(_, asked)| *asked != reopened) {
-            reopened = asked;
-            match open_file(path) {
-                Ok(file) => {
-                    output = Box::new(file);
-                    log::info!("access log reopened: {}", path.display());
-                }
-                Err(e) => log::error!("{e}; the access log goes on in the old file"),
-            }
         }
         if stop {
             return;

@@ -897,6 +897,19 @@ async fn websockets_stay_in_the_old_process_and_past_the_cap_the_oldest_closes_t
         (listed[0]["pid"].as_u64(), listed[0]["websockets"].as_u64()),
         (Some(first), Some(1))
     );
+    // A log rotation reaches the draining process too: its WebSocket's line, written when the
+    // WebSocket ends, goes to the new file.
+    std::fs::rename(dir.join("access.log"), dir.join("access.log.1")).unwrap();
+    let reopen = tokio::process::Command::new(binary())
+        .args(["reopen", "-c", file.to_str().unwrap()])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        reopen.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reopen.stderr)
+    );
 
     // A second reload with a WebSocket in the second process: one old process at most, so the
     // first closes its WebSocket (1001, and a masked close to the upstream) and exits.
@@ -933,6 +946,20 @@ async fn websockets_stay_in_the_old_process_and_past_the_cap_the_oldest_closes_t
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     ws::echoes(&mut b, "the second process keeps its own").await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(dir.join("access.log")).unwrap_or_default();
+        let closed =
+            |l: &&str| l.contains("\"path\":\"/ws\"") && l.contains("websocket_drain_seconds");
+        if text.lines().any(|l| closed(&l)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the closed WebSocket's line is not in the new file:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let text = std::fs::read_to_string(dir.join("access.log")).unwrap_or_default();
