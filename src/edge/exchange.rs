@@ -342,7 +342,10 @@ impl Front {
 
     /// The upstream's response header arrived.
     pub fn upstream_answered(&self, resp: &ResponseHeader, ctx: &mut Exchange) {
-        if ctx.upstream_status.is_none() {
+        // Timed to the final header: a 100 Continue or a 103 is not the answer (a 101 is).
+        let interim =
+            resp.status.is_informational() && resp.status != http::StatusCode::SWITCHING_PROTOCOLS;
+        if ctx.upstream_status.is_none() && !interim {
             if let Some(sent) = ctx.sent_at {
                 let waited = sent.elapsed();
                 ctx.upstream_header_ms = Some(access_log::millis(waited));
@@ -354,8 +357,13 @@ impl Front {
                 }
             }
         }
+        if interim {
+            return;
+        }
         ctx.upstream_status = Some(resp.status.as_u16());
-        if resp.status == http::StatusCode::SWITCHING_PROTOCOLS && ctx.websocket.is_none() {
+        // Only an upgrade the client asked as a WebSocket is followed frame by frame.
+        let websocket = ctx.wants_websocket && ctx.websocket.is_none();
+        if resp.status == http::StatusCode::SWITCHING_PROTOCOLS && websocket {
             ctx.websocket = Some(WebSocket::default());
             self.lifecycle.websocket_opened();
             self.metrics.websockets.inc();

@@ -332,6 +332,8 @@ impl Admin {
             );
         }
         let changed = self.lifecycle.drain(on);
+        // A reload keeps the instance drained (the new process reads this at its start).
+        crate::observe::draining::set_drained(&self.pid_file, on);
         let open = self.lifecycle.open_connections();
         let body = match (on, changed) {
             (true, true) => {
@@ -431,6 +433,26 @@ impl Admin {
     }
 }
 
+/// Whether a browser sent `req` for a page of another site (`Origin` not this listener, or
+/// `Sec-Fetch-Site` saying so). A form's POST needs no preflight: without this, any page an
+/// operator opens could drain the instance. Command-line clients send neither header.
+fn cross_site(req: &RequestHeader) -> bool {
+    let header = |name| req.headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = header("sec-fetch-site") {
+        if !matches!(site, "same-origin" | "none") {
+            return true;
+        }
+    }
+    let Some(origin) = header("origin") else {
+        return false;
+    };
+    let host = header("host").unwrap_or_default();
+    let authority = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    authority.is_none_or(|a| !a.eq_ignore_ascii_case(host))
+}
+
 /// The answer to an admin action asked with another method than `DELETE`.
 fn delete_only() -> Response<Vec<u8>> {
     respond(
@@ -525,6 +547,15 @@ impl ServeHttp for Admin {
             }
             return denied;
         }
+        let safe = req.method == http::Method::GET || req.method == http::Method::HEAD;
+        if !safe && cross_site(req) {
+            self.refused("a request from another site", req);
+            return respond(
+                StatusCode::FORBIDDEN,
+                text,
+                b"changes are not taken from another site's page\n".to_vec(),
+            );
+        }
         if let Some(user) = req.uri.path().strip_prefix("/auth/users/") {
             return self.revoke(&req.method, user);
         }
@@ -553,6 +584,10 @@ impl ServeHttp for Admin {
                 for source in &self.watched.sources {
                     source.refresh_metrics();
                 }
+                let draining = crate::observe::draining::reports(&self.pid_file);
+                crate::observe::metrics::draining_websockets(
+                    draining.iter().map(|r| r.websockets).sum(),
+                );
                 respond(
                     StatusCode::OK,
                     "text/plain; version=0.0.4; charset=utf-8",

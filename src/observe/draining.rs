@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 /// Past this size the revocation file is rewritten with only the last day's lines.
 const REVOKED_MAX_BYTES: u64 = 64 * 1024;
 const REVOKED_KEPT_MS: u128 = 24 * 3600 * 1000;
+/// The most read of a report file.
+const REPORT_MAX_BYTES: u64 = 4096;
 
 /// What a draining process still holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -28,40 +30,95 @@ pub fn report_file(pid_file: &str, pid: u32) -> PathBuf {
     PathBuf::from(format!("{pid_file}.draining-{pid}.json"))
 }
 
+/// Opens `path` for reading only if it is a regular file of this user that nobody else may
+/// write (no symbolic link, no FIFO or device: the files are beside the pid file, which may be
+/// in a shared folder such as /tmp), and no larger than `max` bytes.
+fn open_own(path: &Path, max: u64) -> Option<std::fs::File> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    let meta = file.metadata().ok()?;
+    let own = meta.uid() == nix::unistd::geteuid().as_raw() && meta.mode() & 0o022 == 0;
+    (meta.is_file() && own && meta.len() <= max).then_some(file)
+}
+
+fn read_own(path: &Path, max: u64) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut text = Vec::new();
+    open_own(path, max)?.take(max).read_to_end(&mut text).ok()?;
+    Some(text)
+}
+
+/// Writes `text` as `path` whole: into a new file of this user's, then renamed over `path`.
+fn replace(path: &Path, text: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let partial = path.with_extension("partial");
+    let _ = std::fs::remove_file(&partial);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&partial)?;
+    file.write_all(text)?;
+    std::fs::rename(&partial, path)
+}
+
 /// Writes `report` whole (by rename).
 pub fn write_report(pid_file: &str, report: &Report) {
     let path = report_file(pid_file, report.pid);
-    let partial = path.with_extension("partial");
     let text = serde_json::to_vec(report).unwrap_or_default();
-    if let Err(e) = std::fs::write(&partial, text).and_then(|()| std::fs::rename(&partial, &path)) {
+    if let Err(e) = replace(&path, &text) {
         log::debug!("cannot write {}: {e}", path.display());
     }
 }
 
-/// The reports of the processes draining now (files of processes gone are left out).
+pub fn remove_report(pid_file: &str, pid: u32) {
+    let _ = std::fs::remove_file(report_file(pid_file, pid));
+}
+
+/// The reports of the processes draining now. Files of processes gone (killed) are removed.
 pub fn reports(pid_file: &str) -> Vec<Report> {
     let path = Path::new(pid_file);
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         return Vec::new();
     };
     let prefix = format!("{}.draining-", name.to_string_lossy());
-    let Ok(entries) = std::fs::read_dir(if dir.as_os_str().is_empty() {
+    let dir = if dir.as_os_str().is_empty() {
         Path::new(".")
     } else {
         dir
-    }) else {
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
-    let mut reports: Vec<Report> = entries
-        .flatten()
-        .filter(|e| {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            name.starts_with(&prefix) && name.ends_with(".json")
-        })
-        .filter_map(|e| serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok())
-        .filter(|r: &Report| alive(r.pid))
-        .collect();
+    let mut reports = Vec::new();
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let file_name = file_name.to_string_lossy();
+        let Some(pid) = file_name
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.strip_suffix(".json"))
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Some(text) = read_own(&entry.path(), REPORT_MAX_BYTES) else {
+            continue;
+        };
+        if !alive(pid) {
+            let _ = std::fs::remove_file(entry.path());
+            continue;
+        }
+        if let Ok(report) = serde_json::from_slice::<Report>(&text) {
+            if report.pid == pid {
+                reports.push(report);
+            }
+        }
+    }
     reports.sort_by_key(|r| r.pid);
     reports
 }
@@ -83,23 +140,33 @@ fn epoch_ms() -> u128 {
 
 /// Records that `user` was revoked now, for the processes draining beside this one.
 pub fn append_revocation(pid_file: &str, user: &str) {
-    use std::os::unix::fs::OpenOptionsExt;
     let path = revoked_file(pid_file);
     let now = epoch_ms();
-    if std::fs::metadata(&path).is_ok_and(|m| m.len() > REVOKED_MAX_BYTES) {
-        let kept: String = revocations_since(pid_file, now.saturating_sub(REVOKED_KEPT_MS))
-            .into_iter()
-            .map(|(at, user)| line(at, &user))
-            .collect();
-        let _ = std::fs::write(&path, kept);
+    let mut text = match std::fs::symlink_metadata(&path) {
+        Err(_) => Vec::new(),
+        Ok(_) => match read_own(&path, 4 * REVOKED_MAX_BYTES) {
+            Some(text) => text,
+            None => {
+                log::warn!(
+                    "{} is not a file of ccedge's own (or too large): revocations do not reach \
+                     processes draining after a reload; remove it",
+                    path.display()
+                );
+                return;
+            }
+        },
+    };
+    if text.len() as u64 > REVOKED_MAX_BYTES {
+        text = parse(
+            &String::from_utf8_lossy(&text),
+            now.saturating_sub(REVOKED_KEPT_MS),
+        )
+        .into_iter()
+        .flat_map(|(at, user)| line(at, &user).into_bytes())
+        .collect();
     }
-    let appended = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(&path)
-        .and_then(|mut file| file.write_all(line(now, user).as_bytes()));
-    if let Err(e) = appended {
+    text.extend_from_slice(line(now, user).as_bytes());
+    if let Err(e) = replace(&path, &text) {
         log::warn!(
             "cannot record the revocation of {user:?} in {} for processes still draining \
              after a reload: {e}",
@@ -113,11 +180,7 @@ fn line(at: u128, user: &str) -> String {
     format!("{at}\t{user}\n")
 }
 
-/// The users revoked after `since_ms` (ms since the epoch), with when.
-pub fn revocations_since(pid_file: &str, since_ms: u128) -> Vec<(u128, String)> {
-    let Ok(text) = std::fs::read_to_string(revoked_file(pid_file)) else {
-        return Vec::new();
-    };
+fn parse(text: &str, since_ms: u128) -> Vec<(u128, String)> {
     text.lines()
         .filter_map(|line| {
             let (at, user) = line.split_once('\t')?;
@@ -129,6 +192,42 @@ pub fn revocations_since(pid_file: &str, since_ms: u128) -> Vec<(u128, String)> 
             (at > since_ms).then_some((at, user))
         })
         .collect()
+}
+
+/// The users revoked after `since_ms` (ms since the epoch), with when.
+pub fn revocations_since(pid_file: &str, since_ms: u128) -> Vec<(u128, String)> {
+    match read_own(&revoked_file(pid_file), 4 * REVOKED_MAX_BYTES) {
+        Some(text) => parse(&String::from_utf8_lossy(&text), since_ms),
+        None => Vec::new(),
+    }
+}
+
+fn drained_file(pid_file: &str) -> PathBuf {
+    PathBuf::from(format!("{pid_file}.drained"))
+}
+
+/// Records that the instance is drained (`POST /drain`) or not, so that a reload keeps it so.
+pub fn set_drained(pid_file: &str, on: bool) {
+    let path = drained_file(pid_file);
+    let done = if on {
+        replace(&path, b"drained by POST /drain; DELETE /drain ends it\n")
+    } else {
+        std::fs::remove_file(&path).or_else(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Ok(()),
+            _ => Err(e),
+        })
+    };
+    if let Err(e) = done {
+        log::warn!(
+            "cannot record the drain in {} (a reload will not keep it): {e}",
+            path.display()
+        );
+    }
+}
+
+/// Whether the instance was drained when this process took over from the one before.
+pub fn drained(pid_file: &str) -> bool {
+    open_own(&drained_file(pid_file), REPORT_MAX_BYTES).is_some()
 }
 
 #[cfg(test)]
@@ -147,6 +246,35 @@ mod tests {
         let users: Vec<&str> = seen.iter().map(|(_, u)| u.as_str()).collect();
         assert_eq!(users, ["CORP\\j.doe\tx", "alice"]);
         assert!(revocations_since(&pid_file, seen[1].0).is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn files_not_of_ccedges_own_are_not_believed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("ccedge-untrusted-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pid_file = dir.join("ccedge.pid").display().to_string();
+        // Anyone may write it: someone else could revoke agents in draining processes.
+        std::fs::write(revoked_file(&pid_file), "99999999999999\talice\n").unwrap();
+        std::fs::set_permissions(
+            revoked_file(&pid_file),
+            std::fs::Permissions::from_mode(0o666),
+        )
+        .unwrap();
+        assert!(revocations_since(&pid_file, 0).is_empty());
+        std::fs::remove_file(revoked_file(&pid_file)).unwrap();
+        // A link elsewhere is not followed.
+        let elsewhere = dir.join("elsewhere");
+        std::fs::write(&elsewhere, "99999999999999\tbob\n").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, revoked_file(&pid_file)).unwrap();
+        assert!(revocations_since(&pid_file, 0).is_empty());
+        append_revocation(&pid_file, "carol");
+        assert_eq!(
+            std::fs::read_to_string(&elsewhere).unwrap(),
+            "99999999999999\tbob\n",
+            "written through the link"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -10,6 +10,7 @@ use pingora::services::background::BackgroundService;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{broadcast, watch};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +39,11 @@ pub struct Lifecycle {
     /// True once open WebSockets are to close (with 1001): a stop, or a drain at its limit.
     websockets_closing: watch::Sender<bool>,
     websockets: AtomicUsize,
+    /// A SIGTERM (a stop, or the supervisor's cap on draining processes) and a SIGINT (stop
+    /// now) arrived: watched for the whole life of the process, so that none is missed while
+    /// it drains.
+    terminated: AtomicBool,
+    interrupted: AtomicBool,
     /// What client connections watch in place of the server's shutdown: true while draining or
     /// stopping.
     closing: watch::Sender<bool>,
@@ -53,6 +59,8 @@ impl Lifecycle {
             drained: AtomicBool::new(false),
             websockets_closing: watch::channel(false).0,
             websockets: AtomicUsize::new(0),
+            terminated: AtomicBool::new(false),
+            interrupted: AtomicBool::new(false),
             closing: watch::channel(false).0,
             open: AtomicUsize::new(0),
         })
@@ -77,6 +85,14 @@ impl Lifecycle {
         changed
     }
 
+    pub fn terminated(&self) -> bool {
+        self.terminated.load(Ordering::Acquire)
+    }
+
+    pub fn interrupted(&self) -> bool {
+        self.interrupted.load(Ordering::Acquire)
+    }
+
     fn stop(&self) {
         self.stopping.store(true, Ordering::Release);
         self.update();
@@ -84,10 +100,12 @@ impl Lifecycle {
 
     fn update(&self) {
         let closing = self.stopping.load(Ordering::Acquire) || self.drained.load(Ordering::Acquire);
+        // Only the turn to closing is news: HTTP/2 connections answer any news with GOAWAY,
+        // and the end of a drain must not send them away. Connections read the value itself.
         self.closing.send_if_modified(|now| {
-            let changed = *now != closing;
+            let news = closing && !*now;
             *now = closing;
-            changed
+            news
         });
     }
 
@@ -179,6 +197,14 @@ impl BackgroundService for PhaseWatch {
         let Some(mut phases) = self.phases.lock().ok().and_then(|mut p| p.take()) else {
             return;
         };
+        let signals = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        );
+        let (Ok(mut terminate), Ok(mut interrupt)) = signals else {
+            log::error!("cannot watch SIGTERM and SIGINT: a draining process will not see them");
+            return;
+        };
         let (mut starting, mut running) = (true, true);
         let mut announce = tokio::time::interval(ANNOUNCE_EVERY);
         loop {
@@ -196,6 +222,8 @@ impl BackgroundService for PhaseWatch {
                     running = false;
                 }
                 _ = announce.tick() => self.lifecycle.announce(),
+                _ = terminate.recv() => self.lifecycle.terminated.store(true, Ordering::Release),
+                _ = interrupt.recv() => self.lifecycle.interrupted.store(true, Ordering::Release),
             }
         }
     }
@@ -223,7 +251,8 @@ mod tests {
         lifecycle.announce();
         assert!(new.has_changed().unwrap() && *new.borrow_and_update());
         assert!(lifecycle.drain(false));
-        assert!(!*new.borrow_and_update());
+        assert!(!new.has_changed().unwrap(), "the end of a drain is no news");
+        assert!(!*new.borrow());
         lifecycle.announce();
         assert!(
             !new.has_changed().unwrap(),

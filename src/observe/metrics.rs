@@ -22,6 +22,7 @@ struct Families {
     duration: HistogramVec,
     upstream_header: HistogramVec,
     upstream_websockets: IntGaugeVec,
+    draining_websockets: IntGauge,
     in_flight: IntGaugeVec,
     websockets: IntGaugeVec,
     failovers: IntCounterVec,
@@ -231,12 +232,21 @@ fn families() -> &'static Families {
             "Upgraded (WebSocket) connections open now, by service and upstream node.",
             &["service", "node"],
         );
+        let draining_websockets = IntGauge::new(
+            "ccedge_draining_websockets_open",
+            "WebSockets that previous processes still carry after reloads (not in ccedge_websockets_open).",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(draining_websockets.clone()))
+            .expect("unique metric");
         Families {
             registry,
             requests,
             duration,
             upstream_header,
             upstream_websockets,
+            draining_websockets,
             in_flight,
             websockets,
             failovers,
@@ -264,6 +274,13 @@ fn families() -> &'static Families {
             routine_events,
         }
     })
+}
+
+/// The WebSockets previous processes still carry, from their reports.
+pub fn draining_websockets(open: usize) {
+    families()
+        .draining_websockets
+        .set(i64::try_from(open).unwrap_or(i64::MAX));
 }
 
 /// Everything in the Prometheus text format.

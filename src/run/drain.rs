@@ -4,7 +4,8 @@
 //! soon as its last connection ends. On a stop, its WebSockets are closed at once (1001) and
 //! its HTTP requests have the grace period. Meanwhile it reports what it holds (for `/status`
 //! of the current process), closes the WebSockets of users revoked after the reload, answers
-//! SIGTERM (close the WebSockets now: the supervisor's cap, or a stop) and SIGINT (exit now).
+//! SIGTERM (close the WebSockets now: the supervisor's cap, or a stop) and SIGINT (exit now),
+//! which `observe::lifecycle::PhaseWatch` watches for the whole life of the process.
 
 use crate::observe::admin::StatusSource;
 use crate::observe::draining::{self, Report};
@@ -12,7 +13,6 @@ use crate::observe::lifecycle::Lifecycle;
 use pingora::server::{Drain, ExecutionPhase};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::broadcast;
 
 /// How often the process looks at its connections and writes its report.
@@ -20,6 +20,9 @@ const TICK: Duration = Duration::from_millis(200);
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 /// How long closed WebSockets have to finish their closing handshake.
 const CLOSE_WAIT: Duration = Duration::from_secs(3);
+/// How long a stopping process waits, even with no connection counted, for connections accepted
+/// just before the stop to finish their TLS handshake (or PROXY header) and be counted.
+const SETTLE: Duration = Duration::from_secs(2);
 
 pub struct ProcessDrain {
     pub lifecycle: Arc<Lifecycle>,
@@ -69,15 +72,6 @@ impl ProcessDrain {
             lifecycle.open_connections(),
             lifecycle.open_websockets()
         );
-        let (Ok(mut terminate), Ok(mut interrupt)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            log::error!("draining server: cannot handle signals; closing its WebSockets now");
-            lifecycle.close_websockets();
-            tokio::time::sleep(CLOSE_WAIT.min(grace)).await;
-            return;
-        };
         let websockets_until = if handed_over {
             started + self.websocket_drain.max(grace)
         } else {
@@ -85,9 +79,8 @@ impl ProcessDrain {
         };
         if handed_over && !self.websocket_drain.is_zero() && lifecycle.open_websockets() > 0 {
             log::info!(
-                "draining server: {} WebSocket(s) stay here until they close, for up to {} s \
+                "draining server: its WebSockets stay until they close, for up to {} s \
                  (server.websocket_drain_seconds)",
-                lifecycle.open_websockets(),
                 self.websocket_drain.as_secs()
             );
         }
@@ -100,39 +93,35 @@ impl ProcessDrain {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
         let mut closed_at: Option<Instant> = None;
-        let mut terminated = false;
         let mut reported = started - REPORT_EVERY;
         let mut tick = tokio::time::interval(TICK);
         loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = terminate.recv() => {
-                    if !terminated && lifecycle.open_websockets() > 0 {
-                        log::info!("draining server: SIGTERM: closing its WebSockets now");
-                    }
-                    terminated = true;
-                }
-                _ = interrupt.recv() => {
-                    log::info!("draining server: SIGINT: exiting now");
-                    break;
-                }
-            }
+            tick.tick().await;
             let now = Instant::now();
-            let open = lifecycle.open_connections();
-            if open == 0 {
+            let elapsed = now.duration_since(started);
+            if lifecycle.interrupted() {
+                log::info!("draining server: SIGINT: exiting now");
                 break;
             }
+            let terminated = lifecycle.terminated();
             if closed_at.is_none() && (now >= websockets_until || terminated) {
+                if lifecycle.open_websockets() > 0 {
+                    log::info!(
+                        "draining server: closing its {} WebSocket(s) (1001)",
+                        lifecycle.open_websockets()
+                    );
+                }
                 lifecycle.close_websockets();
                 closed_at = Some(now);
             }
-            if let Some(at) = closed_at {
-                if now.duration_since(at) >= CLOSE_WAIT {
-                    break;
-                }
+            // A connection accepted just before the stop is counted once its handshake is done.
+            if lifecycle.open_connections() == 0 && elapsed >= SETTLE.min(grace) {
+                break;
             }
-            // Past the grace period only WebSockets are waited for.
-            if now.duration_since(started) >= grace && lifecycle.open_websockets() == 0 {
+            // HTTP requests have the grace period; WebSockets until they are closed.
+            let websockets_done = lifecycle.open_websockets() == 0
+                || closed_at.is_some_and(|at| now.duration_since(at) >= CLOSE_WAIT);
+            if elapsed >= grace && websockets_done {
                 break;
             }
             if handed_over {
@@ -144,7 +133,7 @@ impl ProcessDrain {
                         &Report {
                             pid,
                             since: since.clone(),
-                            open_connections: open,
+                            open_connections: lifecycle.open_connections(),
                             websockets: lifecycle.open_websockets(),
                             websockets_close_at: close_at.clone(),
                         },
@@ -152,7 +141,7 @@ impl ProcessDrain {
                 }
             }
         }
-        let _ = std::fs::remove_file(draining::report_file(&self.pid_file, pid));
+        draining::remove_report(&self.pid_file, pid);
         log::info!(
             "draining server: done after {} s ({} connection(s) left)",
             started.elapsed().as_secs(),

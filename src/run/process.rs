@@ -185,6 +185,13 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
     let conf = server.configuration.clone();
     let log = Arc::new(AccessLog::open(&config.server.access_log)?);
     let lifecycle = Lifecycle::new();
+    // A drain outlives a reload; a fresh start begins ready.
+    if upgrade && crate::observe::draining::drained(&config.server.pid_file) {
+        lifecycle.drain(true);
+        log::info!("drained before this reload: /readyz answers 503 until DELETE /drain");
+    } else if !upgrade {
+        crate::observe::draining::set_drained(&config.server.pid_file, false);
+    }
     server.add_service(background_service(
         "lifecycle",
         PhaseWatch::new(lifecycle.clone(), server.watch_execution_phase()),

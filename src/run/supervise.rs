@@ -132,6 +132,8 @@ struct Supervisor {
     current: Child,
     /// Servers that handed over their sockets and are finishing their requests, with their pids.
     draining: Vec<(u32, Child)>,
+    /// Draining servers told to close their WebSockets (past `max_draining_processes`).
+    closing: Vec<u32>,
     state: State,
 }
 
@@ -159,6 +161,7 @@ impl Supervisor {
             _pid_lock: pid_lock,
             current,
             draining: Vec::new(),
+            closing: Vec::new(),
             state,
         };
         supervisor.save();
@@ -218,6 +221,9 @@ impl Supervisor {
             }
             _ => true,
         });
+        let draining = &self.draining;
+        self.closing
+            .retain(|pid| draining.iter().any(|(other, _)| other == pid));
         match self.current.try_wait() {
             Ok(Some(status)) => {
                 log::error!(
@@ -366,18 +372,23 @@ impl Supervisor {
         self.state.server_pid = next_pid;
         self.config = config;
         let server = &self.config.server;
-        // Past the cap, the oldest close their WebSockets (1001) and exit.
-        let excess = self
+        // Past the cap, the oldest close their WebSockets (1001) and exit; those told already
+        // are on their way out and do not count.
+        let keeping: Vec<u32> = self
             .draining
-            .len()
-            .saturating_sub(server.max_draining_processes);
-        for (pid, _) in self.draining.iter().take(excess) {
+            .iter()
+            .map(|(pid, _)| *pid)
+            .filter(|pid| !self.closing.contains(pid))
+            .collect();
+        let excess = keeping.len().saturating_sub(server.max_draining_processes);
+        for pid in keeping.into_iter().take(excess) {
             log::info!(
                 "supervisor: more than {} previous servers (server.max_draining_processes): \
                  server {pid} closes its WebSockets",
                 server.max_draining_processes
             );
-            send(*pid, Signal::SIGTERM);
+            send(pid, Signal::SIGTERM);
+            self.closing.push(pid);
         }
         let grace = server.grace_period_seconds;
         let stays = if server.websocket_drain_seconds > grace {

@@ -384,3 +384,65 @@ async fn requests_pingora_refuses_are_logged_counted_and_do_not_name_it() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn another_sites_page_cannot_drain_and_odd_files_beside_the_pid_file_are_ignored() {
+    let dir = TestDir::new("admin-csrf");
+    let upstream = Upstream::plain("publisher").await;
+    let (port, admin) = (free_port(), free_port());
+    let yaml = plain_channel(&server_block(&dir.path, Some(admin)), port, &upstream);
+    let _ccedge = Ccedge::start(&dir, &yaml, &[port, admin]).await;
+    let url = format!("http://127.0.0.1:{admin}/drain");
+    // What a form on another site's page sends: no preflight, the Host an IP literal.
+    for headers in [
+        &["-H", "Origin: https://evil.example"][..],
+        &["-H", "Sec-Fetch-Site: cross-site"][..],
+        &["-H", "Origin: null"][..],
+    ] {
+        let mut args = vec!["-X", "POST", "--data", ""];
+        args.extend_from_slice(headers);
+        args.push(&url);
+        let reply = curl(&args).await.unwrap();
+        assert_eq!(reply.status, 403, "{headers:?}: {}", reply.body);
+    }
+    let ready = curl(&[&format!("http://127.0.0.1:{admin}/readyz")])
+        .await
+        .unwrap();
+    assert_eq!(ready.status, 200, "drained by another site's page");
+    // The status page's own origin, and a command-line client, may.
+    let same = format!("Origin: http://127.0.0.1:{admin}");
+    let reply = curl(&["-X", "POST", "-H", &same, &url]).await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let reply = curl(&["-X", "DELETE", &url]).await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.body);
+
+    // A FIFO or a symbolic link where a draining process's report would be (the pid file may
+    // be in /tmp): /status reads neither, and the admin listener goes on answering.
+    let fifo = dir.join("ccedge.pid.draining-1.json");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    std::os::unix::fs::symlink("/dev/zero", dir.join("ccedge.pid.draining-2.json")).unwrap();
+    let status = curl(&[
+        "--max-time",
+        "3",
+        &format!("http://127.0.0.1:{admin}/status"),
+    ])
+    .await
+    .unwrap();
+    let status: Value = serde_json::from_str(&status.body).unwrap();
+    assert_eq!(status["draining_processes"], serde_json::json!([]));
+    let health = curl(&[
+        "--max-time",
+        "3",
+        &format!("http://127.0.0.1:{admin}/healthz"),
+    ])
+    .await;
+    assert_eq!(
+        health.map(|r| r.status).ok(),
+        Some(200),
+        "admin listener hung"
+    );
+}

@@ -750,6 +750,13 @@ async fn a_drain_takes_the_instance_out_of_rotation_and_leaves_websockets_alone(
     ws::echoes(&mut socket, "after the drain").await;
 }
 
+/// The value of the series `name` without labels, 0 when absent.
+fn series_plain(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// The value of the series of `name` whose labels include each of `labels`, 0 when absent.
 fn series(text: &str, name: &str, labels: &[&str]) -> f64 {
     text.lines()
@@ -896,6 +903,13 @@ async fn websockets_stay_in_the_old_process_and_past_the_cap_the_oldest_closes_t
     assert_eq!(
         (listed[0]["pid"].as_u64(), listed[0]["websockets"].as_u64()),
         (Some(first), Some(1))
+    );
+    // The metrics count what previous processes still carry.
+    let text = admin_metrics(admin).await;
+    assert_eq!(
+        series_plain(&text, "ccedge_draining_websockets_open"),
+        1.0,
+        "{text}"
     );
     // A log rotation reaches the draining process too: its WebSocket's line, written when the
     // WebSocket ends, goes to the new file.
@@ -1074,4 +1088,31 @@ async fn diff_says_what_a_reload_would_change() {
         said.contains("cannot read what the running ccedge serves"),
         "{said}"
     );
+}
+
+#[tokio::test]
+async fn a_drain_outlives_a_reload() {
+    let dir = TestDir::new("drain-reload");
+    let ca = Ca::new("drain-reload");
+    let cert = ca.server(&dir.path, "proxy", &[HOST]);
+    let upstream = Upstream::plain("a").await;
+    let (port, admin) = (free_port(), free_port());
+    let yaml = finesse_site(&dir, &cert, port, admin, &upstream);
+    let _supervisor = Ccedge::launch(&dir, "ccedge", &yaml, &["supervise"], &[port, admin]).await;
+    let config = dir.join("ccedge.yaml");
+    let (code, said) = command(&["drain"], &config).await;
+    assert_eq!(code, Some(0), "{said}");
+    let before = supervised_server(&dir);
+    let (ok, said) = reload(&config).await;
+    assert!(ok, "{said}");
+    assert_ne!(supervised_server(&dir), before);
+    let (status, body) = readyz(admin).await;
+    assert_eq!(status, 503, "the reload undid the drain: {body}");
+    let (code, said) = command(&["drain", "--off"], &config).await;
+    assert_eq!(code, Some(0), "{said}");
+    assert_eq!(readyz(admin).await.0, 200);
+    // Ended, it stays ended across the next reload.
+    let (ok, said) = reload(&config).await;
+    assert!(ok, "{said}");
+    assert_eq!(readyz(admin).await.0, 200);
 }

@@ -158,3 +158,69 @@ async fn a_stopping_process_answers_the_first_request_of_every_connection_it_acc
     assert!(answer.contains("\"node\":\"publisher\""), "{answer}");
     assert_eq!(ccedge.wait_exit(15).await, Some(0));
 }
+
+#[tokio::test]
+async fn a_stop_gives_http_requests_the_grace_period() {
+    let dir = TestDir::new("proc-stop-grace");
+    let upstream = Upstream::plain("publisher").await;
+    let (port, admin) = (free_port(), free_port());
+    let yaml = plain_channel(&server_block(&dir.path, Some(admin)), port, &upstream)
+        .replace("grace_period_seconds: 1", "grace_period_seconds: 30");
+    let mut ccedge = Ccedge::launch(&dir, "ccedge", &yaml, &[], &[port, admin]).await;
+    let url = format!("http://127.0.0.1:{port}/slow/4500");
+    let request = tokio::spawn(async move {
+        curl(&["-H", "Host: dc.example.com", "--max-time", "20", &url]).await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ccedge.signal("TERM");
+    let reply = request.await.unwrap();
+    assert_eq!(reply.map(|r| r.status).ok(), Some(200), "cut by the stop");
+    // Then it exits at once, long before the grace period's end.
+    assert_eq!(ccedge.wait_exit(5).await, Some(0));
+}
+
+#[tokio::test]
+async fn a_connection_in_its_tls_handshake_is_answered_by_a_stopping_process() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = TestDir::new("proc-stop-tls");
+    let ca = crate::harness::Ca::new("proc-stop-tls");
+    let pair = ca.server(&dir.path, "dc", &["dc.example.com"]);
+    let upstream = Upstream::plain("publisher").await;
+    let (port, admin) = (free_port(), free_port());
+    let tls = format!(
+        "    tls:\n      cert: {}\n      key: {}\n    public:",
+        pair.cert.display(),
+        pair.key.display()
+    );
+    let yaml = plain_channel(&server_block(&dir.path, Some(admin)), port, &upstream)
+        .replace("grace_period_seconds: 1", "grace_period_seconds: 10")
+        .replace("    public:", &tls);
+    let mut ccedge = Ccedge::launch(&dir, "ccedge", &yaml, &[], &[port, admin]).await;
+    // Accepted by the process; its ClientHello comes a moment after the stop.
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ccedge.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut connector =
+        openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls()).unwrap();
+    connector.set_verify(openssl::ssl::SslVerifyMode::NONE);
+    let ssl = connector
+        .build()
+        .configure()
+        .unwrap()
+        .into_ssl("dc.example.com")
+        .unwrap();
+    let mut tls = tokio_openssl::SslStream::new(ssl, tcp).unwrap();
+    let handshake = std::pin::Pin::new(&mut tls).connect().await;
+    assert!(handshake.is_ok(), "handshake failed: {handshake:?}");
+    tls.write_all(b"GET /x HTTP/1.1\r\nHost: dc.example.com\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), tls.read_to_end(&mut got)).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "lost: {text:?}");
+    assert_eq!(ccedge.wait_exit(10).await, Some(0));
+}
