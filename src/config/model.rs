@@ -377,8 +377,16 @@ impl Endpoint {
 }
 
 impl Serialize for Endpoint {
+    /// The URL without any user information it carries (it is shown in `/status` and `ccedge
+    /// diff`).
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&self.url)
+        let url = &self.url;
+        let host = url
+            .authority()
+            .map(|a| a.as_str().rsplit('@').next().unwrap_or_default())
+            .unwrap_or_default();
+        let scheme = url.scheme_str().unwrap_or("http");
+        s.collect_str(&format_args!("{scheme}://{host}{}", self.target()))
     }
 }
 

@@ -16,8 +16,10 @@ pub fn summary(config: &Config) -> Value {
             tls.certificates
                 .iter()
                 .map(|c| {
+                    // The same file however the configuration named it.
+                    let file = std::fs::canonicalize(&c.cert).unwrap_or_else(|_| c.cert.clone());
                     json!({
-                        "file": c.cert.display().to_string(),
+                        "file": file.display().to_string(),
                         "names": c.names,
                         "subject": c.leaf.subject,
                         "expires": chrono::DateTime::from_timestamp(c.leaf.not_after, 0)
@@ -34,14 +36,15 @@ pub fn summary(config: &Config) -> Value {
             d.name.clone(),
             json!({
                 "kind": "digital channel",
-                "settings": d,
+                "settings": settings(d),
                 "certificates": certificates(d.tls.as_ref()),
             }),
         );
     }
     for f in &config.finesse {
         for port in f.listen_ports() {
-            listeners.push(format!("{}:{port} ({})", f.bind, f.name));
+            let addr = std::net::SocketAddr::new(f.bind, port);
+            listeners.push(format!("{addr} ({})", f.name));
         }
         if let Some(map) = &f.proxy_map {
             listeners.push(format!("{} ({} proxy map)", map.listen, f.name));
@@ -50,7 +53,7 @@ pub fn summary(config: &Config) -> Value {
             f.name.clone(),
             json!({
                 "kind": "finesse site",
-                "settings": f,
+                "settings": settings(f),
                 "certificates": certificates(f.tls.as_ref()),
             }),
         );
@@ -75,11 +78,42 @@ pub fn summary(config: &Config) -> Value {
             "max_draining_processes": s.max_draining_processes,
             "access_log": access_log,
             "admin_hosts": s.admin.as_ref().map(|a| a.hosts.clone()),
-            "admin_token": s.admin.as_ref().map(|a| if a.token.is_some() { "set" } else { "none" }),
+            // A rotated token shows as a change; the token itself is not shown.
+            "admin_token": s.admin.as_ref().map(|a| a.token.as_ref().map_or_else(
+                || "none".to_string(),
+                |t| {
+                    use sha2::Digest;
+                    let digest = sha2::Sha256::digest(t.0.as_bytes());
+                    let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+                    format!("set (sha256 {hex}...)")
+                },
+            )),
         },
         "listeners": listeners,
         "services": services,
     })
+}
+
+/// A service's settings as compared: without its listener certificates (compared apart, with
+/// their files and expiry) and without what upstream names resolve to (DNS answers vary).
+fn settings<T: serde::Serialize>(service: &T) -> Value {
+    let mut value = serde_json::to_value(service).unwrap_or_default();
+    if let Value::Object(map) = &mut value {
+        map.remove("tls");
+    }
+    forget(&mut value, "resolved");
+    value
+}
+
+fn forget(value: &mut Value, key: &str) {
+    match value {
+        Value::Object(map) => {
+            map.remove(key);
+            map.values_mut().for_each(|v| forget(v, key));
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| forget(v, key)),
+        _ => {}
+    }
 }
 
 /// One difference between what runs and what a file would serve.
@@ -160,23 +194,25 @@ fn flatten(prefix: String, value: &Value, out: &mut BTreeMap<String, Value>) {
 }
 
 fn category(path: &str) -> &'static str {
-    let has = |part: &str| path.contains(part);
     if path.starts_with("listeners") {
-        "listener"
-    } else if path.starts_with("server.") {
-        "server"
-    } else if has(".certificates") || has(".tls") {
-        "certificate"
-    } else if has(".limits.") || has(".rate_limits") {
-        "limits"
-    } else if has(".auth.") || has(".auth") && path.ends_with(".auth") {
-        "auth"
-    } else if has(".servers[") && (has(".public") || has(".role") || has(".listen_port")) {
-        "route"
-    } else if has("publisher") || has("subscriber") || has(".upstream") || has(".servers[") {
-        "upstream"
-    } else {
-        "setting"
+        return "listener";
+    }
+    if path.starts_with("server.") {
+        return "server";
+    }
+    // services.<name>.<what>: judged by what, whatever the service is called.
+    let what = path.splitn(3, '.').nth(2).unwrap_or_default();
+    let what = what.strip_prefix("settings.").unwrap_or(what);
+    let first = what.split(['.', '[']).next().unwrap_or_default();
+    match first {
+        "certificates" => "certificate",
+        "limits" | "rate_limits" => "limits",
+        "auth" => "auth",
+        "servers" if what.contains(".upstream") => "upstream",
+        "servers" => "route",
+        "publisher" | "subscriber" | "upstream_tls" => "upstream",
+        "listen" | "public" | "bind" | "proxy_map" => "route",
+        _ => "setting",
     }
 }
 
@@ -228,7 +264,7 @@ mod tests {
             "listeners": ["127.0.0.1:8443 (cc)", "127.0.0.1:9900 (admin)"],
             "services": {"cc": {"settings": {
                 "limits": {"max_body_bytes": 100},
-                "publisher": {"address": "pub:8445", "resolved": "10.0.0.1:8445"},
+                "publisher": {"address": "pub:8445"},
                 "rate_limits": [{"path_prefix": "/", "per_second": 5}],
             }, "certificates": [{"file": "a.crt", "expires": "2027-01-01T00:00:00Z"}]}},
         })
@@ -258,6 +294,37 @@ mod tests {
                 "~ upstream services.cc.settings.publisher.address: \"pub:8445\" -> \"pub2:8445\"",
                 "~ limits services.cc.settings.rate_limits[0].per_second: 5 -> 9",
             ]
+        );
+    }
+}
+
+#[cfg(test)]
+mod category_tests {
+    use super::category;
+
+    #[test]
+    fn the_service_name_does_not_decide_the_category() {
+        assert_eq!(
+            category("services.auth-site.settings.limits.max_body_bytes"),
+            "limits"
+        );
+        assert_eq!(
+            category("services.publisher1.settings.clients.allow"),
+            "setting"
+        );
+        assert_eq!(category("services.cc.settings.public.host"), "route");
+        assert_eq!(
+            category("services.site.settings.servers[0].upstream.address"),
+            "upstream"
+        );
+        assert_eq!(category("services.site.settings.servers[0].role"), "route");
+        assert_eq!(
+            category("services.site.settings.auth.lockout.failures"),
+            "auth"
+        );
+        assert_eq!(
+            category("services.site.certificates[0].expires"),
+            "certificate"
         );
     }
 }

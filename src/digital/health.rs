@@ -53,8 +53,8 @@ struct StateFile {
 
 impl StateFile {
     fn load(&self) -> HashMap<String, bool> {
-        std::fs::read(&self.path)
-            .ok()
+        // Only a file of ccedge's own (the pid file's folder may be shared, as /tmp is).
+        crate::observe::own_files::read_own(&self.path, 64 * 1024)
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
             .unwrap_or_default()
     }
@@ -76,13 +76,9 @@ impl StateFile {
         // Checks run in parallel and a draining old process may write too: one writer at a time
         // here, and a temporary file of this process's own, renamed into place whole.
         let _one_at_a_time = self.writing.lock().unwrap_or_else(|p| p.into_inner());
-        let partial = self
-            .path
-            .with_extension(format!("partial.{}", std::process::id()));
         let written = serde_json::to_vec(&usable)
             .map_err(std::io::Error::other)
-            .and_then(|bytes| std::fs::write(&partial, bytes))
-            .and_then(|()| std::fs::rename(&partial, &self.path));
+            .and_then(|bytes| crate::observe::own_files::replace(&self.path, &bytes));
         if let Err(e) = written {
             log::warn!("cannot record node health in {}: {e}", self.path.display());
         }

@@ -13,6 +13,7 @@ use crate::observe::lifecycle::Lifecycle;
 use crate::observe::metrics;
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
+use pingora::listeners::ConnectionFilter;
 use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use prometheus::{IntCounter, IntGauge};
@@ -190,6 +191,40 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Limited<A> {
 
     async fn cleanup(&self) {
         self.app.cleanup().await;
+    }
+}
+
+/// Counts each connection a service accepts, for the drain (which waits for connections still
+/// in their handshake), after the service's own filter (`client_allow`, `trusted_proxies`).
+pub struct Accepting {
+    filter: Option<Arc<dyn ConnectionFilter>>,
+    lifecycle: Arc<Lifecycle>,
+}
+
+impl std::fmt::Debug for Accepting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Accepting")
+            .field("filter", &self.filter)
+            .finish()
+    }
+}
+
+impl Accepting {
+    pub fn new(filter: Option<Arc<dyn ConnectionFilter>>, lifecycle: Arc<Lifecycle>) -> Self {
+        Accepting { filter, lifecycle }
+    }
+}
+
+#[async_trait]
+impl ConnectionFilter for Accepting {
+    async fn should_accept(&self, addr: Option<&std::net::SocketAddr>) -> bool {
+        if let Some(filter) = &self.filter {
+            if !filter.should_accept(addr).await {
+                return false;
+            }
+        }
+        self.lifecycle.accepted();
+        true
     }
 }
 

@@ -169,6 +169,16 @@ pub fn is_websocket_upgrade(req: &RequestHeader) -> bool {
         && has_token(header::CONNECTION, "upgrade")
 }
 
+/// Whether Pingora will tunnel the request as an upgrade once the upstream answers 101: HTTP/1.1
+/// with `Upgrade: websocket` alone, whatever the method or `Connection` (its own test).
+pub fn tunnelled_by_pingora(req: &RequestHeader) -> bool {
+    req.version == http::Version::HTTP_11
+        && req
+            .headers
+            .get(header::UPGRADE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+}
+
 /// Rewrites a response about to go to the client: no upstream `Server`, the request's TrackingID.
 pub fn apply_response(resp: &mut ResponseHeader, tracking_id: &HeaderValue) -> pingora::Result<()> {
     resp.remove_header(&header::SERVER);

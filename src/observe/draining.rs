@@ -4,6 +4,7 @@
 //! that a user revoked after a reload also loses the WebSockets an older process still carries.
 //! Both are small files beside the pid file, which only ccedge's user writes.
 
+use crate::observe::own_files::{open_own, read_own, replace};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -28,43 +29,6 @@ pub struct Report {
 
 pub fn report_file(pid_file: &str, pid: u32) -> PathBuf {
     PathBuf::from(format!("{pid_file}.draining-{pid}.json"))
-}
-
-/// Opens `path` for reading only if it is a regular file of this user that nobody else may
-/// write (no symbolic link, no FIFO or device: the files are beside the pid file, which may be
-/// in a shared folder such as /tmp), and no larger than `max` bytes.
-fn open_own(path: &Path, max: u64) -> Option<std::fs::File> {
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-        .open(path)
-        .ok()?;
-    let meta = file.metadata().ok()?;
-    let own = meta.uid() == nix::unistd::geteuid().as_raw() && meta.mode() & 0o022 == 0;
-    (meta.is_file() && own && meta.len() <= max).then_some(file)
-}
-
-fn read_own(path: &Path, max: u64) -> Option<Vec<u8>> {
-    use std::io::Read;
-    let mut text = Vec::new();
-    open_own(path, max)?.take(max).read_to_end(&mut text).ok()?;
-    Some(text)
-}
-
-/// Writes `text` as `path` whole: into a new file of this user's, then renamed over `path`.
-fn replace(path: &Path, text: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let partial = path.with_extension("partial");
-    let _ = std::fs::remove_file(&partial);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(&partial)?;
-    file.write_all(text)?;
-    std::fs::rename(&partial, path)
 }
 
 /// Writes `report` whole (by rename).
@@ -138,40 +102,57 @@ fn epoch_ms() -> u128 {
         .map_or(0, |d| d.as_millis())
 }
 
-/// Records that `user` was revoked now, for the processes draining beside this one.
+/// Records that `user` was revoked now, for the processes draining beside this one: appended
+/// (several admin listeners may write at once during a hand-over); past `REVOKED_MAX_BYTES`,
+/// the file is rewritten with its last day, at most half of that size.
 pub fn append_revocation(pid_file: &str, user: &str) {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let path = revoked_file(pid_file);
     let now = epoch_ms();
-    let mut text = match std::fs::symlink_metadata(&path) {
-        Err(_) => Vec::new(),
-        Ok(_) => match read_own(&path, 4 * REVOKED_MAX_BYTES) {
-            Some(text) => text,
-            None => {
-                log::warn!(
-                    "{} is not a file of ccedge's own (or too large): revocations do not reach \
-                     processes draining after a reload; remove it",
-                    path.display()
-                );
-                return;
-            }
-        },
-    };
-    if text.len() as u64 > REVOKED_MAX_BYTES {
-        text = parse(
-            &String::from_utf8_lossy(&text),
-            now.saturating_sub(REVOKED_KEPT_MS),
-        )
-        .into_iter()
-        .flat_map(|(at, user)| line(at, &user).into_bytes())
-        .collect();
-    }
-    text.extend_from_slice(line(now, user).as_bytes());
-    if let Err(e) = replace(&path, &text) {
+    let refused = |why: String| {
         log::warn!(
-            "cannot record the revocation of {user:?} in {} for processes still draining \
-             after a reload: {e}",
+            "cannot record the revocation of {user:?} in {} for processes still draining after \
+             a reload: {why}",
             path.display()
         );
+    };
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(&path);
+    let mut file = match file {
+        Ok(file) => file,
+        Err(e) => return refused(e.to_string()),
+    };
+    let own = file.metadata().is_ok_and(|m| {
+        m.is_file() && m.uid() == nix::unistd::geteuid().as_raw() && m.mode() & 0o022 == 0
+    });
+    if !own {
+        return refused("it is not a file of ccedge's own; remove it".into());
+    }
+    if let Err(e) = file.write_all(line(now, user).as_bytes()) {
+        return refused(e.to_string());
+    }
+    if file.metadata().is_ok_and(|m| m.len() > REVOKED_MAX_BYTES) {
+        let mut kept = revocations_since(pid_file, now.saturating_sub(REVOKED_KEPT_MS));
+        let mut size = 0;
+        let newest = kept
+            .iter()
+            .rev()
+            .take_while(|(at, user)| {
+                size += line(*at, user).len();
+                size as u64 <= REVOKED_MAX_BYTES / 2
+            })
+            .count();
+        let kept: String = kept
+            .drain(kept.len() - newest..)
+            .map(|(at, user)| line(at, &user))
+            .collect();
+        if let Err(e) = replace(&path, kept.as_bytes()) {
+            log::warn!("cannot shorten {}: {e}", path.display());
+        }
     }
 }
 
@@ -246,6 +227,28 @@ mod tests {
         let users: Vec<&str> = seen.iter().map(|(_, u)| u.as_str()).collect();
         assert_eq!(users, ["CORP\\j.doe\tx", "alice"]);
         assert!(revocations_since(&pid_file, seen[1].0).is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_revocation_file_stays_small_and_keeps_the_latest() {
+        let dir = std::env::temp_dir().join(format!("ccedge-revoked-many-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pid_file = dir.join("ccedge.pid").display().to_string();
+        for i in 0..7000 {
+            append_revocation(&pid_file, &format!("agent{i}@corp.example.com"));
+        }
+        let size = std::fs::metadata(revoked_file(&pid_file)).unwrap().len();
+        assert!(size <= REVOKED_MAX_BYTES + 64, "{size} bytes");
+        let users: Vec<String> = revocations_since(&pid_file, 0)
+            .into_iter()
+            .map(|(_, u)| u)
+            .collect();
+        assert_eq!(
+            users.last().map(String::as_str),
+            Some("agent6999@corp.example.com")
+        );
+        assert!(users.len() > 500, "{} kept", users.len());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -7,9 +7,9 @@
 use async_trait::async_trait;
 use pingora::server::{ExecutionPhase, ShutdownWatch};
 use pingora::services::background::BackgroundService;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{broadcast, watch};
 
@@ -33,6 +33,7 @@ impl Readiness {
 }
 
 pub struct Lifecycle {
+    origin: Instant,
     running: AtomicBool,
     stopping: AtomicBool,
     drained: AtomicBool,
@@ -49,6 +50,12 @@ pub struct Lifecycle {
     closing: watch::Sender<bool>,
     /// Client connections open now, on every service of this process.
     open: AtomicUsize,
+    /// Connections accepted, and of those, how many reached the proxy (their handshake done):
+    /// the difference is in its handshake (or failed it).
+    accepted: AtomicU64,
+    entered: AtomicU64,
+    /// When the last connection was accepted (`since_ms`).
+    last_accept_ms: AtomicU64,
 }
 
 impl Lifecycle {
@@ -63,6 +70,10 @@ impl Lifecycle {
             interrupted: AtomicBool::new(false),
             closing: watch::channel(false).0,
             open: AtomicUsize::new(0),
+            accepted: AtomicU64::new(0),
+            entered: AtomicU64::new(0),
+            last_accept_ms: AtomicU64::new(0),
+            origin: Instant::now(),
         })
     }
 
@@ -132,8 +143,25 @@ impl Lifecycle {
 
     /// Counts a client connection until the guard is dropped.
     pub fn connection(self: &Arc<Self>) -> OpenConnection {
+        self.entered.fetch_add(1, Ordering::Relaxed);
         self.open.fetch_add(1, Ordering::Relaxed);
         OpenConnection(self.clone())
+    }
+
+    /// A listener accepted a connection (its handshake follows).
+    pub fn accepted(&self) {
+        let now = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_accept_ms.store(now, Ordering::Relaxed);
+        self.accepted.fetch_add(1, Ordering::Release);
+    }
+
+    /// Whether a connection accepted within `handshake_timeout` may still be in its handshake:
+    /// it is counted as open only once the handshake is done.
+    pub fn handshakes_pending(&self, handshake_timeout: Duration) -> bool {
+        let accepted = self.accepted.load(Ordering::Acquire);
+        let entered = self.entered.load(Ordering::Relaxed);
+        let last = Duration::from_millis(self.last_accept_ms.load(Ordering::Relaxed));
+        accepted > entered && self.origin.elapsed() < last + handshake_timeout
     }
 
     pub fn open_connections(&self) -> usize {
@@ -179,14 +207,34 @@ const ANNOUNCE_EVERY: Duration = Duration::from_secs(2);
 pub struct PhaseWatch {
     lifecycle: Arc<Lifecycle>,
     phases: Mutex<Option<broadcast::Receiver<ExecutionPhase>>>,
+    /// `server.pid_file`, and whether this process took over from another (a reload).
+    pid_file: String,
+    upgrade: bool,
 }
 
 impl PhaseWatch {
     /// `phases` must be subscribed before the server starts, so that no phase is missed.
-    pub fn new(lifecycle: Arc<Lifecycle>, phases: broadcast::Receiver<ExecutionPhase>) -> Self {
+    pub fn new(
+        lifecycle: Arc<Lifecycle>,
+        phases: broadcast::Receiver<ExecutionPhase>,
+        (pid_file, upgrade): (String, bool),
+    ) -> Self {
         PhaseWatch {
             lifecycle,
             phases: Mutex::new(Some(phases)),
+            pid_file,
+            upgrade,
+        }
+    }
+
+    /// Once this process serves: a drain asked of the process it took over from (up to the
+    /// hand-over) goes on; a fresh start begins ready.
+    fn adopt_drain(&self) {
+        if !self.upgrade {
+            crate::observe::draining::set_drained(&self.pid_file, false);
+        } else if crate::observe::draining::drained(&self.pid_file) {
+            self.lifecycle.drain(true);
+            log::info!("drained before this reload: /readyz answers 503 until DELETE /drain");
         }
     }
 }
@@ -197,22 +245,24 @@ impl BackgroundService for PhaseWatch {
         let Some(mut phases) = self.phases.lock().ok().and_then(|mut p| p.take()) else {
             return;
         };
-        let signals = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        );
-        let (Ok(mut terminate), Ok(mut interrupt)) = signals else {
-            log::error!("cannot watch SIGTERM and SIGINT: a draining process will not see them");
-            return;
-        };
         let (mut starting, mut running) = (true, true);
+        // Taken once the server runs, as Pingora's own: a signal during the start keeps its
+        // default action (the process ends).
+        let (mut terminate, mut interrupt) = (None, None);
         let mut announce = tokio::time::interval(ANNOUNCE_EVERY);
         loop {
             tokio::select! {
                 phase = phases.recv(), if starting => match phase {
                     Ok(ExecutionPhase::Running) => {
-                        self.lifecycle.running.store(true, Ordering::Release);
                         starting = false;
+                        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+                            (Ok(t), Ok(i)) => (terminate, interrupt) = (Some(t), Some(i)),
+                            _ => log::error!(
+                                "cannot watch SIGTERM and SIGINT: a draining process will not see them"
+                            ),
+                        }
+                        self.adopt_drain();
+                        self.lifecycle.running.store(true, Ordering::Release);
                     }
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                     Err(broadcast::error::RecvError::Closed) => starting = false,
@@ -222,10 +272,22 @@ impl BackgroundService for PhaseWatch {
                     running = false;
                 }
                 _ = announce.tick() => self.lifecycle.announce(),
-                _ = terminate.recv() => self.lifecycle.terminated.store(true, Ordering::Release),
-                _ = interrupt.recv() => self.lifecycle.interrupted.store(true, Ordering::Release),
+                Some(()) = next(&mut terminate) => {
+                    self.lifecycle.terminated.store(true, Ordering::Release);
+                }
+                Some(()) = next(&mut interrupt) => {
+                    self.lifecycle.interrupted.store(true, Ordering::Release);
+                }
             }
         }
+    }
+}
+
+/// The next signal of `stream`, or never without one.
+async fn next(stream: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match stream {
+        Some(stream) => stream.recv().await,
+        None => std::future::pending().await,
     }
 }
 

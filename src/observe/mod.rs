@@ -6,5 +6,6 @@ pub mod draining;
 pub mod lifecycle;
 pub mod log_levels;
 pub mod metrics;
+pub mod own_files;
 pub mod throttle;
 pub mod traffic;

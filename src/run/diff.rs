@@ -1,41 +1,88 @@
 //! `ccedge diff -c NEW.yaml`: what a reload to NEW.yaml would change in the running process.
+//! The running process is asked through the admin listener of the file it runs (known to its
+//! supervisor), so that a new admin address or token in NEW.yaml shows as a change rather than
+//! making the comparison impossible.
 
 use crate::config::summary::{self, Change};
 use crate::config::Config;
+use std::io::Write;
 use std::process::ExitCode;
 
 pub fn run(new: &Config, json: bool) -> ExitCode {
-    let running = match crate::observe::admin::running_config(new.server.admin.as_ref()) {
+    let fail = |message: String| {
+        if json {
+            let report = serde_json::json!({"error": message});
+            let _ = writeln!(std::io::stdout(), "{report}");
+        } else {
+            eprintln!("ccedge: {message}");
+        }
+        ExitCode::from(2)
+    };
+    if let Err(e) = crate::run::process::check(new) {
+        return fail(format!(
+            "{}: a reload would refuse it: {e}",
+            new.file.display()
+        ));
+    }
+    let admin = match crate::run::supervise::running_file(new) {
+        Some(running) => match crate::config::admin_access(&running) {
+            Ok(admin) => admin,
+            Err(e) => {
+                return fail(format!(
+                    "the running configuration {}: {e}",
+                    running.display()
+                ))
+            }
+        },
+        None => new.server.admin.clone(),
+    };
+    let running = match crate::observe::admin::running_config(admin.as_ref()) {
         Ok(running) => running,
         Err(e) => {
-            eprintln!(
-                "ccedge: cannot read what the running ccedge serves: {e} (ccedge diff asks the \
-                 admin listener FILE names, with its token)"
-            );
-            return ExitCode::from(2);
+            return fail(format!(
+                "cannot read what the running ccedge serves: {e} (asked at the admin listener of \
+                 the file the supervisor runs, or of FILE without one, with its token)"
+            ))
         }
     };
     let changes: Vec<Change> = summary::diff(&running, &summary::summary(new));
+    let refused = changes
+        .iter()
+        .any(|c| matches!(c.path.as_str(), "server.pid_file" | "server.upgrade_sock"));
+    let mut out = std::io::stdout().lock();
     if json {
-        let report = serde_json::json!({"equal": changes.is_empty(), "changes": changes});
-        println!(
+        let report = serde_json::json!({
+            "equal": changes.is_empty(),
+            "reload_refused": refused,
+            "changes": changes,
+        });
+        let _ = writeln!(
+            out,
             "{}",
             serde_json::to_string_pretty(&report).unwrap_or_default()
         );
     } else if changes.is_empty() {
-        println!(
+        let _ = writeln!(
+            out,
             "ccedge: {} is what the running ccedge serves",
             new.file.display()
         );
     } else {
         for change in &changes {
-            println!("{}", summary::describe(change));
+            let _ = writeln!(out, "{}", summary::describe(change));
         }
-        println!(
+        let _ = writeln!(
+            out,
             "ccedge: {} change(s) from what runs to {}",
             changes.len(),
             new.file.display()
         );
+        if refused {
+            let _ = writeln!(
+                out,
+                "ccedge: a reload refuses a new server.pid_file or server.upgrade_sock: restart instead"
+            );
+        }
     }
     if changes.is_empty() {
         ExitCode::SUCCESS

@@ -20,13 +20,13 @@ const TICK: Duration = Duration::from_millis(200);
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 /// How long closed WebSockets have to finish their closing handshake.
 const CLOSE_WAIT: Duration = Duration::from_secs(3);
-/// How long a stopping process waits, even with no connection counted, for connections accepted
-/// just before the stop to finish their TLS handshake (or PROXY header) and be counted.
-const SETTLE: Duration = Duration::from_secs(2);
 
 pub struct ProcessDrain {
     pub lifecycle: Arc<Lifecycle>,
     pub websocket_drain: Duration,
+    /// The longest handshake (TLS, PROXY header) of any service: a connection accepted before
+    /// the stop is counted once its handshake is done.
+    pub handshake_timeout: Duration,
     /// Subscribed before the server started: says whether the stop is a reload's hand-over.
     pub phases: broadcast::Receiver<ExecutionPhase>,
     pub pid_file: String,
@@ -115,7 +115,9 @@ impl ProcessDrain {
                 closed_at = Some(now);
             }
             // A connection accepted just before the stop is counted once its handshake is done.
-            if lifecycle.open_connections() == 0 && elapsed >= SETTLE.min(grace) {
+            if lifecycle.open_connections() == 0
+                && !lifecycle.handshakes_pending(self.handshake_timeout.min(grace))
+            {
                 break;
             }
             // HTTP requests have the grace period; WebSockets until they are closed.

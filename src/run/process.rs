@@ -6,7 +6,7 @@ use crate::config::{ClientPolicy, Limits};
 use crate::config::{Config, FinesseService};
 use crate::digital::{DigitalChannel, DigitalProxy};
 use crate::edge::allow_list::AllowList;
-use crate::edge::connections::{ConnectionLimits, Limited};
+use crate::edge::connections::{Accepting, ConnectionLimits, Limited};
 use crate::edge::limits::{role_connections, DIGITAL_CONNECTIONS};
 use crate::edge::proxy_protocol::ProxyProtocol;
 use crate::finesse::proxymap::ProxyMapApp;
@@ -18,6 +18,7 @@ use crate::run::drain::ProcessDrain;
 use crate::run::signals::{self, ReopenOnSignal};
 use pingora::apps::http_app::HttpServer;
 use pingora::apps::HttpServerOptions;
+use pingora::listeners::ConnectionFilter;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::protocols::http::v2::server::default_h2_options;
 use pingora::proxy::{HttpProxy, ProxyHttp};
@@ -185,16 +186,13 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
     let conf = server.configuration.clone();
     let log = Arc::new(AccessLog::open(&config.server.access_log)?);
     let lifecycle = Lifecycle::new();
-    // A drain outlives a reload; a fresh start begins ready.
-    if upgrade && crate::observe::draining::drained(&config.server.pid_file) {
-        lifecycle.drain(true);
-        log::info!("drained before this reload: /readyz answers 503 until DELETE /drain");
-    } else if !upgrade {
-        crate::observe::draining::set_drained(&config.server.pid_file, false);
-    }
     server.add_service(background_service(
         "lifecycle",
-        PhaseWatch::new(lifecycle.clone(), server.watch_execution_phase()),
+        PhaseWatch::new(
+            lifecycle.clone(),
+            server.watch_execution_phase(),
+            (config.server.pid_file.clone(), upgrade),
+        ),
     ));
     signals::hold_reopen_signal()?;
     server.add_service(background_service(
@@ -224,7 +222,7 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
         let service = DigitalProxy::new(channel);
         let limited = (connections, lifecycle.clone());
         let mut service = proxy_service(&conf, &d.name, service, &d.limits, limited);
-        guard(&mut service, &d.name, &d.clients);
+        guard(&mut service, &d.name, &d.clients, &lifecycle);
         let checks = server.add_service(checks);
         let proxy = server.add_service(listen(service, &[d.listen], d.tls.as_ref())?);
         proxy.add_dependency(&checks);
@@ -265,7 +263,7 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
         let service = FinesseProxy::new(site);
         let limited = (connections, lifecycle.clone());
         let mut service = proxy_service(&conf, &f.name, service, &f.limits, limited);
-        guard(&mut service, &f.name, &f.clients);
+        guard(&mut service, &f.name, &f.clients, &lifecycle);
         server.add_service(listen(service, &finesse_addrs(f), f.tls.as_ref())?);
         if let Some(map) = &f.proxy_map {
             let app = ProxyMapApp::new(&f.name, &map.path, &f.servers, log.clone());
@@ -325,6 +323,18 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
     let drain = ProcessDrain {
         lifecycle: lifecycle.clone(),
         websocket_drain: std::time::Duration::from_secs(config.server.websocket_drain_seconds),
+        handshake_timeout: config
+            .digital
+            .iter()
+            .map(|d| d.limits.client_header_timeout)
+            .chain(
+                config
+                    .finesse
+                    .iter()
+                    .map(|f| f.limits.client_header_timeout),
+            )
+            .max()
+            .unwrap_or_default(),
         phases: server.watch_execution_phase(),
         pid_file: config.server.pid_file.clone(),
         sources: drained_sources,
@@ -344,7 +354,8 @@ fn report_running(server: &Server, ready: PathBuf) {
     std::thread::spawn(move || loop {
         match phases.blocking_recv() {
             Ok(ExecutionPhase::Running) => {
-                if let Err(e) = std::fs::write(&ready, std::process::id().to_string()) {
+                let pid = std::process::id().to_string();
+                if let Err(e) = crate::observe::own_files::replace(&ready, pid.as_bytes()) {
                     log::error!("cannot report readiness in {}: {e}", ready.display());
                 }
                 return;
@@ -403,19 +414,25 @@ const TLS_CLIENT_READ_BUFFER: usize = 4 * 1024;
 
 /// Who may connect to a service's listeners: addresses in `client_allow`, checked at accept;
 /// with `proxy_protocol`, only the balancers in `trusted_proxies`, whose PROXY header is read
-/// first and names the client `client_allow` is checked against.
-fn guard<A>(service: &mut Service<A>, name: &str, clients: &ClientPolicy) {
-    if clients.proxy_protocol {
-        let balancers = AllowList::new(name, &clients.trusted_proxies, "trusted_proxies");
-        if let Some(filter) = balancers {
-            service.set_connection_filter(Arc::new(filter));
-        }
+/// first and names the client `client_allow` is checked against. Every accepted connection is
+/// counted for the process's lifecycle (a stopping process waits for its handshake).
+fn guard<A>(
+    service: &mut Service<A>,
+    name: &str,
+    clients: &ClientPolicy,
+    lifecycle: &Arc<Lifecycle>,
+) {
+    let filter: Option<Arc<dyn ConnectionFilter>> = if clients.proxy_protocol {
         service
             .endpoints()
             .set_pre_tls_callback(Arc::new(ProxyProtocol::new(name, &clients.allow)));
-    } else if let Some(filter) = AllowList::new(name, &clients.allow, "client_allow") {
-        service.set_connection_filter(Arc::new(filter));
-    }
+        AllowList::new(name, &clients.trusted_proxies, "trusted_proxies")
+            .map(|f| Arc::new(f) as Arc<dyn ConnectionFilter>)
+    } else {
+        AllowList::new(name, &clients.allow, "client_allow")
+            .map(|f| Arc::new(f) as Arc<dyn ConnectionFilter>)
+    };
+    service.set_connection_filter(Arc::new(Accepting::new(filter, lifecycle.clone())));
 }
 
 fn listen<A: Send + Sync + 'static>(

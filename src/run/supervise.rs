@@ -55,7 +55,7 @@ fn state_file(config: &Config) -> PathBuf {
 }
 
 fn read_state(path: &Path) -> Option<State> {
-    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    serde_json::from_slice(&crate::observe::own_files::read_own(path, 64 * 1024)?).ok()
 }
 
 fn alive(pid: u32) -> bool {
@@ -171,11 +171,8 @@ impl Supervisor {
     /// Writes the state file (whole, by rename, so a reader never sees half of it).
     fn save(&self) {
         let path = state_file(&self.config);
-        let partial = path.with_extension("json.partial");
         let text = serde_json::to_vec_pretty(&self.state).unwrap_or_default();
-        if let Err(e) =
-            std::fs::write(&partial, text).and_then(|()| std::fs::rename(&partial, &path))
-        {
+        if let Err(e) = crate::observe::own_files::replace(&path, &text) {
             log::warn!("supervisor: cannot write {}: {e}", path.display());
         }
     }
@@ -522,7 +519,8 @@ async fn wait_ready(child: &mut Child, config: &Config) -> Result<(), String> {
     let ready = ready_file(config);
     let deadline = Instant::now() + READY_WAIT;
     loop {
-        if std::fs::read_to_string(&ready).is_ok_and(|p| p.trim() == pid) {
+        let reported = crate::observe::own_files::read_own(&ready, 64);
+        if reported.is_some_and(|p| String::from_utf8_lossy(&p).trim() == pid) {
             return Ok(());
         }
         if let Ok(Some(status)) = child.try_wait() {
@@ -533,6 +531,12 @@ async fn wait_ready(child: &mut Child, config: &Config) -> Result<(), String> {
         }
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// The configuration file the supervisor holding `config`'s pid file runs, when one does.
+pub fn running_file(config: &Config) -> Option<PathBuf> {
+    let state = read_state(&state_file(config))?;
+    (held(config) && alive(state.supervisor_pid)).then_some(state.config)
 }
 
 /// `ccedge reopen -c FILE`: has the running ccedge (its supervisor, which tells every server,

@@ -1012,7 +1012,7 @@ async fn diff_says_what_a_reload_would_change() {
     let upstream = Upstream::plain("a").await;
     let (port, admin, extra) = (free_port(), free_port(), free_port());
     let yaml = finesse_site(&dir, &cert, port, admin, &upstream);
-    let _ccedge = Ccedge::start(&dir, &yaml, &[port, admin]).await;
+    let _supervisor = Ccedge::launch(&dir, "ccedge", &yaml, &["supervise"], &[port, admin]).await;
 
     let diff = |yaml: &str, json: bool| {
         let file = dir.write("new.yaml", yaml);
@@ -1038,6 +1038,18 @@ async fn diff_says_what_a_reload_would_change() {
     let (code, said) = diff(&yaml, false).await;
     assert_eq!(code, Some(0), "{said}");
     assert!(said.contains("is what the running ccedge serves"), "{said}");
+    // The same certificate named by a relative path is the same.
+    let relative = yaml
+        .replace(&cert.cert.display().to_string(), "proxy.crt")
+        .replace(&cert.key.display().to_string(), "proxy.key");
+    let (code, said) = diff(&relative, false).await;
+    assert_eq!(code, Some(0), "{said}");
+    // A rotated admin token is a change (the running process is asked with its own token).
+    let rotated = yaml.replace(TOKEN, "another-token-0123456789abcdef");
+    let (code, said) = diff(&rotated, false).await;
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("~ server server.admin_token:"), "{said}");
+    assert!(!said.contains(TOKEN), "the token is shown: {said}");
 
     let changed =
         yaml.replace(
@@ -1078,16 +1090,26 @@ async fn diff_says_what_a_reload_would_change() {
     // No comparison: a broken file, or a file whose admin listener nobody answers.
     let (code, said) = diff("finesse: [", false).await;
     assert_eq!(code, Some(2), "{said}");
+    // A moved admin listener is a change too: asked where the running one is.
     let elsewhere = yaml.replace(
         &format!("127.0.0.1:{admin}"),
         &format!("127.0.0.1:{}", free_port()),
     );
     let (code, said) = diff(&elsewhere, false).await;
-    assert_eq!(code, Some(2), "{said}");
+    assert_eq!(code, Some(1), "{said}");
     assert!(
-        said.contains("cannot read what the running ccedge serves"),
+        said.contains("+ listener") && said.contains("(admin)"),
         "{said}"
     );
+    // No comparison without anyone to ask.
+    drop(_supervisor);
+    let (code, said) = diff(&yaml, true).await;
+    assert_eq!(code, Some(2), "{said}");
+    let error: Value = serde_json::from_str(&said).unwrap();
+    assert!(error["error"]
+        .as_str()
+        .unwrap()
+        .contains("cannot read what the running ccedge serves"));
 }
 
 #[tokio::test]

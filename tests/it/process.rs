@@ -196,13 +196,14 @@ async fn a_connection_in_its_tls_handshake_is_answered_by_a_stopping_process() {
         .replace("grace_period_seconds: 1", "grace_period_seconds: 10")
         .replace("    public:", &tls);
     let mut ccedge = Ccedge::launch(&dir, "ccedge", &yaml, &[], &[port, admin]).await;
-    // Accepted by the process; its ClientHello comes a moment after the stop.
+    // Accepted by the process; its ClientHello comes 3 s after the stop (within the handshake
+    // timeout, client_header_timeout_ms).
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     ccedge.signal("TERM");
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(3000)).await;
     let mut connector =
         openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls()).unwrap();
     connector.set_verify(openssl::ssl::SslVerifyMode::NONE);

@@ -198,3 +198,37 @@ async fn an_upgrade_that_is_not_a_websocket_gets_no_tunnel_and_no_websocket_fram
         "a close frame in a tunnel that is not a WebSocket: {text:?}"
     );
 }
+
+#[tokio::test]
+async fn a_websocket_handshake_ccedge_does_not_follow_is_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let site = site("ws-odd-handshake", "").await;
+    // Pingora would tunnel these once the upstream answers 101; ccedge's rules (auth,
+    // revocation, close frames, the drain) would not see a WebSocket in them.
+    for request in [
+        "POST /ws HTTP/1.1\r\nHost: {HOST}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nContent-Length: 0\r\n",
+        "GET /ws HTTP/1.1\r\nHost: {HOST}\r\nUpgrade: websocket\r\n",
+    ] {
+        let request = request.replace("{HOST}", HOST)
+            + "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", site.port)).await.unwrap();
+        let mut connector =
+            openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls()).unwrap();
+        connector.set_verify(openssl::ssl::SslVerifyMode::NONE);
+        let ssl = connector.build().configure().unwrap().into_ssl(HOST).unwrap();
+        let mut tls = tokio_openssl::SslStream::new(ssl, tcp).unwrap();
+        std::pin::Pin::new(&mut tls).connect().await.unwrap();
+        tls.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(3), tls.read(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{request:?}: {answer}");
+    }
+    assert!(
+        site.log.upgrades.lock().unwrap().is_empty(),
+        "an upgrade reached the upstream"
+    );
+}
