@@ -64,8 +64,8 @@ fn main() -> ExitCode {
     let config = match config::load(&file) {
         Ok(config) => config,
         Err(e) if matches!(cli.command, Some(cli::Command::Diff { .. })) => {
-            eprintln!("ccedge: configuration rejected:\n{e}");
-            return ExitCode::from(2);
+            let json = matches!(cli.command, Some(cli::Command::Diff { json: true }));
+            return run::diff::failed(&format!("configuration rejected:\n{e}"), json);
         }
         Err(e) => {
             if let Some(cli::Command::Doctor { json, .. }) = cli.command {

@@ -78,14 +78,13 @@ pub fn summary(config: &Config) -> Value {
             "max_draining_processes": s.max_draining_processes,
             "access_log": access_log,
             "admin_hosts": s.admin.as_ref().map(|a| a.hosts.clone()),
-            // A rotated token shows as a change; the token itself is not shown.
+            // A rotated token shows as a change; `diff` shows neither token nor its digest.
             "admin_token": s.admin.as_ref().map(|a| a.token.as_ref().map_or_else(
                 || "none".to_string(),
                 |t| {
                     use sha2::Digest;
                     let digest = sha2::Sha256::digest(t.0.as_bytes());
-                    let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
-                    format!("set (sha256 {hex}...)")
+                    digest.iter().map(|b| format!("{b:02x}")).collect::<String>()
                 },
             )),
         },
@@ -147,12 +146,17 @@ pub fn diff(running: &Value, new: &Value) -> Vec<Change> {
                 (Some(_), None) => "removed",
                 (None, None) => return None,
             };
+            // The token's digest tells a change; it is not shown.
+            let shown = |v: Option<&Value>| match (path.as_str(), v) {
+                ("server.admin_token", Some(v)) if v != "none" => Some(Value::from("set")),
+                (_, v) => v.cloned(),
+            };
             Some(Change {
                 change,
                 category: category(path),
                 path: path.clone(),
-                before: b.cloned(),
-                after: a.cloned(),
+                before: shown(b),
+                after: shown(a),
             })
         })
         .collect()
@@ -238,6 +242,7 @@ pub fn describe(change: &Change) -> String {
             change.path,
             show(&change.before)
         ),
+        _ if change.path == "server.admin_token" => "~ server server.admin_token: changed".into(),
         _ => format!(
             "~ {} {}: {} -> {}",
             change.category,

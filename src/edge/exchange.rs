@@ -218,9 +218,9 @@ impl Front {
     /// Reduces the request's target to the one every rule judges (see `target`): origin form, a
     /// normalised path. Runs before any rule.
     pub fn reduce(&self, req: &mut RequestHeader, ctx: &mut Exchange) -> Result<(), Refusal> {
-        // An upgrade Pingora would tunnel must be one every rule sees as a WebSocket (auth, its
-        // revocation, the close frames, the drain): anything else is refused.
-        if !ctx.wants_websocket && crate::edge::headers::tunnelled_by_pingora(req) {
+        // What Pingora tunnels and what every rule sees as a WebSocket (auth, its revocation,
+        // the close frames, the drain) must be the same requests: any other is refused.
+        if ctx.wants_websocket != crate::edge::headers::tunnelled_by_pingora(req) {
             return Err(Refusal::new(
                 400,
                 "a WebSocket upgrade is a GET with Connection: upgrade and Upgrade: websocket",

@@ -127,7 +127,7 @@ pub fn append_revocation(pid_file: &str, user: &str) {
         Err(e) => return refused(e.to_string()),
     };
     let own = file.metadata().is_ok_and(|m| {
-        m.is_file() && m.uid() == nix::unistd::geteuid().as_raw() && m.mode() & 0o022 == 0
+        m.is_file() && m.uid() == nix::unistd::geteuid().as_raw() && m.mode() & 0o002 == 0
     });
     if !own {
         return refused("it is not a file of ccedge's own; remove it".into());

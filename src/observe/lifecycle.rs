@@ -155,13 +155,14 @@ impl Lifecycle {
         self.accepted.fetch_add(1, Ordering::Release);
     }
 
-    /// Whether a connection accepted within `handshake_timeout` may still be in its handshake:
-    /// it is counted as open only once the handshake is done.
-    pub fn handshakes_pending(&self, handshake_timeout: Duration) -> bool {
+    /// Whether a connection accepted within `wait` may still be in its handshake: it is
+    /// counted as open only once the handshake is done. (A handshake that failed is never
+    /// counted either, hence the bound: a port scan must not hold a stopping process.)
+    pub fn handshakes_pending(&self, wait: Duration) -> bool {
         let accepted = self.accepted.load(Ordering::Acquire);
         let entered = self.entered.load(Ordering::Relaxed);
         let last = Duration::from_millis(self.last_accept_ms.load(Ordering::Relaxed));
-        accepted > entered && self.origin.elapsed() < last + handshake_timeout
+        accepted > entered && self.origin.elapsed() < last + wait
     }
 
     pub fn open_connections(&self) -> usize {

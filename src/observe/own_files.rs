@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// Opens `path` for reading only if it is a regular file of this user that nobody else may
+/// Opens `path` for reading only if it is a regular file of this user that other users may not
 /// write (no symbolic link, no FIFO or device: the files are beside the pid file, which may be
 /// in a shared folder such as /tmp), and no larger than `max` bytes.
 pub fn open_own(path: &Path, max: u64) -> Option<std::fs::File> {
@@ -17,7 +17,9 @@ pub fn open_own(path: &Path, max: u64) -> Option<std::fs::File> {
         .open(path)
         .ok()?;
     let meta = file.metadata().ok()?;
-    let own = meta.uid() == nix::unistd::geteuid().as_raw() && meta.mode() & 0o022 == 0;
+    // Group-writable is accepted: under a umask of 002 (Debian's and Ubuntu's default for
+    // users) ccedge's own files are.
+    let own = meta.uid() == nix::unistd::geteuid().as_raw() && meta.mode() & 0o002 == 0;
     (meta.is_file() && own && meta.len() <= max).then_some(file)
 }
 

@@ -1,48 +1,39 @@
 //! `ccedge diff -c NEW.yaml`: what a reload to NEW.yaml would change in the running process.
-//! The running process is asked through the admin listener of the file it runs (known to its
-//! supervisor), so that a new admin address or token in NEW.yaml shows as a change rather than
-//! making the comparison impossible.
+//! The running process is asked through the admin listener it runs with (its supervisor records
+//! it), so that a new admin address or token in NEW.yaml, or in the running file edited in
+//! place, shows as a change rather than making the comparison impossible.
 
 use crate::config::summary::{self, Change};
 use crate::config::Config;
 use std::io::Write;
 use std::process::ExitCode;
 
-pub fn run(new: &Config, json: bool) -> ExitCode {
-    let fail = |message: String| {
-        if json {
-            let report = serde_json::json!({"error": message});
-            let _ = writeln!(std::io::stdout(), "{report}");
-        } else {
-            eprintln!("ccedge: {message}");
-        }
-        ExitCode::from(2)
-    };
-    if let Err(e) = crate::run::process::check(new) {
-        return fail(format!(
-            "{}: a reload would refuse it: {e}",
-            new.file.display()
-        ));
+/// Reports why no comparison could be made (as JSON with `--json`), exit status 2.
+pub fn failed(message: &str, json: bool) -> ExitCode {
+    if json {
+        let report = serde_json::json!({"error": message});
+        let _ = writeln!(std::io::stdout(), "{report}");
+    } else {
+        eprintln!("ccedge: {message}");
     }
-    let admin = match crate::run::supervise::running_file(new) {
-        Some(running) => match crate::config::admin_access(&running) {
-            Ok(admin) => admin,
-            Err(e) => {
-                return fail(format!(
-                    "the running configuration {}: {e}",
-                    running.display()
-                ))
-            }
-        },
-        None => new.server.admin.clone(),
-    };
+    ExitCode::from(2)
+}
+
+pub fn run(new: &Config, json: bool) -> ExitCode {
+    if let Err(e) = crate::run::process::check(new) {
+        let message = format!("{}: a reload would refuse it: {e}", new.file.display());
+        return failed(&message, json);
+    }
+    let admin =
+        crate::run::supervise::running_admin(new).unwrap_or_else(|| new.server.admin.clone());
     let running = match crate::observe::admin::running_config(admin.as_ref()) {
         Ok(running) => running,
         Err(e) => {
-            return fail(format!(
-                "cannot read what the running ccedge serves: {e} (asked at the admin listener of \
-                 the file the supervisor runs, or of FILE without one, with its token)"
-            ))
+            let message = format!(
+                "cannot read what the running ccedge serves: {e} (asked at the admin listener \
+                 it runs with, or at FILE's without a supervisor, with its token)"
+            );
+            return failed(&message, json);
         }
     };
     let changes: Vec<Change> = summary::diff(&running, &summary::summary(new));

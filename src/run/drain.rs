@@ -18,6 +18,9 @@ use tokio::sync::broadcast;
 /// How often the process looks at its connections and writes its report.
 const TICK: Duration = Duration::from_millis(200);
 const REPORT_EVERY: Duration = Duration::from_secs(1);
+/// How long after its last accept a stopping process waits for handshakes still under way (a
+/// client's ClientHello follows its connection by a round trip).
+const HANDSHAKE_WAIT: Duration = Duration::from_secs(3);
 /// How long closed WebSockets have to finish their closing handshake.
 const CLOSE_WAIT: Duration = Duration::from_secs(3);
 
@@ -115,9 +118,8 @@ impl ProcessDrain {
                 closed_at = Some(now);
             }
             // A connection accepted just before the stop is counted once its handshake is done.
-            if lifecycle.open_connections() == 0
-                && !lifecycle.handshakes_pending(self.handshake_timeout.min(grace))
-            {
+            let handshakes = self.handshake_timeout.min(HANDSHAKE_WAIT).min(grace);
+            if lifecycle.open_connections() == 0 && !lifecycle.handshakes_pending(handshakes) {
                 break;
             }
             // HTTP requests have the grace period; WebSockets until they are closed.

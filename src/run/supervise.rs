@@ -29,10 +29,29 @@ const READY_WAIT: Duration = Duration::from_secs(60);
 struct State {
     supervisor_pid: u32,
     config: PathBuf,
+    /// The admin listener of the configuration that runs (and its token: the file is this
+    /// user's only), for `ccedge diff` after the file was edited in place.
+    #[serde(default)]
+    admin: Option<RunningAdmin>,
     server_pid: u32,
     /// Reload attempts so far (successful or not).
     reloads: u64,
     last_reload: Option<Outcome>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RunningAdmin {
+    listen: std::net::SocketAddr,
+    token: Option<String>,
+}
+
+impl RunningAdmin {
+    fn of(config: &Config) -> Option<RunningAdmin> {
+        config.server.admin.as_ref().map(|a| RunningAdmin {
+            listen: a.listen,
+            token: a.token.as_ref().map(|t| t.0.clone()),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -48,6 +67,20 @@ fn epoch_ms() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis())
+}
+
+/// A reload's message as the state file keeps it: a few KiB at most (the file is read with a cap).
+fn clipped(mut message: String) -> String {
+    const MAX: usize = 16 * 1024;
+    if message.len() > MAX {
+        let mut end = MAX;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str("\n... (cut; the supervisor's log has it whole)");
+    }
+    message
 }
 
 fn state_file(config: &Config) -> PathBuf {
@@ -146,6 +179,7 @@ impl Supervisor {
         let state = State {
             supervisor_pid: std::process::id(),
             config: file.clone(),
+            admin: RunningAdmin::of(&config),
             server_pid: current.id().unwrap_or_default(),
             reloads: 0,
             last_reload: None,
@@ -310,7 +344,7 @@ impl Supervisor {
         }
         self.state.last_reload = Some(Outcome {
             ok,
-            message,
+            message: clipped(message),
             started_ms,
             at: crate::observe::access_log::now(),
         });
@@ -367,6 +401,7 @@ impl Supervisor {
         let old = std::mem::replace(&mut self.current, next);
         self.draining.push((old_pid, old));
         self.state.server_pid = next_pid;
+        self.state.admin = RunningAdmin::of(&config);
         self.config = config;
         let server = &self.config.server;
         // Past the cap, the oldest close their WebSockets (1001) and exit; those told already
@@ -533,10 +568,18 @@ async fn wait_ready(child: &mut Child, config: &Config) -> Result<(), String> {
     }
 }
 
-/// The configuration file the supervisor holding `config`'s pid file runs, when one does.
-pub fn running_file(config: &Config) -> Option<PathBuf> {
+/// The admin listener of the configuration the supervisor holding `config`'s pid file runs,
+/// when one does: `Some(None)` when that configuration has none.
+pub fn running_admin(config: &Config) -> Option<Option<crate::config::AdminSettings>> {
     let state = read_state(&state_file(config))?;
-    (held(config) && alive(state.supervisor_pid)).then_some(state.config)
+    if !(held(config) && alive(state.supervisor_pid)) {
+        return None;
+    }
+    Some(state.admin.map(|a| crate::config::AdminSettings {
+        listen: a.listen,
+        hosts: Vec::new(),
+        token: a.token.map(crate::config::Secret),
+    }))
 }
 
 /// `ccedge reopen -c FILE`: has the running ccedge (its supervisor, which tells every server,

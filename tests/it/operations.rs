@@ -1014,8 +1014,8 @@ async fn diff_says_what_a_reload_would_change() {
     let yaml = finesse_site(&dir, &cert, port, admin, &upstream);
     let _supervisor = Ccedge::launch(&dir, "ccedge", &yaml, &["supervise"], &[port, admin]).await;
 
-    let diff = |yaml: &str, json: bool| {
-        let file = dir.write("new.yaml", yaml);
+    let diff_file = |name: &'static str, yaml: &str, json: bool| {
+        let file = dir.write(name, yaml);
         async move {
             let mut args = vec!["diff", "-c", file.to_str().unwrap()];
             if json {
@@ -1035,6 +1035,7 @@ async fn diff_says_what_a_reload_would_change() {
             (out.status.code(), said)
         }
     };
+    let diff = |yaml: &str, json: bool| diff_file("new.yaml", yaml, json);
     let (code, said) = diff(&yaml, false).await;
     assert_eq!(code, Some(0), "{said}");
     assert!(said.contains("is what the running ccedge serves"), "{said}");
@@ -1050,6 +1051,14 @@ async fn diff_says_what_a_reload_would_change() {
     assert_eq!(code, Some(1), "{said}");
     assert!(said.contains("~ server server.admin_token:"), "{said}");
     assert!(!said.contains(TOKEN), "the token is shown: {said}");
+    // The same edit made in place, to the file the supervisor runs (as `ccedge reload` wants).
+    let (code, said) = diff_file("ccedge.yaml", &rotated, false).await;
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains("~ server server.admin_token: changed"),
+        "{said}"
+    );
+    dir.write("ccedge.yaml", &yaml);
 
     let changed =
         yaml.replace(
@@ -1090,6 +1099,13 @@ async fn diff_says_what_a_reload_would_change() {
     // No comparison: a broken file, or a file whose admin listener nobody answers.
     let (code, said) = diff("finesse: [", false).await;
     assert_eq!(code, Some(2), "{said}");
+    let (code, said) = diff("finesse: [", true).await;
+    assert_eq!(code, Some(2), "{said}");
+    let error: Value = serde_json::from_str(&said).unwrap_or_else(|e| panic!("{e}: {said}"));
+    assert!(error["error"]
+        .as_str()
+        .unwrap()
+        .contains("configuration rejected"));
     // A moved admin listener is a change too: asked where the running one is.
     let elsewhere = yaml.replace(
         &format!("127.0.0.1:{admin}"),

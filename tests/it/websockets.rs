@@ -208,6 +208,7 @@ async fn a_websocket_handshake_ccedge_does_not_follow_is_refused() {
     for request in [
         "POST /ws HTTP/1.1\r\nHost: {HOST}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nContent-Length: 0\r\n",
         "GET /ws HTTP/1.1\r\nHost: {HOST}\r\nUpgrade: websocket\r\n",
+        "GET /ws HTTP/1.1\r\nHost: {HOST}\r\nUpgrade: h2c, websocket\r\nConnection: Upgrade\r\n",
     ] {
         let request = request.replace("{HOST}", HOST)
             + "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
