@@ -57,15 +57,7 @@ impl ListenerCert {
         let chain = read_certs(cert)?;
         let pkey = read_key(key)?;
         check_pair(&chain[0], &pkey, key)?;
-        let names = chain[0]
-            .subject_alt_names()
-            .map(|names| {
-                names
-                    .iter()
-                    .filter_map(|n| n.dnsname().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let names = dns_names(&chain[0]);
         Ok(ListenerCert {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
@@ -405,6 +397,18 @@ fn subject(cert: &X509Ref) -> String {
         .filter_map(|e| e.data().to_string().ok())
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// The DNS names of the certificate's subjectAltName, as written (`*.example.com` included).
+pub fn dns_names(cert: &X509Ref) -> Vec<String> {
+    cert.subject_alt_names()
+        .map(|names| {
+            names
+                .iter()
+                .filter_map(|n| n.dnsname().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The certificate's end of validity in Unix seconds (OpenSSL keeps it as an ASN.1 time).

@@ -27,15 +27,7 @@ pub fn upstream_covers(cert: &X509Ref, host: &str) -> bool {
     if host.parse::<IpAddr>().is_ok() {
         return covers(cert, host);
     }
-    let dns: Vec<String> = cert
-        .subject_alt_names()
-        .map(|names| {
-            names
-                .iter()
-                .filter_map(|n| n.dnsname().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
+    let dns = crate::config::tls::dns_names(cert);
     let candidates = if dns.is_empty() {
         cert.subject_name()
             .entries_by_nid(openssl::nid::Nid::COMMONNAME)

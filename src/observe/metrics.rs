@@ -199,34 +199,26 @@ fn families() -> &'static Families {
              certificate at load, each upstream's at every new TLS connection to it.",
             &["service", "role", "certificate"],
         );
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
-                "ccedge_request_duration_seconds",
-                "Time from the request's arrival to the end of its response.",
-            )
-            .buckets(vec![
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
+            let opts = HistogramOpts::new(name, help).buckets(vec![
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-            ]),
+            ]);
+            let h = HistogramVec::new(opts, labels).expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
+        };
+        let duration = histogram(
+            "ccedge_request_duration_seconds",
+            "Time from the request's arrival to the end of its response.",
             &["service"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(duration.clone()))
-            .expect("unique metric");
-        let upstream_header = HistogramVec::new(
-            HistogramOpts::new(
-                "ccedge_upstream_header_seconds",
-                "Time from a request's sending to its response header, by service and upstream node.",
-            )
-            .buckets(vec![
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-            ]),
+        );
+        let upstream_header = histogram(
+            "ccedge_upstream_header_seconds",
+            "Time from a request's sending to its response header, by service and upstream node.",
             &["service", "node"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(upstream_header.clone()))
-            .expect("unique metric");
+        );
         let upstream_websockets = gauge(
             "ccedge_upstream_websockets_open",
             "Upgraded (WebSocket) connections open now, by service and upstream node.",

@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::Message;
 
 const HOST: &str = "finesse1.example.com";
 const ISSUER: &str = "https://ids.example.com/ids";
@@ -1212,18 +1211,7 @@ async fn a_revoked_agent_is_checked_again_and_loses_its_websocket() {
         said.contains("AGENT1 revoked: 1 WebSocket(s) closed"),
         "{said}"
     );
-    let close = tokio::time::timeout(Duration::from_secs(5), async {
-        use futures_util::StreamExt;
-        loop {
-            match alice.next().await {
-                Some(Ok(Message::Close(frame))) => return frame,
-                Some(Ok(_)) => {}
-                other => panic!("the WebSocket ended without a close frame: {other:?}"),
-            }
-        }
-    })
-    .await
-    .expect("alice's WebSocket was not closed");
+    let close = ws::closed(&mut alice, Duration::from_secs(5)).await;
     let frame = close.expect("a close frame with a code");
     assert_eq!(u16::from(frame.code), 1008);
     assert_eq!(frame.reason.as_str(), "credentials revoked");
@@ -1298,18 +1286,7 @@ async fn a_user_revoked_after_a_reload_loses_the_websocket_the_old_process_carri
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let close = tokio::time::timeout(Duration::from_secs(5), async {
-        use futures_util::StreamExt;
-        loop {
-            match alice.next().await {
-                Some(Ok(Message::Close(frame))) => return frame,
-                Some(Ok(_)) => {}
-                other => panic!("the WebSocket ended without a close frame: {other:?}"),
-            }
-        }
-    })
-    .await
-    .expect("the old process kept the revoked user's WebSocket");
+    let close = ws::closed(&mut alice, Duration::from_secs(5)).await;
     assert_eq!(close.map(|f| u16::from(f.code)), Some(1008));
     // Its last connection gone, the old process exits.
     assert_eq!(site.ccedge.wait_exit(10).await, Some(0));

@@ -3,11 +3,10 @@
 
 use crate::harness::fixtures::{args, plain_channel, Digital};
 use crate::harness::http::{Client, Proto};
-use crate::harness::proxy::{reload, server_pid};
+use crate::harness::proxy::{command, reload, server_pid};
 use crate::harness::upstream::{full, Handler};
 use crate::harness::ws::{self, EchoLog};
 use crate::harness::{binary, curl, free_port, Ca, Ccedge, TestDir, Upstream};
-use futures_util::StreamExt;
 use serde_json::Value;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -173,19 +172,9 @@ async fn reloads_lose_no_request_and_apply_the_new_configuration() {
     ws::echoes(&mut socket, "old process draining").await;
     // Once its grace period is over, the old process ends the WebSocket it was carrying, with
     // a close frame.
-    let ended = tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            match socket.next().await {
-                Some(Ok(tokio_tungstenite::tungstenite::Message::Close(frame))) => return frame,
-                Some(Ok(_)) => {}
-                _ => return None,
-            }
-        }
-    })
-    .await;
-    let Ok(Some(close)) = ended else {
-        panic!("the old process never closed its WebSocket with a close frame: {ended:?}");
-    };
+    let close = ws::closed(&mut socket, Duration::from_secs(20))
+        .await
+        .expect("a close frame with a code");
     assert_eq!(u16::from(close.code), 1001, "{close:?}");
     assert!(
         reloaded.elapsed() >= Duration::from_secs(3),
@@ -640,23 +629,6 @@ async fn readyz(admin: u16) -> (u16, String) {
     (answer.status, answer.body)
 }
 
-/// Runs `ccedge ARGS -c config`: exit code and what it printed.
-async fn command(args: &[&str], config: &std::path::Path) -> (Option<i32>, String) {
-    let out = tokio::process::Command::new(binary())
-        .args(args)
-        .arg("-c")
-        .arg(config)
-        .output()
-        .await
-        .unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code(), said)
-}
-
 #[tokio::test]
 async fn a_drain_takes_the_instance_out_of_rotation_and_leaves_websockets_alone() {
     let dir = TestDir::new("drain");
@@ -931,17 +903,7 @@ async fn websockets_stay_in_the_old_process_and_past_the_cap_the_oldest_closes_t
     let mut b = ws::connect(HOST, port, "/ws", &ca.pem).await;
     let (ok, said) = reload(&file).await;
     assert!(ok, "{said}");
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            match a.next().await {
-                Some(Ok(tokio_tungstenite::tungstenite::Message::Close(frame))) => return frame,
-                Some(Ok(_)) => {}
-                _ => return None,
-            }
-        }
-    })
-    .await
-    .expect("the oldest process kept its WebSocket");
+    let closed = ws::closed(&mut a, Duration::from_secs(5)).await;
     assert_eq!(closed.map(|f| u16::from(f.code)), Some(1001));
     let deadline = Instant::now() + Duration::from_secs(5);
     while running(first)
@@ -1017,22 +979,8 @@ async fn diff_says_what_a_reload_would_change() {
     let diff_file = |name: &'static str, yaml: &str, json: bool| {
         let file = dir.write(name, yaml);
         async move {
-            let mut args = vec!["diff", "-c", file.to_str().unwrap()];
-            if json {
-                args.insert(1, "--json");
-            }
-            let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-            let out = tokio::process::Command::new(binary())
-                .args(&args)
-                .output()
-                .await
-                .unwrap();
-            let said = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            (out.status.code(), said)
+            let args: &[&str] = if json { &["diff", "--json"] } else { &["diff"] };
+            command(args, &file).await
         }
     };
     let diff = |yaml: &str, json: bool| diff_file("new.yaml", yaml, json);

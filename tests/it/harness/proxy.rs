@@ -163,8 +163,16 @@ impl Ccedge {
 
 /// `ccedge reload -c config`: whether it succeeded, and what it said.
 pub async fn reload(config: &std::path::Path) -> (bool, String) {
+    let (code, said) = command(&["reload"], config).await;
+    (code == Some(0), said)
+}
+
+/// Runs `ccedge ARGS -c config`: its exit code and what it printed (stdout, then stderr).
+pub async fn command(args: &[&str], config: &std::path::Path) -> (Option<i32>, String) {
     let out = tokio::process::Command::new(super::binary())
-        .args(["reload", "-c", config.to_str().unwrap()])
+        .args(args)
+        .arg("-c")
+        .arg(config)
         .output()
         .await
         .unwrap();
@@ -173,7 +181,7 @@ pub async fn reload(config: &std::path::Path) -> (bool, String) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    (out.status.success(), said)
+    (out.status.code(), said)
 }
 
 /// The pid of the server process that answers on the admin listener at `admin`.

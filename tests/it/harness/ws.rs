@@ -70,6 +70,26 @@ pub async fn echoes(client: &mut Client, text: &str) {
     }
 }
 
+/// Reads `client` until the server closes it: its close frame (`None`: a frame without a code).
+/// Panics when the connection ends without a close frame, or nothing closes it within `within`.
+pub async fn closed(
+    client: &mut Client,
+    within: std::time::Duration,
+) -> Option<tokio_tungstenite::tungstenite::protocol::CloseFrame> {
+    let ending = async {
+        loop {
+            match client.next().await {
+                Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(_)) => {}
+                other => panic!("the WebSocket ended without a close frame: {other:?}"),
+            }
+        }
+    };
+    tokio::time::timeout(within, ending)
+        .await
+        .unwrap_or_else(|_| panic!("the WebSocket was not closed within {within:?}"))
+}
+
 /// The length of the frame `slow-frame-please` asks for.
 pub const SLOW_FRAME_LEN: usize = 1000;
 
