@@ -369,9 +369,9 @@ impl Front {
             return;
         }
         ctx.upstream_status = Some(resp.status.as_u16());
-        // Only an upgrade the client asked as a WebSocket is followed frame by frame.
-        let websocket = ctx.wants_websocket && ctx.websocket.is_none();
-        if resp.status == http::StatusCode::SWITCHING_PROTOCOLS && websocket {
+        // Every upgrade Pingora tunnels is a WebSocket the client asked for (`reduce` refuses
+        // any other), followed frame by frame.
+        if resp.status == http::StatusCode::SWITCHING_PROTOCOLS && ctx.websocket.is_none() {
             ctx.websocket = Some(WebSocket::default());
             self.lifecycle.websocket_opened();
             self.metrics.websockets.inc();

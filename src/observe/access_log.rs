@@ -332,6 +332,13 @@ pub fn millis(d: Duration) -> f64 {
     (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
 }
 
+/// Current time in milliseconds since the Unix epoch (for times other processes read).
+pub fn epoch_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
+
 /// Current time as RFC 3339 UTC with milliseconds.
 pub fn now() -> String {
     Timestamp::now().to_string()

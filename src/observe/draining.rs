@@ -4,6 +4,7 @@
 //! that a user revoked after a reload also loses the WebSockets an older process still carries.
 //! Both are small files beside the pid file, which only ccedge's user writes.
 
+use crate::observe::access_log::epoch_ms;
 use crate::observe::own_files::{open_own, read_own, replace};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -94,12 +95,6 @@ fn alive(pid: u32) -> bool {
 
 pub fn revoked_file(pid_file: &str) -> PathBuf {
     PathBuf::from(format!("{pid_file}.revoked"))
-}
-
-fn epoch_ms() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis())
 }
 
 /// Records that `user` was revoked now, for the processes draining beside this one: appended

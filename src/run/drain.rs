@@ -92,11 +92,10 @@ impl ProcessDrain {
             + chrono::Duration::from_std(websockets_until - started).unwrap_or_default();
         let close_at = close_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let pid = std::process::id();
-        let mut revoked_since = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
+        let mut revoked_since = crate::observe::access_log::epoch_ms();
         let mut closed_at: Option<Instant> = None;
         let mut reported = started - REPORT_EVERY;
+        let handshakes = self.handshake_timeout.min(HANDSHAKE_WAIT).min(grace);
         let mut tick = tokio::time::interval(TICK);
         loop {
             tick.tick().await;
@@ -118,7 +117,6 @@ impl ProcessDrain {
                 closed_at = Some(now);
             }
             // A connection accepted just before the stop is counted once its handshake is done.
-            let handshakes = self.handshake_timeout.min(HANDSHAKE_WAIT).min(grace);
             if lifecycle.open_connections() == 0 && !lifecycle.handshakes_pending(handshakes) {
                 break;
             }

@@ -7,6 +7,7 @@
 //! saying which server process is current and how the last reload went.
 
 use crate::config::{self, Config};
+use crate::observe::access_log::epoch_ms;
 use crate::run::process;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -61,12 +62,6 @@ struct Outcome {
     /// When the attempt began (ms since the epoch): it read the file after that moment.
     started_ms: u128,
     at: String,
-}
-
-fn epoch_ms() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis())
 }
 
 /// A reload's message as the state file keeps it: a few KiB at most (the file is read with a cap).
