@@ -10,3 +10,4 @@ pub mod finesse;
 pub mod fuzzing;
 pub mod observe;
 pub mod run;
+pub mod state;

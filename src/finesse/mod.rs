@@ -21,6 +21,8 @@ use crate::observe::admin::{self, Purged, StatusSource};
 use crate::observe::lifecycle::Lifecycle;
 use crate::observe::metrics::Totals;
 use crate::observe::throttle::OncePerSecond;
+use crate::state::handover::{Carried, SiteState, Wall};
+use crate::state::Continuity;
 use async_trait::async_trait;
 pub use auth::signing_keys_in;
 use auth::{Auth, Decision};
@@ -68,7 +70,11 @@ pub struct FinesseSite {
 }
 
 impl FinesseSite {
-    pub fn new(service: &FinesseService, log: Arc<AccessLog>, lifecycle: Arc<Lifecycle>) -> Self {
+    pub fn new(
+        service: &FinesseService,
+        (log, lifecycle): (Arc<AccessLog>, Arc<Lifecycle>),
+        state: &Continuity,
+    ) -> Self {
         let https = service.tls.is_some();
         let routes = service
             .servers
@@ -182,7 +188,7 @@ impl FinesseSite {
             auth: service
                 .auth
                 .as_ref()
-                .map(|a| Auth::new(&service.name, a, &service.limits)),
+                .map(|a| Auth::new(&service.name, a, &service.limits, state)),
             cache: service
                 .cache
                 .as_ref()
@@ -282,6 +288,37 @@ impl FinesseSite {
     /// The background task keeping the SSO signing keys current, when the site has one.
     pub fn key_refresh(&self) -> Option<auth::KeyRefresh> {
         self.auth.as_ref().and_then(Auth::key_refresh)
+    }
+}
+
+/// A site with authentication hands its lockouts and kept verdicts over at a reload.
+impl Carried for FinesseSite {
+    fn site(&self) -> &str {
+        &self.front.name
+    }
+
+    fn changes(&self) -> u64 {
+        self.auth.as_ref().map_or(0, Auth::changes)
+    }
+
+    fn export(&self, wall: &Wall, now: Instant) -> SiteState {
+        self.auth
+            .as_ref()
+            .map(|a| a.export(wall, now))
+            .unwrap_or_default()
+    }
+
+    fn import(&self, state: SiteState, since_ms: u64, same_key: bool, wall: &Wall, now: Instant) {
+        if let Some(auth) = &self.auth {
+            auth.import(state, since_ms, same_key, wall, now);
+        }
+    }
+}
+
+impl FinesseSite {
+    /// Whether the site has state a reload hands over.
+    pub fn carries_state(&self) -> bool {
+        self.auth.is_some()
     }
 }
 

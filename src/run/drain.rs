@@ -5,11 +5,14 @@
 //! its HTTP requests have the grace period. Meanwhile it reports what it holds (for `/status`
 //! of the current process), closes the WebSockets of users revoked after the reload, answers
 //! SIGTERM (close the WebSockets now: the supervisor's cap, or a stop) and SIGINT (exit now),
-//! which `observe::lifecycle::PhaseWatch` watches for the whole life of the process.
+//! which `observe::lifecycle::PhaseWatch` watches for the whole life of the process. It hands
+//! its lockouts and kept verdicts to the next process at once, and again each second they
+//! change (`state::handover`).
 
 use crate::observe::admin::StatusSource;
 use crate::observe::draining::{self, Report};
 use crate::observe::lifecycle::Lifecycle;
+use crate::state::handover::Handover;
 use pingora::server::{Drain, ExecutionPhase};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,6 +38,8 @@ pub struct ProcessDrain {
     pub pid_file: String,
     /// Where revocations are applied.
     pub sources: Vec<Arc<dyn StatusSource>>,
+    /// Writes the lockouts and kept verdicts for the next process.
+    pub handover: Arc<Handover>,
 }
 
 impl ProcessDrain {
@@ -69,6 +74,10 @@ impl ProcessDrain {
     async fn run(mut self, grace: Duration) {
         let started = Instant::now();
         let handed_over = self.handed_over();
+        if handed_over {
+            // First: the new process waits for it before it judges a credential.
+            self.handover.write();
+        }
         let lifecycle = self.lifecycle.clone();
         log::info!(
             "draining server: {} client connection(s) open, {} of them WebSockets",
@@ -130,6 +139,7 @@ impl ProcessDrain {
                 revoked_since = self.revoke_since(revoked_since);
                 if now.duration_since(reported) >= REPORT_EVERY {
                     reported = now;
+                    self.handover.write();
                     draining::write_report(
                         &self.pid_file,
                         &Report {
@@ -142,6 +152,9 @@ impl ProcessDrain {
                     );
                 }
             }
+        }
+        if handed_over {
+            self.handover.write();
         }
         draining::remove_report(&self.pid_file, pid);
         log::info!(

@@ -16,6 +16,9 @@ use crate::observe::admin::{Admin, AdminProcess, StatusSource};
 use crate::observe::lifecycle::{Lifecycle, PhaseWatch};
 use crate::run::drain::ProcessDrain;
 use crate::run::signals::{self, ReopenOnSignal};
+use crate::state::handover::{Collect, Handover};
+use crate::state::secret::StateKey;
+use crate::state::Continuity;
 use pingora::apps::http_app::HttpServer;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::ConnectionFilter;
@@ -200,6 +203,12 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
         ReopenOnSignal(log.clone()),
     ));
     let mut sources: Vec<Arc<dyn StatusSource>> = Vec::new();
+    let key = Arc::new(StateKey::beside(&config.server.pid_file));
+    let handover = Handover::new(&config.server.pid_file, key.fingerprint(), upgrade);
+    let continuity = Continuity {
+        key,
+        arrival: handover.arrival(),
+    };
 
     for d in &config.digital {
         let health_state = PathBuf::from(format!("{}.{}.health", config.server.pid_file, d.name));
@@ -235,8 +244,15 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
         );
     }
     for f in &config.finesse {
-        let site = Arc::new(FinesseSite::new(f, log.clone(), lifecycle.clone()));
+        let site = Arc::new(FinesseSite::new(
+            f,
+            (log.clone(), lifecycle.clone()),
+            &continuity,
+        ));
         sources.push(site.clone());
+        if site.carries_state() {
+            handover.add(site.clone());
+        }
         if let Some(refresh) = site.key_refresh() {
             let name = format!("{} signing keys", f.name);
             server.add_service(background_service(&name, refresh));
@@ -291,6 +307,10 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
             f.listen_ports()
         );
     }
+    server.add_service(background_service(
+        "state hand-over",
+        Collect(handover.clone()),
+    ));
     let drained_sources = sources.clone();
     if let Some(settings) = &config.server.admin {
         let addr = settings.listen;
@@ -338,6 +358,7 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
         phases: server.watch_execution_phase(),
         pid_file: config.server.pid_file.clone(),
         sources: drained_sources,
+        handover,
     };
     server.bootstrap();
     server.run(RunArgs {

@@ -270,6 +270,39 @@ impl AuthSite {
         curl(&args).await.unwrap()
     }
 
+    /// A reload by hand, as the supervisor does it: a new process (returned) takes the
+    /// sockets over; the old one (`self.ccedge`) drains.
+    async fn reload(&self) -> Ccedge {
+        let yaml = std::fs::read_to_string(self.dir.join("ccedge.yaml")).unwrap();
+        let socket = self.dir.join("upgrade.sock");
+        let _ = std::fs::remove_file(&socket);
+        let second = Ccedge::launch(
+            &self.dir,
+            "second",
+            &yaml,
+            &["-u"],
+            &[self.port, self.admin],
+        )
+        .await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the new process never waited for the sockets"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.ccedge.signal("QUIT");
+        while crate::harness::proxy::server_pid(self.admin).await != u64::from(second.pid()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the new process does not serve"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        second
+    }
+
     async fn metrics(&self) -> String {
         let reply = curl(&[&format!("http://127.0.0.1:{}/metrics", self.admin)])
             .await
@@ -554,6 +587,62 @@ async fn five_failures_block_that_user_at_that_address_and_nobody_else() {
         .get("/finesse/api/User/agent1", Some(&basic("agent1", "secret")))
         .await;
     assert_eq!(right.status, 200);
+}
+
+#[tokio::test]
+async fn a_reload_keeps_blocks_failure_counts_and_verdicts() {
+    let mut site = AuthSite::start("auth-reload-state", None).await;
+    let agent = |n: u32| format!("/finesse/api/User/agent{n}");
+    assert_eq!(
+        site.get(&agent(1), Some(&basic("agent1", "secret")))
+            .await
+            .status,
+        200
+    );
+    // An attacker: agent2 blocked, three guesses spent on agent3.
+    for _ in 0..5 {
+        let answer = site.get(&agent(2), Some(&basic("agent2", "guess"))).await;
+        assert_eq!(answer.status, 401);
+    }
+    for i in 0..3 {
+        let guess = basic("agent3", &format!("guess{i}"));
+        assert_eq!(site.get(&agent(3), Some(&guess)).await.status, 401);
+    }
+    let validations = site.validator.calls();
+
+    // Asked at once: the new process waits for the old one's state before it judges.
+    let second = site.reload().await;
+    let again = site.get(&agent(1), Some(&basic("agent1", "secret"))).await;
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(
+        site.validator.calls(),
+        validations,
+        "the credential judged before the reload is not checked again"
+    );
+    let blocked = site.get(&agent(2), Some(&basic("agent2", "secret"))).await;
+    assert_eq!(
+        blocked.status, 429,
+        "agent2 still blocked: {}",
+        blocked.body
+    );
+    for i in 3..5 {
+        let guess = basic("agent3", &format!("guess{i}"));
+        assert_eq!(site.get(&agent(3), Some(&guess)).await.status, 401);
+    }
+    let blocked = site.get(&agent(3), Some(&basic("agent3", "secret"))).await;
+    assert_eq!(
+        blocked.status, 429,
+        "3 guesses before the reload and 2 after block agent3: {}",
+        blocked.body
+    );
+    second.wait_stderr("state of process").await;
+    assert_eq!(site.ccedge.wait_exit(10).await, Some(0));
+    // The key is kept beside the pid file, for the process only.
+    let key = std::fs::metadata(site.dir.join("ccedge.pid.state-key")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&key.permissions()) & 0o777,
+        0o600
+    );
 }
 
 /// Agents `agents` (by number) each sign in with `password` at once, as streams of one HTTP/2
@@ -1244,34 +1333,8 @@ async fn a_user_revoked_after_a_reload_loses_the_websocket_the_old_process_carri
         .unwrap();
     ws::echoes(&mut alice, "presence").await;
 
-    // A reload by hand: a new process takes the sockets over, the old one keeps alice.
-    let yaml = std::fs::read_to_string(site.dir.join("ccedge.yaml")).unwrap();
-    let socket = site.dir.join("upgrade.sock");
-    let _ = std::fs::remove_file(&socket);
-    let second = Ccedge::launch(
-        &site.dir,
-        "second",
-        &yaml,
-        &["-u"],
-        &[site.port, site.admin],
-    )
-    .await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !socket.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the new process never waited for the sockets"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    site.ccedge.signal("QUIT");
-    while crate::harness::proxy::server_pid(site.admin).await != u64::from(second.pid()) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the new process does not serve"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // A reload: a new process takes the sockets over, the old one keeps alice.
+    let _second = site.reload().await;
     ws::echoes(&mut alice, "still in the old process").await;
 
     // Revoked through the new process's admin listener: the old process closes her WebSocket.

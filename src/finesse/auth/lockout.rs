@@ -15,9 +15,11 @@
 
 use super::verdicts::Digest;
 use crate::config::Lockout as Settings;
-use std::collections::hash_map::RandomState;
+use crate::state::handover::{Failure, LockoutRecord, UserRef, Wall};
+use crate::state::secret::StateKey;
+use siphasher::sip::SipHasher13;
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, Hasher};
+use std::hash::Hasher;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -191,9 +193,16 @@ pub struct Current {
 
 pub struct Lockouts {
     settings: Settings,
-    /// Keys the hash of a user name.
-    names: RandomState,
+    /// Hashes user names, keyed with the state key (every process hashes alike: reloads hand
+    /// the table over).
+    names: SipHasher13,
     table: Mutex<HashMap<Key, Record>>,
+    /// Lifts by the admin listener, kept while the failures and blocks they lifted could still
+    /// arrive from a process draining after a reload: those are not taken over.
+    lifts: Mutex<Vec<(Key, Instant)>>,
+    /// Counts failures and lifts, so that a draining process writes its state only when it
+    /// changed.
+    changes: AtomicU64,
     /// Where `latest_end` counts from.
     origin: Instant,
     /// When the last address block to end ends, in milliseconds since `origin`: past it, no
@@ -202,11 +211,13 @@ pub struct Lockouts {
 }
 
 impl Lockouts {
-    pub fn new(settings: &Settings) -> Self {
+    pub fn new(settings: &Settings, key: &StateKey) -> Self {
         Lockouts {
             settings: settings.clone(),
-            names: RandomState::new(),
+            names: key.name_hasher(),
             table: Mutex::new(HashMap::new()),
+            lifts: Mutex::new(Vec::new()),
+            changes: AtomicU64::new(0),
             origin: Instant::now(),
             latest_end: AtomicU64::new(0),
         }
@@ -223,7 +234,7 @@ impl Lockouts {
     /// The key of `user`'s record at `ip` (none for a name too long to count on its own).
     fn user_key(&self, ip: IpAddr, user: Option<&str>) -> Option<Key> {
         let name = user.filter(|u| !u.is_empty() && u.len() <= USER_MAX)?;
-        let mut hasher = self.names.build_hasher();
+        let mut hasher = self.names;
         for b in name.bytes() {
             hasher.write_u8(b.to_ascii_lowercase());
         }
@@ -245,7 +256,7 @@ impl Lockouts {
             return Some((key, who.user));
         }
         let digest = digest?;
-        let mut hasher = self.names.build_hasher();
+        let mut hasher = self.names;
         hasher.write_u8(0xFF);
         hasher.write(digest);
         let key = Key {
@@ -429,10 +440,7 @@ impl Lockouts {
             // Already blocked: a request that was in flight when the block began.
             return None;
         }
-        let limit = match key.user {
-            Some(_) => self.settings.failures,
-            None => self.settings.address_failures,
-        };
+        let limit = self.limit(key);
         forget_old(&mut record.failures, self.settings.window, now);
         let fingerprint =
             credential.map(|d| u64::from_le_bytes(d[..8].try_into().expect("8 bytes")));
@@ -442,20 +450,38 @@ impl Lockouts {
             return None;
         }
         record.failures.push_back((now, fingerprint));
+        self.changes.fetch_add(1, Ordering::Relaxed);
         if record.failures.len() < limit as usize {
             return None;
         }
+        Some(self.block(record, key, now))
+    }
+
+    /// Blocks `record` (of `key`) from `now`, its failures spent.
+    fn block(&self, record: &mut Record, key: Key, now: Instant) -> Blocked {
         record.failures.clear();
         let until = now + self.settings.block;
+        self.block_until(record, key, until);
+        Blocked {
+            after_failures: self.limit(key),
+            seconds: self.settings.block.as_secs(),
+        }
+    }
+
+    fn block_until(&self, record: &mut Record, key: Key, until: Instant) {
         record.blocked_until = Some(until);
         if key.user.is_none() {
             self.latest_end
                 .fetch_max(self.millis(until), Ordering::Relaxed);
         }
-        Some(Blocked {
-            after_failures: limit,
-            seconds: self.settings.block.as_secs(),
-        })
+    }
+
+    /// The failures that block `key`'s record.
+    fn limit(&self, key: Key) -> u32 {
+        match key.user {
+            Some(_) => self.settings.failures,
+            None => self.settings.address_failures,
+        }
     }
 
     /// Lifts the block of `user` at `ip`, or with no user every block at `ip` (the address's
@@ -469,6 +495,17 @@ impl Lockouts {
             None => None,
         };
         let mut table = self.table();
+        let lift = Key {
+            ip,
+            user: only.and_then(|k| k.user),
+        };
+        {
+            let mut lifts = self.lifts.lock().unwrap_or_else(|p| p.into_inner());
+            let kept = self.settings.window.max(self.settings.block);
+            lifts.retain(|(_, at)| now.duration_since(*at) < kept);
+            lifts.push((lift, now));
+        }
+        self.changes.fetch_add(1, Ordering::Relaxed);
         let mut lifted = false;
         table.retain(|key, record| {
             let chosen = match only {
@@ -507,6 +544,138 @@ impl Lockouts {
             .collect();
         blocked.sort();
         blocked
+    }
+
+    /// A count that changes with every failure and lift.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Relaxed)
+    }
+
+    /// The failures within the window and the blocks, for the process that takes over at a
+    /// reload (what is being judged stays: its outcome is written later).
+    pub fn export(&self, wall: &Wall, now: Instant) -> Vec<LockoutRecord> {
+        let window = self.settings.window;
+        let table = self.table();
+        table
+            .iter()
+            .filter_map(|(key, r)| {
+                let failures: Vec<Failure> = r
+                    .failures
+                    .iter()
+                    .filter(|(t, _)| now.duration_since(*t) < window)
+                    .map(|(t, credential)| Failure {
+                        at_ms: wall.ms(*t),
+                        credential: *credential,
+                    })
+                    .collect();
+                let blocked = r.blocked_until.filter(|u| *u > now).map(|until| {
+                    let from = until.checked_sub(self.settings.block).unwrap_or(until);
+                    (wall.ms(from), wall.ms(until))
+                });
+                if failures.is_empty() && blocked.is_none() {
+                    return None;
+                }
+                let user = key.user.map(|hash| match &r.name {
+                    Some(name) => UserRef::Name(name.to_string()),
+                    None => UserRef::Hash(hash),
+                });
+                Some(LockoutRecord {
+                    ip: key.ip,
+                    user,
+                    failures,
+                    blocked,
+                })
+            })
+            .collect()
+    }
+
+    /// Merges the records of the process this one replaces: failures at `since_ms` or later
+    /// are added to those counted here (each once), the later end of a block is kept, and a
+    /// record whose failures together reach the limit is blocked now. What an admin lifted
+    /// here is not taken back; records keyed by a hash are taken only under the same key. How
+    /// many blocks began here.
+    pub fn import(
+        &self,
+        records: Vec<LockoutRecord>,
+        since_ms: u64,
+        same_key: bool,
+        wall: &Wall,
+        now: Instant,
+    ) -> usize {
+        let mut begun = 0;
+        let window = self.settings.window;
+        let lifts = self.lifts.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut table = self.table();
+        for r in records {
+            let (key, name) = match &r.user {
+                None => (
+                    Key {
+                        ip: r.ip,
+                        user: None,
+                    },
+                    None,
+                ),
+                Some(UserRef::Name(name)) => match self.user_key(r.ip, Some(name)) {
+                    Some(key) => (key, Some(name.as_str())),
+                    None => continue,
+                },
+                Some(UserRef::Hash(hash)) if same_key => (
+                    Key {
+                        ip: r.ip,
+                        user: Some(*hash),
+                    },
+                    None,
+                ),
+                Some(UserRef::Hash(_)) => continue,
+            };
+            let lifted = lifts
+                .iter()
+                .filter(|(l, _)| l.ip == key.ip && (l.user.is_none() || l.user == key.user))
+                .map(|(_, at)| *at)
+                .max();
+            let counts = |ms: u64| ms >= since_ms && lifted.is_none_or(|at| wall.instant(ms) > at);
+            let failures: Vec<Failure> = r
+                .failures
+                .into_iter()
+                .filter(|f| {
+                    counts(f.at_ms) && now.saturating_duration_since(wall.instant(f.at_ms)) < window
+                })
+                .collect();
+            let blocked = r
+                .blocked
+                .filter(|(from, until)| counts(*from) && wall.instant(*until) > now);
+            if failures.is_empty() && blocked.is_none() {
+                continue;
+            }
+            let record = self.record(&mut table, key, name, now);
+            if let Some((_, until)) = blocked {
+                let until = wall.instant(until);
+                if record.blocked_until.is_none_or(|u| u < until) {
+                    self.block_until(record, key, until);
+                }
+            }
+            if record.blocked_for(now).is_some() {
+                continue;
+            }
+            for f in failures {
+                let seen = record.failures.iter().any(|(t, c)| {
+                    // An address counts each credential once a window.
+                    let replayed = key.user.is_none() && f.credential.is_some();
+                    *c == f.credential && (replayed || wall.ms(*t) == f.at_ms)
+                });
+                if !seen {
+                    let t = wall.instant(f.at_ms);
+                    let at = record.failures.partition_point(|(x, _)| *x <= t);
+                    record.failures.insert(at, (t, f.credential));
+                }
+            }
+            forget_old(&mut record.failures, window, now);
+            if record.failures.len() >= self.limit(key) as usize {
+                self.block(record, key, now);
+                begun += 1;
+            }
+        }
+        begun
     }
 
     /// Forgets what no longer matters, then, if the table is still full, the eighth of it that
@@ -554,12 +723,124 @@ mod tests {
     use super::*;
 
     fn lockouts(failures: u32, address_failures: u32, window: u64, block: u64) -> Lockouts {
-        Lockouts::new(&Settings {
+        keyed(failures, address_failures, window, block, &KEY)
+    }
+
+    const KEY: [u8; 32] = [7; 32];
+
+    fn keyed(
+        failures: u32,
+        address_failures: u32,
+        window: u64,
+        block: u64,
+        key: &[u8],
+    ) -> Lockouts {
+        let settings = Settings {
             failures,
             address_failures,
             window: Duration::from_secs(window),
             block: Duration::from_secs(block),
-        })
+        };
+        Lockouts::new(&settings, &StateKey::from_bytes(key))
+    }
+
+    /// What `old` hands over, through the file's form.
+    fn handed(old: &Lockouts, now: Instant) -> Vec<LockoutRecord> {
+        let records = old.export(&Wall::process(), now);
+        serde_json::from_slice(&serde_json::to_vec(&records).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_reload_hands_failures_and_blocks_to_the_next_process() {
+        let wall = Wall::process();
+        let t = Instant::now();
+        let old = lockouts(5, 6, 30, 1800);
+        for i in 0..3 {
+            old.failed(who(1, "alice"), Some(&digest(i)), t);
+        }
+        for i in 0..6 {
+            old.failed(who(2, &format!("u{i}")), Some(&digest(i)), t);
+        }
+        old.failed(who(3, ""), Some(&digest(9)), t);
+        let new = lockouts(5, 6, 30, 1800);
+        new.failed(who(4, "bob"), Some(&digest(1)), t);
+        new.failed(who(4, "bob"), Some(&digest(2)), t);
+        for i in 3..6 {
+            old.failed(who(4, "bob"), Some(&digest(i)), t);
+        }
+        assert_eq!(
+            new.import(handed(&old, t), 0, true, &wall, t),
+            1,
+            "bob: 2 + 3"
+        );
+        assert_eq!(blocked_as(&new, who(2, "carol"), t), Some(Kind::Address));
+        assert_eq!(blocked_as(&new, who(4, "Bob"), t), Some(Kind::User));
+        assert_eq!(
+            blocked_as(&new, who(4, "carol"), t),
+            None,
+            "5 of 6 for the address"
+        );
+        // Alice has two failures left, the token (a user of its own) four.
+        new.failed(who(1, "ALICE"), Some(&digest(3)), t);
+        assert_eq!(blocked_as(&new, who(1, "alice"), t), None);
+        new.failed(who(1, "alice"), Some(&digest(4)), t);
+        assert_eq!(blocked_as(&new, who(1, "alice"), t), Some(Kind::User));
+        let token = new.counted_as(who(3, ""), Some(&digest(9))).unwrap().0;
+        assert_eq!(new.table().get(&token).unwrap().failures.len(), 1);
+        // The same file read again counts nothing twice.
+        new.import(handed(&old, t), 0, true, &wall, t);
+        assert_eq!(new.table().get(&token).unwrap().failures.len(), 1);
+        assert_eq!(blocked_as(&new, who(4, "carol"), t), None);
+    }
+
+    #[test]
+    fn a_lift_holds_against_what_a_draining_process_hands_over_later() {
+        let wall = Wall::process();
+        let t = Instant::now();
+        let old = lockouts(5, 3, 30, 1800);
+        for i in 0..3 {
+            old.failed(who(2, &format!("u{i}")), Some(&digest(i)), t);
+        }
+        let new = lockouts(5, 3, 30, 1800);
+        new.import(handed(&old, t), 0, true, &wall, t);
+        assert_eq!(blocked_as(&new, who(2, "u0"), t), Some(Kind::Address));
+        assert!(new.clear(ip(2), None, t + Duration::from_millis(5)));
+        new.import(
+            handed(&old, t),
+            0,
+            true,
+            &wall,
+            t + Duration::from_millis(10),
+        );
+        assert_eq!(blocked_as(&new, who(2, "u0"), t), None);
+        // What happens after the lift still counts.
+        let later = t + Duration::from_millis(20);
+        for i in 3..8 {
+            old.failed(who(2, "dave"), Some(&digest(i)), later);
+        }
+        new.import(handed(&old, later), wall.ms(later), true, &wall, later);
+        assert_eq!(blocked_as(&new, who(2, "dave"), later), Some(Kind::User));
+        assert_eq!(blocked_as(&new, who(2, "erin"), later), None);
+    }
+
+    #[test]
+    fn under_another_key_only_what_is_keyed_by_name_is_taken() {
+        let wall = Wall::process();
+        let t = Instant::now();
+        let old = lockouts(2, 20, 30, 1800);
+        for i in 0..2 {
+            old.failed(who(1, "alice"), Some(&digest(i)), t);
+            old.failed(
+                who(3, ""),
+                Some(&digest(9)),
+                t + Duration::from_millis(u64::from(i)),
+            );
+        }
+        let new = keyed(2, 20, 30, 1800, &[8; 32]);
+        new.import(handed(&old, t), 0, false, &wall, t);
+        assert_eq!(blocked_as(&new, who(1, "alice"), t), Some(Kind::User));
+        let token = new.counted_as(who(3, ""), Some(&digest(9))).unwrap().0;
+        assert!(new.table().get(&token).is_none());
     }
 
     fn ip(n: u32) -> IpAddr {

@@ -20,6 +20,8 @@ use crate::config::{AuthSettings, Limits};
 use crate::edge::identity::{self, ClientIdentity};
 use crate::edge::reply::Refusal;
 use crate::observe::metrics::AuthMetrics;
+use crate::state::handover::{Arrival, SiteState, Wall};
+use crate::state::Continuity;
 use async_trait::async_trait;
 use credential::{Credential, Presented};
 use http::header::HeaderValue;
@@ -83,6 +85,8 @@ pub struct Auth {
     /// `limits.ipv6_prefix`: the lockout counts an IPv6 client by its network.
     v6_prefix: u8,
     verdicts: Arc<Verdicts>,
+    /// Whether the state of the process this one replaced has arrived (after a reload).
+    arrival: Arc<Arrival>,
     methods: Vec<Box<dyn Method>>,
     keys: Option<Arc<jwt::Keys>>,
     /// The `WWW-Authenticate` of a 401, and the one for a browser's scripts (see `challenge`).
@@ -92,10 +96,15 @@ pub struct Auth {
 }
 
 impl Auth {
-    pub fn new(service: &str, settings: &AuthSettings, limits: &Limits) -> Auth {
+    pub fn new(
+        service: &str,
+        settings: &AuthSettings,
+        limits: &Limits,
+        state: &Continuity,
+    ) -> Auth {
         let metrics = Arc::new(AuthMetrics::new(service));
         let revocations = Arc::new(Revocations::new(settings.cache_for));
-        let verdicts = Arc::new(Verdicts::new(revocations.clone()));
+        let verdicts = Arc::new(Verdicts::new(revocations.clone(), &state.key));
         let mut methods: Vec<Box<dyn Method>> = Vec::new();
         let mut keys = None;
         let mut challenge = format!("realm=\"{service}\", charset=\"UTF-8\"");
@@ -130,9 +139,10 @@ impl Auth {
             revocations,
             service: service.to_string(),
             public_paths: settings.public_paths.clone(),
-            lockouts: Lockouts::new(&settings.lockout),
+            lockouts: Lockouts::new(&settings.lockout, &state.key),
             v6_prefix: limits.ipv6_prefix,
             verdicts,
+            arrival: state.arrival.clone(),
             methods,
             keys,
             challenge: HeaderValue::from_str(&format!("Basic {challenge}"))
@@ -161,6 +171,8 @@ impl Auth {
         if public || is_preflight(req) {
             return Decision::Pass { user: None };
         }
+        // Just after a reload: the failures and blocks of the previous process first.
+        self.arrival.wait().await;
         if let Some(left) = self.lockouts.blocked(client.key, Instant::now()) {
             return self.blocked(client, Kind::Address, None, left);
         }
@@ -440,6 +452,43 @@ impl Auth {
             }
         }
         lifted
+    }
+
+    /// A count that changes with the lockouts and the kept verdicts.
+    pub fn changes(&self) -> u64 {
+        self.lockouts.changes() + self.verdicts.changes()
+    }
+
+    /// The lockouts and kept verdicts, for the process that takes over at a reload.
+    pub fn export(&self, wall: &Wall, now: Instant) -> SiteState {
+        SiteState {
+            lockouts: self.lockouts.export(wall, now),
+            verdicts: self.verdicts.export(wall, now),
+        }
+    }
+
+    /// Merges what the process this one replaced handed over (see `state::handover`).
+    pub fn import(
+        &self,
+        state: SiteState,
+        since_ms: u64,
+        same_key: bool,
+        wall: &Wall,
+        now: Instant,
+    ) {
+        let begun = self
+            .lockouts
+            .import(state.lockouts, since_ms, same_key, wall, now);
+        if begun > 0 {
+            log::warn!(
+                "{begun} block(s) begun: the failed logins counted here and in the process \
+                 before the reload together reach the limit (service {})",
+                self.service
+            );
+        }
+        if same_key {
+            self.verdicts.import(state.verdicts, since_ms, wall, now);
+        }
     }
 
     /// A client key as `/status` and messages show it.

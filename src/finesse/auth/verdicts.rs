@@ -1,14 +1,18 @@
 //! Verdicts on credentials, kept for a while under a keyed hash of the credential (HMAC-SHA256
-//! with a key drawn at random when the process starts): the credential itself is never stored,
-//! and a hash is worthless outside this process. The store is bounded (least useful entries
-//! go first), and concurrent requests with one new credential wait for a single judgement.
+//! keyed with the state key, `state::secret`): the credential itself is never stored, and a hash
+//! is worthless without the key. The store is bounded (least useful entries go first), and
+//! concurrent requests with one new credential wait for a single judgement. A reload hands the
+//! kept verdicts to the next process (`export`, `import`).
 
 use super::revocation::Revocations;
+use crate::state::handover::{KeptKind, KeptVerdict, Wall};
+use crate::state::secret::StateKey;
 use hmac::{Hmac, Mac};
 use pingora_memory_cache::MemoryCache;
 use sha2::Sha256;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
@@ -54,28 +58,126 @@ struct Entry {
     verdict: Verdict,
     /// When it was judged: a revocation of its user after this voids it.
     judged: Instant,
+    /// When it is no longer kept.
+    expires: Instant,
 }
 
 /// Judgements in progress, each with when it began.
 type Pending = Mutex<HashMap<Digest, Arc<OnceCell<(Judged, Instant)>>>>;
 
 pub struct Verdicts {
-    /// HMAC-SHA256 keyed with 32 random bytes, ready to hash (the key's blocks done once).
+    /// HMAC-SHA256 keyed with the state key, ready to hash (the key's blocks done once).
     mac: Hmac<Sha256>,
     kept: MemoryCache<Digest, Entry>,
+    /// The digests kept, in the order they were (some since evicted): what a reload hands over
+    /// is looked up from them.
+    order: Mutex<VecDeque<Digest>>,
+    /// Verdicts kept so far (a count).
+    changes: AtomicU64,
     pending: Pending,
     revocations: Arc<Revocations>,
 }
 
 impl Verdicts {
     /// `revocations`: users whose verdicts judged before their revocation no longer count.
-    pub fn new(revocations: Arc<Revocations>) -> Self {
-        let key: [u8; 32] = rand::random();
+    pub fn new(revocations: Arc<Revocations>, key: &StateKey) -> Self {
         Verdicts {
-            mac: Hmac::new_from_slice(&key).expect("any key length"),
+            mac: key.mac(),
             kept: MemoryCache::new(MAX_VERDICTS),
+            order: Mutex::new(VecDeque::new()),
+            changes: AtomicU64::new(0),
             pending: Mutex::new(HashMap::new()),
             revocations,
+        }
+    }
+
+    /// Keeps `verdict` on `digest`, judged at `judged`, for `keep`.
+    fn keep(&self, digest: Digest, verdict: Verdict, judged: Instant, keep: Duration) {
+        let entry = Entry {
+            digest,
+            verdict,
+            judged,
+            expires: judged + keep,
+        };
+        self.kept.put(&digest, entry, Some(keep));
+        self.changes.fetch_add(1, Ordering::Relaxed);
+        let mut order = self.order.lock().unwrap_or_else(|p| p.into_inner());
+        order.push_back(digest);
+        if order.len() > 2 * MAX_VERDICTS {
+            // Keep only what is still there, each once.
+            let mut seen = HashSet::new();
+            let mut kept: VecDeque<Digest> = order
+                .iter()
+                .rev()
+                .filter(|d| seen.insert(**d) && self.kept.get(*d).0.is_some())
+                .copied()
+                .collect();
+            kept.make_contiguous().reverse();
+            *order = kept;
+        }
+    }
+
+    /// A count that changes with every verdict kept.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Relaxed)
+    }
+
+    /// The verdicts kept now (valid ones of users revoked since left out), for the process
+    /// that takes over at a reload.
+    pub fn export(&self, wall: &Wall, now: Instant) -> Vec<KeptVerdict> {
+        let order: Vec<Digest> = self
+            .order
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .copied()
+            .collect();
+        let mut seen = HashSet::new();
+        order
+            .iter()
+            .rev()
+            .filter(|d| seen.insert(**d))
+            .filter_map(|d| {
+                let (entry, _) = self.kept.get(d);
+                let entry = entry.filter(|e| e.digest == *d && e.expires > now)?;
+                let verdict = match self.kept(d)? {
+                    Verdict::Valid { user } => KeptKind::Valid {
+                        user: user.map(|u| u.to_string()),
+                    },
+                    Verdict::Invalid(why) => KeptKind::Invalid {
+                        why: why.to_string(),
+                    },
+                    Verdict::Unavailable(_) => return None,
+                };
+                Some(KeptVerdict {
+                    digest: hex(d),
+                    verdict,
+                    judged_ms: wall.ms(entry.judged),
+                    expires_ms: wall.ms(entry.expires),
+                })
+            })
+            .collect()
+    }
+
+    /// Adds the verdicts of the process this one replaces judged at `since_ms` or later, those
+    /// it does not hold (a revocation known here still voids them).
+    pub fn import(&self, verdicts: Vec<KeptVerdict>, since_ms: u64, wall: &Wall, now: Instant) {
+        for v in verdicts {
+            let Some(digest) = unhex(&v.digest) else {
+                continue;
+            };
+            let expires = wall.instant(v.expires_ms);
+            if v.judged_ms < since_ms || expires <= now || self.kept(&digest).is_some() {
+                continue;
+            }
+            let verdict = match v.verdict {
+                KeptKind::Valid { user } => Verdict::Valid {
+                    user: user.map(Arc::from),
+                },
+                KeptKind::Invalid { why } => Verdict::Invalid(why.into()),
+            };
+            let judged = wall.instant(v.judged_ms);
+            self.keep(digest, verdict, judged, expires - judged);
         }
     }
 
@@ -153,12 +255,7 @@ impl Verdicts {
             .await
             .clone();
         if ran && !judged.keep.is_zero() {
-            let entry = Entry {
-                digest,
-                verdict: judged.verdict.clone(),
-                judged: began,
-            };
-            self.kept.put(&digest, entry, Some(judged.keep));
+            self.keep(digest, judged.verdict.clone(), began, judged.keep);
         }
         let source = if ran { Source::Judged } else { Source::Shared };
         (judged, began, source)
@@ -169,6 +266,21 @@ impl Verdicts {
     fn pending_len(&self) -> usize {
         self.pending.lock().unwrap().len()
     }
+}
+
+fn hex(digest: &Digest) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Digest> {
+    let mut digest = [0; 32];
+    if text.len() != 64 || !text.is_ascii() {
+        return None;
+    }
+    for (i, byte) in digest.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(digest)
 }
 
 /// One request's interest in a pending judgement: the last one out removes it, whether the
@@ -207,6 +319,10 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    fn key() -> StateKey {
+        StateKey::from_bytes(&rand::random::<[u8; 32]>())
+    }
+
     fn valid(user: &str) -> Judged {
         Judged {
             verdict: Verdict::Valid {
@@ -217,9 +333,9 @@ mod tests {
     }
 
     #[test]
-    fn digests_are_keyed_per_store() {
-        let a = Verdicts::new(Arc::new(Revocations::new(Duration::from_secs(900))));
-        let b = Verdicts::new(Arc::new(Revocations::new(Duration::from_secs(900))));
+    fn digests_are_keyed() {
+        let a = Verdicts::new(Arc::new(Revocations::new(Duration::from_secs(900))), &key());
+        let b = Verdicts::new(Arc::new(Revocations::new(Duration::from_secs(900))), &key());
         assert_eq!(a.digest(b"Basic x"), a.digest(b"Basic x"));
         assert_ne!(a.digest(b"Basic x"), a.digest(b"Basic y"));
         assert_ne!(a.digest(b"Basic x"), b.digest(b"Basic x"));
@@ -227,7 +343,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_verdict_is_kept_and_reused() {
-        let v = Verdicts::new(Arc::new(Revocations::new(Duration::from_secs(900))));
+        let v = Verdicts::new(Arc::new(Revocations::new(Duration::from_secs(900))), &key());
         let d = v.digest(b"Basic x");
         let (verdict, source) = v.get_or_judge(d, || async { valid("a") }).await;
         assert_eq!(source, Source::Judged);
@@ -239,7 +355,7 @@ mod tests {
 
     #[tokio::test]
     async fn zero_keep_is_not_kept() {
-        let v = Verdicts::new(Arc::new(Revocations::new(Duration::from_secs(900))));
+        let v = Verdicts::new(Arc::new(Revocations::new(Duration::from_secs(900))), &key());
         let d = v.digest(b"Bearer t");
         let down = || async {
             Judged {
@@ -253,9 +369,10 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_requests_share_one_judgement() {
-        let v = Arc::new(Verdicts::new(Arc::new(Revocations::new(
-            Duration::from_secs(900),
-        ))));
+        let v = Arc::new(Verdicts::new(
+            Arc::new(Revocations::new(Duration::from_secs(900))),
+            &key(),
+        ));
         let calls = Arc::new(AtomicUsize::new(0));
         let d = v.digest(b"Basic new");
         let tasks: Vec<_> = (0..20)
@@ -280,9 +397,10 @@ mod tests {
 
     #[tokio::test]
     async fn waiters_going_away_together_leave_nothing_behind() {
-        let v = Arc::new(Verdicts::new(Arc::new(Revocations::new(
-            Duration::from_secs(900),
-        ))));
+        let v = Arc::new(Verdicts::new(
+            Arc::new(Revocations::new(Duration::from_secs(900))),
+            &key(),
+        ));
         let d = v.digest(b"Basic pair");
         for _ in 0..200 {
             let tasks: Vec<_> = (0..2)
@@ -311,7 +429,7 @@ mod tests {
     #[tokio::test]
     async fn a_check_running_when_its_user_is_revoked_is_judged_again_for_all() {
         let revocations = Arc::new(Revocations::new(Duration::from_secs(900)));
-        let v = Arc::new(Verdicts::new(revocations.clone()));
+        let v = Arc::new(Verdicts::new(revocations.clone(), &key()));
         let d = v.digest(b"Basic agent8");
         let runs = Arc::new(AtomicUsize::new(0));
         let ask = |v: Arc<Verdicts>, runs: Arc<AtomicUsize>| async move {
@@ -345,7 +463,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_abandoned_judgement_leaves_nothing_behind() {
-        let v = Verdicts::new(Arc::new(Revocations::new(Duration::from_secs(900))));
+        let v = Verdicts::new(Arc::new(Revocations::new(Duration::from_secs(900))), &key());
         let d = v.digest(b"Basic gone");
         let slow = v.get_or_judge(d, || async {
             tokio::time::sleep(Duration::from_secs(60)).await;
@@ -357,5 +475,55 @@ mod tests {
         assert_eq!(v.pending_len(), 0);
         let (_, source) = v.get_or_judge(d, || async { valid("a") }).await;
         assert_eq!(source, Source::Judged);
+    }
+
+    #[tokio::test]
+    async fn kept_verdicts_pass_to_the_next_process_and_a_revocation_there_voids_them() {
+        let key = key();
+        let wall = Wall::process();
+        let old = Verdicts::new(Arc::new(Revocations::new(Duration::from_secs(900))), &key);
+        let (a, b, c) = (
+            old.digest(b"Basic a"),
+            old.digest(b"Basic b"),
+            old.digest(b"Basic c"),
+        );
+        old.get_or_judge(a, || async { valid("agent1") }).await;
+        old.get_or_judge(b, || async { valid("agent2") }).await;
+        let refused = || async {
+            Judged {
+                verdict: Verdict::Invalid("wrong password".into()),
+                keep: Duration::from_secs(60),
+            }
+        };
+        old.get_or_judge(c, refused).await;
+        let exported = old.export(&wall, Instant::now());
+        assert_eq!(exported.len(), 3);
+        // Through the file's form.
+        let exported: Vec<KeptVerdict> =
+            serde_json::from_slice(&serde_json::to_vec(&exported).unwrap()).unwrap();
+
+        let revocations = Arc::new(Revocations::new(Duration::from_secs(900)));
+        let new = Verdicts::new(revocations.clone(), &key);
+        assert_eq!(new.digest(b"Basic a"), a, "the same key hashes alike");
+        revocations.revoke("AGENT2");
+        new.import(exported.clone(), 0, &wall, Instant::now());
+        assert_eq!(new.kept(&a), Some(valid("agent1").verdict));
+        assert_eq!(new.kept(&b), None, "revoked after it was judged");
+        assert_eq!(
+            new.kept(&c),
+            Some(Verdict::Invalid("wrong password".into()))
+        );
+        let (_, source) = new
+            .get_or_judge(a, || async { panic!("judged again after a reload") })
+            .await;
+        assert_eq!(source, Source::Kept);
+
+        // Only what was judged since the last file is taken again; expired ones never.
+        let later = Verdicts::new(Arc::new(Revocations::new(Duration::from_secs(900))), &key);
+        let after_all = wall.ms(Instant::now()) + 1;
+        later.import(exported.clone(), after_all, &wall, Instant::now());
+        assert_eq!(later.kept(&a), None);
+        later.import(exported, 0, &wall, Instant::now() + Duration::from_secs(61));
+        assert_eq!(later.kept(&a), None, "expired");
     }
 }

@@ -1,0 +1,18 @@
+//! State that outlives a process: what the login lockouts and the verdict stores know, handed
+//! from a process to the next at a reload (`handover`), and the secret their hashes are keyed
+//! with (`secret`), which every process computes alike.
+
+pub mod handover;
+pub mod secret;
+
+use handover::Arrival;
+use secret::StateKey;
+use std::sync::Arc;
+
+/// What a site's authentication needs from the state: the key its hashes are keyed with, and
+/// when the state of the process this one replaces has arrived.
+#[derive(Clone)]
+pub struct Continuity {
+    pub key: Arc<StateKey>,
+    pub arrival: Arc<Arrival>,
+}
