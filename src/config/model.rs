@@ -59,6 +59,9 @@ pub struct ServerSettings {
     pub admin: Option<AdminSettings>,
 }
 
+/// The fewest bytes a state key may have.
+pub const STATE_KEY_MIN: usize = 32;
+
 /// The admin listener.
 #[derive(Debug, Clone)]
 pub struct AdminSettings {

@@ -21,7 +21,7 @@ use crate::observe::admin::{self, Purged, StatusSource};
 use crate::observe::lifecycle::Lifecycle;
 use crate::observe::metrics::Totals;
 use crate::observe::throttle::OncePerSecond;
-use crate::state::handover::{Carried, SiteState, Wall};
+use crate::state::handover::{Carried, Clock, SiteState};
 use crate::state::Continuity;
 use async_trait::async_trait;
 pub use auth::signing_keys_in;
@@ -301,24 +301,36 @@ impl Carried for FinesseSite {
         self.auth.as_ref().map_or(0, Auth::changes)
     }
 
-    fn export(&self, wall: &Wall, now: Instant) -> SiteState {
+    fn export(&self, clock: &Clock, now: Instant) -> SiteState {
         self.auth
             .as_ref()
-            .map(|a| a.export(wall, now))
+            .map(|a| a.export(clock, now))
             .unwrap_or_default()
     }
 
-    fn import(&self, state: SiteState, since_ms: u64, same_key: bool, wall: &Wall, now: Instant) {
+    fn import(&self, state: SiteState, from: u32, same_key: bool, clock: &Clock, now: Instant) {
         if let Some(auth) = &self.auth {
-            auth.import(state, since_ms, same_key, wall, now);
+            auth.import(state, from, same_key, clock, now);
+        }
+    }
+
+    fn revoked_before(&self, user: &str, at: Instant) {
+        if let Some(auth) = &self.auth {
+            auth.revoked_before(user, at);
+        }
+    }
+
+    fn stop_judging(&self) {
+        if let Some(auth) = &self.auth {
+            auth.stop_judging();
         }
     }
 }
 
 impl FinesseSite {
-    /// Whether the site has state a reload hands over.
-    pub fn carries_state(&self) -> bool {
-        self.auth.is_some()
+    /// How long the site's verdicts are kept, when it has state a reload hands over.
+    pub fn carried_state(&self) -> Option<Duration> {
+        self.auth.as_ref().map(Auth::cache_for)
     }
 }
 

@@ -76,7 +76,7 @@ impl ProcessDrain {
         let handed_over = self.handed_over();
         if handed_over {
             // First: the new process waits for it before it judges a credential.
-            self.handover.write();
+            self.handover.hand_over();
         }
         let lifecycle = self.lifecycle.clone();
         log::info!(

@@ -16,7 +16,7 @@ use crate::observe::admin::{Admin, AdminProcess, StatusSource};
 use crate::observe::lifecycle::{Lifecycle, PhaseWatch};
 use crate::run::drain::ProcessDrain;
 use crate::run::signals::{self, ReopenOnSignal};
-use crate::state::handover::{Collect, Handover};
+use crate::state::handover::Handover;
 use crate::state::secret::StateKey;
 use crate::state::Continuity;
 use pingora::apps::http_app::HttpServer;
@@ -250,8 +250,8 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
             &continuity,
         ));
         sources.push(site.clone());
-        if site.carries_state() {
-            handover.add(site.clone());
+        if let Some(keep) = site.carried_state() {
+            handover.add(site.clone(), keep);
         }
         if let Some(refresh) = site.key_refresh() {
             let name = format!("{} signing keys", f.name);
@@ -307,10 +307,9 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
             f.listen_ports()
         );
     }
-    server.add_service(background_service(
-        "state hand-over",
-        Collect(handover.clone()),
-    ));
+    if let Some(collect) = handover.collector() {
+        server.add_service(background_service("state hand-over", collect));
+    }
     let drained_sources = sources.clone();
     if let Some(settings) = &config.server.admin {
         let addr = settings.listen;

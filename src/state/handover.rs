@@ -1,15 +1,20 @@
 //! State handed from a process to the next at a reload, so that a reload changes nothing an
-//! agent or an attacker can notice: the failures and blocks of the login lockouts, and the kept
-//! verdicts on credentials (under the same keyed hashes: `secret`).
+//! agent or an attacker can notice: the failures, blocks and lifts of the login lockouts, and
+//! the kept verdicts on credentials (under the same keyed hashes: `secret`).
 //!
-//! A process that hands its sockets over writes what it knows to `<pid_file>.state-<pid>.json`
-//! at once, then again every second while it drains if anything changed (requests in flight
-//! still fail logins). The new process reads those files every 200 ms and merges what is new
-//! in each: failures are united, the later end of a block is kept, verdicts it lacks are added
-//! (a revocation it knows still voids them). Until the first file written after it started
-//! arrived (1 s at most), its authentication waits: a guess must not be judged before the
-//! failures that came before it are known. Files of processes gone are removed once read.
+//! A process that hands its sockets over judges no new credential from then on (a request that
+//! needs one gets 503 and comes back to the new process) and writes what it knows to
+//! `<pid_file>.state-<pid>.json` at once, the credentials it is still judging included (the new
+//! process holds their places), then again every second it changes while it drains. The new
+//! process reads those files every 200 ms and merges each whole, idempotently: failures are
+//! united (each once), the later end of a block is kept, lifts apply whichever file brings them,
+//! verdicts it lacks are added (a revocation it knows still voids them). Until the file of the
+//! process that handed over to it arrived (1 s at most), its authentication waits: a guess must
+//! not be judged before the failures that came before it are known. Files of processes gone are
+//! removed once read. Times are milliseconds of the machine's monotonic clock, which every
+//! process reads alike and no clock step moves.
 
+use crate::observe::draining;
 use crate::observe::own_files::{read_own, replace};
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -20,53 +25,61 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 /// How long a new process waits for the state of the process it replaces.
 pub const ARRIVAL_MAX: Duration = Duration::from_secs(1);
 /// How often the new process looks for state files.
 const COLLECT_EVERY: Duration = Duration::from_millis(200);
-/// The largest state file read (a full lockout table and verdict store of several sites).
-const STATE_MAX_BYTES: u64 = 256 * 1024 * 1024;
+/// The largest state file read (a full lockout table and verdict store of a few sites).
+const STATE_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
-/// The process's clock in both forms, fixed once: an `Instant` and the wall-clock milliseconds
-/// it stands for, so that a time converted there and back is the same every time.
+/// The process's clock in both forms, fixed once: an `Instant` and the milliseconds of the
+/// machine's monotonic clock it stands for (the clock `Instant` reads), so that every process
+/// converts alike and a time converted there and back is the same every time.
 #[derive(Clone, Copy)]
-pub struct Wall {
+pub struct Clock {
     instant: Instant,
-    epoch_ms: u64,
+    machine_ms: u64,
 }
 
-impl Wall {
-    pub fn process() -> Wall {
-        static WALL: OnceLock<Wall> = OnceLock::new();
-        *WALL.get_or_init(|| Wall {
-            instant: Instant::now(),
-            epoch_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+impl Clock {
+    pub fn process() -> Clock {
+        static CLOCK: OnceLock<Clock> = OnceLock::new();
+        *CLOCK.get_or_init(|| {
+            let instant = Instant::now();
+            let machine = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+                .map(Duration::from)
+                .unwrap_or_default();
+            Clock {
+                instant,
+                machine_ms: machine.as_millis() as u64,
+            }
         })
     }
 
-    /// `t` in milliseconds since the Unix epoch.
+    /// `t` in milliseconds of the machine's monotonic clock.
     pub fn ms(&self, t: Instant) -> u64 {
         if t >= self.instant {
-            self.epoch_ms + (t - self.instant).as_millis() as u64
+            self.machine_ms + (t - self.instant).as_millis() as u64
         } else {
-            self.epoch_ms
+            self.machine_ms
                 .saturating_sub((self.instant - t).as_millis() as u64)
         }
     }
 
-    /// The instant `ms` (milliseconds since the Unix epoch) stands for.
-    pub fn instant(&self, ms: u64) -> Instant {
-        if ms >= self.epoch_ms {
-            self.instant + Duration::from_millis(ms - self.epoch_ms)
+    /// The instant `ms` stands for (never later than `latest`: an imported time is clamped).
+    pub fn instant(&self, ms: u64, latest: Instant) -> Instant {
+        let t = if ms >= self.machine_ms {
+            self.instant
+                .checked_add(Duration::from_millis(ms - self.machine_ms))
+                .unwrap_or(latest)
         } else {
-            let before = Duration::from_millis(self.epoch_ms - ms);
+            let before = Duration::from_millis(self.machine_ms - ms);
             self.instant.checked_sub(before).unwrap_or(self.instant)
-        }
+        };
+        t.min(latest)
     }
 }
 
@@ -74,18 +87,21 @@ impl Wall {
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Snapshot {
     pub pid: u32,
-    /// When it was written (milliseconds since the Unix epoch).
+    /// When it was written.
     pub written_ms: u64,
+    /// When the process handed its sockets over: the process that took them began before.
+    pub handed_over_ms: u64,
     /// The fingerprint of the key its hashes are keyed with: under another key, only what is
     /// keyed by name can be taken.
     pub key: String,
     pub sites: BTreeMap<String, SiteState>,
 }
 
-/// One site's lockouts and kept verdicts.
+/// One site's lockouts, lifts and kept verdicts.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SiteState {
     pub lockouts: Vec<LockoutRecord>,
+    pub lifts: Vec<Lift>,
     pub verdicts: Vec<KeptVerdict>,
 }
 
@@ -97,8 +113,21 @@ pub struct LockoutRecord {
     /// None: the address's own record.
     pub user: Option<UserRef>,
     pub failures: Vec<Failure>,
-    /// The block, when there is one: when it began and ends (milliseconds since the epoch).
+    /// Credentials being judged when the file was written: each holds a place.
+    #[serde(default)]
+    pub judging: u32,
+    /// The block, when there is one: when it began and when it ends.
     pub blocked: Option<(u64, u64)>,
+}
+
+/// A block lifted (and failures forgotten) by the admin listener: what happened before it at
+/// that address (or to that user there) no longer counts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lift {
+    pub ip: IpAddr,
+    /// None: every record at the address.
+    pub user: Option<UserRef>,
+    pub at_ms: u64,
 }
 
 /// Whose record: a user name, or the keyed hash a credential naming no user counts under.
@@ -135,12 +164,17 @@ pub enum KeptKind {
 /// A site whose state a reload hands over.
 pub trait Carried: Send + Sync {
     fn site(&self) -> &str;
-    /// A count that changes whenever the state does (a failure, a block, a lift, a verdict).
+    /// A count that changes whenever the state does (a failure, a block, a lift, a verdict, a
+    /// revocation).
     fn changes(&self) -> u64;
-    fn export(&self, wall: &Wall, now: Instant) -> SiteState;
-    /// Merges `state`, taking only what happened at `since_ms` or later (what an earlier file
-    /// of the same process did not hold); `same_key`: its hashes are keyed as this process's.
-    fn import(&self, state: SiteState, since_ms: u64, same_key: bool, wall: &Wall, now: Instant);
+    fn export(&self, clock: &Clock, now: Instant) -> SiteState;
+    /// Merges `state`, all of the latest file of process `from` (merging a file again changes
+    /// nothing); `same_key`: its hashes are keyed as this process's.
+    fn import(&self, state: SiteState, from: u32, same_key: bool, clock: &Clock, now: Instant);
+    /// `user` was revoked at `at` (before this process started).
+    fn revoked_before(&self, user: &str, at: Instant);
+    /// From now on, judge no new credential (the process handed its sockets over).
+    fn stop_judging(&self);
 }
 
 /// Whether the state of the process this one replaces has arrived: authentication waits for
@@ -186,16 +220,25 @@ pub fn state_file(pid_file: &str, pid: u32) -> PathBuf {
     PathBuf::from(format!("{pid_file}.state-{pid}.json"))
 }
 
+/// A state file as last seen: read again only when one of these changed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    inode: u64,
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
 pub struct Handover {
     pid_file: String,
     key: String,
     sites: Mutex<Vec<Arc<dyn Carried>>>,
     arrival: Arc<Arrival>,
-    /// When this process started (milliseconds since the epoch): a file written since comes
-    /// from the process it replaces, after the hand-over.
+    /// When this process started: the process that hands over to it does so later.
     started_ms: u64,
-    /// Per process whose files were read: when the last one read was written.
-    read: Mutex<HashMap<u32, u64>>,
+    /// When this process handed its sockets over, once it did.
+    handed_over_ms: Mutex<Option<u64>>,
+    /// The state files read, as they were.
+    seen: Mutex<HashMap<u32, Seen>>,
     /// The sites' change count when this process last wrote its file.
     written: Mutex<Option<u64>>,
 }
@@ -203,7 +246,7 @@ pub struct Handover {
 impl Handover {
     /// `upgrade`: this process takes over from another, whose state it waits for.
     pub fn new(pid_file: &str, key: &str, upgrade: bool) -> Arc<Handover> {
-        let wall = Wall::process();
+        let clock = Clock::process();
         Arc::new(Handover {
             pid_file: pid_file.to_string(),
             key: key.to_string(),
@@ -213,8 +256,9 @@ impl Handover {
             } else {
                 Arrival::done()
             },
-            started_ms: wall.ms(Instant::now()),
-            read: Mutex::new(HashMap::new()),
+            started_ms: clock.ms(Instant::now()),
+            handed_over_ms: Mutex::new(None),
+            seen: Mutex::new(HashMap::new()),
             written: Mutex::new(None),
         })
     }
@@ -223,7 +267,17 @@ impl Handover {
         self.arrival.clone()
     }
 
-    pub fn add(&self, site: Arc<dyn Carried>) {
+    /// Adds a site with state to hand over, and tells it the revocations of the last `keep`
+    /// (recorded beside the pid file by the processes before), so that no verdict handed over
+    /// outlives its user's revocation.
+    pub fn add(&self, site: Arc<dyn Carried>, keep: Duration) {
+        let now_ms = crate::observe::access_log::epoch_ms();
+        let since = now_ms.saturating_sub(keep.as_millis());
+        let now = Instant::now();
+        for (at, user) in draining::revocations_since(&self.pid_file, since) {
+            let ago = Duration::from_millis(u64::try_from(now_ms.saturating_sub(at)).unwrap_or(0));
+            site.revoked_before(&user, now.checked_sub(ago).unwrap_or(now));
+        }
         self.sites
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -234,10 +288,39 @@ impl Handover {
         self.sites.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// What reads the files of other processes while this one serves; none when no site has
+    /// state to hand over (nothing is then waited for).
+    pub fn collector(self: &Arc<Self>) -> Option<Collect> {
+        if self.sites().is_empty() {
+            self.arrival.arrive();
+            return None;
+        }
+        Some(Collect(self.clone()))
+    }
+
+    /// The sockets went to the next process: judge no new credential, and write the state.
+    pub fn hand_over(&self) {
+        for site in self.sites() {
+            site.stop_judging();
+        }
+        *self
+            .handed_over_ms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Clock::process().ms(Instant::now()));
+        self.write();
+    }
+
     /// Writes this process's state for the next, when it changed since the last time (or
     /// always, the first time).
     pub fn write(&self) {
         let sites = self.sites();
+        let Some(handed_over_ms) = *self
+            .handed_over_ms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+        else {
+            return;
+        };
         if sites.is_empty() {
             return;
         }
@@ -246,15 +329,16 @@ impl Handover {
         if *written == Some(changes) {
             return;
         }
-        let wall = Wall::process();
+        let clock = Clock::process();
         let now = Instant::now();
         let snapshot = Snapshot {
             pid: std::process::id(),
-            written_ms: wall.ms(now),
+            written_ms: clock.ms(now),
+            handed_over_ms,
             key: self.key.clone(),
             sites: sites
                 .iter()
-                .map(|s| (s.site().to_string(), s.export(&wall, now)))
+                .map(|s| (s.site().to_string(), s.export(&clock, now)))
                 .collect(),
         };
         let path = state_file(&self.pid_file, snapshot.pid);
@@ -268,37 +352,53 @@ impl Handover {
         }
     }
 
-    /// Reads the state files of other processes and merges what is new in each; removes those
-    /// of processes gone once read.
+    /// Reads the state files of other processes that changed since last time and merges
+    /// each; removes those of processes gone once read.
     pub fn collect(&self) {
         let me = std::process::id();
-        let wall = Wall::process();
+        let clock = Clock::process();
         for (pid, path) in state_files(&self.pid_file) {
             if pid == me {
                 continue;
             }
             let gone = !alive(pid);
-            if let Some(snapshot) = read_own(&path, STATE_MAX_BYTES)
-                .and_then(|text| serde_json::from_slice::<Snapshot>(&text).ok())
-                .filter(|s| s.pid == pid)
-            {
-                self.merge(snapshot, &wall);
+            let seen = std::fs::symlink_metadata(&path).ok().map(|m| {
+                use std::os::unix::fs::MetadataExt;
+                Seen {
+                    inode: m.ino(),
+                    len: m.len(),
+                    modified: m.modified().ok(),
+                }
+            });
+            let changed = {
+                let mut known = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+                match seen {
+                    Some(seen) if known.get(&pid) != Some(&seen) => {
+                        known.insert(pid, seen);
+                        true
+                    }
+                    _ => false,
+                }
+            };
+            if changed {
+                if let Some(snapshot) = read_own(&path, STATE_MAX_BYTES)
+                    .and_then(|text| serde_json::from_slice::<Snapshot>(&text).ok())
+                    .filter(|s| s.pid == pid)
+                {
+                    self.merge(snapshot, &clock);
+                }
             }
             if gone {
                 let _ = std::fs::remove_file(&path);
+                self.seen
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&pid);
             }
         }
     }
 
-    fn merge(&self, snapshot: Snapshot, wall: &Wall) {
-        let since = {
-            let mut read = self.read.lock().unwrap_or_else(|p| p.into_inner());
-            let last = read.entry(snapshot.pid).or_insert(0);
-            if snapshot.written_ms <= *last && *last != 0 {
-                return;
-            }
-            std::mem::replace(last, snapshot.written_ms)
-        };
+    fn merge(&self, snapshot: Snapshot, clock: &Clock) {
         let same_key = snapshot.key == self.key;
         let sites = self.sites();
         let now = Instant::now();
@@ -307,22 +407,20 @@ impl Handover {
             if let Some(site) = sites.iter().find(|s| s.site() == name) {
                 lockouts += state.lockouts.len();
                 verdicts += state.verdicts.len();
-                site.import(state, since, same_key, wall, now);
+                site.import(state, snapshot.pid, same_key, clock, now);
             }
         }
-        let first = since == 0;
-        if first {
+        let predecessor = snapshot.handed_over_ms >= self.started_ms;
+        if predecessor && !self.arrival.arrived() {
             log::info!(
                 "state of process {} taken over: {lockouts} lockout record(s), {verdicts} kept verdict(s){}",
                 snapshot.pid,
                 if same_key {
                     ""
                 } else {
-                    " (under another key: verdicts and nameless records left out)"
+                    " (under another key: verdicts and records of credentials naming no user left out)"
                 }
             );
-        }
-        if snapshot.written_ms >= self.started_ms && !self.arrival.arrived() {
             self.arrival.arrive();
         }
     }
@@ -330,7 +428,7 @@ impl Handover {
 
 /// Reads the state files of other processes while this one serves, and ends the wait for the
 /// previous process's state after `ARRIVAL_MAX` at most.
-pub struct Collect(pub Arc<Handover>);
+pub struct Collect(Arc<Handover>);
 
 #[async_trait]
 impl BackgroundService for Collect {
@@ -395,19 +493,26 @@ mod tests {
 
     #[test]
     fn times_convert_there_and_back_alike() {
-        let wall = Wall::process();
+        let wall = Clock::process();
         let now = Instant::now();
+        let latest = now + Duration::from_secs(3600);
         for t in [
             now,
             now - Duration::from_millis(1500),
             now + Duration::from_secs(90),
         ] {
             let ms = wall.ms(t);
-            assert_eq!(wall.ms(wall.instant(ms)), ms);
-            let back = wall.instant(ms);
+            assert_eq!(wall.ms(wall.instant(ms, latest)), ms);
+            let back = wall.instant(ms, latest);
             let off = if back > t { back - t } else { t - back };
             assert!(off < Duration::from_millis(1), "{off:?}");
         }
+        // The machine's clock, as another process reads it.
+        let machine = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
+        let machine = Duration::from(machine).as_millis() as u64;
+        assert!(wall.ms(Instant::now()).abs_diff(machine) <= 1);
+        // Imported times are clamped.
+        assert_eq!(wall.instant(u64::MAX, now), now);
     }
 
     #[tokio::test]

@@ -1,16 +1,16 @@
 //! The secret that keys the hashes of credentials (the verdict stores) and of user names (the
 //! login lockouts). A hash means nothing without it, and a process must compute the hashes of
 //! the process it replaces at a reload, so it is kept in `<pid_file>.state-key`: 32 random bytes
-//! made on the first start, readable by ccedge's user only, and never written anywhere else.
+//! made on the first start, readable by ccedge's user only, and never written anywhere else; or,
+//! for instances that share their state, `server.shared_state.key_file`, the same on each.
 
-use crate::observe::own_files::read_own;
+use crate::config::STATE_KEY_MIN;
+use crate::observe::own_files::{open_own, read_own};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use siphasher::sip::SipHasher13;
 use std::path::{Path, PathBuf};
 
-/// The shortest key accepted.
-pub const KEY_MIN: usize = 32;
 /// The longest key file read.
 const KEY_MAX: u64 = 4096;
 
@@ -80,33 +80,47 @@ pub fn key_file(pid_file: &str) -> PathBuf {
     PathBuf::from(format!("{pid_file}.state-key"))
 }
 
-/// The key in `path`, or a new one written there (by whichever process comes first).
+/// The key in `path`, or a new one put there whole (written to a file of its own first, then
+/// linked into place: whichever process comes first makes it, the others read it).
 fn kept_or_made(path: &Path) -> Result<Vec<u8>, String> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     for _ in 0..2 {
-        if let Some(key) = read_own(path, KEY_MAX) {
-            if key.len() >= KEY_MIN {
+        if let Some(file) = open_own(path, KEY_MAX) {
+            let private = file
+                .metadata()
+                .is_ok_and(|m| m.permissions().mode() & 0o077 == 0);
+            let key = read_own(path, KEY_MAX).unwrap_or_default();
+            if private && key.len() >= STATE_KEY_MIN {
                 return Ok(key);
             }
         }
         if path.symlink_metadata().is_ok() {
             return Err(format!(
-                "it is not a file of ccedge's own user of at least {KEY_MIN} bytes that only it may write"
+                "it is not a file of ccedge's own user of at least {STATE_KEY_MIN} bytes that only it may read"
             ));
         }
         let key: [u8; 32] = rand::random();
-        let made = std::fs::OpenOptions::new()
+        let partial = PathBuf::from(format!(
+            "{}.partial-{}-{:08x}",
+            path.display(),
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let written = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(path);
-        match made {
-            Ok(mut file) => {
-                file.write_all(&key).map_err(|e| e.to_string())?;
-                return Ok(key.to_vec());
-            }
+            .open(&partial)
+            .and_then(|mut file| {
+                file.write_all(&key)?;
+                file.sync_all()
+            })
+            .and_then(|()| std::fs::hard_link(&partial, path));
+        let _ = std::fs::remove_file(&partial);
+        match written {
+            Ok(()) => return Ok(key.to_vec()),
             // Another process made it meanwhile: read theirs.
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e.to_string()),
@@ -140,11 +154,25 @@ mod tests {
             .unwrap()
             .permissions();
         assert_eq!(mode.mode() & 0o777, 0o600);
-        // A key file that is too short is not replaced behind the operator's back.
+        // A key file that is too short, or others may read, is not used, nor replaced behind
+        // the operator's back.
         std::fs::write(key_file(&pid_file), b"short").unwrap();
         let own = StateKey::beside(&pid_file);
         assert_ne!(own.fingerprint(), first.fingerprint());
         assert_eq!(std::fs::read(key_file(&pid_file)).unwrap(), b"short");
+        std::fs::write(key_file(&pid_file), [3; 32]).unwrap();
+        let readable = std::fs::Permissions::from_mode(0o644);
+        std::fs::set_permissions(key_file(&pid_file), readable).unwrap();
+        assert_ne!(
+            StateKey::beside(&pid_file).fingerprint(),
+            StateKey::from_bytes(&[3; 32]).fingerprint()
+        );
+        let private = std::fs::Permissions::from_mode(0o600);
+        std::fs::set_permissions(key_file(&pid_file), private).unwrap();
+        assert_eq!(
+            StateKey::beside(&pid_file).fingerprint(),
+            StateKey::from_bytes(&[3; 32]).fingerprint()
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -273,6 +273,12 @@ impl AuthSite {
     /// A reload by hand, as the supervisor does it: a new process (returned) takes the
     /// sockets over; the old one (`self.ccedge`) drains.
     async fn reload(&self) -> Ccedge {
+        self.hand_over(true).await
+    }
+
+    /// As `reload`, returning once the old process handed over, or also once the new one
+    /// serves (`wait_for_new`).
+    async fn hand_over(&self, wait_for_new: bool) -> Ccedge {
         let yaml = std::fs::read_to_string(self.dir.join("ccedge.yaml")).unwrap();
         let socket = self.dir.join("upgrade.sock");
         let _ = std::fs::remove_file(&socket);
@@ -293,6 +299,20 @@ impl AuthSite {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.ccedge.signal("QUIT");
+        // The old process hands its state over as it hands its sockets over.
+        let handed = self
+            .dir
+            .join(&format!("ccedge.pid.state-{}.json", self.ccedge.pid()));
+        while !handed.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the old process never handed its state over"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if !wait_for_new {
+            return second;
+        }
         while crate::harness::proxy::server_pid(self.admin).await != u64::from(second.pid()) {
             assert!(
                 std::time::Instant::now() < deadline,
@@ -643,6 +663,81 @@ async fn a_reload_keeps_blocks_failure_counts_and_verdicts() {
         std::os::unix::fs::PermissionsExt::mode(&key.permissions()) & 0o777,
         0o600
     );
+}
+
+#[tokio::test]
+async fn after_the_hand_over_the_old_process_judges_no_new_credential() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut site = AuthSite::start("auth-reload-judging", None).await;
+    assert_eq!(
+        site.get("/finesse/api/User/agent1", Some(&basic("agent1", "secret")))
+            .await
+            .status,
+        200
+    );
+    // Two requests on connections of the old process, their headers ended after the reload:
+    // one with a known credential, one with a new one (a guess, say).
+    let mut open = Vec::new();
+    for user in ["agent1", "agent2"] {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", site.port))
+            .await
+            .unwrap();
+        let mut connector =
+            openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls()).unwrap();
+        connector.set_verify(openssl::ssl::SslVerifyMode::NONE);
+        let ssl = connector
+            .build()
+            .configure()
+            .unwrap()
+            .into_ssl(HOST)
+            .unwrap();
+        let mut tls = tokio_openssl::SslStream::new(ssl, tcp).unwrap();
+        std::pin::Pin::new(&mut tls).connect().await.unwrap();
+        let head = format!(
+            "GET /finesse/api/User/{user} HTTP/1.1\r\nHost: {HOST}:{}\r\nAuthorization: {}\r\n",
+            site.port,
+            basic(user, "secret")
+        );
+        tls.write_all(head.as_bytes()).await.unwrap();
+        open.push(tls);
+    }
+    let validations = site.validator.calls();
+    // Within the old process's grace period (1 s).
+    let _second = site.hand_over(false).await;
+    let mut answers = Vec::new();
+    for mut tls in open {
+        tls.write_all(b"\r\n").await.unwrap();
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut got)).await;
+        answers.push(String::from_utf8_lossy(&got).to_string());
+    }
+    assert!(
+        answers[0].starts_with("HTTP/1.1 200"),
+        "known: {}",
+        answers[0]
+    );
+    assert!(
+        answers[1].starts_with("HTTP/1.1 503"),
+        "new: {}",
+        answers[1]
+    );
+    assert!(
+        answers[1].contains("credentials are checked there"),
+        "{}",
+        answers[1]
+    );
+    assert!(answers[1].to_ascii_lowercase().contains("retry-after: 1"));
+    assert_eq!(
+        site.validator.calls(),
+        validations,
+        "nothing judged in the old process"
+    );
+    // Asked again, on a new connection: the new process judges it.
+    let again = site
+        .get("/finesse/api/User/agent2", Some(&basic("agent2", "secret")))
+        .await;
+    assert_eq!(again.status, 200);
+    assert_eq!(site.ccedge.wait_exit(10).await, Some(0));
 }
 
 /// Agents `agents` (by number) each sign in with `password` at once, as streams of one HTTP/2

@@ -15,7 +15,7 @@
 
 use super::verdicts::Digest;
 use crate::config::Lockout as Settings;
-use crate::state::handover::{Failure, LockoutRecord, UserRef, Wall};
+use crate::state::handover::{Clock, Failure, Lift, LockoutRecord, UserRef};
 use crate::state::secret::StateKey;
 use siphasher::sip::SipHasher13;
 use std::collections::{HashMap, VecDeque};
@@ -30,6 +30,9 @@ use tokio::sync::Notify;
 const MAX_TRACKED: usize = 65_536;
 /// The longest user name counted on its own; a credential with a longer one counts as itself.
 const USER_MAX: usize = 256;
+/// The longest a credential being judged by a process draining after a reload holds a place
+/// here, should no later state of that process say it was settled (it was killed, say).
+const HANDED_MAX: Duration = Duration::from_secs(60);
 /// What `/status` shows for the user of a block on a credential that names none.
 pub const NAMELESS: &str = "(a credential naming no user)";
 
@@ -48,6 +51,10 @@ pub struct Who<'a> {
     pub ip: IpAddr,
     pub user: Option<&'a str>,
 }
+
+/// A lift: of which record (with no user, every record at the address), the user name lifted
+/// (when one was given), when.
+type LiftDone = (Key, Option<Box<str>>, Instant);
 
 /// Which kind of block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +81,9 @@ struct Record {
     settled: u64,
     /// The user name as first presented (user records only), for `/status`.
     name: Option<Box<str>>,
+    /// Places held by credentials a process draining after a reload was judging when it last
+    /// wrote its state: by process, how many, since when.
+    handed: Vec<(u32, u32, Instant)>,
 }
 
 impl Record {
@@ -81,6 +91,7 @@ impl Record {
     /// attempt being judged.
     fn live(&self, now: Instant, window: Duration) -> bool {
         !self.judging.is_empty()
+            || !self.handed.is_empty()
             || self.blocked_until.is_some_and(|u| u > now)
             || self
                 .failures
@@ -95,7 +106,10 @@ impl Record {
     /// Whether the failures within `window` and the credentials being judged fill `limit`.
     fn full(&mut self, limit: u32, window: Duration, now: Instant) -> bool {
         forget_old(&mut self.failures, window, now);
-        self.failures.len() + self.judging.len() >= limit as usize
+        self.handed
+            .retain(|(_, _, since)| now.saturating_duration_since(*since) < HANDED_MAX);
+        let handed: u32 = self.handed.iter().map(|(_, n, _)| n).sum();
+        self.failures.len() + self.judging.len() + handed as usize >= limit as usize
     }
 
     fn waiter(&mut self, key: Key) -> Waiter {
@@ -197,9 +211,10 @@ pub struct Lockouts {
     /// the table over).
     names: SipHasher13,
     table: Mutex<HashMap<Key, Record>>,
-    /// Lifts by the admin listener, kept while the failures and blocks they lifted could still
-    /// arrive from a process draining after a reload: those are not taken over.
-    lifts: Mutex<Vec<(Key, Instant)>>,
+    /// Lifts by the admin listener (here or in a process before a reload, with the user name
+    /// lifted, if one), kept while the failures and blocks they lifted could still arrive from
+    /// a process draining after a reload: those are not taken over.
+    lifts: Mutex<Vec<LiftDone>>,
     /// Counts failures and lifts, so that a draining process writes its state only when it
     /// changed.
     changes: AtomicU64,
@@ -499,12 +514,7 @@ impl Lockouts {
             ip,
             user: only.and_then(|k| k.user),
         };
-        {
-            let mut lifts = self.lifts.lock().unwrap_or_else(|p| p.into_inner());
-            let kept = self.settings.window.max(self.settings.block);
-            lifts.retain(|(_, at)| now.duration_since(*at) < kept);
-            lifts.push((lift, now));
-        }
+        self.remember_lift(lift, user.map(Box::from), now);
         self.changes.fetch_add(1, Ordering::Relaxed);
         let mut lifted = false;
         table.retain(|key, record| {
@@ -551,105 +561,170 @@ impl Lockouts {
         self.changes.load(Ordering::Relaxed)
     }
 
-    /// The failures within the window and the blocks, for the process that takes over at a
-    /// reload (what is being judged stays: its outcome is written later).
-    pub fn export(&self, wall: &Wall, now: Instant) -> Vec<LockoutRecord> {
+    fn remember_lift(&self, key: Key, name: Option<Box<str>>, at: Instant) {
+        let mut lifts = self.lifts.lock().unwrap_or_else(|p| p.into_inner());
+        let kept = self.settings.window.max(self.settings.block);
+        lifts.retain(|(_, _, t)| at.saturating_duration_since(*t) < kept);
+        lifts.push((key, name, at));
+    }
+
+    /// The latest lift that covers `key`.
+    fn lifted(lifts: &[LiftDone], key: Key) -> Option<Instant> {
+        lifts
+            .iter()
+            .filter(|(l, _, _)| l.ip == key.ip && (l.user.is_none() || l.user == key.user))
+            .map(|(_, _, at)| *at)
+            .max()
+    }
+
+    /// The failures within the window, the credentials being judged, the blocks and the lifts,
+    /// for the process that takes over at a reload.
+    pub fn export(&self, clock: &Clock, now: Instant) -> (Vec<LockoutRecord>, Vec<Lift>) {
         let window = self.settings.window;
-        let table = self.table();
-        table
+        let user_ref = |hash: u64, name: Option<&str>| match name {
+            Some(name) => UserRef::Name(name.to_string()),
+            None => UserRef::Hash(hash),
+        };
+        let records = self
+            .table()
             .iter()
             .filter_map(|(key, r)| {
                 let failures: Vec<Failure> = r
                     .failures
                     .iter()
-                    .filter(|(t, _)| now.duration_since(*t) < window)
+                    .filter(|(t, _)| now.saturating_duration_since(*t) < window)
                     .map(|(t, credential)| Failure {
-                        at_ms: wall.ms(*t),
+                        at_ms: clock.ms(*t),
                         credential: *credential,
                     })
                     .collect();
                 let blocked = r.blocked_until.filter(|u| *u > now).map(|until| {
                     let from = until.checked_sub(self.settings.block).unwrap_or(until);
-                    (wall.ms(from), wall.ms(until))
+                    (clock.ms(from), clock.ms(until))
                 });
-                if failures.is_empty() && blocked.is_none() {
+                let judging = r.judging.len() as u32;
+                if failures.is_empty() && blocked.is_none() && judging == 0 {
                     return None;
                 }
-                let user = key.user.map(|hash| match &r.name {
-                    Some(name) => UserRef::Name(name.to_string()),
-                    None => UserRef::Hash(hash),
-                });
                 Some(LockoutRecord {
                     ip: key.ip,
-                    user,
+                    user: key.user.map(|hash| user_ref(hash, r.name.as_deref())),
                     failures,
+                    judging,
                     blocked,
                 })
             })
-            .collect()
+            .collect();
+        let lifts = self
+            .lifts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(key, name, at)| Lift {
+                ip: key.ip,
+                user: key.user.map(|hash| user_ref(hash, name.as_deref())),
+                at_ms: clock.ms(*at),
+            })
+            .collect();
+        (records, lifts)
     }
 
-    /// Merges the records of the process this one replaces: failures at `since_ms` or later
-    /// are added to those counted here (each once), the later end of a block is kept, and a
-    /// record whose failures together reach the limit is blocked now. What an admin lifted
-    /// here is not taken back; records keyed by a hash are taken only under the same key. How
-    /// many blocks began here.
+    /// The key `user` stands for at `ip` in a file handed over (none for a hash under another
+    /// key), and the name to show.
+    fn handed_key<'u>(
+        &self,
+        ip: IpAddr,
+        user: Option<&'u UserRef>,
+        same_key: bool,
+    ) -> Option<(Key, Option<&'u str>)> {
+        match user {
+            None => Some((Key { ip, user: None }, None)),
+            Some(UserRef::Name(name)) => Some((self.user_key(ip, Some(name))?, Some(name))),
+            Some(UserRef::Hash(hash)) if same_key => Some((
+                Key {
+                    ip,
+                    user: Some(*hash),
+                },
+                None,
+            )),
+            Some(UserRef::Hash(_)) => None,
+        }
+    }
+
+    /// Merges the latest state of process `from`, draining after a reload (merging the same
+    /// state again changes nothing): its lifts apply here; failures are added to those counted
+    /// here, each once; the later end of a block is kept; its credentials being judged hold
+    /// places until its next state; a record whose failures together reach the limit is
+    /// blocked now. Records keyed by a hash are taken only under the same key. How many blocks
+    /// began here.
     pub fn import(
         &self,
-        records: Vec<LockoutRecord>,
-        since_ms: u64,
+        (records, lifts): (Vec<LockoutRecord>, Vec<Lift>),
+        from: u32,
         same_key: bool,
-        wall: &Wall,
+        clock: &Clock,
         now: Instant,
     ) -> usize {
-        let mut begun = 0;
         let window = self.settings.window;
-        let lifts = self.lifts.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut table = self.table();
-        for r in records {
-            let (key, name) = match &r.user {
-                None => (
-                    Key {
-                        ip: r.ip,
-                        user: None,
-                    },
-                    None,
-                ),
-                Some(UserRef::Name(name)) => match self.user_key(r.ip, Some(name)) {
-                    Some(key) => (key, Some(name.as_str())),
-                    None => continue,
-                },
-                Some(UserRef::Hash(hash)) if same_key => (
-                    Key {
-                        ip: r.ip,
-                        user: Some(*hash),
-                    },
-                    None,
-                ),
-                Some(UserRef::Hash(_)) => continue,
+        let mut wakes = Vec::new();
+        for lift in lifts {
+            let Some((key, name)) = self.handed_key(lift.ip, lift.user.as_ref(), same_key) else {
+                continue;
             };
-            let lifted = lifts
+            let at = clock.instant(lift.at_ms, now);
+            let known = self
+                .lifts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
                 .iter()
-                .filter(|(l, _)| l.ip == key.ip && (l.user.is_none() || l.user == key.user))
-                .map(|(_, at)| *at)
-                .max();
-            let counts = |ms: u64| ms >= since_ms && lifted.is_none_or(|at| wall.instant(ms) > at);
-            let failures: Vec<Failure> = r
+                .any(|(k, _, t)| *k == key && clock.ms(*t) == lift.at_ms);
+            if known {
+                continue;
+            }
+            self.remember_lift(key, name.map(Box::from), at);
+            for (k, record) in table.iter_mut() {
+                if k.ip != key.ip || (key.user.is_some() && k.user != key.user) {
+                    continue;
+                }
+                record.failures.retain(|(t, _)| *t > at);
+                let from = |u: Instant| u.checked_sub(self.settings.block).unwrap_or(u);
+                if record.blocked_until.is_some_and(|u| from(u) <= at) {
+                    record.blocked_until = None;
+                }
+                wakes.extend(record.wake.clone());
+            }
+        }
+        let lifts = self.lifts.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for record in table.values_mut() {
+            record.handed.retain(|(pid, _, _)| *pid != from);
+        }
+        let mut begun = 0;
+        for r in records {
+            let Some((key, name)) = self.handed_key(r.ip, r.user.as_ref(), same_key) else {
+                continue;
+            };
+            let lifted = Self::lifted(&lifts, key);
+            let counts = |t: Instant| lifted.is_none_or(|at| t > at);
+            let failures: Vec<(Instant, Failure)> = r
                 .failures
                 .into_iter()
-                .filter(|f| {
-                    counts(f.at_ms) && now.saturating_duration_since(wall.instant(f.at_ms)) < window
-                })
+                .map(|f| (clock.instant(f.at_ms, now), f))
+                .filter(|(t, _)| counts(*t) && now.saturating_duration_since(*t) < window)
                 .collect();
-            let blocked = r
-                .blocked
-                .filter(|(from, until)| counts(*from) && wall.instant(*until) > now);
-            if failures.is_empty() && blocked.is_none() {
+            let blocked = r.blocked.and_then(|(from, until)| {
+                let from = clock.instant(from, now);
+                let until = clock.instant(until, now + self.settings.block);
+                (counts(from) && until > now).then_some(until)
+            });
+            if failures.is_empty() && blocked.is_none() && r.judging == 0 {
                 continue;
             }
             let record = self.record(&mut table, key, name, now);
-            if let Some((_, until)) = blocked {
-                let until = wall.instant(until);
+            if r.judging > 0 {
+                record.handed.push((from, r.judging, now));
+            }
+            if let Some(until) = blocked {
                 if record.blocked_until.is_none_or(|u| u < until) {
                     self.block_until(record, key, until);
                 }
@@ -657,23 +732,27 @@ impl Lockouts {
             if record.blocked_for(now).is_some() {
                 continue;
             }
-            for f in failures {
-                let seen = record.failures.iter().any(|(t, c)| {
+            forget_old(&mut record.failures, window, now);
+            for (t, f) in failures {
+                let seen = record.failures.iter().any(|(x, c)| {
                     // An address counts each credential once a window.
                     let replayed = key.user.is_none() && f.credential.is_some();
-                    *c == f.credential && (replayed || wall.ms(*t) == f.at_ms)
+                    *c == f.credential && (replayed || clock.ms(*x) == f.at_ms)
                 });
                 if !seen {
-                    let t = wall.instant(f.at_ms);
                     let at = record.failures.partition_point(|(x, _)| *x <= t);
                     record.failures.insert(at, (t, f.credential));
                 }
             }
-            forget_old(&mut record.failures, window, now);
             if record.failures.len() >= self.limit(key) as usize {
                 self.block(record, key, now);
+                wakes.extend(record.wake.clone());
                 begun += 1;
             }
+        }
+        drop(table);
+        for wake in wakes {
+            wake.notify_waiters();
         }
         begun
     }
@@ -688,7 +767,8 @@ impl Lockouts {
         let mut idle: Vec<(bool, Option<Instant>, Key)> = table
             .iter()
             .map(|(key, r)| {
-                let busy = r.blocked_until.is_some() || !r.judging.is_empty();
+                let busy =
+                    r.blocked_until.is_some() || !r.judging.is_empty() || !r.handed.is_empty();
                 (busy, r.last_seen, *key)
             })
             .collect();
@@ -745,14 +825,14 @@ mod tests {
     }
 
     /// What `old` hands over, through the file's form.
-    fn handed(old: &Lockouts, now: Instant) -> Vec<LockoutRecord> {
-        let records = old.export(&Wall::process(), now);
-        serde_json::from_slice(&serde_json::to_vec(&records).unwrap()).unwrap()
+    fn handed(old: &Lockouts, now: Instant) -> (Vec<LockoutRecord>, Vec<Lift>) {
+        let state = old.export(&Clock::process(), now);
+        serde_json::from_slice(&serde_json::to_vec(&state).unwrap()).unwrap()
     }
 
     #[test]
     fn a_reload_hands_failures_and_blocks_to_the_next_process() {
-        let wall = Wall::process();
+        let clock = Clock::process();
         let t = Instant::now();
         let old = lockouts(5, 6, 30, 1800);
         for i in 0..3 {
@@ -769,7 +849,7 @@ mod tests {
             old.failed(who(4, "bob"), Some(&digest(i)), t);
         }
         assert_eq!(
-            new.import(handed(&old, t), 0, true, &wall, t),
+            new.import(handed(&old, t), 1, true, &clock, t),
             1,
             "bob: 2 + 3"
         );
@@ -788,57 +868,99 @@ mod tests {
         let token = new.counted_as(who(3, ""), Some(&digest(9))).unwrap().0;
         assert_eq!(new.table().get(&token).unwrap().failures.len(), 1);
         // The same file read again counts nothing twice.
-        new.import(handed(&old, t), 0, true, &wall, t);
+        new.import(handed(&old, t), 1, true, &clock, t);
         assert_eq!(new.table().get(&token).unwrap().failures.len(), 1);
         assert_eq!(blocked_as(&new, who(4, "carol"), t), None);
     }
 
     #[test]
+    fn credentials_the_old_process_is_judging_hold_their_places_until_it_settles_them() {
+        let clock = Clock::process();
+        let t = Instant::now();
+        let old = lockouts(5, 20, 30, 1800);
+        old.failed(who(1, "alice"), Some(&digest(0)), t);
+        let in_flight: Vec<_> = (1..4)
+            .map(|g| reserved(&old, who(1, "alice"), g, t))
+            .collect();
+        let new = lockouts(5, 20, 30, 1800);
+        new.import(handed(&old, t), 7, true, &clock, t);
+        // 1 failure and 3 guesses being judged in the old process: one place left here.
+        let _last = reserved(&new, who(1, "alice"), 10, t);
+        assert!(waits(&new, who(1, "alice"), 11, t).is_some());
+        // Settled there (good passwords after all): the places come back with its next state.
+        for r in in_flight {
+            r.settle(false, t);
+        }
+        new.import(handed(&old, t), 7, true, &clock, t);
+        assert!(waits(&new, who(1, "alice"), 11, t).is_none());
+        // A process that never writes again (killed) holds them a minute at most.
+        let stuck = reserved(&old, who(1, "bob"), 20, t);
+        new.import(handed(&old, t), 8, true, &clock, t);
+        assert!(waits(&new, who(1, "bob"), 21, t).is_none());
+        let held: Vec<_> = (21..25)
+            .map(|g| reserved(&new, who(1, "bob"), g, t))
+            .collect();
+        assert!(
+            waits(&new, who(1, "bob"), 26, t).is_some(),
+            "4 here, 1 there"
+        );
+        let later = t + HANDED_MAX;
+        let _fifth = reserved(&new, who(1, "bob"), 26, later);
+        drop((held, stuck));
+    }
+
+    #[test]
     fn a_lift_holds_against_what_a_draining_process_hands_over_later() {
-        let wall = Wall::process();
+        let clock = Clock::process();
         let t = Instant::now();
         let old = lockouts(5, 3, 30, 1800);
         for i in 0..3 {
             old.failed(who(2, &format!("u{i}")), Some(&digest(i)), t);
         }
         let new = lockouts(5, 3, 30, 1800);
-        new.import(handed(&old, t), 0, true, &wall, t);
+        new.import(handed(&old, t), 1, true, &clock, t);
         assert_eq!(blocked_as(&new, who(2, "u0"), t), Some(Kind::Address));
         assert!(new.clear(ip(2), None, t + Duration::from_millis(5)));
-        new.import(
-            handed(&old, t),
-            0,
-            true,
-            &wall,
-            t + Duration::from_millis(10),
-        );
-        assert_eq!(blocked_as(&new, who(2, "u0"), t), None);
+        let soon = t + Duration::from_millis(10);
+        new.import(handed(&old, t), 1, true, &clock, soon);
+        assert_eq!(blocked_as(&new, who(2, "u0"), soon), None);
         // What happens after the lift still counts.
         let later = t + Duration::from_millis(20);
         for i in 3..8 {
             old.failed(who(2, "dave"), Some(&digest(i)), later);
         }
-        new.import(handed(&old, later), wall.ms(later), true, &wall, later);
+        new.import(handed(&old, later), 1, true, &clock, later);
         assert_eq!(blocked_as(&new, who(2, "dave"), later), Some(Kind::User));
         assert_eq!(blocked_as(&new, who(2, "erin"), later), None);
+
+        // A third process reads the first's state before the second's, which lifted.
+        let third = lockouts(5, 3, 30, 1800);
+        third.import(handed(&old, later), 1, true, &clock, later);
+        assert_eq!(
+            blocked_as(&third, who(2, "erin"), later),
+            Some(Kind::Address)
+        );
+        third.import(handed(&new, later), 2, true, &clock, later);
+        assert_eq!(blocked_as(&third, who(2, "erin"), later), None);
+        assert_eq!(blocked_as(&third, who(2, "dave"), later), Some(Kind::User));
+        third.import(handed(&old, later), 1, true, &clock, later);
+        assert_eq!(blocked_as(&third, who(2, "erin"), later), None);
     }
 
     #[test]
     fn under_another_key_only_what_is_keyed_by_name_is_taken() {
-        let wall = Wall::process();
+        let clock = Clock::process();
         let t = Instant::now();
         let old = lockouts(2, 20, 30, 1800);
         for i in 0..2 {
             old.failed(who(1, "alice"), Some(&digest(i)), t);
-            old.failed(
-                who(3, ""),
-                Some(&digest(9)),
-                t + Duration::from_millis(u64::from(i)),
-            );
+            let at = t + Duration::from_millis(u64::from(i));
+            old.failed(who(3, ""), Some(&digest(9)), at);
         }
         let new = keyed(2, 20, 30, 1800, &[8; 32]);
-        new.import(handed(&old, t), 0, false, &wall, t);
-        assert_eq!(blocked_as(&new, who(1, "alice"), t), Some(Kind::User));
+        let at = t + Duration::from_millis(2);
+        new.import(handed(&old, at), 1, false, &clock, at);
+        assert_eq!(blocked_as(&new, who(1, "alice"), at), Some(Kind::User));
         let token = new.counted_as(who(3, ""), Some(&digest(9))).unwrap().0;
         assert!(new.table().get(&token).is_none());
     }

@@ -20,7 +20,7 @@ use crate::config::{AuthSettings, Limits};
 use crate::edge::identity::{self, ClientIdentity};
 use crate::edge::reply::Refusal;
 use crate::observe::metrics::AuthMetrics;
-use crate::state::handover::{Arrival, SiteState, Wall};
+use crate::state::handover::{Arrival, Clock, SiteState};
 use crate::state::Continuity;
 use async_trait::async_trait;
 use credential::{Credential, Presented};
@@ -30,6 +30,7 @@ use pingora::http::RequestHeader;
 use revocation::Revocations;
 use serde_json::{json, Value};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use verdicts::{Digest, Source, Verdict, Verdicts};
@@ -87,6 +88,11 @@ pub struct Auth {
     verdicts: Arc<Verdicts>,
     /// Whether the state of the process this one replaced has arrived (after a reload).
     arrival: Arc<Arrival>,
+    /// Set once this process handed its sockets over: it judges no new credential (the new
+    /// process does, knowing every failure).
+    handed_over: AtomicBool,
+    /// `cache_seconds`.
+    cache_for: Duration,
     methods: Vec<Box<dyn Method>>,
     keys: Option<Arc<jwt::Keys>>,
     /// The `WWW-Authenticate` of a 401, and the one for a browser's scripts (see `challenge`).
@@ -143,6 +149,8 @@ impl Auth {
             v6_prefix: limits.ipv6_prefix,
             verdicts,
             arrival: state.arrival.clone(),
+            handed_over: AtomicBool::new(false),
+            cache_for: settings.cache_for,
             methods,
             keys,
             challenge: HeaderValue::from_str(&format!("Basic {challenge}"))
@@ -242,7 +250,17 @@ impl Auth {
             };
             let waiter = match self.lockouts.reserve(who, *digest, known, Instant::now()) {
                 Admission::Decide(verdict) => return Ok(Turn::Known(verdict)),
-                Admission::Reserved(reservation) => return Ok(Turn::Judge(reservation)),
+                Admission::Reserved(reservation) => {
+                    if self.handed_over.load(Ordering::Acquire) {
+                        // The new process judges it, knowing the failures of both.
+                        drop(reservation);
+                        let retry = vec![("Retry-After", HeaderValue::from_static("1"))];
+                        let message = "this server is handing over to a new one after a \
+                                       reload: credentials are checked there";
+                        return Err(self.refuse(503, message.into(), None, retry));
+                    }
+                    return Ok(Turn::Judge(reservation));
+                }
                 Admission::Blocked(kind, left) => {
                     return Err(self.blocked(client, kind, user, left))
                 }
@@ -454,31 +472,27 @@ impl Auth {
         lifted
     }
 
-    /// A count that changes with the lockouts and the kept verdicts.
+    /// A count that changes with the lockouts, the kept verdicts and the revocations.
     pub fn changes(&self) -> u64 {
-        self.lockouts.changes() + self.verdicts.changes()
+        self.lockouts.changes() + self.verdicts.changes() + self.revocations.count()
     }
 
     /// The lockouts and kept verdicts, for the process that takes over at a reload.
-    pub fn export(&self, wall: &Wall, now: Instant) -> SiteState {
+    pub fn export(&self, clock: &Clock, now: Instant) -> SiteState {
+        let (lockouts, lifts) = self.lockouts.export(clock, now);
         SiteState {
-            lockouts: self.lockouts.export(wall, now),
-            verdicts: self.verdicts.export(wall, now),
+            lockouts,
+            lifts,
+            verdicts: self.verdicts.export(clock, now),
         }
     }
 
-    /// Merges what the process this one replaced handed over (see `state::handover`).
-    pub fn import(
-        &self,
-        state: SiteState,
-        since_ms: u64,
-        same_key: bool,
-        wall: &Wall,
-        now: Instant,
-    ) {
+    /// Merges what process `from`, draining after a reload, handed over (see
+    /// `state::handover`).
+    pub fn import(&self, state: SiteState, from: u32, same_key: bool, clock: &Clock, now: Instant) {
         let begun = self
             .lockouts
-            .import(state.lockouts, since_ms, same_key, wall, now);
+            .import((state.lockouts, state.lifts), from, same_key, clock, now);
         if begun > 0 {
             log::warn!(
                 "{begun} block(s) begun: the failed logins counted here and in the process \
@@ -487,8 +501,23 @@ impl Auth {
             );
         }
         if same_key {
-            self.verdicts.import(state.verdicts, since_ms, wall, now);
+            self.verdicts.import(state.verdicts, clock, now);
         }
+    }
+
+    /// `user` was revoked at `at`, by a process before a reload.
+    pub fn revoked_before(&self, user: &str, at: Instant) {
+        self.revocations.revoked_before(user, at);
+    }
+
+    /// How long verdicts are kept.
+    pub fn cache_for(&self) -> Duration {
+        self.cache_for
+    }
+
+    /// The process handed its sockets over: from now on it judges no new credential.
+    pub fn stop_judging(&self) {
+        self.handed_over.store(true, Ordering::Release);
     }
 
     /// A client key as `/status` and messages show it.

@@ -39,6 +39,7 @@ pub struct Revocations {
     /// How long a revocation is remembered: as long as a kept verdict lives, and at least as
     /// long as a check can take (a revocation during it must still be found when it ends).
     keep: Duration,
+    count: AtomicU64,
 }
 
 /// The longest a credential's check can take, waits for a place and the validator included,
@@ -64,6 +65,7 @@ impl Revocations {
             origin: Instant::now(),
             latest: AtomicU64::new(0),
             keep: keep.max(CHECK_MAX),
+            count: AtomicU64::new(0),
         }
     }
 
@@ -118,9 +120,27 @@ impl Revocations {
         )
     }
 
+    /// Records that `user` was revoked at `at`, before this process started (by a process
+    /// before a reload): verdicts judged before it, handed over, do not count.
+    pub fn revoked_before(&self, user: &str, at: Instant) {
+        let mut table = self.write();
+        let state = table.users.entry(folded(user).into_owned()).or_default();
+        if state.revoked_at.is_none_or(|t| t < at) {
+            state.revoked_at = Some(at);
+        }
+        self.latest
+            .fetch_max(self.millis(at).max(1), Ordering::AcqRel);
+    }
+
+    /// Revocations so far (a count).
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
     /// Revokes `user` now; how many of their WebSockets were open (they are told to close).
     pub fn revoke(&self, user: &str) -> usize {
         let now = Instant::now();
+        self.count.fetch_add(1, Ordering::Relaxed);
         let mut table = self.write();
         let state = table.users.entry(folded(user).into_owned()).or_default();
         state.revoked_at = Some(now);

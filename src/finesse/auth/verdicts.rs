@@ -5,7 +5,7 @@
 //! kept verdicts to the next process (`export`, `import`).
 
 use super::revocation::Revocations;
-use crate::state::handover::{KeptKind, KeptVerdict, Wall};
+use crate::state::handover::{Clock, KeptKind, KeptVerdict};
 use crate::state::secret::StateKey;
 use hmac::{Hmac, Mac};
 use pingora_memory_cache::MemoryCache;
@@ -19,6 +19,10 @@ use tokio::sync::OnceCell;
 
 /// Verdicts kept per site at most; a flood of distinct credentials evicts, it does not grow.
 const MAX_VERDICTS: usize = 50_000;
+/// The longest a verdict handed over at a reload is kept (`cache_seconds` at most: 24 h).
+const MAX_KEEP: Duration = Duration::from_secs(86_400);
+/// How long before a verdict's judgement a revocation still voids it when handed over.
+const REVOKED_MARGIN: Duration = Duration::from_secs(2);
 
 /// A keyed hash of a credential.
 pub type Digest = [u8; 32];
@@ -69,9 +73,9 @@ pub struct Verdicts {
     /// HMAC-SHA256 keyed with the state key, ready to hash (the key's blocks done once).
     mac: Hmac<Sha256>,
     kept: MemoryCache<Digest, Entry>,
-    /// The digests kept, in the order they were (some since evicted): what a reload hands over
-    /// is looked up from them.
-    order: Mutex<VecDeque<Digest>>,
+    /// The digests kept, in the order they were, with when each expires (some evicted since):
+    /// what a reload hands over is looked up from them.
+    order: Mutex<VecDeque<(Digest, Instant)>>,
     /// Verdicts kept so far (a count).
     changes: AtomicU64,
     pending: Pending,
@@ -91,25 +95,27 @@ impl Verdicts {
         }
     }
 
-    /// Keeps `verdict` on `digest`, judged at `judged`, for `keep`.
-    fn keep(&self, digest: Digest, verdict: Verdict, judged: Instant, keep: Duration) {
+    /// Keeps `verdict` on `digest`, judged at `judged`, until `expires`.
+    fn keep(&self, digest: Digest, verdict: Verdict, judged: Instant, expires: Instant) {
+        let now = Instant::now();
         let entry = Entry {
             digest,
             verdict,
             judged,
-            expires: judged + keep,
+            expires,
         };
-        self.kept.put(&digest, entry, Some(keep));
+        self.kept
+            .put(&digest, entry, Some(expires.saturating_duration_since(now)));
         self.changes.fetch_add(1, Ordering::Relaxed);
         let mut order = self.order.lock().unwrap_or_else(|p| p.into_inner());
-        order.push_back(digest);
+        order.push_back((digest, expires));
         if order.len() > 2 * MAX_VERDICTS {
-            // Keep only what is still there, each once.
+            // Keep only what has not expired, each digest once (its latest).
             let mut seen = HashSet::new();
-            let mut kept: VecDeque<Digest> = order
+            let mut kept: VecDeque<(Digest, Instant)> = order
                 .iter()
                 .rev()
-                .filter(|d| seen.insert(**d) && self.kept.get(*d).0.is_some())
+                .filter(|(d, expires)| *expires > now && seen.insert(*d))
                 .copied()
                 .collect();
             kept.make_contiguous().reverse();
@@ -124,8 +130,8 @@ impl Verdicts {
 
     /// The verdicts kept now (valid ones of users revoked since left out), for the process
     /// that takes over at a reload.
-    pub fn export(&self, wall: &Wall, now: Instant) -> Vec<KeptVerdict> {
-        let order: Vec<Digest> = self
+    pub fn export(&self, clock: &Clock, now: Instant) -> Vec<KeptVerdict> {
+        let order: Vec<(Digest, Instant)> = self
             .order
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -136,10 +142,10 @@ impl Verdicts {
         order
             .iter()
             .rev()
-            .filter(|d| seen.insert(**d))
-            .filter_map(|d| {
+            .filter(|(d, expires)| *expires > now && seen.insert(*d))
+            .filter_map(|(d, _)| {
                 let (entry, _) = self.kept.get(d);
-                let entry = entry.filter(|e| e.digest == *d && e.expires > now)?;
+                let entry = entry.filter(|e| e.digest == *d)?;
                 let verdict = match self.kept(d)? {
                     Verdict::Valid { user } => KeptKind::Valid {
                         user: user.map(|u| u.to_string()),
@@ -152,32 +158,43 @@ impl Verdicts {
                 Some(KeptVerdict {
                     digest: hex(d),
                     verdict,
-                    judged_ms: wall.ms(entry.judged),
-                    expires_ms: wall.ms(entry.expires),
+                    judged_ms: clock.ms(entry.judged),
+                    expires_ms: clock.ms(entry.expires),
                 })
             })
             .collect()
     }
 
-    /// Adds the verdicts of the process this one replaces judged at `since_ms` or later, those
-    /// it does not hold (a revocation known here still voids them).
-    pub fn import(&self, verdicts: Vec<KeptVerdict>, since_ms: u64, wall: &Wall, now: Instant) {
+    /// Adds the verdicts a process draining after a reload handed over that this store lacks,
+    /// each until it expired there. A valid one is left out when its user was revoked here
+    /// after it was judged, or up to `REVOKED_MARGIN` before (the draining process hears of a
+    /// revocation within that).
+    pub fn import(&self, verdicts: Vec<KeptVerdict>, clock: &Clock, now: Instant) {
         for v in verdicts {
             let Some(digest) = unhex(&v.digest) else {
                 continue;
             };
-            let expires = wall.instant(v.expires_ms);
-            if v.judged_ms < since_ms || expires <= now || self.kept(&digest).is_some() {
+            let judged = clock.instant(v.judged_ms, now);
+            let expires = clock.instant(v.expires_ms, now + MAX_KEEP).max(judged);
+            if expires <= now || self.kept(&digest).is_some() {
                 continue;
             }
             let verdict = match v.verdict {
-                KeptKind::Valid { user } => Verdict::Valid {
-                    user: user.map(Arc::from),
-                },
+                KeptKind::Valid { user } => {
+                    let since = judged.checked_sub(REVOKED_MARGIN).unwrap_or(judged);
+                    if user
+                        .as_deref()
+                        .is_some_and(|u| self.revocations.revoked_since(u, since))
+                    {
+                        continue;
+                    }
+                    Verdict::Valid {
+                        user: user.map(Arc::from),
+                    }
+                }
                 KeptKind::Invalid { why } => Verdict::Invalid(why.into()),
             };
-            let judged = wall.instant(v.judged_ms);
-            self.keep(digest, verdict, judged, expires - judged);
+            self.keep(digest, verdict, judged, expires);
         }
     }
 
@@ -191,7 +208,7 @@ impl Verdicts {
     pub fn kept(&self, digest: &Digest) -> Option<Verdict> {
         // The store is keyed by a 64-bit hash of the digest: compare the whole digest.
         let (entry, _) = self.kept.get(digest);
-        let entry = entry.filter(|e| e.digest == *digest)?;
+        let entry = entry.filter(|e| e.digest == *digest && e.expires > Instant::now())?;
         if let Verdict::Valid { user: Some(user) } = &entry.verdict {
             if self.revocations.revoked_since(user, entry.judged) {
                 self.kept.remove(digest);
@@ -255,7 +272,7 @@ impl Verdicts {
             .await
             .clone();
         if ran && !judged.keep.is_zero() {
-            self.keep(digest, judged.verdict.clone(), began, judged.keep);
+            self.keep(digest, judged.verdict.clone(), began, began + judged.keep);
         }
         let source = if ran { Source::Judged } else { Source::Shared };
         (judged, began, source)
@@ -480,7 +497,7 @@ mod tests {
     #[tokio::test]
     async fn kept_verdicts_pass_to_the_next_process_and_a_revocation_there_voids_them() {
         let key = key();
-        let wall = Wall::process();
+        let clock = Clock::process();
         let old = Verdicts::new(Arc::new(Revocations::new(Duration::from_secs(900))), &key);
         let (a, b, c) = (
             old.digest(b"Basic a"),
@@ -496,7 +513,7 @@ mod tests {
             }
         };
         old.get_or_judge(c, refused).await;
-        let exported = old.export(&wall, Instant::now());
+        let exported = old.export(&clock, Instant::now());
         assert_eq!(exported.len(), 3);
         // Through the file's form.
         let exported: Vec<KeptVerdict> =
@@ -506,7 +523,7 @@ mod tests {
         let new = Verdicts::new(revocations.clone(), &key);
         assert_eq!(new.digest(b"Basic a"), a, "the same key hashes alike");
         revocations.revoke("AGENT2");
-        new.import(exported.clone(), 0, &wall, Instant::now());
+        new.import(exported.clone(), &clock, Instant::now());
         assert_eq!(new.kept(&a), Some(valid("agent1").verdict));
         assert_eq!(new.kept(&b), None, "revoked after it was judged");
         assert_eq!(
@@ -517,13 +534,41 @@ mod tests {
             .get_or_judge(a, || async { panic!("judged again after a reload") })
             .await;
         assert_eq!(source, Source::Kept);
+    }
 
-        // Only what was judged since the last file is taken again; expired ones never.
-        let later = Verdicts::new(Arc::new(Revocations::new(Duration::from_secs(900))), &key);
-        let after_all = wall.ms(Instant::now()) + 1;
-        later.import(exported.clone(), after_all, &wall, Instant::now());
-        assert_eq!(later.kept(&a), None);
-        later.import(exported, 0, &wall, Instant::now() + Duration::from_secs(61));
-        assert_eq!(later.kept(&a), None, "expired");
+    #[tokio::test]
+    async fn a_verdict_handed_over_expires_when_it_would_have() {
+        let key = key();
+        let clock = Clock::process();
+        let old = Verdicts::new(Arc::new(Revocations::new(Duration::from_secs(900))), &key);
+        let a = old.digest(b"Basic a");
+        let short = || async {
+            Judged {
+                keep: Duration::from_millis(300),
+                ..valid("agent1")
+            }
+        };
+        old.get_or_judge(a, short).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let new = Verdicts::new(Arc::new(Revocations::new(Duration::from_secs(900))), &key);
+        new.import(old.export(&clock, Instant::now()), &clock, Instant::now());
+        assert!(new.kept(&a).is_some());
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(
+            new.kept(&a),
+            None,
+            "300 ms after its judgement, not after the reload"
+        );
+        // Nor is an expired one taken, nor one revoked just before its judgement (the old
+        // process had not heard of it yet).
+        new.import(old.export(&clock, Instant::now()), &clock, Instant::now());
+        assert_eq!(new.kept(&a), None);
+        let revocations = Arc::new(Revocations::new(Duration::from_secs(900)));
+        let late = Verdicts::new(revocations.clone(), &key);
+        revocations.revoke("agent1");
+        let b = old.digest(b"Basic b");
+        old.get_or_judge(b, || async { valid("agent1") }).await;
+        late.import(old.export(&clock, Instant::now()), &clock, Instant::now());
+        assert_eq!(late.kept(&b), None);
     }
 }
