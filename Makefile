@@ -6,8 +6,9 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 # Debian/Ubuntu packages the build needs (cmake: zlib-ng via flate2; libssl-dev and pkg-config:
 # OpenSSL is linked from the system; curl: the demo's client and rustup).
 APT_PACKAGES := build-essential cmake pkg-config libssl-dev curl ca-certificates
-# ... and the tests (openssl: TLS handshakes; procps: kill; prometheus: promtool checks /metrics).
-TEST_PACKAGES := openssl procps prometheus
+# ... and the tests (openssl: TLS handshakes; procps: kill; prometheus: promtool checks /metrics;
+# redis-server: the state instances share).
+TEST_PACKAGES := openssl procps prometheus redis-server
 
 DEMO_DIR := target/demo
 CURL_DEMO := curl --cacert $(DEMO_DIR)/ca.crt

@@ -57,10 +57,44 @@ pub struct ServerSettings {
     pub max_draining_processes: usize,
     pub access_log: AccessLogTarget,
     pub admin: Option<AdminSettings>,
+    pub shared_state: Option<SharedState>,
 }
 
-/// The fewest bytes a state key may have.
+/// The fewest bytes a state key (`server.shared_state.key_file`) may have.
 pub const STATE_KEY_MIN: usize = 32;
+
+/// `server.shared_state`: where instances share their state.
+#[derive(Debug, Clone)]
+pub struct SharedState {
+    /// The Redis URL as written (its password, if any, included).
+    pub redis_url: Secret,
+    /// The same URL with its password hidden, for logs and `/status`.
+    pub shown_url: String,
+    /// From `password_file`.
+    pub password: Option<Secret>,
+    pub tls: Option<RedisTls>,
+    pub key_file: PathBuf,
+    /// The bytes of `key_file`.
+    pub key: SecretBytes,
+    pub timeout: Duration,
+}
+
+/// TLS towards Redis (`rediss://`): PEM files, read when the connection is made.
+#[derive(Debug, Clone, Default)]
+pub struct RedisTls {
+    pub ca: Option<PathBuf>,
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+/// Bytes that must not appear in logs or debug output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretBytes(pub Vec<u8>);
+
+impl fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<{} secret bytes>", self.0.len())
+    }
+}
 
 /// The admin listener.
 #[derive(Debug, Clone)]

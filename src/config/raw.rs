@@ -51,6 +51,39 @@ pub struct RawServer {
     pub access_log: String,
     /// The admin listener (plain HTTP: /healthz, /status, /metrics); none when left out.
     pub admin: Option<RawAdmin>,
+    /// Lockouts, failure counts, verdicts, rate counters and admin actions shared by every
+    /// instance through Redis; left out, each instance keeps its own.
+    pub shared_state: Option<RawSharedState>,
+}
+
+/// State shared by every instance, in Redis (6 or later, or a compatible service).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "SharedState")]
+pub struct RawSharedState {
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS.
+    pub redis_url: String,
+    /// The secret that keys the hashes of credentials and user names, identical on every
+    /// instance: a file of at least 32 bytes, used as they are (`head -c 32 /dev/urandom`). It
+    /// never goes to Redis.
+    pub key_file: String,
+    /// A file holding the Redis password (instead of one in `redis_url`).
+    pub password_file: Option<String>,
+    /// `rediss://` only: PEM bundle of the CAs that sign Redis's certificate (default: the
+    /// system roots).
+    pub ca: Option<String>,
+    /// `rediss://` only: PEM certificate ccedge shows Redis (mutual TLS).
+    pub client_cert: Option<String>,
+    /// `rediss://` only: the PEM key of `client_cert`.
+    pub client_key: Option<String>,
+    /// No request waits on Redis longer than this; Redis slower or down: local state.
+    #[serde(default = "shared_state_timeout")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub timeout_ms: u64,
+}
+
+fn shared_state_timeout() -> u64 {
+    50
 }
 
 impl Default for RawServer {
@@ -65,6 +98,7 @@ impl Default for RawServer {
             max_draining_processes: 3,
             access_log: "stdout".into(),
             admin: None,
+            shared_state: None,
         }
     }
 }

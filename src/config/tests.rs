@@ -2,6 +2,7 @@
 
 use super::*;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// A private folder with a self-signed certificate and key in it.
 struct Scratch {
@@ -462,6 +463,61 @@ fn admin_hosts_and_token_are_checked() {
 }
 
 #[test]
+fn shared_state_needs_a_redis_url_and_a_long_enough_key() {
+    let s = Scratch::new("shared");
+    std::fs::write(s.dir.join("state.key"), [7u8; 32]).unwrap();
+    std::fs::write(s.dir.join("short.key"), [7u8; 31]).unwrap();
+    std::fs::write(s.dir.join("redis.pass"), "s3cret\n").unwrap();
+    let shared = |extra: &str| format!("server:\n  shared_state:\n{extra}{DIGITAL}");
+    let config = s
+        .load(&shared(
+            "    redis_url: redis://10.0.0.5:6380/2\n    key_file: @DIR@/state.key\n    password_file: @DIR@/redis.pass\n",
+        ))
+        .unwrap();
+    let state = config.server.shared_state.unwrap();
+    assert_eq!(state.key.0, [7u8; 32]);
+    assert_eq!(state.password, Some(Secret("s3cret".into())));
+    assert_eq!(state.timeout, Duration::from_millis(50));
+    assert!(state.tls.is_none());
+    assert_eq!(format!("{:?}", state.key), "<32 secret bytes>");
+    assert!(!format!("{state:?}").contains("s3cret"));
+
+    let config = s
+        .load(&shared(
+            "    redis_url: rediss://ccedge:pw@redis.example.com:6379\n    key_file: @DIR@/state.key\n    ca: @DIR@/proxy.crt\n    timeout_ms: 20\n",
+        ))
+        .unwrap();
+    let state = config.server.shared_state.unwrap();
+    assert_eq!(
+        state.shown_url,
+        "rediss://ccedge:***@redis.example.com:6379"
+    );
+    assert!(state.tls.unwrap().ca.is_some());
+
+    let err = rejected(s.load(&shared(
+        "    redis_url: http://10.0.0.5:6380\n    key_file: @DIR@/short.key\n    ca: @DIR@/proxy.crt\n    timeout_ms: 0\n",
+    )));
+    assert!(err.contains("server.shared_state.redis_url"), "{err}");
+    assert!(err.contains("is not a redis:// or rediss:// URL"), "{err}");
+    assert!(
+        err.contains("holds 31 bytes; the key needs at least 32"),
+        "{err}"
+    );
+    assert!(
+        err.contains("server.shared_state.ca: only for a rediss:// URL"),
+        "{err}"
+    );
+    assert!(err.contains("server.shared_state.timeout_ms"), "{err}");
+    let err = rejected(s.load(&shared(
+        "    redis_url: redis://:pw@10.0.0.5\n    key_file: @DIR@/missing.key\n    password_file: @DIR@/redis.pass\n",
+    )));
+    assert!(err.contains("server.shared_state.key_file"), "{err}");
+    assert!(err.contains("keep one of them"), "{err}");
+    let err = rejected(s.load(&shared("    redis_url: redis://10.0.0.5\n")));
+    assert!(err.contains("key_file"), "{err}");
+}
+
+#[test]
 fn empty_file_has_nothing_to_serve() {
     let s = Scratch::new("empty");
     let err = rejected(s.load(""));
@@ -479,16 +535,23 @@ fn unknown_role_is_rejected() {
 #[test]
 fn complete_example_loads() {
     let s = Scratch::new("example");
-    // Its certificate files, all pointed at the scratch pair (CA bundles at the certificate).
+    std::fs::write(s.dir.join("state.key"), [7u8; 32]).unwrap();
+    std::fs::write(s.dir.join("redis.password"), "example\n").unwrap();
+    // Its certificate files, all pointed at the scratch pair (CA bundles at the certificate);
+    // the shared state's key and password at scratch files.
     let example = include_str!("../../conf/example.yaml")
         .split_inclusive(char::is_whitespace)
-        .map(
-            |word| match word.trim_end().strip_prefix("/etc/ccedge/tls/") {
+        .map(|word| {
+            let path = word.trim_end();
+            if let Some(file) = path.strip_prefix("/etc/ccedge/state/") {
+                return s.path(file) + "\n";
+            }
+            match path.strip_prefix("/etc/ccedge/tls/") {
                 Some(file) if file.ends_with(".key") => s.path("proxy.key") + "\n",
                 Some(_) => s.path("proxy.crt") + "\n",
                 None => word.to_string(),
-            },
-        )
+            }
+        })
         .collect::<String>();
     let config = parse(&example, Path::new("example.yaml")).unwrap();
     assert_eq!(config.digital.len(), 1);

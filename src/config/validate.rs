@@ -119,6 +119,10 @@ impl Validator {
             Some(admin) => Some(self.admin(admin)?),
             None => None,
         };
+        let shared_state = match &s.shared_state {
+            Some(shared) => Some(self.shared_state(shared)?),
+            None => None,
+        };
         Some(ServerSettings {
             threads,
             pid_file: s.pid_file.clone(),
@@ -129,6 +133,106 @@ impl Validator {
             max_draining_processes: s.max_draining_processes,
             access_log,
             admin,
+            shared_state,
+        })
+    }
+
+    fn shared_state(&mut self, raw: &RawSharedState) -> Option<SharedState> {
+        const AT: &str = "server.shared_state";
+        let url = raw.redis_url.trim();
+        let tls = url.starts_with("rediss://");
+        let parsed = if !tls && !url.starts_with("redis://") {
+            Err(format!("`{url}` is not a redis:// or rediss:// URL"))
+        } else {
+            fred::types::config::Config::from_url(url)
+                .map_err(|e| format!("`{}`: {}", shown_url(url), e.details()))
+        };
+        let parsed = self.check(&format!("{AT}.redis_url"), parsed);
+        let password = match &raw.password_file {
+            Some(file) => {
+                let at = format!("{AT}.password_file");
+                let file = self.file(&at, file)?;
+                let text = self.check(
+                    &at,
+                    std::fs::read_to_string(&file)
+                        .map_err(|e| format!("`{}`: {e}", file.display())),
+                )?;
+                let password = text.lines().next().unwrap_or("").to_string();
+                if parsed.as_ref().is_some_and(|c| c.password.is_some()) {
+                    self.problem(&at, "redis_url has a password already: keep one of them");
+                }
+                Some(Secret(password))
+            }
+            None => None,
+        };
+        let key_at = format!("{AT}.key_file");
+        let key_file = self.file(&key_at, &raw.key_file)?;
+        let key = self.check(
+            &key_at,
+            std::fs::read(&key_file).map_err(|e| format!("`{}`: {e}", key_file.display())),
+        )?;
+        if key.len() < STATE_KEY_MIN {
+            self.problem(
+                &key_at,
+                format!(
+                    "`{}` holds {} bytes; the key needs at least {} (head -c 32 /dev/urandom > FILE)",
+                    key_file.display(),
+                    key.len(),
+                    STATE_KEY_MIN
+                ),
+            );
+        }
+        let mut redis_tls = RedisTls::default();
+        for (name, value) in [
+            ("ca", &raw.ca),
+            ("client_cert", &raw.client_cert),
+            ("client_key", &raw.client_key),
+        ] {
+            if value.is_some() && !tls {
+                self.problem(&format!("{AT}.{name}"), "only for a rediss:// URL");
+            }
+        }
+        if let Some(ca) = &raw.ca {
+            let at = format!("{AT}.ca");
+            let file = self.file(&at, ca)?;
+            if let Err(e) = UpstreamTls::load_ca(&file) {
+                self.problem(&at, e.to_string());
+            }
+            redis_tls.ca = Some(file);
+        }
+        match (&raw.client_cert, &raw.client_key) {
+            (Some(cert), Some(key)) => {
+                let cert_path = format!("{AT}.client_cert");
+                let key_path = format!("{AT}.client_key");
+                self.cert_pair(
+                    (cert_path.clone(), cert),
+                    (key_path.clone(), key),
+                    UpstreamTls::load_client,
+                )?;
+                let cert = self.file(&cert_path, cert)?;
+                let key = self.file(&key_path, key)?;
+                redis_tls.client = Some((cert, key));
+            }
+            (None, None) => {}
+            (Some(_), None) => {
+                self.problem(&format!("{AT}.client_key"), "client_cert needs client_key")
+            }
+            (None, Some(_)) => {
+                self.problem(&format!("{AT}.client_cert"), "client_key needs client_cert")
+            }
+        }
+        if raw.timeout_ms == 0 || raw.timeout_ms > 10_000 {
+            self.problem(&format!("{AT}.timeout_ms"), "must be 1 to 10000");
+        }
+        parsed?;
+        Some(SharedState {
+            redis_url: Secret(url.to_string()),
+            shown_url: shown_url(url),
+            password,
+            tls: tls.then_some(redis_tls),
+            key_file,
+            key: SecretBytes(key),
+            timeout: Duration::from_millis(raw.timeout_ms),
         })
     }
 
@@ -912,5 +1016,25 @@ impl Validator {
                 .map(|r| (r.from.clone(), r.to.clone()))
                 .collect(),
         }
+    }
+}
+
+/// `url` with the password it holds, if any, hidden.
+pub fn shown_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((credentials, host)) => {
+            let user = credentials.split_once(':').map_or(credentials, |(u, _)| u);
+            let hidden = if credentials.contains(':') {
+                ":***"
+            } else {
+                ""
+            };
+            format!("{scheme}://{user}{hidden}@{host}{path}")
+        }
+        None => url.to_string(),
     }
 }

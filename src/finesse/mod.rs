@@ -22,6 +22,7 @@ use crate::observe::lifecycle::Lifecycle;
 use crate::observe::metrics::Totals;
 use crate::observe::throttle::OncePerSecond;
 use crate::state::handover::{Carried, Clock, SiteState};
+use crate::state::shared::{HeldBlock, Listener, SiteShare};
 use crate::state::Continuity;
 use async_trait::async_trait;
 pub use auth::signing_keys_in;
@@ -63,6 +64,8 @@ pub struct FinesseSite {
     locations: Locations,
     auth: Option<Auth>,
     cache: Option<SiteCache>,
+    /// With `server.shared_state`: the site's keys and channel in Redis.
+    share: Option<Arc<SiteShare>>,
     status: serde_json::Value,
     certificates: Vec<Presented>,
     /// Stale copies served for a failing upstream are logged at most once a second.
@@ -166,7 +169,9 @@ impl FinesseSite {
         hosts.dedup();
         let certificates = tls::presented(service.tls.as_ref(), &hosts, clients);
         admin::record_certificates(&service.name, &certificates);
+        let share = state.shared.as_ref().map(|s| s.site(&service.name));
         FinesseSite {
+            share: share.clone(),
             certificates,
             table,
             routes,
@@ -188,7 +193,7 @@ impl FinesseSite {
             auth: service
                 .auth
                 .as_ref()
-                .map(|a| Auth::new(&service.name, a, &service.limits, state)),
+                .map(|a| Auth::new(&service.name, a, &service.limits, (state, share.clone()))),
             cache: service
                 .cache
                 .as_ref()
@@ -327,7 +332,50 @@ impl Carried for FinesseSite {
     }
 }
 
+/// What other instances announce (with `server.shared_state`).
+impl Listener for FinesseSite {
+    fn blocked(&self, ip: std::net::IpAddr, user: Option<(u64, Option<&str>)>, left: Duration) {
+        if let Some(auth) = &self.auth {
+            auth.block_from_elsewhere(ip, user, left);
+        }
+    }
+
+    fn lifted(&self, ip: std::net::IpAddr, user: Option<&str>) {
+        if let Some(auth) = &self.auth {
+            auth.lifted_elsewhere(ip, user);
+        }
+    }
+
+    fn revoked(&self, user: &str) {
+        if let Some(auth) = &self.auth {
+            auth.revoked_elsewhere(user);
+        }
+    }
+
+    fn purged(&self, prefix: Option<&str>) {
+        if let Some(cache) = &self.cache {
+            let purged = cache.purge(prefix);
+            log::info!(
+                "service {}: cache purged by another instance's admin listener{}: {} entries, {} bytes",
+                self.front.name,
+                prefix.map_or_else(String::new, |p| format!(" (under {p})")),
+                purged.entries,
+                purged.bytes
+            );
+        }
+    }
+
+    fn blocks(&self) -> Vec<HeldBlock> {
+        self.auth.as_ref().map_or_else(Vec::new, Auth::blocks)
+    }
+}
+
 impl FinesseSite {
+    /// The site's share of the state instances share, when it has one.
+    pub fn share(&self) -> Option<Arc<SiteShare>> {
+        self.share.clone()
+    }
+
     /// How long the site's verdicts are kept, when it has state a reload hands over.
     pub fn carried_state(&self) -> Option<Duration> {
         self.auth.as_ref().map(Auth::cache_for)
@@ -357,7 +405,12 @@ impl StatusSource for FinesseSite {
     }
 
     fn purge_cache(&self, prefix: Option<&str>) -> Option<Purged> {
-        self.cache.as_ref().map(|c| c.purge(prefix))
+        let cache = self.cache.as_ref()?;
+        if let Some(share) = self.share() {
+            let prefix = prefix.map(str::to_string);
+            tokio::spawn(async move { share.purge(prefix.as_deref()).await });
+        }
+        Some(cache.purge(prefix))
     }
 
     fn refresh_metrics(&self) {

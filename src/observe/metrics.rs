@@ -23,6 +23,8 @@ struct Families {
     upstream_header: HistogramVec,
     upstream_websockets: IntGaugeVec,
     draining_websockets: IntGauge,
+    shared_state_up: IntGauge,
+    shared_state_calls: IntCounterVec,
     in_flight: IntGaugeVec,
     websockets: IntGaugeVec,
     failovers: IntCounterVec,
@@ -232,8 +234,23 @@ fn families() -> &'static Families {
         registry
             .register(Box::new(draining_websockets.clone()))
             .expect("unique metric");
+        let shared_state_up = IntGauge::new(
+            "ccedge_shared_state_up",
+            "1 while Redis (server.shared_state) answers within timeout_ms; 0: local state only.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(shared_state_up.clone()))
+            .expect("unique metric");
+        let shared_state_calls = counter(
+            "ccedge_shared_state_calls_total",
+            "Calls to Redis by what they were for and how they ended (ok, timeout, error, skipped while down).",
+            &["call", "outcome"],
+        );
         Families {
             registry,
+            shared_state_up,
+            shared_state_calls,
             requests,
             duration,
             upstream_header,
@@ -273,6 +290,18 @@ pub fn draining_websockets(open: usize) {
     families()
         .draining_websockets
         .set(i64::try_from(open).unwrap_or(i64::MAX));
+}
+
+/// Whether Redis answers (`server.shared_state`).
+pub fn shared_state_up(up: bool) {
+    families().shared_state_up.set(i64::from(up));
+}
+
+/// The counter of Redis calls for `call` that ended as `outcome`.
+pub fn shared_state_call(call: &str, outcome: &str) -> IntCounter {
+    families()
+        .shared_state_calls
+        .with_label_values(&[call, outcome])
 }
 
 /// Everything in the Prometheus text format.

@@ -18,6 +18,7 @@ use crate::run::drain::ProcessDrain;
 use crate::run::signals::{self, ReopenOnSignal};
 use crate::state::handover::Handover;
 use crate::state::secret::StateKey;
+use crate::state::shared::{Shared, SharedService};
 use crate::state::Continuity;
 use pingora::apps::http_app::HttpServer;
 use pingora::apps::HttpServerOptions;
@@ -203,11 +204,17 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
         ReopenOnSignal(log.clone()),
     ));
     let mut sources: Vec<Arc<dyn StatusSource>> = Vec::new();
-    let key = Arc::new(StateKey::beside(&config.server.pid_file));
+    let shared_state = config.server.shared_state.as_ref();
+    let key = Arc::new(match shared_state {
+        Some(settings) => StateKey::from_bytes(&settings.key.0),
+        None => StateKey::beside(&config.server.pid_file),
+    });
     let handover = Handover::new(&config.server.pid_file, key.fingerprint(), upgrade);
+    let shared = shared_state.map(Shared::new).transpose()?;
     let continuity = Continuity {
         key,
         arrival: handover.arrival(),
+        shared: shared.clone(),
     };
 
     for d in &config.digital {
@@ -252,6 +259,9 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
         sources.push(site.clone());
         if let Some(keep) = site.carried_state() {
             handover.add(site.clone(), keep);
+        }
+        if let (Some(shared), Some(share)) = (&shared, site.share()) {
+            shared.listen(&share, site.clone());
         }
         if let Some(refresh) = site.key_refresh() {
             let name = format!("{} signing keys", f.name);
@@ -306,6 +316,13 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
             f.servers.len(),
             f.listen_ports()
         );
+    }
+    if let Some(shared) = shared {
+        log::info!(
+            "shared state: lockouts, verdicts, rate counters and admin actions shared through Redis at {}",
+            config.server.shared_state.as_ref().map_or("", |s| s.shown_url.as_str())
+        );
+        server.add_service(background_service("shared state", SharedService(shared)));
     }
     if let Some(collect) = handover.collector() {
         server.add_service(background_service("state hand-over", collect));

@@ -4,15 +4,19 @@
 
 pub mod handover;
 pub mod secret;
+pub mod shared;
 
 use handover::Arrival;
 use secret::StateKey;
 use std::sync::Arc;
 
-/// What a site's authentication needs from the state: the key its hashes are keyed with, and
-/// when the state of the process this one replaces has arrived.
+/// What a site's authentication needs from the state: the key its hashes are keyed with, when
+/// the state of the process this one replaces has arrived, and the state shared with other
+/// instances.
 #[derive(Clone)]
 pub struct Continuity {
     pub key: Arc<StateKey>,
     pub arrival: Arc<Arrival>,
+    /// With `server.shared_state`: Redis.
+    pub shared: Option<Arc<shared::Shared>>,
 }

@@ -18,5 +18,6 @@ mod operations;
 mod process;
 mod proxy_protocol;
 mod reference;
+mod shared_state;
 mod tls;
 mod websockets;

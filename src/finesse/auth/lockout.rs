@@ -17,6 +17,7 @@ use super::verdicts::Digest;
 use crate::config::Lockout as Settings;
 use crate::state::handover::{Clock, Failure, Lift, LockoutRecord, UserRef};
 use crate::state::secret::StateKey;
+use crate::state::shared::HeldBlock;
 use siphasher::sip::SipHasher13;
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hasher;
@@ -457,8 +458,7 @@ impl Lockouts {
         }
         let limit = self.limit(key);
         forget_old(&mut record.failures, self.settings.window, now);
-        let fingerprint =
-            credential.map(|d| u64::from_le_bytes(d[..8].try_into().expect("8 bytes")));
+        let fingerprint = credential.map(fingerprint);
         let replayed =
             fingerprint.is_some() && record.failures.iter().any(|(_, f)| *f == fingerprint);
         if key.user.is_none() && replayed {
@@ -554,6 +554,59 @@ impl Lockouts {
             .collect();
         blocked.sort();
         blocked
+    }
+
+    /// The hash `who`'s credential `digest` counts under as a user (none: the address only),
+    /// and the name to show for it.
+    pub fn user_of<'w>(
+        &self,
+        who: Who<'w>,
+        digest: Option<&Digest>,
+    ) -> Option<(u64, Option<&'w str>)> {
+        let (key, name) = self.counted_as(who, digest)?;
+        Some((key.user?, name))
+    }
+
+    /// Blocks the address `ip`, or with `user` (its hash and name) the user there, until
+    /// `until` (a block begun on another instance); wakes whoever waits there.
+    pub fn apply_block(
+        &self,
+        ip: IpAddr,
+        user: Option<(u64, Option<&str>)>,
+        until: Instant,
+        now: Instant,
+    ) {
+        let key = Key {
+            ip,
+            user: user.map(|(hash, _)| hash),
+        };
+        let mut table = self.table();
+        let record = self.record(&mut table, key, user.and_then(|(_, name)| name), now);
+        if record.blocked_until.is_none_or(|u| u < until) {
+            record.failures.clear();
+            self.block_until(record, key, until);
+        }
+        if let Some(wake) = &record.wake {
+            wake.notify_waiters();
+        }
+    }
+
+    /// The blocks now: address, user (hash and name), time left.
+    pub fn blocks(&self, now: Instant) -> Vec<HeldBlock> {
+        self.table()
+            .iter()
+            .filter_map(|(key, r)| {
+                let left = r.blocked_for(now)?;
+                let user = key
+                    .user
+                    .map(|hash| (hash, r.name.as_deref().map(str::to_string)));
+                Some(HeldBlock {
+                    ip: key.ip,
+                    user,
+                    left,
+                })
+            })
+            .collect()
     }
 
     /// A count that changes with every failure and lift.
@@ -786,6 +839,11 @@ impl Lockouts {
     fn tracked(&self) -> usize {
         self.table().len()
     }
+}
+
+/// What tells credentials apart among an address's failures: the first 8 bytes of its digest.
+pub fn fingerprint(digest: &Digest) -> u64 {
+    u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
 }
 
 /// Drops the failures that happened `window` or longer before `now`.

@@ -21,11 +21,12 @@ use crate::edge::identity::{self, ClientIdentity};
 use crate::edge::reply::Refusal;
 use crate::observe::metrics::AuthMetrics;
 use crate::state::handover::{Arrival, Clock, SiteState};
+use crate::state::shared::{self, HeldBlock, Remote, SiteShare};
 use crate::state::Continuity;
 use async_trait::async_trait;
 use credential::{Credential, Presented};
 use http::header::HeaderValue;
-use lockout::{Admission, Kind, Lockouts, Reservation, Who};
+use lockout::{Admission, Blocked, Blocks, Kind, Lockouts, Reservation, Who};
 use pingora::http::RequestHeader;
 use revocation::Revocations;
 use serde_json::{json, Value};
@@ -38,6 +39,13 @@ use verdicts::{Digest, Source, Verdict, Verdicts};
 /// The longest an attempt waits for a place to be judged in (others from the same client being
 /// judged): a validator answers or times out well within it.
 const RESERVATION_WAIT: Duration = Duration::from_secs(30);
+
+/// The longest a credential being judged holds its place in Redis, should its instance never
+/// settle it (it stopped): a check, its waits included, ends well within it.
+const REMOTE_LEASE: Duration = Duration::from_secs(60);
+/// How long an attempt waits before it asks Redis again for a place, while every place is
+/// taken across the instances.
+const REMOTE_FULL_WAIT: Duration = Duration::from_millis(100);
 
 /// A request with a credential, as authentication methods see it.
 pub struct Attempt<'a> {
@@ -52,7 +60,41 @@ enum Turn<'a> {
     /// Its verdict is known already.
     Known(Verdict),
     /// It is judged, in this place among the failures its client has left.
-    Judge(Reservation<'a>),
+    Judge(Place<'a>),
+}
+
+/// A place among the failures a client has left, here and (with shared state) on every
+/// instance.
+type Place<'a> = (Reservation<'a>, Option<RemoteLease>);
+
+/// A place reserved in Redis too: settled with the outcome, or given back when dropped (the
+/// request went away).
+struct RemoteLease {
+    share: Arc<SiteShare>,
+    ip: IpAddr,
+    user: Option<(u64, Option<String>)>,
+    digest: String,
+    limits: shared::Limits,
+    open: bool,
+}
+
+impl Drop for RemoteLease {
+    fn drop(&mut self) {
+        if !self.open {
+            return;
+        }
+        let (share, ip, user, digest, limits) = (
+            self.share.clone(),
+            self.ip,
+            self.user.take(),
+            std::mem::take(&mut self.digest),
+            self.limits,
+        );
+        tokio::spawn(async move {
+            let user = user.as_ref().map(|(hash, name)| (*hash, name.as_deref()));
+            share.settle(ip, user, &digest, false, None, &limits).await;
+        });
+    }
 }
 
 /// One way of telling who a request comes from.
@@ -82,7 +124,11 @@ pub struct Auth {
     /// The validate_url validators, also for `/status`.
     validator: Arc<validator::Validator>,
     public_paths: Vec<String>,
-    lockouts: Lockouts,
+    lockouts: Arc<Lockouts>,
+    /// With `server.shared_state`: this site's keys and channel in Redis.
+    share: Option<Arc<SiteShare>>,
+    /// The lockout settings, as Redis's scripts take them.
+    limits: shared::Limits,
     /// `limits.ipv6_prefix`: the lockout counts an IPv6 client by its network.
     v6_prefix: u8,
     verdicts: Arc<Verdicts>,
@@ -106,11 +152,15 @@ impl Auth {
         service: &str,
         settings: &AuthSettings,
         limits: &Limits,
-        state: &Continuity,
+        (state, share): (&Continuity, Option<Arc<SiteShare>>),
     ) -> Auth {
         let metrics = Arc::new(AuthMetrics::new(service));
         let revocations = Arc::new(Revocations::new(settings.cache_for));
-        let verdicts = Arc::new(Verdicts::new(revocations.clone(), &state.key));
+        let verdicts = Arc::new(Verdicts::new(
+            revocations.clone(),
+            &state.key,
+            share.clone(),
+        ));
         let mut methods: Vec<Box<dyn Method>> = Vec::new();
         let mut keys = None;
         let mut challenge = format!("realm=\"{service}\", charset=\"UTF-8\"");
@@ -145,7 +195,15 @@ impl Auth {
             revocations,
             service: service.to_string(),
             public_paths: settings.public_paths.clone(),
-            lockouts: Lockouts::new(&settings.lockout, &state.key),
+            lockouts: Arc::new(Lockouts::new(&settings.lockout, &state.key)),
+            share,
+            limits: shared::Limits {
+                window: settings.lockout.window,
+                block: settings.lockout.block,
+                address_failures: settings.lockout.address_failures,
+                failures: settings.lockout.failures,
+                lease: REMOTE_LEASE,
+            },
             v6_prefix: limits.ipv6_prefix,
             verdicts,
             arrival: state.arrival.clone(),
@@ -203,8 +261,8 @@ impl Auth {
         // known verdict proved; read from the credential only when needed.
         let claimed = std::sync::OnceLock::new();
         let claimed = || claimed.get_or_init(|| credential.user()).as_deref();
-        let reservation = match self.reserve(client, &attempt.digest, claimed).await {
-            Ok(Turn::Judge(reservation)) => reservation,
+        let place = match self.reserve(client, &attempt.digest, claimed).await {
+            Ok(Turn::Judge(place)) => place,
             Ok(Turn::Known(verdict)) => {
                 self.metrics.kept.inc();
                 return self.decide(&attempt, client, claimed, Some(verdict), None);
@@ -218,7 +276,7 @@ impl Auth {
                 break;
             }
         }
-        self.decide(&attempt, client, claimed, verdict, Some(reservation))
+        self.decide(&attempt, client, claimed, verdict, Some(place))
     }
 
     /// The credential `digest`'s verdict when it is known and its user and address have a place
@@ -259,7 +317,52 @@ impl Auth {
                                        reload: credentials are checked there";
                         return Err(self.refuse(503, message.into(), None, retry));
                     }
-                    return Ok(Turn::Judge(reservation));
+                    let Some(share) = self.share.as_ref().filter(|s| s.up()) else {
+                        return Ok(Turn::Judge((reservation, None)));
+                    };
+                    // Across the instances too.
+                    let counted = self.lockouts.user_of(who, Some(digest));
+                    let hash = counted.map(|(hash, _)| hash);
+                    let hex = verdicts::hex(digest);
+                    match share.reserve(client.key, hash, &hex, &self.limits).await {
+                        Remote::Reserved => {
+                            let lease = RemoteLease {
+                                share: share.clone(),
+                                ip: client.key,
+                                user: counted.map(|(h, n)| (h, n.map(str::to_string))),
+                                digest: hex,
+                                limits: self.limits,
+                                open: true,
+                            };
+                            return Ok(Turn::Judge((reservation, Some(lease))));
+                        }
+                        Remote::Unanswered => return Ok(Turn::Judge((reservation, None))),
+                        Remote::Verdict(verdict, left) => {
+                            drop(reservation);
+                            return Ok(Turn::Known(self.verdicts.adopt(*digest, verdict, left)));
+                        }
+                        Remote::Blocked {
+                            user: of_user,
+                            left,
+                        } => {
+                            drop(reservation);
+                            let now = Instant::now();
+                            let blocked = if of_user { counted } else { None };
+                            self.lockouts
+                                .apply_block(client.key, blocked, now + left, now);
+                            let kind = if of_user { Kind::User } else { Kind::Address };
+                            return Err(self.blocked(client, kind, user, left));
+                        }
+                        Remote::Full => {
+                            drop(reservation);
+                            let pause = tokio::time::Instant::now() + REMOTE_FULL_WAIT;
+                            if pause >= deadline {
+                                return Err(self.too_many(client));
+                            }
+                            tokio::time::sleep_until(pause).await;
+                            continue;
+                        }
+                    }
                 }
                 Admission::Blocked(kind, left) => {
                     return Err(self.blocked(client, kind, user, left))
@@ -273,14 +376,19 @@ impl Auth {
                 continue;
             }
             if tokio::time::timeout_at(deadline, woken).await.is_err() {
-                let retry = vec![("Retry-After", HeaderValue::from_static("1"))];
-                let message = format!(
-                    "too many logins from {} are being checked at once",
-                    self.shown(client.key)
-                );
-                return Err(self.refuse(429, message, None, retry));
+                return Err(self.too_many(client));
             }
         }
+    }
+
+    /// The answer to an attempt that waited too long for a place.
+    fn too_many(&self, client: ClientIdentity) -> Decision {
+        let retry = vec![("Retry-After", HeaderValue::from_static("1"))];
+        let message = format!(
+            "too many logins from {} are being checked at once",
+            self.shown(client.key)
+        );
+        self.refuse(429, message, None, retry)
     }
 
     /// The gate's answer once a credential was judged (or found judged): `reservation` is
@@ -292,13 +400,13 @@ impl Auth {
         client: ClientIdentity,
         claimed: impl Fn() -> Option<&'c str>,
         verdict: Option<Verdict>,
-        reservation: Option<Reservation<'_>>,
+        reservation: Option<Place<'_>>,
     ) -> Decision {
         let req = attempt.request;
         let user = || claimed().filter(|u| loggable(u)).map(Arc::from);
         match verdict {
             Some(Verdict::Valid { user: proven }) => {
-                if let Some(r) = reservation {
+                if let Some((r, _remote)) = reservation {
                     r.settle(false, Instant::now());
                 }
                 Decision::Pass { user: proven }
@@ -371,49 +479,82 @@ impl Auth {
         claimed: Option<&str>,
         digest: Option<&Digest>,
         why: Arc<str>,
-        reservation: Option<Reservation<'_>>,
+        reservation: Option<Place<'_>>,
     ) -> Decision {
         // The clock is read now: a check may have taken a while.
         let now = Instant::now();
-        let blocks = match reservation {
-            Some(r) => r.settle(true, now),
-            None => {
-                let who = Who {
-                    ip: client.key,
-                    user: claimed,
-                };
-                self.lockouts.failed(who, digest, now)
-            }
+        let who = Who {
+            ip: client.key,
+            user: claimed,
         };
+        let (blocks, lease) = match reservation {
+            Some((r, lease)) => (r.settle(true, now), lease),
+            None => (self.lockouts.failed(who, digest, now), None),
+        };
+        report_blocks(&self.service, &self.metrics, client.ip, claimed, &blocks);
+        self.count_shared(client, who, digest, lease, &blocks);
         let shown = claimed.filter(|u| loggable(u));
-        if let Some(blocked) = blocks.user {
-            self.metrics.user_lockouts.inc();
-            let blocked_one = match (claimed, shown) {
-                (_, Some(user)) => format!("user {user}"),
-                (Some(_), None) => "user (a name that cannot be logged)".to_string(),
-                (None, _) => "a credential naming no user".to_string(),
-            };
-            log::warn!(
-                "{blocked_one} blocked at {} for {} seconds after {} failed logins (service {})",
-                client.ip,
-                blocked.seconds,
-                blocked.after_failures,
-                self.service
-            );
-        }
-        if let Some(blocked) = blocks.address {
-            self.metrics.lockouts.inc();
-            log::warn!(
-                "{} blocked for {} seconds after {} failed logins (service {})",
-                client.ip,
-                blocked.seconds,
-                blocked.after_failures,
-                self.service
-            );
-        }
         let challenge = vec![("WWW-Authenticate", self.challenge(req))];
         let user = shown.map(Arc::from);
         self.refuse(401, format!("credentials refused: {why}"), user, challenge)
+    }
+
+    /// Counts a failure of `who` with credential `digest` in Redis (settling its place there,
+    /// if it had one), and applies here the blocks it begins there that the local count did
+    /// not (`local`).
+    fn count_shared(
+        &self,
+        client: ClientIdentity,
+        who: Who<'_>,
+        digest: Option<&Digest>,
+        lease: Option<RemoteLease>,
+        local: &Blocks,
+    ) {
+        let Some(share) = self.share.clone() else {
+            return;
+        };
+        if lease.is_none() && !share.up() {
+            return;
+        }
+        if let Some(mut lease) = lease {
+            lease.open = false;
+        }
+        let user = self
+            .lockouts
+            .user_of(who, digest)
+            .map(|(hash, name)| (hash, name.map(str::to_string)));
+        let hex = digest.map(verdicts::hex).unwrap_or_default();
+        let credential = digest.map(lockout::fingerprint);
+        let (lockouts, metrics, limits) =
+            (self.lockouts.clone(), self.metrics.clone(), self.limits);
+        let service = self.service.clone();
+        let claimed = who.user.map(str::to_string);
+        let local = (local.address.is_some(), local.user.is_some());
+        tokio::spawn(async move {
+            let named = user.as_ref().map(|(hash, name)| (*hash, name.as_deref()));
+            let (address, of_user) = share
+                .settle(client.key, named, &hex, true, credential, &limits)
+                .await;
+            let now = Instant::now();
+            let until = now + limits.block;
+            let seconds = limits.block.as_secs();
+            let mut begun = Blocks::default();
+            if address && !local.0 {
+                lockouts.apply_block(client.key, None, until, now);
+                begun.address = Some(Blocked {
+                    after_failures: limits.address_failures,
+                    seconds,
+                });
+            }
+            if let Some(named) = named.filter(|_| of_user && !local.1) {
+                lockouts.apply_block(client.key, Some(named), until, now);
+                begun.user = Some(Blocked {
+                    after_failures: limits.failures,
+                    seconds,
+                });
+            }
+            report_blocks(&service, &metrics, client.ip, claimed.as_deref(), &begun);
+        });
     }
 
     fn refuse(
@@ -436,7 +577,57 @@ impl Auth {
     /// Revokes `user`: verdicts on their credentials stop counting (the next request is checked
     /// again) and their open WebSockets are closed; how many were open.
     pub fn revoke(&self, user: &str) -> usize {
+        if let Some(share) = self.share.clone() {
+            let (user, keep) = (user.to_string(), self.cache_for.max(REMOTE_LEASE));
+            tokio::spawn(async move { share.revoke(&user, keep).await });
+        }
         self.revocations.revoke(user)
+    }
+
+    /// `user` was revoked by another instance's admin listener.
+    pub fn revoked_elsewhere(&self, user: &str) {
+        let closed = self.revocations.revoke(user);
+        log::info!(
+            "user {} revoked by another instance's admin listener: {closed} WebSocket(s) closed (service {})",
+            if loggable(user) { user } else { "(a name that cannot be logged)" },
+            self.service
+        );
+    }
+
+    /// A block another instance began: the address `ip`, or with `user` the user there.
+    pub fn block_from_elsewhere(
+        &self,
+        ip: IpAddr,
+        user: Option<(u64, Option<&str>)>,
+        left: Duration,
+    ) {
+        let now = Instant::now();
+        self.lockouts.apply_block(ip, user, now + left, now);
+    }
+
+    /// The admin listener of another instance lifted the block of `user` at `ip` (a client
+    /// key), or every block there.
+    pub fn lifted_elsewhere(&self, ip: IpAddr, user: Option<&str>) {
+        if self.lockouts.clear(ip, user, Instant::now()) {
+            log::info!(
+                "{}{} unblocked by another instance's admin listener (service {})",
+                user.map_or_else(String::new, |u| format!(
+                    "user {} at ",
+                    if loggable(u) {
+                        u
+                    } else {
+                        "(a name that cannot be logged)"
+                    }
+                )),
+                self.shown(ip),
+                self.service
+            );
+        }
+    }
+
+    /// The blocks now, to give Redis back after it was down.
+    pub fn blocks(&self) -> Vec<HeldBlock> {
+        self.lockouts.blocks(Instant::now())
     }
 
     /// What an open WebSocket of `user` waits on: it changes when the user is revoked. `None`
@@ -449,6 +640,17 @@ impl Auth {
     /// user every block there (the address's and its users'); false when there was none.
     pub fn lift_block(&self, ip: IpAddr, user: Option<&str>) -> bool {
         let key = identity::client_key(ip, self.v6_prefix);
+        if let Some(share) = self.share.clone() {
+            let who = Who { ip: key, user };
+            let hash = user
+                .and_then(|_| self.lockouts.user_of(who, None))
+                .map(|(h, _)| h);
+            let user = user.map(str::to_string);
+            tokio::spawn(async move {
+                let user = user.as_deref().zip(hash);
+                share.lift(key, user).await;
+            });
+        }
         let lifted = self.lockouts.clear(key, user, Instant::now());
         if lifted {
             match user {
@@ -586,6 +788,40 @@ fn is_preflight(req: &RequestHeader) -> bool {
         && [AUTHORIZATION, COOKIE, UPGRADE, SEC_WEBSOCKET_PROTOCOL]
             .iter()
             .all(|name| !h.contains_key(name))
+}
+
+/// Counts and logs the blocks a failed login of `claimed` from `ip` began. Only an address
+/// block is the line fail2ban reads (it begins with the address): one agent's typos must never
+/// get an office's address banned.
+fn report_blocks(
+    service: &str,
+    metrics: &AuthMetrics,
+    ip: IpAddr,
+    claimed: Option<&str>,
+    blocks: &Blocks,
+) {
+    let shown = claimed.filter(|u| loggable(u));
+    if let Some(blocked) = &blocks.user {
+        metrics.user_lockouts.inc();
+        let blocked_one = match (claimed, shown) {
+            (_, Some(user)) => format!("user {user}"),
+            (Some(_), None) => "user (a name that cannot be logged)".to_string(),
+            (None, _) => "a credential naming no user".to_string(),
+        };
+        log::warn!(
+            "{blocked_one} blocked at {ip} for {} seconds after {} failed logins (service {service})",
+            blocked.seconds,
+            blocked.after_failures,
+        );
+    }
+    if let Some(blocked) = &blocks.address {
+        metrics.lockouts.inc();
+        log::warn!(
+            "{ip} blocked for {} seconds after {} failed logins (service {service})",
+            blocked.seconds,
+            blocked.after_failures,
+        );
+    }
 }
 
 /// A user name worth writing to the access log: a name a directory would hold, never text a

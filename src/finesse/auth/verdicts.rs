@@ -7,6 +7,7 @@
 use super::revocation::Revocations;
 use crate::state::handover::{Clock, KeptKind, KeptVerdict};
 use crate::state::secret::StateKey;
+use crate::state::shared::{SharedVerdict, SiteShare};
 use hmac::{Hmac, Mac};
 use pingora_memory_cache::MemoryCache;
 use sha2::Sha256;
@@ -80,12 +81,19 @@ pub struct Verdicts {
     changes: AtomicU64,
     pending: Pending,
     revocations: Arc<Revocations>,
+    /// With `server.shared_state`: where verdicts judged here are kept for every instance.
+    share: Option<Arc<SiteShare>>,
 }
 
 impl Verdicts {
     /// `revocations`: users whose verdicts judged before their revocation no longer count.
-    pub fn new(revocations: Arc<Revocations>, key: &StateKey) -> Self {
+    pub fn new(
+        revocations: Arc<Revocations>,
+        key: &StateKey,
+        share: Option<Arc<SiteShare>>,
+    ) -> Self {
         Verdicts {
+            share,
             mac: key.mac(),
             kept: MemoryCache::new(MAX_VERDICTS),
             order: Mutex::new(VecDeque::new()),
@@ -121,6 +129,49 @@ impl Verdicts {
             kept.make_contiguous().reverse();
             *order = kept;
         }
+    }
+
+    /// Keeps a verdict judged here for every instance (in the background).
+    fn share_verdict(&self, digest: Digest, verdict: &Verdict, began: Instant, keep: Duration) {
+        let Some(share) = self.share.clone().filter(|s| s.up()) else {
+            return;
+        };
+        let shared = match verdict {
+            Verdict::Valid { user } => SharedVerdict {
+                valid: true,
+                user: user.as_deref().map(str::to_string),
+                why: None,
+                judged: None,
+            },
+            Verdict::Invalid(why) => SharedVerdict {
+                valid: false,
+                user: None,
+                why: Some(why.to_string()),
+                judged: None,
+            },
+            Verdict::Unavailable(_) => return,
+        };
+        tokio::spawn(async move {
+            share
+                .keep_verdict(&hex(&digest), &shared, began.elapsed(), keep)
+                .await;
+        });
+    }
+
+    /// Keeps here a verdict another instance judged (`left`: how much longer it is kept).
+    pub fn adopt(&self, digest: Digest, verdict: SharedVerdict, left: Duration) -> Verdict {
+        let verdict = if verdict.valid {
+            Verdict::Valid {
+                user: verdict.user.map(Arc::from),
+            }
+        } else {
+            Verdict::Invalid(verdict.why.unwrap_or_default().into())
+        };
+        let now = Instant::now();
+        if !left.is_zero() {
+            self.keep(digest, verdict.clone(), now, now + left.min(MAX_KEEP));
+        }
+        verdict
     }
 
     /// A count that changes with every verdict kept.
@@ -273,6 +324,7 @@ impl Verdicts {
             .clone();
         if ran && !judged.keep.is_zero() {
             self.keep(digest, judged.verdict.clone(), began, began + judged.keep);
+            self.share_verdict(digest, &judged.verdict, began, judged.keep);
         }
         let source = if ran { Source::Judged } else { Source::Shared };
         (judged, began, source)
@@ -285,7 +337,7 @@ impl Verdicts {
     }
 }
 
-fn hex(digest: &Digest) -> String {
+pub fn hex(digest: &Digest) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -351,8 +403,16 @@ mod tests {
 
     #[test]
     fn digests_are_keyed() {
-        let a = Verdicts::new(Arc::new(Revocations::new(Duration::from_secs(900))), &key());
-        let b = Verdicts::new(Arc::new(Revocations::new(Duration::from_secs(900))), &key());
+        let a = Verdicts::new(
+            Arc::new(Revocations::new(Duration::from_secs(900))),
+            &key(),
+            None,
+        );
+        let b = Verdicts::new(
+            Arc::new(Revocations::new(Duration::from_secs(900))),
+            &key(),
+            None,
+        );
         assert_eq!(a.digest(b"Basic x"), a.digest(b"Basic x"));
         assert_ne!(a.digest(b"Basic x"), a.digest(b"Basic y"));
         assert_ne!(a.digest(b"Basic x"), b.digest(b"Basic x"));
@@ -360,7 +420,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_verdict_is_kept_and_reused() {
-        let v = Verdicts::new(Arc::new(Revocations::new(Duration::from_secs(900))), &key());
+        let v = Verdicts::new(
+            Arc::new(Revocations::new(Duration::from_secs(900))),
+            &key(),
+            None,
+        );
         let d = v.digest(b"Basic x");
         let (verdict, source) = v.get_or_judge(d, || async { valid("a") }).await;
         assert_eq!(source, Source::Judged);
@@ -372,7 +436,11 @@ mod tests {
 
     #[tokio::test]
     async fn zero_keep_is_not_kept() {
-        let v = Verdicts::new(Arc::new(Revocations::new(Duration::from_secs(900))), &key());
+        let v = Verdicts::new(
+            Arc::new(Revocations::new(Duration::from_secs(900))),
+            &key(),
+            None,
+        );
         let d = v.digest(b"Bearer t");
         let down = || async {
             Judged {
@@ -389,6 +457,7 @@ mod tests {
         let v = Arc::new(Verdicts::new(
             Arc::new(Revocations::new(Duration::from_secs(900))),
             &key(),
+            None,
         ));
         let calls = Arc::new(AtomicUsize::new(0));
         let d = v.digest(b"Basic new");
@@ -417,6 +486,7 @@ mod tests {
         let v = Arc::new(Verdicts::new(
             Arc::new(Revocations::new(Duration::from_secs(900))),
             &key(),
+            None,
         ));
         let d = v.digest(b"Basic pair");
         for _ in 0..200 {
@@ -446,7 +516,7 @@ mod tests {
     #[tokio::test]
     async fn a_check_running_when_its_user_is_revoked_is_judged_again_for_all() {
         let revocations = Arc::new(Revocations::new(Duration::from_secs(900)));
-        let v = Arc::new(Verdicts::new(revocations.clone(), &key()));
+        let v = Arc::new(Verdicts::new(revocations.clone(), &key(), None));
         let d = v.digest(b"Basic agent8");
         let runs = Arc::new(AtomicUsize::new(0));
         let ask = |v: Arc<Verdicts>, runs: Arc<AtomicUsize>| async move {
@@ -480,7 +550,11 @@ mod tests {
 
     #[tokio::test]
     async fn an_abandoned_judgement_leaves_nothing_behind() {
-        let v = Verdicts::new(Arc::new(Revocations::new(Duration::from_secs(900))), &key());
+        let v = Verdicts::new(
+            Arc::new(Revocations::new(Duration::from_secs(900))),
+            &key(),
+            None,
+        );
         let d = v.digest(b"Basic gone");
         let slow = v.get_or_judge(d, || async {
             tokio::time::sleep(Duration::from_secs(60)).await;
@@ -498,7 +572,11 @@ mod tests {
     async fn kept_verdicts_pass_to_the_next_process_and_a_revocation_there_voids_them() {
         let key = key();
         let clock = Clock::process();
-        let old = Verdicts::new(Arc::new(Revocations::new(Duration::from_secs(900))), &key);
+        let old = Verdicts::new(
+            Arc::new(Revocations::new(Duration::from_secs(900))),
+            &key,
+            None,
+        );
         let (a, b, c) = (
             old.digest(b"Basic a"),
             old.digest(b"Basic b"),
@@ -520,7 +598,7 @@ mod tests {
             serde_json::from_slice(&serde_json::to_vec(&exported).unwrap()).unwrap();
 
         let revocations = Arc::new(Revocations::new(Duration::from_secs(900)));
-        let new = Verdicts::new(revocations.clone(), &key);
+        let new = Verdicts::new(revocations.clone(), &key, None);
         assert_eq!(new.digest(b"Basic a"), a, "the same key hashes alike");
         revocations.revoke("AGENT2");
         new.import(exported.clone(), &clock, Instant::now());
@@ -540,7 +618,11 @@ mod tests {
     async fn a_verdict_handed_over_expires_when_it_would_have() {
         let key = key();
         let clock = Clock::process();
-        let old = Verdicts::new(Arc::new(Revocations::new(Duration::from_secs(900))), &key);
+        let old = Verdicts::new(
+            Arc::new(Revocations::new(Duration::from_secs(900))),
+            &key,
+            None,
+        );
         let a = old.digest(b"Basic a");
         let short = || async {
             Judged {
@@ -550,7 +632,11 @@ mod tests {
         };
         old.get_or_judge(a, short).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let new = Verdicts::new(Arc::new(Revocations::new(Duration::from_secs(900))), &key);
+        let new = Verdicts::new(
+            Arc::new(Revocations::new(Duration::from_secs(900))),
+            &key,
+            None,
+        );
         new.import(old.export(&clock, Instant::now()), &clock, Instant::now());
         assert!(new.kept(&a).is_some());
         tokio::time::sleep(Duration::from_millis(150)).await;
@@ -564,7 +650,7 @@ mod tests {
         new.import(old.export(&clock, Instant::now()), &clock, Instant::now());
         assert_eq!(new.kept(&a), None);
         let revocations = Arc::new(Revocations::new(Duration::from_secs(900)));
-        let late = Verdicts::new(revocations.clone(), &key);
+        let late = Verdicts::new(revocations.clone(), &key, None);
         revocations.revoke("agent1");
         let b = old.digest(b"Basic b");
         old.get_or_judge(b, || async { valid("agent1") }).await;

@@ -109,8 +109,15 @@ pub fn conf_example(dir: &TestDir, name: &str) -> std::path::PathBuf {
             ca.server(&tls, stem, &["example.com"]);
         }
     }
+    // The shared state's key (32 bytes) and Redis password.
+    let state = dir.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("state.key"), [7u8; 32]).unwrap();
+    std::fs::write(state.join("redis.password"), "example\n").unwrap();
     dir.write(
         name,
-        &text.replace("/etc/ccedge/tls/", &format!("{}/", tls.display())),
+        &text
+            .replace("/etc/ccedge/tls/", &format!("{}/", tls.display()))
+            .replace("/etc/ccedge/state/", &format!("{}/", state.display())),
     )
 }

@@ -8,12 +8,14 @@ pub mod h2raw;
 pub mod http;
 pub mod proxy;
 pub mod raw;
+pub mod redis;
 pub mod upstream;
 pub mod ws;
 
 pub use certs::Ca;
 pub use client::{curl, Reply};
 pub use proxy::Ccedge;
+pub use redis::Redis;
 pub use upstream::Upstream;
 
 use std::net::TcpListener;
