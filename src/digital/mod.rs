@@ -18,6 +18,7 @@ use crate::observe::access_log::AccessLog;
 use crate::observe::admin::{self, StatusSource};
 use crate::observe::lifecycle::Lifecycle;
 use crate::observe::metrics::Totals;
+use crate::state::Continuity;
 use async_trait::async_trait;
 use bytes::Bytes;
 use health::NodeHealth;
@@ -60,6 +61,7 @@ impl DigitalChannel {
         service: &DigitalService,
         (log, lifecycle): (Arc<AccessLog>, Arc<Lifecycle>),
         health_state: std::path::PathBuf,
+        state: &Continuity,
     ) -> (Self, GenBackgroundService<LoadBalancer<RoundRobin>>) {
         let tls = service.upstream_tls.as_ref();
         let nodes = [&service.publisher, &service.subscriber];
@@ -85,7 +87,8 @@ impl DigitalChannel {
         let front = Front::new(
             &service.name,
             &service.clients,
-            RateLimiter::by_path(service.rate_limits.clone()),
+            RateLimiter::by_path(service.rate_limits.clone())
+                .map(|r| r.shared(state.rate_share(&service.name))),
             &service.limits,
             (log, lifecycle),
             &ROUTE_NAMES,

@@ -2,9 +2,11 @@
 //! (pingora-limits' rate estimator) and the request body size.
 
 use crate::config::{Per, RateRule, Role};
+use crate::state::rates::{self, RateShare, Who};
 use pingora_limits::rate::Rate;
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Counting slots per hash row of the estimator: with thousands of agents behind one site this
@@ -16,6 +18,8 @@ const ESTIMATOR_HASHES: usize = 4;
 pub struct RateLimiter {
     rules: Rules,
     rate: Rate,
+    /// With `server.shared_state`: the counts every instance adds up.
+    share: Option<Arc<RateShare>>,
 }
 
 enum Rules {
@@ -126,7 +130,14 @@ impl RateLimiter {
                 ESTIMATOR_HASHES,
                 ESTIMATOR_SLOTS,
             ),
+            share: None,
         }
+    }
+
+    /// Counts shared with the other instances through `share`, when given.
+    pub fn shared(mut self, share: Option<Arc<RateShare>>) -> Self {
+        self.share = share;
+        self
     }
 
     /// The rule that applies to a request to `route` for `path`, and its index.
@@ -169,7 +180,18 @@ impl RateLimiter {
             _ => Counted::Address(client),
         };
         let key = Key(counted, index);
-        let current = self.rate.observe(&key, 1);
+        let mut current = self.rate.observe(&key, 1);
+        // Past a quarter of the limit, what the other instances counted this second too.
+        if let Some(share) = &self.share {
+            if current.saturating_mul(4) > rule.per_second as isize {
+                let who = match key.0 {
+                    Counted::Address(ip) => Who::Address(ip),
+                    Counted::User(name) => share.user(name),
+                };
+                let others = share.count(index, who, rates::second(), current as i64);
+                current = current.saturating_add(others as isize);
+            }
+        }
         self.judge(rule, &key, current)
     }
 

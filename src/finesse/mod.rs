@@ -116,7 +116,8 @@ impl FinesseSite {
                     .map(|s| limits::role_default(s.role, per))
                     .collect(),
             ),
-        };
+        }
+        .map(|r| r.shared(state.rate_share(&service.name)));
         let status = json!({
             "name": service.name,
             "kind": "finesse",

@@ -219,8 +219,12 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
 
     for d in &config.digital {
         let health_state = PathBuf::from(format!("{}.{}.health", config.server.pid_file, d.name));
-        let (channel, checks) =
-            DigitalChannel::new(d, (log.clone(), lifecycle.clone()), health_state);
+        let (channel, checks) = DigitalChannel::new(
+            d,
+            (log.clone(), lifecycle.clone()),
+            health_state,
+            &continuity,
+        );
         let channel = Arc::new(channel);
         sources.push(channel.clone());
         let connections = ConnectionLimits::new(

@@ -3,6 +3,7 @@
 //! with (`secret`), which every process computes alike.
 
 pub mod handover;
+pub mod rates;
 pub mod secret;
 pub mod shared;
 
@@ -19,4 +20,12 @@ pub struct Continuity {
     pub arrival: Arc<Arrival>,
     /// With `server.shared_state`: Redis.
     pub shared: Option<Arc<shared::Shared>>,
+}
+
+impl Continuity {
+    /// The rate counts service `name` shares with the other instances, with shared state.
+    pub fn rate_share(&self, name: &str) -> Option<Arc<rates::RateShare>> {
+        let shared = self.shared.as_ref()?;
+        Some(shared.rates(name, self.key.name_hasher()))
+    }
 }

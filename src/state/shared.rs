@@ -13,6 +13,7 @@
 
 use crate::config::SharedState;
 use crate::observe::metrics;
+use crate::state::rates::{self, RateShare};
 use async_trait::async_trait;
 use fred::clients::{Client, SubscriberClient};
 use fred::interfaces::{
@@ -31,6 +32,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// How often the rate counts are added up.
+const RATES_EVERY: Duration = Duration::from_millis(200);
+/// How long a second's rate count is kept in Redis.
+const RATE_KEPT_MS: i64 = 3000;
 /// How often a Redis marked down is asked again.
 const RECHECK_EVERY: Duration = Duration::from_millis(500);
 /// How often the blocks are read again while connected (announcements missed are caught up).
@@ -140,6 +145,8 @@ pub struct Shared {
     listeners: Mutex<Sites>,
     /// Makes each failure's member unique.
     tags: AtomicU64,
+    /// The rate counts of each service.
+    rates: Mutex<Vec<Arc<RateShare>>>,
 }
 
 impl Shared {
@@ -189,6 +196,7 @@ impl Shared {
             },
             listeners: Mutex::new(HashMap::new()),
             tags: AtomicU64::new(0),
+            rates: Mutex::new(Vec::new()),
         }))
     }
 
@@ -214,8 +222,41 @@ impl Shared {
             .insert(site.keys.channel.clone(), (site.keys.clone(), listener));
     }
 
+    /// The rate counts service `name` shares (user names hashed with `names`).
+    pub fn rates(&self, name: &str, names: siphasher::sip::SipHasher13) -> Arc<RateShare> {
+        let share = Arc::new(RateShare::new(name, names));
+        self.rates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(share.clone());
+        share
+    }
+
     pub fn up(&self) -> bool {
         self.up.load(Ordering::Acquire)
+    }
+
+    /// Adds this instance's rate counts to Redis's, and hears the totals.
+    async fn add_rates(&self) {
+        let shares = self.rates.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let now = rates::second();
+        for share in shares {
+            let due = share.due(now);
+            if due.is_empty() || !self.up() {
+                continue;
+            }
+            let pipeline = self.client.pipeline();
+            for d in &due {
+                let _: Result<(), _> = pipeline.incr_by(d.key.as_str(), d.delta).await;
+                let _: Result<(), _> = pipeline.pexpire(d.key.as_str(), RATE_KEPT_MS, None).await;
+            }
+            let totals: Option<Vec<Value>> = self.call("rates", self.timeout, pipeline.all()).await;
+            for (d, total) in due.iter().zip(totals.unwrap_or_default().iter().step_by(2)) {
+                if let Some(total) = total.as_i64() {
+                    share.heard(d, total);
+                }
+            }
+        }
     }
 
     /// `call` bounded by `timeout`, skipped while Redis is down; a timeout or an error marks it
@@ -728,6 +769,16 @@ impl BackgroundService for SharedService {
             .keys()
             .cloned()
             .collect();
+        let adding = tokio::spawn({
+            let shared = shared.clone();
+            async move {
+                let mut tick = tokio::time::interval(RATES_EVERY);
+                loop {
+                    tick.tick().await;
+                    shared.add_rates().await;
+                }
+            }
+        });
         let mut messages = shared.subscriber.message_rx();
         let mut subscribed = false;
         let mut resynced = Instant::now();
@@ -765,6 +816,7 @@ impl BackgroundService for SharedService {
                     Err(_) => return,
                 },
                 _ = shutdown.changed() => {
+                    adding.abort();
                     let _ = tokio::time::timeout(ADMIN_TIMEOUT, shared.client.quit()).await;
                     let _ = tokio::time::timeout(ADMIN_TIMEOUT, shared.subscriber.quit()).await;
                     return;

@@ -81,6 +81,11 @@ impl Cluster {
     /// `n` instances of one Finesse site with authentication and a cache, sharing a Redis and
     /// a key.
     async fn start(name: &str, n: usize) -> Cluster {
+        Self::with(name, n, "").await
+    }
+
+    /// As `start`, with `extra` in the site's block.
+    async fn with(name: &str, n: usize, extra: &str) -> Cluster {
         let dir = TestDir::new(name);
         let redis = Redis::start(&dir).await;
         let key = dir.join("state.key");
@@ -101,7 +106,7 @@ impl Cluster {
             let (port, admin) = (free_port(), free_port());
             let yaml = format!(
                 "{server}  shared_state:\n    redis_url: {url}\n    key_file: {key}\n    timeout_ms: 1000\n\
-                 finesse:\n  - name: desktop\n    bind: 127.0.0.1\n    \
+                 finesse:\n  - name: desktop\n    bind: 127.0.0.1\n{extra}    \
                  servers:\n      - public: {HOST}:{port}\n        upstream: {app}\n        role: other\n    \
                  cache:\n      rules:\n        - path_prefix: /desktop/\n    \
                  auth:\n      validate_url: http://{validator}/finesse/api/UserAuth\n      cache_seconds: 900\n      \
@@ -440,4 +445,49 @@ async fn with_redis_down_no_request_fails_and_back_the_instances_exchange_their_
         .ccedge
         .wait_stderr("answers: lockouts, verdicts")
         .await;
+}
+
+#[tokio::test]
+async fn a_rate_limit_holds_across_instances_within_the_documented_error() {
+    // 100 requests a second per address; three instances each sent 100 a second for 2 s.
+    let extra = "    rate_limits:\n      - {path_prefix: /desktop/, per_second: 100, burst: 0}\n";
+    let cluster = Arc::new(Cluster::with("shared-rate", 3, extra).await);
+    // Start just after a second begins.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1020 - u64::from(now.subsec_millis()))).await;
+    let senders: Vec<_> = (0..3)
+        .map(|node| {
+            let cluster = cluster.clone();
+            tokio::spawn(async move {
+                let port = cluster.nodes[node].port;
+                let mut client = Client::new(
+                    SocketAddr::from(([127, 0, 0, 1], port)),
+                    &format!("{HOST}:{port}"),
+                );
+                let (mut admitted, mut refused) = (0, 0);
+                let began = tokio::time::Instant::now();
+                for i in 0..200u64 {
+                    tokio::time::sleep_until(began + Duration::from_millis(i * 10)).await;
+                    match client.get("/desktop/app.js").await.unwrap().status {
+                        200 => admitted += 1,
+                        429 => refused += 1,
+                        other => panic!("{other}"),
+                    }
+                }
+                (admitted, refused)
+            })
+        })
+        .collect();
+    let (mut admitted, mut refused) = (0, 0);
+    for sender in senders {
+        let (a, r) = sender.await.unwrap();
+        admitted += a;
+        refused += r;
+    }
+    // Alone, each instance would admit all of its own 200. Shared: 100 a second, plus up to a
+    // quarter of the limit from each other instance and what they sent in the last 200 ms.
+    assert!(admitted <= 420, "{admitted} admitted, {refused} refused");
+    assert!(admitted >= 150, "{admitted} admitted, {refused} refused");
 }
