@@ -180,6 +180,7 @@ impl DigitalChannel {
     }
 }
 
+#[async_trait]
 impl StatusSource for DigitalChannel {
     fn status(&self) -> serde_json::Value {
         let mut status = self.status.clone();

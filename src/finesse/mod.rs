@@ -347,9 +347,9 @@ impl Listener for FinesseSite {
         }
     }
 
-    fn revoked(&self, user: &str) {
+    fn revoked(&self, user: &str, ago: Duration) {
         if let Some(auth) = &self.auth {
-            auth.revoked_elsewhere(user);
+            auth.revoked_elsewhere(user, ago);
         }
     }
 
@@ -383,6 +383,7 @@ impl FinesseSite {
     }
 }
 
+#[async_trait]
 impl StatusSource for FinesseSite {
     fn status(&self) -> serde_json::Value {
         let mut status = self.status.clone();
@@ -420,8 +421,11 @@ impl StatusSource for FinesseSite {
         }
     }
 
-    fn lift_block(&self, ip: std::net::IpAddr, user: Option<&str>) -> bool {
-        self.auth.as_ref().is_some_and(|a| a.lift_block(ip, user))
+    async fn lift_block(&self, ip: std::net::IpAddr, user: Option<&str>) -> bool {
+        match &self.auth {
+            Some(auth) => auth.lift_block(ip, user).await,
+            None => false,
+        }
     }
 
     fn revoke_user(&self, user: &str) -> Option<usize> {

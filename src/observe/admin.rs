@@ -33,12 +33,13 @@ const STATUS_PAGE: &str = include_str!("status_page.html");
 
 /// A service as the admin listener sees it: it describes itself on `/status`, and lifts a
 /// login lockout when asked.
+#[async_trait]
 pub trait StatusSource: Send + Sync {
     fn status(&self) -> serde_json::Value;
 
     /// Lifts the block of `user` at client address `ip`, or with no user every block there;
     /// false when this service had none.
-    fn lift_block(&self, _ip: IpAddr, _user: Option<&str>) -> bool {
+    async fn lift_block(&self, _ip: IpAddr, _user: Option<&str>) -> bool {
         false
     }
 
@@ -240,7 +241,12 @@ impl Admin {
     /// `DELETE /auth/lockouts/<ip>[?user=<name>]`: lifts every login lockout at the client that
     /// address counts as (an IPv6 address, or `addr/len` as `/status` shows it, stands for its
     /// network), or only that user's there, on every site.
-    fn lockout(&self, method: &http::Method, ip: &str, query: Option<&str>) -> Response<Vec<u8>> {
+    async fn lockout(
+        &self,
+        method: &http::Method,
+        ip: &str,
+        query: Option<&str>,
+    ) -> Response<Vec<u8>> {
         let text = "text/plain; charset=utf-8";
         if method != http::Method::DELETE {
             return delete_only();
@@ -270,12 +276,10 @@ impl Admin {
             }
             None => None,
         };
-        let lifted = self
-            .watched
-            .sources
-            .iter()
-            .filter(|s| s.lift_block(ip, user.as_deref()))
-            .count();
+        let mut lifted = 0;
+        for source in &self.watched.sources {
+            lifted += usize::from(source.lift_block(ip, user.as_deref()).await);
+        }
         let what = match &user {
             Some(user) => format!("{user} at {ip}"),
             None => ip.to_string(),
@@ -560,7 +564,7 @@ impl ServeHttp for Admin {
             return self.revoke(&req.method, user);
         }
         if let Some(ip) = req.uri.path().strip_prefix("/auth/lockouts/") {
-            return self.lockout(&req.method, ip, req.uri.query());
+            return self.lockout(&req.method, ip, req.uri.query()).await;
         }
         if req.uri.path() == "/cache" {
             return self.purge(&req.method, req.uri.query());

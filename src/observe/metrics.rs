@@ -236,7 +236,7 @@ fn families() -> &'static Families {
             .expect("unique metric");
         let shared_state_up = IntGauge::new(
             "ccedge_shared_state_up",
-            "1 while Redis (server.shared_state) answers within timeout_ms; 0: local state only.",
+            "Whether Redis (server.shared_state) answers within timeout_ms: 1, shared state; 0, local state only.",
         )
         .expect("valid metric");
         registry

@@ -210,7 +210,9 @@ pub fn run(config: Config, daemon: bool, upgrade: bool) -> Result<(), String> {
         None => StateKey::beside(&config.server.pid_file),
     });
     let handover = Handover::new(&config.server.pid_file, key.fingerprint(), upgrade);
-    let shared = shared_state.map(Shared::new).transpose()?;
+    let shared = shared_state
+        .map(|settings| Shared::new(settings, key.fingerprint()))
+        .transpose()?;
     let continuity = Continuity {
         key,
         arrival: handover.arrival(),

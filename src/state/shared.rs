@@ -1,47 +1,62 @@
 //! The state every instance shares, in Redis (`server.shared_state`): login failures, blocks and
-//! the places of credentials being judged (Lua scripts, atomic in Redis and timed by its clock),
-//! kept verdicts under their keyed hashes, revocations, and the admin actions every instance
-//! must apply (published on a channel per site).
+//! the leases of credentials being judged (Lua scripts, atomic in Redis and timed by its clock),
+//! kept verdicts under their keyed hashes (signed with the shared key), rate counts
+//! (`state::rates`), and the admin actions every instance applies: lifts, revocations, purges,
+//! announced on a channel per site and kept in a log an instance that missed them reads again.
 //!
 //! Each instance keeps its local state as a mirror, and the common request path (a known
 //! verdict, no block) never asks Redis. A credential to be judged reserves its place in Redis
-//! too (which also answers with a verdict another instance kept); a failure is counted there
-//! and a block begun there is published. No call waits longer than `timeout_ms`: one that does
-//! marks Redis down, and until a check every 500 ms finds it answering again, every call is
-//! skipped and the instance works on its local state alone (said once in the log, and in
-//! `ccedge_shared_state_up`). Back, the instances exchange their blocks.
+//! too (which also answers with the block, or a verdict another instance kept); a failure is
+//! counted there and a block begun there is announced. No call waits longer than `timeout_ms`:
+//! one that does, or fails, marks Redis down, and until two checks in a row (every 500 ms) find
+//! it answering within `timeout_ms`, every call is skipped and the instance works on its local
+//! state alone (said in the log, at most once a minute, and in `ccedge_shared_state_up`).
+//! Admin actions made meanwhile are kept and made once Redis is back; then the instances give
+//! Redis the blocks they began alone (unless lifted since), and read the blocks and admin
+//! actions they missed.
 
 use crate::config::SharedState;
 use crate::observe::metrics;
 use crate::state::rates::{self, RateShare};
 use async_trait::async_trait;
 use fred::clients::{Client, SubscriberClient};
-use fred::interfaces::{
-    ClientLike, EventInterface, KeysInterface, PubsubInterface, SortedSetsInterface,
-};
+use fred::interfaces::{ClientLike, EventInterface, KeysInterface, PubsubInterface};
 use fred::prelude::{Builder, Config, ReconnectPolicy, TlsConnector};
 use fred::types::scripts::Script;
 use fred::types::Value;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// How often Redis is checked while it is down, and the rate counts added up.
+const TICK: Duration = Duration::from_millis(500);
 /// How often the rate counts are added up.
 const RATES_EVERY: Duration = Duration::from_millis(200);
 /// How long a second's rate count is kept in Redis.
 const RATE_KEPT_MS: i64 = 3000;
-/// How often a Redis marked down is asked again.
-const RECHECK_EVERY: Duration = Duration::from_millis(500);
-/// How often the blocks are read again while connected (announcements missed are caught up).
+/// How often, while connected, the blocks and admin actions are read again (announcements
+/// missed, should the subscription have dropped, are caught up).
 const RESYNC_EVERY: Duration = Duration::from_secs(10);
-/// The longest a check run on the admin listener's behalf (a lift, a revocation) may take.
+/// How far back admin actions are read again (the time between two reads, with room).
+const RESYNC_OVERLAP_MS: u64 = 30_000;
+/// The longest a call made for the admin listener (a lift, a revocation) may take.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// Checks in a row Redis must pass before it counts as up again.
+const UP_AFTER: u32 = 2;
+/// Lines about Redis going down or coming back, at most, each minute (it may flap).
+const SAY_PER_MINUTE: u32 = 4;
+/// Announcements buffered for the site listeners (fred's default, 32, is too few for a
+/// flood of blocks).
+const ANNOUNCEMENTS_BUFFERED: usize = 4096;
+/// Admin actions whose announcement was seen, remembered so that reading the log again does
+/// not apply them twice.
+const ACTIONS_REMEMBERED: usize = 4096;
 
 /// What a site does with what other instances announce.
 pub trait Listener: Send + Sync {
@@ -51,28 +66,33 @@ pub trait Listener: Send + Sync {
     /// The admin listener of an instance lifted the block of `user` at `ip`, or every block
     /// there.
     fn lifted(&self, ip: IpAddr, user: Option<&str>);
-    /// The admin listener of an instance revoked `user`.
-    fn revoked(&self, user: &str);
+    /// The admin listener of an instance revoked `user`, `ago`.
+    fn revoked(&self, user: &str, ago: Duration);
     /// The admin listener of an instance purged the caches (entries under `prefix`).
     fn purged(&self, prefix: Option<&str>);
     /// The blocks this instance holds, to give Redis back after it was down.
     fn blocks(&self) -> Vec<HeldBlock>;
 }
 
-/// A block an instance holds: the address, the user there (hash and name), the time left.
+/// A block an instance holds: the address, the user there (hash and name), the time left, and
+/// how long blocks last (when it began, with the time left).
 pub struct HeldBlock {
     pub ip: IpAddr,
     pub user: Option<(u64, Option<String>)>,
     pub left: Duration,
+    pub length: Duration,
 }
 
-/// Each site's keys and listener, by channel.
-type Sites = HashMap<String, (SiteKeys, Arc<dyn Listener>)>;
-
-/// An announcement on a site's channel.
+/// An announcement on a site's channel (also how admin actions are kept in their log).
 #[derive(Debug, Serialize, Deserialize)]
 struct Envelope {
     from: String,
+    /// When it happened, by Redis's clock (ms).
+    #[serde(default)]
+    at: Option<u64>,
+    /// Tells one admin action from another.
+    #[serde(default)]
+    tag: Option<String>,
     #[serde(flatten)]
     event: Event,
 }
@@ -99,12 +119,15 @@ enum Event {
     },
 }
 
-/// A verdict as kept in Redis (`judged`: Redis's clock, in ms).
+/// A verdict as kept in Redis: `judged` by Redis's clock (ms), `mac` a keyed hash of the rest
+/// with the credential's digest, under the shared key (whoever may write to Redis cannot make
+/// a credential valid).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SharedVerdict {
     pub valid: bool,
     pub user: Option<String>,
     pub why: Option<String>,
+    pub mac: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub judged: Option<u64>,
 }
@@ -112,10 +135,10 @@ pub struct SharedVerdict {
 /// What Redis says of a credential to be judged.
 #[derive(Debug, PartialEq)]
 pub enum Remote {
-    /// Its place is reserved on every instance: judge it, then settle.
+    /// Its place is reserved on every instance: judge it, then settle its lease.
     Reserved,
-    /// Another instance judged it: this verdict, kept this much longer.
-    Verdict(SharedVerdict, Duration),
+    /// Another instance judged it: this verdict, kept this much longer, judged this long ago.
+    Verdict(SharedVerdict, Duration, Duration),
     /// The address (`user`: false) or the user there is blocked this much longer.
     Blocked { user: bool, left: Duration },
     /// The address or the user has as many credentials being judged as failures left.
@@ -124,34 +147,88 @@ pub enum Remote {
     Unanswered,
 }
 
+#[derive(Clone)]
 struct Scripts {
     reserve: Script,
     settle: Script,
     blocks: Script,
+    give: Script,
     lift: Script,
     verdict: Script,
     revoke: Script,
+    purge: Script,
+    actions: Script,
 }
+
+/// One site's keys and channel in Redis.
+#[derive(Clone)]
+struct SiteKeys {
+    /// `ccedge:{<key fingerprint>:<site>}:`: every key of the site (one hash slot), apart from
+    /// other deployments' (another key) and other sites'.
+    prefix: String,
+    channel: String,
+    blocks: String,
+    actions: String,
+}
+
+impl SiteKeys {
+    fn key(&self, kind: &str, id: &str) -> String {
+        format!("{}{kind}:{id}", self.prefix)
+    }
+}
+
+/// An admin action Redis did not take (it was down), made once it is back.
+#[derive(Clone)]
+enum Pending {
+    Lift {
+        ip: IpAddr,
+        user: Option<(String, u64)>,
+        block: Duration,
+    },
+    Revoke {
+        user: String,
+        keep: Duration,
+    },
+    Purge {
+        prefix: Option<String>,
+    },
+}
+
+/// Each site's keys and listener, by channel.
+type Sites = HashMap<String, (SiteKeys, Arc<dyn Listener>)>;
 
 pub struct Shared {
     client: Client,
     subscriber: SubscriberClient,
     timeout: Duration,
     up: AtomicBool,
+    /// Checks passed in a row while down.
+    passed: AtomicU32,
     /// Tells this instance's announcements from others'.
     instance: String,
     shown_url: String,
+    /// The shared key's fingerprint, in every key.
+    fingerprint: String,
     scripts: Scripts,
     listeners: Mutex<Sites>,
-    /// Makes each failure's member unique.
+    /// Makes each lease, failure and admin action unique.
     tags: AtomicU64,
     /// The rate counts of each service.
     rates: Mutex<Vec<Arc<RateShare>>>,
+    /// Admin actions waiting for Redis, by site.
+    pending: Mutex<Vec<(SiteKeys, Pending)>>,
+    /// Admin actions applied (their tags), oldest first.
+    applied: Mutex<(VecDeque<String>, HashSet<String>)>,
+    /// By channel: Redis's time when its admin actions were last read.
+    actions_read: Mutex<HashMap<String, u64>>,
+    /// Lines about Redis going down or coming back: since when they are counted, how many.
+    said: Mutex<(Instant, u32)>,
 }
 
 impl Shared {
-    /// The clients (not connected yet: `SharedService` connects them).
-    pub fn new(settings: &SharedState) -> Result<Arc<Shared>, String> {
+    /// The clients (not connected yet: `SharedService` connects them); `fingerprint`: of the
+    /// shared key.
+    pub fn new(settings: &SharedState, fingerprint: &str) -> Result<Arc<Shared>, String> {
         let mut config = Config::from_url(&settings.redis_url.0)
             .map_err(|e| format!("server.shared_state.redis_url: {}", e.details()))?;
         if let Some(password) = &settings.password {
@@ -160,7 +237,7 @@ impl Shared {
         if let Some(tls) = &settings.tls {
             config.tls = Some(tls_connector(tls)?.into());
         }
-        // A command not sent while disconnected fails at once instead of waiting for the
+        // A command sent while disconnected fails at once instead of waiting for the
         // connection (the instance decides locally meanwhile).
         config.fail_fast = true;
         let mut builder = Builder::from_config(config);
@@ -172,6 +249,7 @@ impl Shared {
             })
             .with_performance_config(|p| {
                 p.default_command_timeout = ADMIN_TIMEOUT;
+                p.broadcast_channel_capacity = ANNOUNCEMENTS_BUFFERED;
             })
             .set_policy(ReconnectPolicy::new_constant(0, 500));
         let client = builder.build().map_err(|e| e.details().to_string())?;
@@ -184,30 +262,40 @@ impl Shared {
             subscriber,
             timeout: settings.timeout,
             up: AtomicBool::new(false),
+            passed: AtomicU32::new(0),
             instance: format!("{:016x}", rand::random::<u64>()),
             shown_url: settings.shown_url.clone(),
+            fingerprint: fingerprint.to_string(),
             scripts: Scripts {
                 reserve: script(include_str!("scripts/reserve.lua")),
                 settle: script(include_str!("scripts/settle.lua")),
                 blocks: script(include_str!("scripts/blocks.lua")),
+                give: script(include_str!("scripts/give.lua")),
                 lift: script(include_str!("scripts/lift.lua")),
                 verdict: script(include_str!("scripts/verdict.lua")),
                 revoke: script(include_str!("scripts/revoke.lua")),
+                purge: script(include_str!("scripts/purge.lua")),
+                actions: script(include_str!("scripts/actions.lua")),
             },
             listeners: Mutex::new(HashMap::new()),
             tags: AtomicU64::new(0),
             rates: Mutex::new(Vec::new()),
+            pending: Mutex::new(Vec::new()),
+            applied: Mutex::new((VecDeque::new(), HashSet::new())),
+            actions_read: Mutex::new(HashMap::new()),
+            said: Mutex::new((Instant::now(), 0)),
         }))
     }
 
     /// The share of site `name`.
     pub fn site(self: &Arc<Self>, name: &str) -> Arc<SiteShare> {
-        let prefix = format!("ccedge:{{{name}}}:");
+        let prefix = format!("ccedge:{{{}:{name}}}:", self.fingerprint);
         Arc::new(SiteShare {
             shared: self.clone(),
             keys: SiteKeys {
                 channel: format!("{prefix}events"),
                 blocks: format!("{prefix}blocks"),
+                actions: format!("{prefix}actions"),
                 prefix,
             },
         })
@@ -224,7 +312,10 @@ impl Shared {
 
     /// The rate counts service `name` shares (user names hashed with `names`).
     pub fn rates(&self, name: &str, names: siphasher::sip::SipHasher13) -> Arc<RateShare> {
-        let share = Arc::new(RateShare::new(name, names));
+        let share = Arc::new(RateShare::new(
+            &format!("{}:{name}", self.fingerprint),
+            names,
+        ));
         self.rates
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -236,27 +327,12 @@ impl Shared {
         self.up.load(Ordering::Acquire)
     }
 
-    /// Adds this instance's rate counts to Redis's, and hears the totals.
-    async fn add_rates(&self) {
-        let shares = self.rates.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let now = rates::second();
-        for share in shares {
-            let due = share.due(now);
-            if due.is_empty() || !self.up() {
-                continue;
-            }
-            let pipeline = self.client.pipeline();
-            for d in &due {
-                let _: Result<(), _> = pipeline.incr_by(d.key.as_str(), d.delta).await;
-                let _: Result<(), _> = pipeline.pexpire(d.key.as_str(), RATE_KEPT_MS, None).await;
-            }
-            let totals: Option<Vec<Value>> = self.call("rates", self.timeout, pipeline.all()).await;
-            for (d, total) in due.iter().zip(totals.unwrap_or_default().iter().step_by(2)) {
-                if let Some(total) = total.as_i64() {
-                    share.heard(d, total);
-                }
-            }
-        }
+    fn tag(&self) -> String {
+        format!(
+            "{}-{}",
+            self.instance,
+            self.tags.fetch_add(1, Ordering::Relaxed)
+        )
     }
 
     /// `call` bounded by `timeout`, skipped while Redis is down; a timeout or an error marks it
@@ -290,56 +366,122 @@ impl Shared {
         }
     }
 
+    /// Whether a line about Redis's state may be written now (a few a minute at most).
+    fn may_say(&self) -> bool {
+        let mut said = self.said.lock().unwrap_or_else(|p| p.into_inner());
+        if said.0.elapsed() >= Duration::from_secs(60) {
+            *said = (Instant::now(), 0);
+        }
+        said.1 += 1;
+        said.1 <= SAY_PER_MINUTE
+    }
+
     fn down(&self, why: &str) {
+        self.passed.store(0, Ordering::Relaxed);
         if self.up.swap(false, Ordering::AcqRel) {
             metrics::shared_state_up(false);
-            log::warn!(
+            let line = format!(
                 "shared state: Redis at {} is down or slow ({why}): lockouts, verdicts, rate \
                  counters and admin actions are local to this instance until it answers again",
                 self.shown_url
             );
+            if self.may_say() {
+                log::warn!("{line}");
+            } else {
+                log::debug!("{line}");
+            }
         }
     }
 
-    /// Asks Redis whether it answers; back, the instances exchange their blocks.
-    async fn check(&self) {
-        let answered = tokio::time::timeout(self.timeout.max(RECHECK_EVERY / 2), async {
-            self.client.ping::<String>(None).await
-        })
-        .await;
-        match answered {
-            Ok(Ok(_)) if !self.up() => {
-                self.up.store(true, Ordering::Release);
-                metrics::shared_state_up(true);
-                log::info!(
-                    "shared state: Redis at {} answers: lockouts, verdicts, rate counters and \
-                     admin actions are shared",
+    /// Asks Redis whether it answers within `timeout_ms`; after two answers in a row, it is up
+    /// again: the admin actions made meanwhile are made, and the instances exchange their
+    /// blocks and read the admin actions they missed.
+    async fn check(&self, first: bool) {
+        let answered = tokio::time::timeout(self.timeout, self.client.ping::<String>(None)).await;
+        let why = match answered {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(e.details().to_string()),
+            Err(_) => Some(format!("no answer within {} ms", self.timeout.as_millis())),
+        };
+        if let Some(why) = why {
+            if self.up() {
+                self.down(&why);
+            } else if first && self.may_say() {
+                log::warn!(
+                    "shared state: Redis at {} does not answer ({why}): lockouts, verdicts, \
+                     rate counters and admin actions are local to this instance until it does",
                     self.shown_url
                 );
-                self.exchange_blocks().await;
             }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => self.down(e.details()),
-            Err(_) => self.down("no answer to PING"),
+            self.passed.store(0, Ordering::Relaxed);
+            return;
+        }
+        if self.up() || self.passed.fetch_add(1, Ordering::Relaxed) + 1 < UP_AFTER {
+            return;
+        }
+        self.up.store(true, Ordering::Release);
+        metrics::shared_state_up(true);
+        let line = format!(
+            "shared state: Redis at {} answers: lockouts, verdicts, rate counters and admin \
+             actions are shared",
+            self.shown_url
+        );
+        if self.may_say() {
+            log::info!("{line}");
+        } else {
+            log::debug!("{line}");
+        }
+        self.make_pending().await;
+        self.resync(true).await;
+    }
+
+    /// Makes the admin actions Redis missed while it was down.
+    async fn make_pending(&self) {
+        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        for (keys, action) in pending {
+            let done = match &action {
+                Pending::Lift { ip, user, block } => {
+                    let user = user.as_ref().map(|(name, hash)| (name.as_str(), *hash));
+                    self.lift(&keys, *ip, user, *block).await.is_some()
+                }
+                Pending::Revoke { user, keep } => self.revoke(&keys, user, *keep).await,
+                Pending::Purge { prefix } => self.purge(&keys, prefix.as_deref()).await,
+            };
+            if !done {
+                self.wait_for(keys, action);
+            }
         }
     }
 
-    /// Gives Redis the blocks this instance holds, then takes those Redis holds.
-    async fn exchange_blocks(&self) {
-        let sites: Vec<(SiteKeys, Arc<dyn Listener>)> = self
-            .listeners
+    fn wait_for(&self, keys: SiteKeys, action: Pending) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((keys, action));
+    }
+
+    fn sites(&self) -> Vec<(SiteKeys, Arc<dyn Listener>)> {
+        self.listeners
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
             .cloned()
-            .collect();
-        for (keys, listener) in sites {
-            self.give_blocks(&keys, listener.as_ref()).await;
+            .collect()
+    }
+
+    /// Reads again the blocks and admin actions of every site (giving Redis the blocks begun
+    /// here alone first, when `give`: Redis was down).
+    async fn resync(&self, give: bool) {
+        for (keys, listener) in self.sites() {
+            if give {
+                self.give_blocks(&keys, listener.as_ref()).await;
+            }
             self.take_blocks(&keys, listener.as_ref()).await;
+            self.take_actions(&keys, listener.as_ref()).await;
         }
     }
 
-    /// Hands an announcement to its site, unless this instance made it.
+    /// Applies an announcement to its site, unless this instance made it or it was applied.
     fn dispatch(&self, channel: &str, text: &str) {
         let Some((_, listener)) = self
             .listeners
@@ -351,14 +493,33 @@ impl Shared {
             return;
         };
         let Ok(envelope) = serde_json::from_str::<Envelope>(text) else {
-            log::debug!(
-                "shared state: an announcement on {channel} that is not ccedge's: {text:?}"
-            );
+            log::debug!("shared state: an announcement on {channel} that is not ccedge's");
             return;
         };
+        self.apply(listener.as_ref(), envelope, None);
+    }
+
+    /// Applies `envelope`; `now`: Redis's time, when known (for how long ago it happened).
+    fn apply(&self, listener: &dyn Listener, envelope: Envelope, now: Option<u64>) {
         if envelope.from == self.instance {
             return;
         }
+        if let Some(tag) = &envelope.tag {
+            let mut applied = self.applied.lock().unwrap_or_else(|p| p.into_inner());
+            if !applied.1.insert(tag.clone()) {
+                return;
+            }
+            applied.0.push_back(tag.clone());
+            if applied.0.len() > ACTIONS_REMEMBERED {
+                if let Some(old) = applied.0.pop_front() {
+                    applied.1.remove(&old);
+                }
+            }
+        }
+        let ago = match (now, envelope.at) {
+            (Some(now), Some(at)) => Duration::from_millis(now.saturating_sub(at)),
+            _ => Duration::ZERO,
+        };
         match envelope.event {
             Event::Block {
                 ip,
@@ -381,69 +542,62 @@ impl Shared {
                     listener.lifted(ip, user.as_deref());
                 }
             }
-            Event::Revoke { user } => listener.revoked(&user),
+            Event::Revoke { user } => listener.revoked(&user, ago),
             Event::Purge { prefix } => listener.purged(prefix.as_deref()),
         }
     }
 
-    /// Gives Redis the blocks `listener` holds that it lacks (after Redis was down), and tells
-    /// the instances connected already.
+    /// Gives Redis the blocks `listener` holds that it lacks (begun while Redis was down), but
+    /// those an admin lifted since; the other instances are told.
     async fn give_blocks(&self, site: &SiteKeys, listener: &dyn Listener) {
-        for HeldBlock { ip, user, left } in listener.blocks() {
+        for HeldBlock {
+            ip,
+            user,
+            left,
+            length,
+        } in listener.blocks()
+        {
             let hash = user.as_ref().map(|(hash, _)| *hash);
             let id = record_id(ip, hash);
             let name = user.and_then(|(_, name)| name).unwrap_or_default();
-            let ms = i64::try_from(left.as_millis()).unwrap_or(i64::MAX).max(1);
-            let set = self.client.set::<Value, _, _>(
-                format!("{}b:{id}", site.prefix),
-                name.clone(),
-                Some(fred::types::Expiration::PX(ms)),
-                Some(fred::types::SetOptions::NX),
-                false,
-            );
-            let Some(set) = self.call("give blocks", ADMIN_TIMEOUT, set).await else {
-                return;
-            };
-            if set.is_null() {
-                // Redis holds it already.
-                continue;
-            }
-            let until = crate::observe::access_log::epoch_ms() as f64 + ms as f64;
-            let index = self.client.zadd::<Value, _, _>(
+            let keys = vec![
+                site.key("b", &id),
+                site.key("L", &id),
+                site.key("L", &ip.to_string()),
                 site.blocks.clone(),
-                None,
-                None,
-                false,
-                false,
-                (until, id),
-            );
-            let _ = self.call("give blocks", ADMIN_TIMEOUT, index).await;
-            let envelope = Envelope {
-                from: self.instance.clone(),
-                event: Event::Block {
-                    ip: ip.to_string(),
-                    user: hash.map(|h| h.to_string()),
-                    name: Some(name),
-                    left_ms: u64::try_from(ms).unwrap_or(0),
-                },
-            };
-            let text = serde_json::to_string(&envelope).unwrap_or_default();
-            let told = self
-                .client
-                .publish::<Value, _, _>(site.channel.clone(), text);
-            let _ = self.call("give blocks", ADMIN_TIMEOUT, told).await;
+            ];
+            let args = vec![
+                left.as_millis().max(1).to_string(),
+                length.max(left).as_millis().to_string(),
+                name,
+                site.channel.clone(),
+                self.instance.clone(),
+                ip.to_string(),
+                hash.map_or_else(String::new, |h| h.to_string()),
+                id,
+            ];
+            let give = self
+                .scripts
+                .give
+                .evalsha_with_reload::<i64, _, _>(&self.client, keys, args);
+            if self
+                .call("give blocks", ADMIN_TIMEOUT, give)
+                .await
+                .is_none()
+            {
+                return;
+            }
         }
     }
 
-    /// Takes the blocks Redis holds (announcements missed while disconnected).
+    /// Takes the blocks Redis holds (announcements missed).
     async fn take_blocks(&self, site: &SiteKeys, listener: &dyn Listener) {
-        let shared = self;
-        let blocks: Option<Vec<Value>> = shared
+        let blocks: Option<Vec<Value>> = self
             .call(
                 "take blocks",
                 ADMIN_TIMEOUT,
-                shared.scripts.blocks.evalsha_with_reload(
-                    &shared.client,
+                self.scripts.blocks.evalsha_with_reload(
+                    &self.client,
                     site.blocks.clone(),
                     site.prefix.clone(),
                 ),
@@ -469,12 +623,136 @@ impl Shared {
         }
     }
 
-    fn tag(&self) -> String {
-        format!(
-            "{}-{}",
-            self.instance,
-            self.tags.fetch_add(1, Ordering::Relaxed)
+    /// Applies the admin actions of the site's log this instance has not (announcements
+    /// missed).
+    async fn take_actions(&self, site: &SiteKeys, listener: &dyn Listener) {
+        let since = self
+            .actions_read
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&site.channel)
+            .map_or(0, |at| at.saturating_sub(RESYNC_OVERLAP_MS));
+        let read: Option<Vec<Value>> = self
+            .call(
+                "take actions",
+                ADMIN_TIMEOUT,
+                self.scripts.actions.evalsha_with_reload(
+                    &self.client,
+                    site.actions.clone(),
+                    since.to_string(),
+                ),
+            )
+            .await;
+        let Some(read) = read else { return };
+        let Some(now) = read.first().and_then(Value::as_u64) else {
+            return;
+        };
+        let first = since == 0;
+        for text in read.iter().skip(1).filter_map(Value::as_string) {
+            if let Ok(envelope) = serde_json::from_str::<Envelope>(&text) {
+                if first {
+                    // Those before this instance started were applied by its state already
+                    // or do not concern it: remembered only.
+                    if let Some(tag) = envelope.tag {
+                        let mut applied = self.applied.lock().unwrap_or_else(|p| p.into_inner());
+                        if applied.1.insert(tag.clone()) {
+                            applied.0.push_back(tag);
+                        }
+                    }
+                    continue;
+                }
+                self.apply(listener, envelope, Some(now));
+            }
+        }
+        self.actions_read
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(site.channel.clone(), now);
+    }
+
+    async fn lift(
+        &self,
+        site: &SiteKeys,
+        ip: IpAddr,
+        user: Option<(&str, u64)>,
+        block: Duration,
+    ) -> Option<i64> {
+        let args = vec![
+            site.prefix.clone(),
+            ip.to_string(),
+            user.map_or_else(String::new, |(_, hash)| record_id(ip, Some(hash))),
+            site.channel.clone(),
+            self.instance.clone(),
+            user.map_or("", |(name, _)| name).to_string(),
+            block.as_millis().max(1).to_string(),
+            self.tag(),
+        ];
+        let keys = vec![site.blocks.clone(), site.actions.clone()];
+        self.call(
+            "lift",
+            ADMIN_TIMEOUT,
+            self.scripts
+                .lift
+                .evalsha_with_reload(&self.client, keys, args),
         )
+        .await
+    }
+
+    async fn revoke(&self, site: &SiteKeys, user: &str, keep: Duration) -> bool {
+        let keys = vec![
+            site.key("r", &user.to_ascii_lowercase()),
+            site.actions.clone(),
+        ];
+        let args = vec![
+            keep.as_millis().max(1).to_string(),
+            site.channel.clone(),
+            self.instance.clone(),
+            user.to_string(),
+            self.tag(),
+        ];
+        let revoke = self
+            .scripts
+            .revoke
+            .evalsha_with_reload::<i64, _, _>(&self.client, keys, args);
+        self.call("revoke", ADMIN_TIMEOUT, revoke).await.is_some()
+    }
+
+    async fn purge(&self, site: &SiteKeys, prefix: Option<&str>) -> bool {
+        let args = vec![
+            site.channel.clone(),
+            self.instance.clone(),
+            prefix.unwrap_or("").to_string(),
+            self.tag(),
+        ];
+        let purge = self.scripts.purge.evalsha_with_reload::<i64, _, _>(
+            &self.client,
+            site.actions.clone(),
+            args,
+        );
+        self.call("purge", ADMIN_TIMEOUT, purge).await.is_some()
+    }
+
+    /// Adds this instance's rate counts to Redis's, and hears the totals.
+    async fn add_rates(&self) {
+        let shares = self.rates.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let now = rates::second();
+        for share in shares {
+            let due = share.due(now);
+            if due.is_empty() || !self.up() {
+                continue;
+            }
+            let pipeline = self.client.pipeline();
+            for d in &due {
+                let _: Result<(), _> = pipeline.incr_by(d.key.as_str(), d.delta).await;
+                let _: Result<(), _> = pipeline.pexpire(d.key.as_str(), RATE_KEPT_MS, None).await;
+            }
+            let totals: Option<Vec<Value>> = self.call("rates", self.timeout, pipeline.all()).await;
+            for (d, total) in due.iter().zip(totals.unwrap_or_default().iter().step_by(2)) {
+                if let Some(total) = total.as_i64() {
+                    share.heard(d, total);
+                }
+            }
+        }
     }
 }
 
@@ -501,15 +779,6 @@ fn tls_connector(tls: &crate::config::RedisTls) -> Result<TlsConnector, String> 
     }
     let connector = builder.build().map_err(|e| e.to_string())?;
     Ok(TlsConnector::from(connector))
-}
-
-/// One site's keys and channel in Redis.
-#[derive(Clone)]
-struct SiteKeys {
-    /// `ccedge:{<site>}:`: every key of the site (one hash slot).
-    prefix: String,
-    channel: String,
-    blocks: String,
 }
 
 /// One site's share of the state.
@@ -542,30 +811,37 @@ impl SiteShare {
         self.shared.up()
     }
 
+    /// A lease of its own for credential `digest` (hex).
+    pub fn lease(&self, digest: &str) -> String {
+        format!("{digest}:{}", self.shared.tag())
+    }
+
     fn record_keys(&self, ip: IpAddr, user: Option<u64>) -> Vec<String> {
         let mut keys = Vec::with_capacity(6);
         for id in std::iter::once(record_id(ip, None)).chain(user.map(|u| record_id(ip, Some(u)))) {
-            keys.push(format!("{}f:{id}", self.keys.prefix));
-            keys.push(format!("{}j:{id}", self.keys.prefix));
-            keys.push(format!("{}b:{id}", self.keys.prefix));
+            keys.push(self.keys.key("f", &id));
+            keys.push(self.keys.key("j", &id));
+            keys.push(self.keys.key("b", &id));
         }
         keys
     }
 
-    /// Reserves a place to judge credential `digest` (hex) of `user` (its hash) at `ip`, or
-    /// finds its verdict or the block.
+    /// Reserves `lease` to judge credential `digest` (hex) of `user` (its hash) at `ip`, or
+    /// finds the block or its verdict. Unanswered, the lease is given back should the script
+    /// have run after all.
     pub async fn reserve(
         &self,
         ip: IpAddr,
         user: Option<u64>,
-        digest: &str,
+        (digest, lease): (&str, &str),
         limits: &Limits,
     ) -> Remote {
-        let mut keys = vec![format!("{}v:{digest}", self.keys.prefix)];
+        let mut keys = vec![self.keys.key("v", digest)];
         keys.extend(self.record_keys(ip, user));
         let mut args = vec![
             self.keys.prefix.clone(),
             digest.to_string(),
+            lease.to_string(),
             limits.window.as_millis().to_string(),
             limits.lease.as_millis().to_string(),
             limits.address_failures.to_string(),
@@ -574,6 +850,7 @@ impl SiteShare {
             args.push(limits.failures.to_string());
         }
         let shared = &self.shared;
+        let was_up = shared.up();
         let answer: Option<Vec<Value>> = shared
             .call(
                 "reserve",
@@ -585,6 +862,9 @@ impl SiteShare {
             )
             .await;
         let Some(answer) = answer else {
+            if was_up {
+                self.release(ip, user, lease.to_string(), *limits);
+            }
             return Remote::Unanswered;
         };
         let text = |i: usize| answer.get(i).and_then(|v| v.as_string());
@@ -593,7 +873,7 @@ impl SiteShare {
         match text(0).as_deref() {
             Some("ok") => Remote::Reserved,
             Some("verdict") => match text(1).and_then(|j| serde_json::from_str(&j).ok()) {
-                Some(verdict) => Remote::Verdict(verdict, ms(2)),
+                Some(verdict) => Remote::Verdict(verdict, ms(2), ms(3)),
                 None => Remote::Unanswered,
             },
             Some("blocked") => Remote::Blocked {
@@ -605,15 +885,27 @@ impl SiteShare {
         }
     }
 
-    /// Settles credential `digest` (hex): its places given back, and when `failed`, a failure
-    /// counted (`credential`: its fingerprint, none for a malformed one). The records whose
-    /// block it began: (address, user).
-    #[allow(clippy::too_many_arguments)]
+    /// Gives `lease` back, in the background (the request went away, or Redis may have
+    /// reserved it after the call timed out).
+    pub fn release(&self, ip: IpAddr, user: Option<u64>, lease: String, limits: Limits) {
+        let share = SiteShare {
+            shared: self.shared.clone(),
+            keys: self.keys.clone(),
+        };
+        tokio::spawn(async move {
+            let user = user.map(|hash| (hash, None));
+            share.settle(ip, user, &lease, false, None, &limits).await;
+        });
+    }
+
+    /// Settles `lease` ('' for none): given back, and when `failed`, a failure counted
+    /// (`credential`: its fingerprint, none for a malformed one). The records whose block it
+    /// began: (address, user).
     pub async fn settle(
         &self,
         ip: IpAddr,
         user: Option<(u64, Option<&str>)>,
-        digest: &str,
+        lease: &str,
         failed: bool,
         credential: Option<u64>,
         limits: &Limits,
@@ -622,7 +914,7 @@ impl SiteShare {
         keys.extend(self.record_keys(ip, user.map(|(hash, _)| hash)));
         let shared = &self.shared;
         let mut args = vec![
-            digest.to_string(),
+            lease.to_string(),
             if failed { "1" } else { "0" }.to_string(),
             credential.map_or_else(|| "-".to_string(), |c| format!("{c:016x}")),
             shared.tag(),
@@ -654,7 +946,8 @@ impl SiteShare {
         (begun.contains(&0), begun.contains(&1))
     }
 
-    /// Keeps `verdict`, judged `ago`, for every instance until `keep` after its judgement.
+    /// Keeps `verdict` on credential `digest` (hex), judged `ago`, for every instance until
+    /// `keep` after its judgement.
     pub async fn keep_verdict(
         &self,
         digest: &str,
@@ -670,7 +963,7 @@ impl SiteShare {
             ago.as_millis().to_string(),
             keep.as_millis().to_string(),
         ];
-        let key = format!("{}v:{digest}", self.keys.prefix);
+        let key = self.keys.key("v", digest);
         let _: Option<i64> = shared
             .call(
                 "verdict",
@@ -684,69 +977,40 @@ impl SiteShare {
     }
 
     /// Lifts on every instance the block of `user` (name and hash) at `ip`, or every block
-    /// there.
-    pub async fn lift(&self, ip: IpAddr, user: Option<(&str, u64)>) {
-        let shared = &self.shared;
-        let args = vec![
-            self.keys.prefix.clone(),
-            ip.to_string(),
-            user.map_or_else(String::new, |(_, hash)| record_id(ip, Some(hash))),
-            self.keys.channel.clone(),
-            shared.instance.clone(),
-            user.map_or("", |(name, _)| name).to_string(),
-        ];
-        let _: Option<i64> = shared
-            .call(
-                "lift",
-                ADMIN_TIMEOUT,
-                shared.scripts.lift.evalsha_with_reload(
-                    &shared.client,
-                    self.keys.blocks.clone(),
-                    args,
-                ),
-            )
-            .await;
+    /// there; how many Redis held. Redis down: made once it is back (`None` now).
+    pub async fn lift(
+        &self,
+        ip: IpAddr,
+        user: Option<(&str, u64)>,
+        block: Duration,
+    ) -> Option<i64> {
+        let lifted = self.shared.lift(&self.keys, ip, user, block).await;
+        if lifted.is_none() {
+            let user = user.map(|(name, hash)| (name.to_string(), hash));
+            self.shared
+                .wait_for(self.keys.clone(), Pending::Lift { ip, user, block });
+        }
+        lifted
     }
 
-    /// Revokes `user` on every instance, remembered for `keep`.
+    /// Revokes `user` on every instance, remembered for `keep` (made once Redis is back, if
+    /// it is down).
     pub async fn revoke(&self, user: &str, keep: Duration) {
-        let shared = &self.shared;
-        let key = format!("{}r:{}", self.keys.prefix, user.to_ascii_lowercase());
-        let args = vec![
-            keep.as_millis().to_string(),
-            self.keys.channel.clone(),
-            shared.instance.clone(),
-            user.to_string(),
-        ];
-        let _: Option<i64> = shared
-            .call(
-                "revoke",
-                ADMIN_TIMEOUT,
-                shared
-                    .scripts
-                    .revoke
-                    .evalsha_with_reload(&shared.client, key, args),
-            )
-            .await;
+        if !self.shared.revoke(&self.keys, user, keep).await {
+            let user = user.to_string();
+            self.shared
+                .wait_for(self.keys.clone(), Pending::Revoke { user, keep });
+        }
     }
 
-    /// Purges the caches of every instance (entries under `prefix`).
+    /// Purges the caches of every instance (entries under `prefix`; made once Redis is back,
+    /// if it is down).
     pub async fn purge(&self, prefix: Option<&str>) {
-        let shared = &self.shared;
-        let envelope = Envelope {
-            from: shared.instance.clone(),
-            event: Event::Purge {
-                prefix: prefix.map(str::to_string),
-            },
-        };
-        let text = serde_json::to_string(&envelope).unwrap_or_default();
-        let _: Option<i64> = shared
-            .call(
-                "purge",
-                ADMIN_TIMEOUT,
-                shared.client.publish(self.keys.channel.clone(), text),
-            )
-            .await;
+        if !self.shared.purge(&self.keys, prefix).await {
+            let prefix = prefix.map(str::to_string);
+            self.shared
+                .wait_for(self.keys.clone(), Pending::Purge { prefix });
+        }
     }
 }
 
@@ -769,6 +1033,30 @@ impl BackgroundService for SharedService {
             .keys()
             .cloned()
             .collect();
+        // Announcements, each applied as it comes.
+        let listening = tokio::spawn({
+            let shared = shared.clone();
+            async move {
+                let mut messages = shared.subscriber.message_rx();
+                loop {
+                    match messages.recv().await {
+                        Ok(message) => {
+                            if let Some(text) = message.value.as_string() {
+                                shared.dispatch(&message.channel, &text);
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            log::warn!(
+                                "shared state: {n} announcements missed; the blocks and admin \
+                                 actions are read again"
+                            );
+                            shared.resync(false).await;
+                        }
+                        Err(_) => return,
+                    }
+                }
+            }
+        });
         let adding = tokio::spawn({
             let shared = shared.clone();
             async move {
@@ -779,16 +1067,23 @@ impl BackgroundService for SharedService {
                 }
             }
         });
-        let mut messages = shared.subscriber.message_rx();
         let mut subscribed = false;
         let mut resynced = Instant::now();
-        let mut tick = tokio::time::interval(RECHECK_EVERY);
+        let mut first = true;
+        let mut tick = tokio::time::interval(TICK);
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    let was_up = shared.up();
-                    if !was_up || resynced.elapsed() >= RESYNC_EVERY {
-                        shared.check().await;
+                    if !shared.up() {
+                        shared.check(first).await;
+                        first = false;
+                        resynced = Instant::now();
+                    } else if resynced.elapsed() >= RESYNC_EVERY {
+                        shared.check(false).await;
+                        if shared.up() {
+                            shared.resync(false).await;
+                        }
+                        resynced = Instant::now();
                     }
                     if !subscribed && shared.up() {
                         let joined = tokio::time::timeout(
@@ -798,24 +1093,9 @@ impl BackgroundService for SharedService {
                         .await;
                         subscribed = matches!(joined, Ok(Ok(())));
                     }
-                    if was_up && shared.up() && resynced.elapsed() >= RESYNC_EVERY {
-                        resynced = Instant::now();
-                        shared.exchange_blocks().await;
-                    }
                 }
-                message = messages.recv() => match message {
-                    Ok(message) => {
-                        if let Some(text) = message.value.as_string() {
-                            shared.dispatch(&message.channel, &text);
-                        }
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        log::warn!("shared state: {n} announcements missed; reading the blocks again");
-                        shared.exchange_blocks().await;
-                    }
-                    Err(_) => return,
-                },
                 _ = shutdown.changed() => {
+                    listening.abort();
                     adding.abort();
                     let _ = tokio::time::timeout(ADMIN_TIMEOUT, shared.client.quit()).await;
                     let _ = tokio::time::timeout(ADMIN_TIMEOUT, shared.subscriber.quit()).await;
@@ -832,22 +1112,18 @@ mod tests {
 
     #[test]
     fn announcements_read_as_the_scripts_write_them() {
-        let block = r#"{"from":"a1","kind":"block","ip":"10.0.0.1","user":"42","name":"agent1","left_ms":1800000}"#;
+        let block = r#"{"from":"a1","kind":"block","ip":"10.0.0.1","user":"42","name":"agent1","left_ms":1800000,"at":5}"#;
         let envelope: Envelope = serde_json::from_str(block).unwrap();
         assert_eq!(envelope.from, "a1");
+        assert_eq!(envelope.at, Some(5));
         assert!(matches!(
             envelope.event,
             Event::Block { left_ms: 1_800_000, ref user, .. } if user.as_deref() == Some("42")
         ));
-        let lift = r#"{"from":"a1","kind":"lift","ip":"10.0.0.1"}"#;
+        let lift = r#"{"from":"a1","kind":"lift","ip":"10.0.0.1","at":7,"tag":"a1-3"}"#;
         let envelope: Envelope = serde_json::from_str(lift).unwrap();
+        assert_eq!(envelope.tag.as_deref(), Some("a1-3"));
         assert!(matches!(envelope.event, Event::Lift { user: None, .. }));
-        let purge = serde_json::to_string(&Envelope {
-            from: "b".into(),
-            event: Event::Purge { prefix: None },
-        })
-        .unwrap();
-        assert_eq!(purge, r#"{"from":"b","kind":"purge","prefix":null}"#);
     }
 
     #[test]

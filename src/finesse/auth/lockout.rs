@@ -568,7 +568,8 @@ impl Lockouts {
     }
 
     /// Blocks the address `ip`, or with `user` (its hash and name) the user there, until
-    /// `until` (a block begun on another instance); wakes whoever waits there.
+    /// `until` (a block begun on another instance), unless a lift here came after it began;
+    /// wakes whoever waits there.
     pub fn apply_block(
         &self,
         ip: IpAddr,
@@ -580,6 +581,11 @@ impl Lockouts {
             ip,
             user: user.map(|(hash, _)| hash),
         };
+        let began = until.checked_sub(self.settings.block).unwrap_or(now);
+        let lifts = self.lifts.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if Self::lifted(&lifts, key).is_some_and(|at| at >= began) {
+            return;
+        }
         let mut table = self.table();
         let record = self.record(&mut table, key, user.and_then(|(_, name)| name), now);
         if record.blocked_until.is_none_or(|u| u < until) {
@@ -604,6 +610,7 @@ impl Lockouts {
                     ip: key.ip,
                     user,
                     left,
+                    length: self.settings.block,
                 })
             })
             .collect()

@@ -44,8 +44,12 @@ const RESERVATION_WAIT: Duration = Duration::from_secs(30);
 /// settle it (it stopped): a check, its waits included, ends well within it.
 const REMOTE_LEASE: Duration = Duration::from_secs(60);
 /// How long an attempt waits before it asks Redis again for a place, while every place is
-/// taken across the instances.
+/// taken across the instances: at first, and at most.
 const REMOTE_FULL_WAIT: Duration = Duration::from_millis(100);
+const REMOTE_FULL_WAIT_MAX: Duration = Duration::from_millis(1600);
+/// How long Redis remembers a revocation at least: as long as a check can take (a verdict
+/// judged by a check that began before the revocation must still be refused).
+const REMOTE_REVOKED_MIN: Duration = Duration::from_secs(300);
 
 /// A request with a credential, as authentication methods see it.
 pub struct Attempt<'a> {
@@ -67,33 +71,23 @@ enum Turn<'a> {
 /// instance.
 type Place<'a> = (Reservation<'a>, Option<RemoteLease>);
 
-/// A place reserved in Redis too: settled with the outcome, or given back when dropped (the
-/// request went away).
+/// A place reserved in Redis too (its own lease): settled with the outcome, or given back when
+/// dropped (the request went away).
 struct RemoteLease {
     share: Arc<SiteShare>,
     ip: IpAddr,
-    user: Option<(u64, Option<String>)>,
-    digest: String,
+    user: Option<u64>,
+    lease: String,
     limits: shared::Limits,
     open: bool,
 }
 
 impl Drop for RemoteLease {
     fn drop(&mut self) {
-        if !self.open {
-            return;
+        if self.open {
+            let lease = std::mem::take(&mut self.lease);
+            self.share.release(self.ip, self.user, lease, self.limits);
         }
-        let (share, ip, user, digest, limits) = (
-            self.share.clone(),
-            self.ip,
-            self.user.take(),
-            std::mem::take(&mut self.digest),
-            self.limits,
-        );
-        tokio::spawn(async move {
-            let user = user.as_ref().map(|(hash, name)| (*hash, name.as_deref()));
-            share.settle(ip, user, &digest, false, None, &limits).await;
-        });
     }
 }
 
@@ -292,6 +286,7 @@ impl Auth {
         claimed: impl Fn() -> Option<&'c str>,
     ) -> Result<Turn<'_>, Decision> {
         let deadline = tokio::time::Instant::now() + RESERVATION_WAIT;
+        let mut full_wait = REMOTE_FULL_WAIT;
         loop {
             let known = self.verdicts.kept(digest);
             let proven = match &known {
@@ -324,22 +319,33 @@ impl Auth {
                     let counted = self.lockouts.user_of(who, Some(digest));
                     let hash = counted.map(|(hash, _)| hash);
                     let hex = verdicts::hex(digest);
-                    match share.reserve(client.key, hash, &hex, &self.limits).await {
+                    let lease = share.lease(&hex);
+                    match share
+                        .reserve(client.key, hash, (&hex, &lease), &self.limits)
+                        .await
+                    {
                         Remote::Reserved => {
                             let lease = RemoteLease {
                                 share: share.clone(),
                                 ip: client.key,
-                                user: counted.map(|(h, n)| (h, n.map(str::to_string))),
-                                digest: hex,
+                                user: hash,
+                                lease,
                                 limits: self.limits,
                                 open: true,
                             };
                             return Ok(Turn::Judge((reservation, Some(lease))));
                         }
                         Remote::Unanswered => return Ok(Turn::Judge((reservation, None))),
-                        Remote::Verdict(verdict, left) => {
-                            drop(reservation);
-                            return Ok(Turn::Known(self.verdicts.adopt(*digest, verdict, left)));
+                        Remote::Verdict(verdict, left, ago) => {
+                            // Unless it is not this deployment's or its user was revoked here
+                            // since: then judged here (Redis already said there is room).
+                            match self.verdicts.adopt(*digest, verdict, left, ago) {
+                                Some(verdict) => {
+                                    drop(reservation);
+                                    return Ok(Turn::Known(verdict));
+                                }
+                                None => return Ok(Turn::Judge((reservation, None))),
+                            }
                         }
                         Remote::Blocked {
                             user: of_user,
@@ -355,7 +361,12 @@ impl Auth {
                         }
                         Remote::Full => {
                             drop(reservation);
-                            let pause = tokio::time::Instant::now() + REMOTE_FULL_WAIT;
+                            // Asked again, less often each time, with jitter.
+                            let jitter = rand::random::<u64>() % 50;
+                            let pause = tokio::time::Instant::now()
+                                + full_wait
+                                + Duration::from_millis(jitter);
+                            full_wait = (full_wait * 2).min(REMOTE_FULL_WAIT_MAX);
                             if pause >= deadline {
                                 return Err(self.too_many(client));
                             }
@@ -516,14 +527,17 @@ impl Auth {
         if lease.is_none() && !share.up() {
             return;
         }
-        if let Some(mut lease) = lease {
-            lease.open = false;
-        }
+        let lease = match lease {
+            Some(mut lease) => {
+                lease.open = false;
+                std::mem::take(&mut lease.lease)
+            }
+            None => String::new(),
+        };
         let user = self
             .lockouts
             .user_of(who, digest)
             .map(|(hash, name)| (hash, name.map(str::to_string)));
-        let hex = digest.map(verdicts::hex).unwrap_or_default();
         let credential = digest.map(lockout::fingerprint);
         let (lockouts, metrics, limits) =
             (self.lockouts.clone(), self.metrics.clone(), self.limits);
@@ -533,7 +547,7 @@ impl Auth {
         tokio::spawn(async move {
             let named = user.as_ref().map(|(hash, name)| (*hash, name.as_deref()));
             let (address, of_user) = share
-                .settle(client.key, named, &hex, true, credential, &limits)
+                .settle(client.key, named, &lease, true, credential, &limits)
                 .await;
             let now = Instant::now();
             let until = now + limits.block;
@@ -578,15 +592,17 @@ impl Auth {
     /// again) and their open WebSockets are closed; how many were open.
     pub fn revoke(&self, user: &str) -> usize {
         if let Some(share) = self.share.clone() {
-            let (user, keep) = (user.to_string(), self.cache_for.max(REMOTE_LEASE));
+            let (user, keep) = (user.to_string(), self.cache_for.max(REMOTE_REVOKED_MIN));
             tokio::spawn(async move { share.revoke(&user, keep).await });
         }
         self.revocations.revoke(user)
     }
 
-    /// `user` was revoked by another instance's admin listener.
-    pub fn revoked_elsewhere(&self, user: &str) {
-        let closed = self.revocations.revoke(user);
+    /// `user` was revoked by another instance's admin listener, `ago`.
+    pub fn revoked_elsewhere(&self, user: &str, ago: Duration) {
+        let now = Instant::now();
+        let at = now.checked_sub(ago).unwrap_or(now);
+        let closed = self.revocations.revoke_at(user, at);
         log::info!(
             "user {} revoked by another instance's admin listener: {closed} WebSocket(s) closed (service {})",
             if loggable(user) { user } else { "(a name that cannot be logged)" },
@@ -638,20 +654,20 @@ impl Auth {
 
     /// Lifts the block of `user` at the client `ip` counts as (its IPv6 network), or with no
     /// user every block there (the address's and its users'); false when there was none.
-    pub fn lift_block(&self, ip: IpAddr, user: Option<&str>) -> bool {
+    pub async fn lift_block(&self, ip: IpAddr, user: Option<&str>) -> bool {
         let key = identity::client_key(ip, self.v6_prefix);
-        if let Some(share) = self.share.clone() {
+        let mut elsewhere = false;
+        if let Some(share) = &self.share {
             let who = Who { ip: key, user };
-            let hash = user
-                .and_then(|_| self.lockouts.user_of(who, None))
-                .map(|(h, _)| h);
-            let user = user.map(str::to_string);
-            tokio::spawn(async move {
-                let user = user.as_deref().zip(hash);
-                share.lift(key, user).await;
-            });
+            let hash = self.lockouts.user_of(who, None).map(|(h, _)| h);
+            // A name no record counts under (empty, too long) lifts nothing anywhere.
+            if user.is_none() || hash.is_some() {
+                let named = user.zip(hash);
+                let lifted = share.lift(key, named, self.limits.block).await;
+                elsewhere = lifted.is_some_and(|n| n > 0);
+            }
         }
-        let lifted = self.lockouts.clear(key, user, Instant::now());
+        let lifted = self.lockouts.clear(key, user, Instant::now()) || elsewhere;
         if lifted {
             match user {
                 Some(user) => log::warn!(

@@ -139,13 +139,20 @@ impl Revocations {
 
     /// Revokes `user` now; how many of their WebSockets were open (they are told to close).
     pub fn revoke(&self, user: &str) -> usize {
-        let now = Instant::now();
+        self.revoke_at(user, Instant::now())
+    }
+
+    /// Revokes `user` as of `at` (another instance revoked them then): verdicts judged before
+    /// stop counting; how many of their WebSockets were open (they are told to close).
+    pub fn revoke_at(&self, user: &str, at: Instant) -> usize {
         self.count.fetch_add(1, Ordering::Relaxed);
         let mut table = self.write();
         let state = table.users.entry(folded(user).into_owned()).or_default();
-        state.revoked_at = Some(now);
+        if state.revoked_at.is_none_or(|t| t < at) {
+            state.revoked_at = Some(at);
+        }
         self.latest
-            .store(self.millis(now).max(1), Ordering::Release);
+            .fetch_max(self.millis(at).max(1), Ordering::AcqRel);
         match &state.sessions {
             Some(sessions) => {
                 let open = sessions.receiver_count();

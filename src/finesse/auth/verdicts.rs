@@ -131,25 +131,38 @@ impl Verdicts {
         }
     }
 
+    /// The keyed hash that vouches for a verdict kept in Redis: of the credential's digest and
+    /// the verdict, under the shared key (whoever may write to Redis, without the key, cannot
+    /// make a credential valid).
+    fn seal(&self, digest: &Digest, valid: bool, user: Option<&str>, why: Option<&str>) -> String {
+        let mut mac = self.mac.clone();
+        mac.update(b"ccedge shared verdict\0");
+        mac.update(digest);
+        mac.update(&[u8::from(valid)]);
+        for part in [user, why] {
+            let part = part.unwrap_or("");
+            mac.update(&(part.len() as u64).to_le_bytes());
+            mac.update(part.as_bytes());
+        }
+        hex(&mac.finalize().into_bytes().into())
+    }
+
     /// Keeps a verdict judged here for every instance (in the background).
     fn share_verdict(&self, digest: Digest, verdict: &Verdict, began: Instant, keep: Duration) {
         let Some(share) = self.share.clone().filter(|s| s.up()) else {
             return;
         };
-        let shared = match verdict {
-            Verdict::Valid { user } => SharedVerdict {
-                valid: true,
-                user: user.as_deref().map(str::to_string),
-                why: None,
-                judged: None,
-            },
-            Verdict::Invalid(why) => SharedVerdict {
-                valid: false,
-                user: None,
-                why: Some(why.to_string()),
-                judged: None,
-            },
+        let (valid, user, why) = match verdict {
+            Verdict::Valid { user } => (true, user.as_deref().map(str::to_string), None),
+            Verdict::Invalid(why) => (false, None, Some(why.to_string())),
             Verdict::Unavailable(_) => return,
+        };
+        let shared = SharedVerdict {
+            mac: self.seal(&digest, valid, user.as_deref(), why.as_deref()),
+            valid,
+            user,
+            why,
+            judged: None,
         };
         tokio::spawn(async move {
             share
@@ -158,20 +171,48 @@ impl Verdicts {
         });
     }
 
-    /// Keeps here a verdict another instance judged (`left`: how much longer it is kept).
-    pub fn adopt(&self, digest: Digest, verdict: SharedVerdict, left: Duration) -> Verdict {
+    /// Keeps here a verdict another instance judged `ago` (kept `left` longer), when it is
+    /// sealed with the shared key and its user was not revoked here since; `None` otherwise.
+    pub fn adopt(
+        &self,
+        digest: Digest,
+        verdict: SharedVerdict,
+        left: Duration,
+        ago: Duration,
+    ) -> Option<Verdict> {
+        let sealed = self.seal(
+            &digest,
+            verdict.valid,
+            verdict.user.as_deref(),
+            verdict.why.as_deref(),
+        );
+        let matches = sealed.len() == verdict.mac.len()
+            && openssl::memcmp::eq(sealed.as_bytes(), verdict.mac.as_bytes());
+        if !matches {
+            log::warn!(
+                "a verdict in Redis is not sealed with this instance's key_file: ignored \
+                 (another deployment with another key on the same keys, or someone writing to Redis)"
+            );
+            return None;
+        }
+        let now = Instant::now();
+        let judged = now.checked_sub(ago).unwrap_or(now);
         let verdict = if verdict.valid {
+            if let Some(user) = &verdict.user {
+                if self.revocations.revoked_since(user, judged) {
+                    return None;
+                }
+            }
             Verdict::Valid {
                 user: verdict.user.map(Arc::from),
             }
         } else {
             Verdict::Invalid(verdict.why.unwrap_or_default().into())
         };
-        let now = Instant::now();
         if !left.is_zero() {
-            self.keep(digest, verdict.clone(), now, now + left.min(MAX_KEEP));
+            self.keep(digest, verdict.clone(), judged, now + left.min(MAX_KEEP));
         }
-        verdict
+        Some(verdict)
     }
 
     /// A count that changes with every verdict kept.

@@ -1,8 +1,12 @@
--- Lifts the block of a user at a client address, or every block there, on every instance.
--- KEYS: the index of blocks. ARGV: 1 key prefix, 2 address, 3 the user's record id ('' for
--- every block at the address), 4 channel, 5 instance, 6 user name ('' for none).
+-- Lifts the block of a user at a client address, or every block there, on every instance; a
+-- lift mark keeps an instance that was disconnected from giving the block back.
+-- KEYS: 1 the index of blocks, 2 the log of admin actions.
+-- ARGV: 1 key prefix, 2 address, 3 the user's record id ('' for every block at the address),
+--       4 channel, 5 instance, 6 user name ('' for none), 7 block ms, 8 a unique tag.
 -- Returns how many blocks were lifted.
-local prefix, ip, only = ARGV[1], ARGV[2], ARGV[3]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local prefix, ip, only, block = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[7])
 local lifted = 0
 local function lift(id)
   lifted = lifted + redis.call('DEL', prefix .. 'b:' .. id)
@@ -11,6 +15,7 @@ local function lift(id)
 end
 if only ~= '' then
   lift(only)
+  redis.call('SET', prefix .. 'L:' .. only, now, 'PX', block)
 else
   lift(ip)
   for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
@@ -18,10 +23,14 @@ else
       lift(id)
     end
   end
+  redis.call('SET', prefix .. 'L:' .. ip, now, 'PX', block)
 end
-local event = {from = ARGV[5], kind = 'lift', ip = ip}
+local event = {from = ARGV[5], kind = 'lift', ip = ip, at = now, tag = ARGV[8]}
 if ARGV[6] ~= '' then
   event.user = ARGV[6]
 end
-redis.call('PUBLISH', ARGV[4], cjson.encode(event))
+local text = cjson.encode(event)
+redis.call('ZADD', KEYS[2], now, text)
+redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -1001)
+redis.call('PUBLISH', ARGV[4], text)
 return lifted

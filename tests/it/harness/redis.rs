@@ -5,7 +5,6 @@ use super::{free_port, TestDir};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub struct Redis {
     pub port: u16,
@@ -43,7 +42,7 @@ impl Redis {
             .expect("redis-server is installed (make test-deps)");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while self.command("PING").await.as_deref() != Some("+PONG") {
+        while self.cli(&["PING"]).await.as_deref() != Some("PONG") {
             assert!(Instant::now() < deadline, "redis-server never answered");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -67,20 +66,23 @@ impl Redis {
         self.run().await;
     }
 
-    /// Sends one inline command; the first line of the answer.
-    pub async fn command(&self, command: &str) -> Option<String> {
-        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+    /// Runs `redis-cli` with `args` against it; its output (`None` when it fails).
+    pub async fn cli(&self, args: &[&str]) -> Option<String> {
+        let out = tokio::process::Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
             .await
             .ok()?;
-        tcp.write_all(format!("{command}\r\n").as_bytes())
-            .await
-            .ok()?;
-        let mut answer = vec![0; 4096];
-        let n = tokio::time::timeout(Duration::from_secs(2), tcp.read(&mut answer))
-            .await
-            .ok()?
-            .ok()?;
-        let text = String::from_utf8_lossy(&answer[..n]).to_string();
-        Some(text.lines().next().unwrap_or("").to_string())
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim_end().to_string())
+    }
+
+    /// Stops it answering (SIGSTOP), or lets it go on (SIGCONT): a Redis that hangs.
+    pub fn pause(&self, paused: bool) {
+        if let Some(child) = &self.child {
+            super::signal(child.id(), if paused { "STOP" } else { "CONT" });
+        }
     }
 }
