@@ -13,7 +13,7 @@ TEST_PACKAGES := openssl procps prometheus redis-server
 DEMO_DIR := target/demo
 CURL_DEMO := curl --cacert $(DEMO_DIR)/ca.crt
 
-.PHONY: deps test-deps packages run test lint hardening e2e build image-test
+.PHONY: deps test-deps packages run test lint hardening e2e build image-test deploy-check
 
 deps:
 	@$(MAKE) --no-print-directory packages PACKAGES="$(APT_PACKAGES)"
@@ -92,6 +92,19 @@ hardening: test-deps
 	@$(MAKE) --no-print-directory packages PACKAGES="python3 python3-venv"
 	bash tests/hardening/fuzz.sh 60
 	bash tests/hardening/tls-scan.sh
+
+# Validates deploy/: the Kubernetes manifests against Kubernetes 1.33's schemas
+# (kubernetes-validate), the Compose file against the Compose specification (check-jsonschema),
+# HAProxy's configuration (haproxy -c). The ccedge configurations there are checked by the test
+# suite (reference::deployment_configurations_load). The Python tools live in target/deploy-venv.
+DEPLOY_VENV := target/deploy-venv
+deploy-check: deps
+	@$(MAKE) --no-print-directory packages PACKAGES="python3 python3-venv haproxy"
+	@test -x $(DEPLOY_VENV)/bin/kubernetes-validate || { python3 -m venv $(DEPLOY_VENV) \
+	  && $(DEPLOY_VENV)/bin/pip install -q kubernetes-validate==1.37.0 check-jsonschema==0.39.0; }
+	$(DEPLOY_VENV)/bin/kubernetes-validate --strict -k 1.33.0 deploy/kubernetes/*.yaml
+	$(DEPLOY_VENV)/bin/check-jsonschema --builtin-schema vendor.compose-spec deploy/compose/compose.yaml
+	haproxy -c -f deploy/compose/haproxy.cfg
 
 # Builds the container image with podman and checks it: serves, runs as non-root, reloads on
 # SIGHUP, stops gracefully.

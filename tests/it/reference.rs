@@ -2,8 +2,9 @@
 //! Schema `ccedge schema` derives from the loader's own types, the reference an administrator
 //! reads (docs/configuration.md), and the complete example (conf/example.yaml).
 
-use crate::harness::fixtures::{conf_example, repo_file};
+use crate::harness::fixtures::{conf_example, example_config, repo_file};
 use crate::harness::{binary, Ca, TestDir};
+use serde::Deserialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -288,6 +289,41 @@ fn configuration_files_in_conf_name_the_schema() {
         assert!(
             first.starts_with("# yaml-language-server: $schema=../docs/ccedge.schema.json\n"),
             "conf/{name} does not name the schema on its first line"
+        );
+    }
+}
+
+/// The configurations of `deploy/` (the Compose pair's file, the Kubernetes ConfigMap's) pass
+/// `ccedge -t`, with their files made where they name them.
+#[test]
+fn deployment_configurations_load() {
+    let configmap: Vec<serde_yaml::Value> =
+        serde_yaml::Deserializer::from_str(&repo_file("deploy/kubernetes/ccedge.yaml"))
+            .map(|doc| serde_yaml::Value::deserialize(doc).unwrap())
+            .collect();
+    let embedded = configmap
+        .iter()
+        .find(|doc| doc["kind"] == "ConfigMap")
+        .and_then(|doc| doc["data"]["ccedge.yaml"].as_str())
+        .expect("the ConfigMap holds ccedge.yaml")
+        .to_string();
+    for (name, text) in [
+        (
+            "compose.yaml",
+            repo_file("deploy/compose/ccedge/ccedge.yaml"),
+        ),
+        ("kubernetes.yaml", embedded),
+    ] {
+        let dir = TestDir::new(&format!("deploy-{name}"));
+        let file = example_config(&dir, name, &text);
+        let out = Command::new(binary())
+            .args(["-t", "-c", file.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
         );
     }
 }

@@ -94,7 +94,13 @@ pub fn repo_file(path: &str) -> String {
 /// Copies `conf/NAME` into `dir`, pointing its `/etc/ccedge/tls/` files at certificates made
 /// there: `*-ca.pem` become a CA, `*.crt` (with their `.key`) certificates it signed.
 pub fn conf_example(dir: &TestDir, name: &str) -> std::path::PathBuf {
-    let text = repo_file(&format!("conf/{name}"));
+    example_config(dir, name, &repo_file(&format!("conf/{name}")))
+}
+
+/// `text`, a configuration that names files under `/etc/ccedge/tls/` and `/etc/ccedge/state/`,
+/// written as `name` in `dir` with those files made there: certificates of one CA (`*-ca.pem`
+/// the CA itself), a 32-byte key and a Redis password.
+pub fn example_config(dir: &TestDir, name: &str, text: &str) -> std::path::PathBuf {
     let tls = dir.join("tls");
     std::fs::create_dir_all(&tls).unwrap();
     let ca = Ca::new(name);
