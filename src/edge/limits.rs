@@ -181,24 +181,36 @@ impl RateLimiter {
         };
         let key = Key(counted, index);
         let mut current = self.rate.observe(&key, 1);
-        // Past a quarter of the limit, what the other instances counted this second too.
+        // Past a quarter of the limit, what the other instances counted this second (and the
+        // second before) too.
+        let mut others_before = 0;
         if let Some(share) = &self.share {
             if current.saturating_mul(4) > rule.per_second as isize {
                 let who = match key.0 {
                     Counted::Address(ip) => Who::Address(ip),
                     Counted::User(name) => share.user(name),
                 };
-                let others = share.count(index, who, rates::second(), current as i64);
+                let second = rates::second();
+                let (others, before) =
+                    share.count(index, who, second, current as i64, rule.per_second);
                 current = current.saturating_add(others as isize);
+                others_before = before;
             }
         }
-        self.judge(rule, &key, current)
+        self.judge(rule, &key, current, others_before)
     }
 
-    fn judge<'r>(&self, rule: &'r RateRule, key: &Key, current: isize) -> Result<(), Exceeded<'r>> {
+    /// `others_before`: what other instances counted the second before (shared state).
+    fn judge<'r>(
+        &self,
+        rule: &'r RateRule,
+        key: &Key,
+        current: isize,
+        others_before: i64,
+    ) -> Result<(), Exceeded<'r>> {
         // The previous second only matters once this one is past the plain limit.
         let previous = if current > rule.per_second as isize {
-            self.rate.rate(key)
+            self.rate.rate(key) + others_before as f64
         } else {
             0.0
         };

@@ -94,6 +94,27 @@ pub fn warnings(config: &Config) -> Vec<String> {
             }
         }
     }
+    if let Some(shared) = &config.server.shared_state {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&shared.key_file).map(|m| m.permissions().mode());
+        if mode.is_ok_and(|m| m & 0o007 != 0) {
+            warnings.push(format!(
+                "server.shared_state.key_file {} may be read by every user of this machine: \
+                 chmod o-rwx it (it keys the hashes of credentials)",
+                shared.key_file.display()
+            ));
+        }
+        if shared.tls.is_none()
+            && !shared.shown_url.contains("127.0.0.1")
+            && !shared.shown_url.contains("localhost")
+        {
+            warnings.push(format!(
+                "server.shared_state.redis_url {} is not rediss://: lockouts, verdicts and user \
+                 names cross the network in clear",
+                shared.shown_url
+            ));
+        }
+    }
     for f in &config.finesse {
         if let Some(auth) = &f.auth {
             let plain = |e: &crate::config::Endpoint| e.tls.is_none();

@@ -1,10 +1,11 @@
 //! Rate-limit counts shared by every instance (`server.shared_state`). Each instance counts
-//! locally (pingora-limits' estimator) and decides at once; a client and rule whose count this
-//! second passes a quarter of `per_second` is also counted here, and every 200 ms the counts
-//! are added up in Redis (one key per rule, client and second). A decision then weighs the
-//! local count with what the other instances counted this second, as last heard. The error:
-//! what the other instances counted in the last 200 ms, and up to a quarter of the limit each
-//! before they start to share it.
+//! locally (pingora-limits' estimator) and decides at once; a client and rule whose local count
+//! passes a quarter of `per_second` is also counted here, per Unix second, and every 200 ms the
+//! counts are added up in Redis (one key per service, rule, client and second, under
+//! `ccedge:{<key fingerprint>:<service>}:rate:`). A decision then weighs the local count with
+//! what the other instances counted this second, as last heard (and the burst allowance, with
+//! what they counted the second before). The error: what the other instances counted in the
+//! last 200 ms, and up to a quarter of the limit each before they start to share it.
 
 use siphasher::sip::SipHasher13;
 use std::collections::HashMap;
@@ -30,6 +31,8 @@ struct Count {
     sent: i64,
     /// What the other instances counted this second, as last heard.
     others: i64,
+    /// What they counted the second before.
+    others_before: i64,
 }
 
 /// A count to add to Redis.
@@ -78,22 +81,29 @@ impl RateShare {
         self.counts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Counts a request of `who` under rule `rule` at `second`, `local` being this instance's
-    /// count this second (its first share is the whole of it); what the other instances
-    /// counted this second, as last heard.
-    pub fn count(&self, rule: usize, who: Who, second: u64, local: i64) -> i64 {
+    /// Counts a request of `who` under rule `rule` at Unix second `second`, `local` being
+    /// this instance's count now (its first share, when the client was not counted the second
+    /// before, is the whole of it, up to a quarter of `limit`); what the other instances
+    /// counted this second and the second before, as last heard.
+    pub fn count(&self, rule: usize, who: Who, second: u64, local: i64, limit: u32) -> (i64, i64) {
         let mut counts = self.counts();
         let count = counts.entry((rule, who)).or_default();
         if count.second != second {
+            let (first, others_before) = if count.second + 1 == second {
+                (1, count.others)
+            } else {
+                (local.min(i64::from(limit / 4).max(1)), 0)
+            };
             *count = Count {
                 second,
-                unsent: local,
+                unsent: first,
+                others_before,
                 ..Count::default()
             };
         } else {
             count.unsent += 1;
         }
-        count.others
+        (count.others, count.others_before)
     }
 
     /// The counts to add to Redis now; forgets those of seconds past.
@@ -145,25 +155,33 @@ mod tests {
         let s = share();
         let ip = Who::Address("192.0.2.1".parse().unwrap());
         assert_eq!(
-            s.count(0, ip, 100, 30),
-            0,
-            "its first share is the local count so far"
+            s.count(0, ip, 100, 30, 100),
+            (0, 0),
+            "first share: the local count"
         );
-        assert_eq!(s.count(0, ip, 100, 31), 0);
+        assert_eq!(s.count(0, ip, 100, 31, 100), (0, 0));
         let due = s.due(100);
         assert_eq!(due.len(), 1);
-        assert_eq!(due[0].delta, 31);
+        assert_eq!(
+            due[0].delta, 26,
+            "25 (a quarter of the limit at most), then one"
+        );
         assert_eq!(due[0].key, "ccedge:{cc}:rate:0:192.0.2.1:100");
         // Redis adds it to the 50 other instances sent.
-        s.heard(&due[0], 81);
-        assert_eq!(s.count(0, ip, 100, 32), 50);
+        s.heard(&due[0], 76);
+        assert_eq!(s.count(0, ip, 100, 32, 100), (50, 0));
         let due = s.due(100);
         assert_eq!(due[0].delta, 1);
-        s.heard(&due[0], 90);
-        assert_eq!(s.count(0, ip, 100, 33), 58);
-        // A new second starts from nothing heard.
-        assert_eq!(s.count(0, ip, 101, 10), 0);
-        assert!(s.due(103).is_empty(), "past seconds are forgotten");
+        s.heard(&due[0], 85);
+        assert_eq!(s.count(0, ip, 100, 33, 100), (58, 0));
+        // The next second counts from this request (the local estimator's window is its own),
+        // and remembers what the others counted the second before (for the burst).
+        assert_eq!(s.count(0, ip, 101, 80, 100), (0, 58));
+        assert_eq!(s.due(101)[0].delta, 1);
+        // A second later than the next: the share starts again.
+        assert_eq!(s.count(0, ip, 105, 3, 100), (0, 0));
+        assert_eq!(s.due(105)[0].delta, 3);
+        assert!(s.due(108).is_empty(), "past seconds are forgotten");
     }
 
     #[test]

@@ -43,7 +43,8 @@ const RATE_KEPT_MS: i64 = 3000;
 /// How often, while connected, the blocks and admin actions are read again (announcements
 /// missed, should the subscription have dropped, are caught up).
 const RESYNC_EVERY: Duration = Duration::from_secs(10);
-/// How far back admin actions are read again (the time between two reads, with room).
+/// How much further back than the last read admin actions are read again (with room for a
+/// read that took long, or a reload's hand-over).
 const RESYNC_OVERLAP_MS: u64 = 30_000;
 /// The longest a call made for the admin listener (a lift, a revocation) may take.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
@@ -119,14 +120,18 @@ enum Event {
     },
 }
 
-/// A verdict as kept in Redis: `judged` by Redis's clock (ms), `mac` a keyed hash of the rest
-/// with the credential's digest, under the shared key (whoever may write to Redis cannot make
-/// a credential valid).
+/// A verdict as kept in Redis: when the judging instance judged it and until when it may be
+/// kept (Unix ms, its clock), `mac` a keyed hash of all of it with the site and the credential's
+/// digest, under the shared key (whoever may write to Redis cannot make a credential valid,
+/// nor make a verdict younger, longer-lived or another site's); `judged` by Redis's clock (ms),
+/// for Redis's own revocation check.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SharedVerdict {
     pub valid: bool,
     pub user: Option<String>,
     pub why: Option<String>,
+    pub judged_at: u64,
+    pub expires_at: u64,
     pub mac: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub judged: Option<u64>,
@@ -219,8 +224,10 @@ pub struct Shared {
     pending: Mutex<Vec<(SiteKeys, Pending)>>,
     /// Admin actions applied (their tags), oldest first.
     applied: Mutex<(VecDeque<String>, HashSet<String>)>,
-    /// By channel: Redis's time when its admin actions were last read.
-    actions_read: Mutex<HashMap<String, u64>>,
+    /// By channel: when its admin actions were last read.
+    actions_read: Mutex<HashMap<String, Instant>>,
+    /// When this process started: admin actions since are read at the first resync.
+    started: Instant,
     /// Lines about Redis going down or coming back: since when they are counted, how many.
     said: Mutex<(Instant, u32)>,
 }
@@ -283,6 +290,7 @@ impl Shared {
             pending: Mutex::new(Vec::new()),
             applied: Mutex::new((VecDeque::new(), HashSet::new())),
             actions_read: Mutex::new(HashMap::new()),
+            started: Instant::now(),
             said: Mutex::new((Instant::now(), 0)),
         }))
     }
@@ -624,14 +632,18 @@ impl Shared {
     }
 
     /// Applies the admin actions of the site's log this instance has not (announcements
-    /// missed).
+    /// missed): those since it last read the log, or since it started (a revocation made while
+    /// it could not reach Redis, or during a reload's hand-over, must not be missed).
     async fn take_actions(&self, site: &SiteKeys, listener: &dyn Listener) {
         let since = self
             .actions_read
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&site.channel)
-            .map_or(0, |at| at.saturating_sub(RESYNC_OVERLAP_MS));
+            .copied()
+            .unwrap_or(self.started);
+        let back = since.elapsed() + Duration::from_millis(RESYNC_OVERLAP_MS);
+        let began = Instant::now();
         let read: Option<Vec<Value>> = self
             .call(
                 "take actions",
@@ -639,7 +651,7 @@ impl Shared {
                 self.scripts.actions.evalsha_with_reload(
                     &self.client,
                     site.actions.clone(),
-                    since.to_string(),
+                    back.as_millis().to_string(),
                 ),
             )
             .await;
@@ -647,27 +659,15 @@ impl Shared {
         let Some(now) = read.first().and_then(Value::as_u64) else {
             return;
         };
-        let first = since == 0;
         for text in read.iter().skip(1).filter_map(Value::as_string) {
             if let Ok(envelope) = serde_json::from_str::<Envelope>(&text) {
-                if first {
-                    // Those before this instance started were applied by its state already
-                    // or do not concern it: remembered only.
-                    if let Some(tag) = envelope.tag {
-                        let mut applied = self.applied.lock().unwrap_or_else(|p| p.into_inner());
-                        if applied.1.insert(tag.clone()) {
-                            applied.0.push_back(tag);
-                        }
-                    }
-                    continue;
-                }
                 self.apply(listener, envelope, Some(now));
             }
         }
         self.actions_read
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(site.channel.clone(), now);
+            .insert(site.channel.clone(), began);
     }
 
     async fn lift(
@@ -737,8 +737,12 @@ impl Shared {
         let shares = self.rates.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let now = rates::second();
         for share in shares {
+            if !self.up() {
+                // Counted locally meanwhile; nothing is marked sent.
+                return;
+            }
             let due = share.due(now);
-            if due.is_empty() || !self.up() {
+            if due.is_empty() {
                 continue;
             }
             let pipeline = self.client.pipeline();
@@ -746,7 +750,10 @@ impl Shared {
                 let _: Result<(), _> = pipeline.incr_by(d.key.as_str(), d.delta).await;
                 let _: Result<(), _> = pipeline.pexpire(d.key.as_str(), RATE_KEPT_MS, None).await;
             }
-            let totals: Option<Vec<Value>> = self.call("rates", self.timeout, pipeline.all()).await;
+            // Off the request path: the longer timeout, so that one slow round does not mark
+            // Redis down for the requests.
+            let totals: Option<Vec<Value>> =
+                self.call("rates", ADMIN_TIMEOUT, pipeline.all()).await;
             for (d, total) in due.iter().zip(totals.unwrap_or_default().iter().step_by(2)) {
                 if let Some(total) = total.as_i64() {
                     share.heard(d, total);

@@ -325,6 +325,10 @@ fn deployment_configurations_load() {
             "{name}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // Redis on another host without TLS is said to be so.
+        let said = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(said.contains("is not rediss://"), "{name}: {said}");
     }
 }
 

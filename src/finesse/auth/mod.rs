@@ -153,7 +153,7 @@ impl Auth {
         let verdicts = Arc::new(Verdicts::new(
             revocations.clone(),
             &state.key,
-            share.clone(),
+            (share.clone(), service),
         ));
         let mut methods: Vec<Box<dyn Method>> = Vec::new();
         let mut keys = None;
@@ -337,8 +337,9 @@ impl Auth {
                         }
                         Remote::Unanswered => return Ok(Turn::Judge((reservation, None))),
                         Remote::Verdict(verdict, left, ago) => {
-                            // Unless it is not this deployment's or its user was revoked here
-                            // since: then judged here (Redis already said there is room).
+                            // Unless it is not sealed for this site, or its user was revoked
+                            // here since: then judged here, on the local place alone (Redis
+                            // answered with the verdict before it looked for room).
                             match self.verdicts.adopt(*digest, verdict, left, ago) {
                                 Some(verdict) => {
                                     drop(reservation);

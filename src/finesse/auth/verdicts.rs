@@ -22,6 +22,8 @@ use tokio::sync::OnceCell;
 const MAX_VERDICTS: usize = 50_000;
 /// The longest a verdict handed over at a reload is kept (`cache_seconds` at most: 24 h).
 const MAX_KEEP: Duration = Duration::from_secs(86_400);
+/// How far apart the clocks of two instances may be.
+const CLOCK_SKEW_MS: u64 = 5_000;
 /// How long before a verdict's judgement a revocation still voids it when handed over.
 const REVOKED_MARGIN: Duration = Duration::from_secs(2);
 
@@ -83,6 +85,8 @@ pub struct Verdicts {
     revocations: Arc<Revocations>,
     /// With `server.shared_state`: where verdicts judged here are kept for every instance.
     share: Option<Arc<SiteShare>>,
+    /// The site's name, sealed into the verdicts it keeps in Redis.
+    scope: String,
 }
 
 impl Verdicts {
@@ -90,10 +94,11 @@ impl Verdicts {
     pub fn new(
         revocations: Arc<Revocations>,
         key: &StateKey,
-        share: Option<Arc<SiteShare>>,
+        (share, scope): (Option<Arc<SiteShare>>, &str),
     ) -> Self {
         Verdicts {
             share,
+            scope: scope.to_string(),
             mac: key.mac(),
             kept: MemoryCache::new(MAX_VERDICTS),
             order: Mutex::new(VecDeque::new()),
@@ -131,19 +136,25 @@ impl Verdicts {
         }
     }
 
-    /// The keyed hash that vouches for a verdict kept in Redis: of the credential's digest and
-    /// the verdict, under the shared key (whoever may write to Redis, without the key, cannot
-    /// make a credential valid).
-    fn seal(&self, digest: &Digest, valid: bool, user: Option<&str>, why: Option<&str>) -> String {
+    /// The keyed hash that vouches for a verdict kept in Redis: of the site, the credential's
+    /// digest and the whole verdict, under the shared key (whoever may write to Redis, without
+    /// the key, can neither make a credential valid nor a verdict younger or longer-lived).
+    fn seal(&self, digest: &Digest, v: &SharedVerdict) -> String {
         let mut mac = self.mac.clone();
         mac.update(b"ccedge shared verdict\0");
-        mac.update(digest);
-        mac.update(&[u8::from(valid)]);
-        for part in [user, why] {
+        for part in [
+            Some(self.scope.as_str()),
+            v.user.as_deref(),
+            v.why.as_deref(),
+        ] {
             let part = part.unwrap_or("");
             mac.update(&(part.len() as u64).to_le_bytes());
             mac.update(part.as_bytes());
         }
+        mac.update(digest);
+        mac.update(&[u8::from(v.valid)]);
+        mac.update(&v.judged_at.to_le_bytes());
+        mac.update(&v.expires_at.to_le_bytes());
         hex(&mac.finalize().into_bytes().into())
     }
 
@@ -157,13 +168,17 @@ impl Verdicts {
             Verdict::Invalid(why) => (false, None, Some(why.to_string())),
             Verdict::Unavailable(_) => return,
         };
-        let shared = SharedVerdict {
-            mac: self.seal(&digest, valid, user.as_deref(), why.as_deref()),
+        let judged_at = wall_ms().saturating_sub(began.elapsed().as_millis() as u64);
+        let mut shared = SharedVerdict {
             valid,
             user,
             why,
+            judged_at,
+            expires_at: judged_at + keep.as_millis() as u64,
+            mac: String::new(),
             judged: None,
         };
+        shared.mac = self.seal(&digest, &shared);
         tokio::spawn(async move {
             share
                 .keep_verdict(&hex(&digest), &shared, began.elapsed(), keep)
@@ -171,8 +186,9 @@ impl Verdicts {
         });
     }
 
-    /// Keeps here a verdict another instance judged `ago` (kept `left` longer), when it is
-    /// sealed with the shared key and its user was not revoked here since; `None` otherwise.
+    /// Keeps here a verdict another instance judged (kept `left` longer in Redis, judged `ago`
+    /// by Redis's clock), when it is sealed with the shared key for this site, judged in the
+    /// past and not expired, and its user was not revoked here since; `None` otherwise.
     pub fn adopt(
         &self,
         digest: Digest,
@@ -180,21 +196,25 @@ impl Verdicts {
         left: Duration,
         ago: Duration,
     ) -> Option<Verdict> {
-        let sealed = self.seal(
-            &digest,
-            verdict.valid,
-            verdict.user.as_deref(),
-            verdict.why.as_deref(),
-        );
+        let sealed = self.seal(&digest, &verdict);
         let matches = sealed.len() == verdict.mac.len()
             && openssl::memcmp::eq(sealed.as_bytes(), verdict.mac.as_bytes());
         if !matches {
             log::warn!(
-                "a verdict in Redis is not sealed with this instance's key_file: ignored \
-                 (another deployment with another key on the same keys, or someone writing to Redis)"
+                "a verdict in Redis is not sealed with this instance's key_file for this site: \
+                 ignored (another deployment with another key, or someone writing to Redis)"
             );
             return None;
         }
+        let now_ms = wall_ms();
+        // Clocks of instances agree within seconds (NTP); a verdict from the future is not one.
+        if verdict.judged_at > now_ms + CLOCK_SKEW_MS || verdict.expires_at <= now_ms {
+            return None;
+        }
+        let ago = ago.max(Duration::from_millis(
+            now_ms.saturating_sub(verdict.judged_at),
+        ));
+        let left = left.min(Duration::from_millis(verdict.expires_at - now_ms));
         let now = Instant::now();
         let judged = now.checked_sub(ago).unwrap_or(now);
         let verdict = if verdict.valid {
@@ -378,6 +398,13 @@ impl Verdicts {
     }
 }
 
+/// Now, in Unix milliseconds.
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 pub fn hex(digest: &Digest) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -447,12 +474,12 @@ mod tests {
         let a = Verdicts::new(
             Arc::new(Revocations::new(Duration::from_secs(900))),
             &key(),
-            None,
+            (None, "site"),
         );
         let b = Verdicts::new(
             Arc::new(Revocations::new(Duration::from_secs(900))),
             &key(),
-            None,
+            (None, "site"),
         );
         assert_eq!(a.digest(b"Basic x"), a.digest(b"Basic x"));
         assert_ne!(a.digest(b"Basic x"), a.digest(b"Basic y"));
@@ -464,7 +491,7 @@ mod tests {
         let v = Verdicts::new(
             Arc::new(Revocations::new(Duration::from_secs(900))),
             &key(),
-            None,
+            (None, "site"),
         );
         let d = v.digest(b"Basic x");
         let (verdict, source) = v.get_or_judge(d, || async { valid("a") }).await;
@@ -480,7 +507,7 @@ mod tests {
         let v = Verdicts::new(
             Arc::new(Revocations::new(Duration::from_secs(900))),
             &key(),
-            None,
+            (None, "site"),
         );
         let d = v.digest(b"Bearer t");
         let down = || async {
@@ -498,7 +525,7 @@ mod tests {
         let v = Arc::new(Verdicts::new(
             Arc::new(Revocations::new(Duration::from_secs(900))),
             &key(),
-            None,
+            (None, "site"),
         ));
         let calls = Arc::new(AtomicUsize::new(0));
         let d = v.digest(b"Basic new");
@@ -527,7 +554,7 @@ mod tests {
         let v = Arc::new(Verdicts::new(
             Arc::new(Revocations::new(Duration::from_secs(900))),
             &key(),
-            None,
+            (None, "site"),
         ));
         let d = v.digest(b"Basic pair");
         for _ in 0..200 {
@@ -557,7 +584,7 @@ mod tests {
     #[tokio::test]
     async fn a_check_running_when_its_user_is_revoked_is_judged_again_for_all() {
         let revocations = Arc::new(Revocations::new(Duration::from_secs(900)));
-        let v = Arc::new(Verdicts::new(revocations.clone(), &key(), None));
+        let v = Arc::new(Verdicts::new(revocations.clone(), &key(), (None, "site")));
         let d = v.digest(b"Basic agent8");
         let runs = Arc::new(AtomicUsize::new(0));
         let ask = |v: Arc<Verdicts>, runs: Arc<AtomicUsize>| async move {
@@ -594,7 +621,7 @@ mod tests {
         let v = Verdicts::new(
             Arc::new(Revocations::new(Duration::from_secs(900))),
             &key(),
-            None,
+            (None, "site"),
         );
         let d = v.digest(b"Basic gone");
         let slow = v.get_or_judge(d, || async {
@@ -616,7 +643,7 @@ mod tests {
         let old = Verdicts::new(
             Arc::new(Revocations::new(Duration::from_secs(900))),
             &key,
-            None,
+            (None, "site"),
         );
         let (a, b, c) = (
             old.digest(b"Basic a"),
@@ -639,7 +666,7 @@ mod tests {
             serde_json::from_slice(&serde_json::to_vec(&exported).unwrap()).unwrap();
 
         let revocations = Arc::new(Revocations::new(Duration::from_secs(900)));
-        let new = Verdicts::new(revocations.clone(), &key, None);
+        let new = Verdicts::new(revocations.clone(), &key, (None, "site"));
         assert_eq!(new.digest(b"Basic a"), a, "the same key hashes alike");
         revocations.revoke("AGENT2");
         new.import(exported.clone(), &clock, Instant::now());
@@ -662,7 +689,7 @@ mod tests {
         let old = Verdicts::new(
             Arc::new(Revocations::new(Duration::from_secs(900))),
             &key,
-            None,
+            (None, "site"),
         );
         let a = old.digest(b"Basic a");
         let short = || async {
@@ -676,7 +703,7 @@ mod tests {
         let new = Verdicts::new(
             Arc::new(Revocations::new(Duration::from_secs(900))),
             &key,
-            None,
+            (None, "site"),
         );
         new.import(old.export(&clock, Instant::now()), &clock, Instant::now());
         assert!(new.kept(&a).is_some());
@@ -691,11 +718,73 @@ mod tests {
         new.import(old.export(&clock, Instant::now()), &clock, Instant::now());
         assert_eq!(new.kept(&a), None);
         let revocations = Arc::new(Revocations::new(Duration::from_secs(900)));
-        let late = Verdicts::new(revocations.clone(), &key, None);
+        let late = Verdicts::new(revocations.clone(), &key, (None, "site"));
         revocations.revoke("agent1");
         let b = old.digest(b"Basic b");
         old.get_or_judge(b, || async { valid("agent1") }).await;
         late.import(old.export(&clock, Instant::now()), &clock, Instant::now());
         assert_eq!(late.kept(&b), None);
+    }
+
+    #[test]
+    fn a_verdict_from_redis_is_believed_only_as_it_was_sealed() {
+        let key = key();
+        let revocations = Arc::new(Revocations::new(Duration::from_secs(900)));
+        let here = Verdicts::new(revocations.clone(), &key, (None, "desktop"));
+        let d = here.digest(b"Basic agent1");
+        let now = wall_ms();
+        let sealed = |v: &Verdicts, judged_at: u64, expires_at: u64| {
+            let mut s = SharedVerdict {
+                valid: true,
+                user: Some("agent1".into()),
+                why: None,
+                judged_at,
+                expires_at,
+                mac: String::new(),
+                judged: None,
+            };
+            s.mac = v.seal(&d, &s);
+            s
+        };
+        let (left, ago) = (Duration::from_secs(60), Duration::from_millis(10));
+        let good = sealed(&here, now - 10, now + 60_000);
+        assert!(here.adopt(d, good.clone(), left, ago).is_some());
+        // Made younger or longer-lived, or the user's name changed, by whoever writes to Redis.
+        for forged in [
+            SharedVerdict {
+                judged_at: now + 1,
+                ..good.clone()
+            },
+            SharedVerdict {
+                expires_at: now + 9_000_000,
+                ..good.clone()
+            },
+            SharedVerdict {
+                user: Some("admin".into()),
+                ..good.clone()
+            },
+        ] {
+            assert_eq!(here.adopt(d, forged, left, ago), None);
+        }
+        // Another site's, from the future, expired.
+        let there = Verdicts::new(revocations.clone(), &key, (None, "other"));
+        assert_eq!(
+            here.adopt(d, sealed(&there, now - 10, now + 60_000), left, ago),
+            None
+        );
+        assert_eq!(
+            here.adopt(d, sealed(&here, now + 60_000, now + 120_000), left, ago),
+            None
+        );
+        assert_eq!(
+            here.adopt(d, sealed(&here, now - 120_000, now - 60_000), left, ago),
+            None
+        );
+        // Revoked here after it was judged.
+        revocations.revoke("agent1");
+        assert_eq!(
+            here.adopt(d, sealed(&here, now - 10, now + 60_000), left, ago),
+            None
+        );
     }
 }
