@@ -57,12 +57,13 @@ pids+=($!)
 redis-server --port "$REDIS" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >/dev/null &
 pids+=($!)
 head -c 32 /dev/urandom > "$work/state.key"
+chmod 600 "$work/state.key"
 
 # config NAME PORT SHARED RATE: one site with auth (and a rate rule when RATE is set).
 config() {
   local shared=""
   [ "$3" = on ] && shared="  admin:
-    listen: 127.0.0.1:28213
+    listen: 127.0.0.1:$ADMIN
   shared_state:
     redis_url: redis://127.0.0.1:$REDIS/0
     key_file: $work/state.key"
@@ -93,23 +94,25 @@ host="Host: bench.example.com"
 hz=$(getconf CLK_TCK)
 median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 
-# scenario TITLE RATE: runs both processes, ROUNDS ABBA rounds.
+# scenario TITLE RATE BASE: runs both processes (on ports BASE+1, BASE+2, admin BASE+3), ROUNDS
+# ABBA rounds.
 scenario() {
   local title=$1 rate=$2 off_pid on_pid
-  config off 28211 off "$rate" > "$work/off.yaml"
-  config on 28212 on "$rate" > "$work/on.yaml"
+  OFF=$(($3 + 1)); ON=$(($3 + 2)); ADMIN=$(($3 + 3))
+  config off $OFF off "$rate" > "$work/off.yaml"
+  config on $ON on "$rate" > "$work/on.yaml"
   RUST_LOG=warn "$BINARY" -c "$work/off.yaml" 2>"$work/off.err" & off_pid=$!
   RUST_LOG=warn "$BINARY" -c "$work/on.yaml" 2>"$work/on.err" & on_pid=$!
   pids+=("$off_pid" "$on_pid")
-  for port in $UPSTREAM 28211 28212; do
+  for port in $UPSTREAM $OFF $ON; do
     for _ in $(seq 100); do curl -s -o /dev/null -H "$host" "http://127.0.0.1:$port/" && break; sleep 0.1; done
   done
   # Shared state up before the rounds.
-  for _ in $(seq 100); do
-    curl -s http://127.0.0.1:28213/metrics | grep -qx 'ccedge_shared_state_up 1' && break
+  for _ in $(seq 200); do
+    curl -s http://127.0.0.1:$ADMIN/metrics | grep -qx 'ccedge_shared_state_up 1' && break
     sleep 0.1
   done
-  curl -s http://127.0.0.1:28213/metrics | grep -qx 'ccedge_shared_state_up 1' \
+  curl -s http://127.0.0.1:$ADMIN/metrics | grep -qx 'ccedge_shared_state_up 1' \
     || { echo "shared state never came up"; cat "$work/on.err"; exit 1; }
   ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
   # round PORT PID: "requests/s p99-ms cpu-µs-per-request"
@@ -126,7 +129,7 @@ scenario() {
       END {if (bad > 0) {print "refused answers: " bad > "/dev/stderr"; exit 1}
            printf "%s %.3f %.1f\n", r, p, t * 1e6 / hz / n}' <<<"$out"
   }
-  for port in 28211 28212; do
+  for port in $OFF $ON; do
     wrk -t1 -c"$CONNECTIONS" -d2s -H "$host" -H "$credential" "http://127.0.0.1:$port/finesse/api/User/agent1" >/dev/null
   done
   local f_r=() f_p=() f_c=() n_r=() n_p=() n_c=() fr fp fc nr np nc
@@ -134,9 +137,9 @@ scenario() {
   printf '%-6s %12s %12s %12s %12s %14s %14s\n' round "off r/s" "on r/s" "off p99 ms" "on p99 ms" "off µs/req" "on µs/req"
   for n in $(seq "$ROUNDS"); do
     if [ $((n % 2)) -eq 1 ]; then
-      read -r fr fp fc <<<"$(round 28211 "$off_pid")"; read -r nr np nc <<<"$(round 28212 "$on_pid")"
+      read -r fr fp fc <<<"$(round $OFF "$off_pid")"; read -r nr np nc <<<"$(round $ON "$on_pid")"
     else
-      read -r nr np nc <<<"$(round 28212 "$on_pid")"; read -r fr fp fc <<<"$(round 28211 "$off_pid")"
+      read -r nr np nc <<<"$(round $ON "$on_pid")"; read -r fr fp fc <<<"$(round $OFF "$off_pid")"
     fi
     f_r+=("$fr"); f_p+=("$fp"); f_c+=("$fc"); n_r+=("$nr"); n_p+=("$np"); n_c+=("$nc")
     printf '%-6s %12s %12s %12s %12s %14s %14s\n' "$n" "$fr" "$nr" "$fp" "$np" "$fc" "$nc"
@@ -147,11 +150,11 @@ scenario() {
   printf '%-6s %12s %12s %12s %12s %14s %14s\n' median "$fr" "$nr" "$fp" "$np" "$fc" "$nc"
   awk -v fr="$fr" -v nr="$nr" -v fp="$fp" -v np="$np" -v fc="$fc" -v nc="$nc" 'BEGIN {
     printf "on/off: throughput %.3f, p99 %.3f, CPU per request %.3f\n\n", nr / fr, np / fp, nc / fc }'
-  curl -s http://127.0.0.1:28213/metrics | grep -qx 'ccedge_shared_state_up 1' \
+  curl -s http://127.0.0.1:$ADMIN/metrics | grep -qx 'ccedge_shared_state_up 1' \
     || { echo "shared state went down during the rounds"; exit 1; }
   kill "$off_pid" "$on_pid"; wait "$off_pid" "$on_pid" 2>/dev/null || true
 }
 
-scenario "a known credential (the common path)" ""
-scenario "a known credential past a quarter of its rate limit" 100000
+scenario "a known credential (the common path)" "" 28210
+scenario "a known credential past a quarter of its rate limit" 100000 28220
 echo "($ROUNDS rounds of $SECONDS_EACH s, $CONNECTIONS connections, 1 wrk thread, 1 ccedge worker each, $(nproc) cores)"

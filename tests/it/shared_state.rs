@@ -72,9 +72,9 @@ struct Cluster {
     redis: Redis,
     validator: Arc<Validator>,
     app: Upstream,
-    _validator: Upstream,
+    validator_upstream: Upstream,
     nodes: Vec<Node>,
-    _dir: TestDir,
+    dir: TestDir,
 }
 
 impl Cluster {
@@ -88,6 +88,16 @@ impl Cluster {
     async fn with(name: &str, n: usize, extra: &str) -> Cluster {
         let dir = TestDir::new(name);
         let redis = Redis::start(&dir).await;
+        let cluster = Self::over(dir, redis, n, extra, "").await;
+        for i in 0..n {
+            cluster.wait_shared(i, true).await;
+        }
+        cluster
+    }
+
+    /// `n` instances sharing `redis`, with `extra` in the site's block and `shared` in
+    /// `server.shared_state`.
+    async fn over(dir: TestDir, redis: Redis, n: usize, extra: &str, shared: &str) -> Cluster {
         let key = dir.join("state.key");
         std::fs::write(&key, rand_key()).unwrap();
         let validator = Arc::new(Validator::default());
@@ -98,14 +108,14 @@ impl Cluster {
             validator,
             app,
             nodes: Vec::new(),
-            _dir: dir,
-            _validator: validator_upstream,
+            dir,
+            validator_upstream,
         };
         for i in 0..n {
-            let node_dir = TestDir::new(&format!("{name}-{i}"));
+            let node_dir = TestDir::new(&format!("node-{i}"));
             let (port, admin) = (free_port(), free_port());
             let yaml = format!(
-                "{server}  shared_state:\n    redis_url: {url}\n    key_file: {key}\n    timeout_ms: 1000\n\
+                "{server}  shared_state:\n    redis_url: {url}\n    key_file: {key}\n    timeout_ms: 1000\n{shared}\
                  finesse:\n  - name: desktop\n    bind: 127.0.0.1\n{extra}    \
                  servers:\n      - public: {HOST}:{port}\n        upstream: {app}\n        role: other\n    \
                  cache:\n      rules:\n        - path_prefix: /desktop/\n    \
@@ -115,7 +125,7 @@ impl Cluster {
                 url = cluster.redis.url(),
                 key = key.display(),
                 app = cluster.app.authority(),
-                validator = cluster._validator.authority(),
+                validator = cluster.validator_upstream.authority(),
             );
             let ccedge = Ccedge::start(&node_dir, &yaml, &[port, admin]).await;
             cluster.nodes.push(Node {
@@ -124,9 +134,6 @@ impl Cluster {
                 admin,
                 ccedge,
             });
-        }
-        for i in 0..n {
-            cluster.wait_shared(i, true).await;
         }
         cluster
     }
@@ -653,4 +660,85 @@ async fn the_leases_of_one_credential_share_a_place_and_each_is_given_back_alone
         .starts_with("full"));
     give_back(format!("{}:a", digest(1))).await;
     assert_eq!(ask(digest(3), format!("{}:d", digest(3))).await, "ok");
+}
+
+#[tokio::test]
+async fn over_tls_with_a_client_certificate_and_a_password_and_not_with_another_ca() {
+    let dir = TestDir::new("shared-tls");
+    let ca = crate::harness::Ca::new("redis");
+    let redis = Redis::start_tls(&dir, &ca, "s3cret-pass").await;
+    let password = dir.write("redis.password", "s3cret-pass\n");
+    let (client_cert, client_key) = (dir.join("redis-client.crt"), dir.join("redis-client.key"));
+    let tls = move |ca: &std::path::Path| {
+        format!(
+            "    password_file: {}\n    ca: {}\n    client_cert: {}\n    client_key: {}\n",
+            password.display(),
+            ca.display(),
+            client_cert.display(),
+            client_key.display()
+        )
+    };
+    let shared = tls(&dir.join("redis-ca.pem"));
+    let cluster = Cluster::over(dir, redis, 2, "", &shared).await;
+    for node in 0..2 {
+        cluster.wait_shared(node, true).await;
+    }
+    let good = basic("agent1", "secret");
+    assert_eq!(
+        cluster
+            .get(0, "/finesse/api/User/agent1", Some(&good))
+            .await
+            .status,
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        cluster
+            .get(1, "/finesse/api/User/agent1", Some(&good))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(cluster.validator.calls("agent1"), 1, "shared over TLS");
+
+    // An instance that trusts another CA never reaches it, and serves on its own state.
+    let other = TestDir::new("shared-tls-other");
+    let stranger = crate::harness::Ca::new("stranger").write(&other.join("stranger.pem"));
+    let (port, admin) = (free_port(), free_port());
+    let yaml = format!(
+        "{server}  shared_state:\n    redis_url: {url}\n    key_file: {key}\n{tls}\
+         finesse:\n  - name: desktop\n    bind: 127.0.0.1\n    \
+         servers:\n      - public: {HOST}:{port}\n        upstream: {app}\n        role: other\n    \
+         auth:\n      validate_url: http://{validator}/finesse/api/UserAuth\n",
+        server = server_block(&other.path, Some(admin)),
+        url = cluster.redis.url(),
+        key = cluster.dir.join("state.key").display(),
+        tls = tls(&stranger),
+        app = cluster.app.authority(),
+        validator = cluster.validator_upstream.authority(),
+    );
+    let lone = Ccedge::start(&other, &yaml, &[port, admin]).await;
+    let mut client = Client::new(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        &format!("{HOST}:{port}"),
+    );
+    let answer = client
+        .send(
+            "GET",
+            "/finesse/api/User/agent1",
+            &[("Authorization", &good)],
+            b"",
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200, "served on its own state");
+    lone.wait_stderr("does not answer").await;
+    let metrics = curl(&[&format!("http://127.0.0.1:{admin}/metrics")])
+        .await
+        .unwrap()
+        .body;
+    assert!(
+        metrics.lines().any(|l| l == "ccedge_shared_state_up 0"),
+        "{metrics}"
+    );
 }

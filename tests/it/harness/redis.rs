@@ -10,6 +10,8 @@ pub struct Redis {
     pub port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// With TLS: the server's arguments and redis-cli's.
+    tls: Option<(Vec<String>, Vec<String>)>,
 }
 
 impl Drop for Redis {
@@ -20,10 +22,50 @@ impl Drop for Redis {
 
 impl Redis {
     pub async fn start(dir: &TestDir) -> Redis {
+        Self::launch(dir, None).await
+    }
+
+    /// Over TLS only, with a server certificate of `ca` for 127.0.0.1, asking clients for a
+    /// certificate of `ca` (one is written as `redis-client.{crt,key}` in `dir`) and for
+    /// `password`.
+    pub async fn start_tls(dir: &TestDir, ca: &super::Ca, password: &str) -> Redis {
+        let ca_file = ca.write(&dir.join("redis-ca.pem"));
+        let server = ca.server(&dir.path, "redis-server", &["127.0.0.1"]);
+        let client = ca.client(&dir.path, "redis-client");
+        let path = |p: &std::path::Path| p.display().to_string();
+        let server_args = vec![
+            "--tls-cert-file".into(),
+            path(&server.cert),
+            "--tls-key-file".into(),
+            path(&server.key),
+            "--tls-ca-cert-file".into(),
+            path(&ca_file),
+            "--tls-auth-clients".into(),
+            "yes".into(),
+            "--requirepass".into(),
+            password.into(),
+        ];
+        let cli_args = vec![
+            "--tls".into(),
+            "--cacert".into(),
+            path(&ca_file),
+            "--cert".into(),
+            path(&client.cert),
+            "--key".into(),
+            path(&client.key),
+            "-a".into(),
+            password.into(),
+            "--no-auth-warning".into(),
+        ];
+        Self::launch(dir, Some((server_args, cli_args))).await
+    }
+
+    async fn launch(dir: &TestDir, tls: Option<(Vec<String>, Vec<String>)>) -> Redis {
         let mut redis = Redis {
             port: free_port(),
             dir: dir.join("redis"),
             child: None,
+            tls,
         };
         std::fs::create_dir_all(&redis.dir).unwrap();
         redis.run().await;
@@ -31,8 +73,18 @@ impl Redis {
     }
 
     async fn run(&mut self) {
+        let port = self.port.to_string();
+        let ports = match &self.tls {
+            Some((server, _)) => {
+                let mut args = vec!["--port".to_string(), "0".into(), "--tls-port".into(), port];
+                args.extend(server.iter().cloned());
+                args
+            }
+            None => vec!["--port".to_string(), port],
+        };
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(ports)
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .arg("--dir")
             .arg(&self.dir)
@@ -49,7 +101,12 @@ impl Redis {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
     }
 
     /// Kills the server (everything it held is gone).
@@ -68,8 +125,14 @@ impl Redis {
 
     /// Runs `redis-cli` with `args` against it; its output (`None` when it fails).
     pub async fn cli(&self, args: &[&str]) -> Option<String> {
+        let tls = self
+            .tls
+            .as_ref()
+            .map(|(_, cli)| cli.clone())
+            .unwrap_or_default();
         let out = tokio::process::Command::new("redis-cli")
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(tls)
             .args(args)
             .output()
             .await
