@@ -5,10 +5,10 @@
 //! Both are small files beside the pid file, which only ccedge's user writes.
 
 use crate::observe::access_log::epoch_ms;
-use crate::observe::own_files::{open_own, read_own, replace};
+use crate::observe::own_files::{open_own, per_process, read_own, replace};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Past this size the revocation file is rewritten with only the last day's lines.
 const REVOKED_MAX_BYTES: u64 = 64 * 1024;
@@ -47,35 +47,13 @@ pub fn remove_report(pid_file: &str, pid: u32) {
 
 /// The reports of the processes draining now. Files of processes gone (killed) are removed.
 pub fn reports(pid_file: &str) -> Vec<Report> {
-    let path = Path::new(pid_file);
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-        return Vec::new();
-    };
-    let prefix = format!("{}.draining-", name.to_string_lossy());
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    };
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
     let mut reports = Vec::new();
-    for entry in entries.flatten() {
-        let file_name = entry.file_name();
-        let file_name = file_name.to_string_lossy();
-        let Some(pid) = file_name
-            .strip_prefix(&prefix)
-            .and_then(|rest| rest.strip_suffix(".json"))
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Some(text) = read_own(&entry.path(), REPORT_MAX_BYTES) else {
+    for (pid, path) in per_process(pid_file, ".draining-") {
+        let Some(text) = read_own(&path, REPORT_MAX_BYTES) else {
             continue;
         };
         if !alive(pid) {
-            let _ = std::fs::remove_file(entry.path());
+            let _ = std::fs::remove_file(&path);
             continue;
         }
         if let Ok(report) = serde_json::from_slice::<Report>(&text) {
@@ -88,7 +66,8 @@ pub fn reports(pid_file: &str) -> Vec<Report> {
     reports
 }
 
-fn alive(pid: u32) -> bool {
+/// Whether process `pid` still runs.
+pub fn alive(pid: u32) -> bool {
     i32::try_from(pid)
         .is_ok_and(|pid| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok())
 }

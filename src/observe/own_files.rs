@@ -54,3 +54,34 @@ pub fn replace(path: &Path, text: &[u8]) -> std::io::Result<()> {
     }
     written
 }
+
+/// The files beside `pid_file` named `<pid_file><infix><pid>.json`, one per process, with their
+/// process ids.
+pub fn per_process(pid_file: &str, infix: &str) -> Vec<(u32, PathBuf)> {
+    let path = Path::new(pid_file);
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Vec::new();
+    };
+    let prefix = format!("{}{infix}", name.to_string_lossy());
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry
+                .file_name()
+                .to_string_lossy()
+                .strip_prefix(&prefix)?
+                .strip_suffix(".json")?
+                .parse::<u32>()
+                .ok()?;
+            Some((pid, entry.path()))
+        })
+        .collect()
+}

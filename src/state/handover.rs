@@ -14,15 +14,15 @@
 //! removed once read. Times are milliseconds of the machine's monotonic clock, which every
 //! process reads alike and no clock step moves.
 
-use crate::observe::draining;
-use crate::observe::own_files::{read_own, replace};
+use crate::observe::draining::{self, alive};
+use crate::observe::own_files::{per_process, read_own, replace};
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -357,7 +357,7 @@ impl Handover {
     pub fn collect(&self) {
         let me = std::process::id();
         let clock = Clock::process();
-        for (pid, path) in state_files(&self.pid_file) {
+        for (pid, path) in per_process(&self.pid_file, ".state-") {
             if pid == me {
                 continue;
             }
@@ -450,41 +450,6 @@ impl BackgroundService for Collect {
             }
         }
     }
-}
-
-/// The state files beside `pid_file`, with their process ids.
-fn state_files(pid_file: &str) -> Vec<(u32, PathBuf)> {
-    let path = Path::new(pid_file);
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-        return Vec::new();
-    };
-    let prefix = format!("{}.state-", name.to_string_lossy());
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    };
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| {
-            let pid = entry
-                .file_name()
-                .to_string_lossy()
-                .strip_prefix(&prefix)?
-                .strip_suffix(".json")?
-                .parse::<u32>()
-                .ok()?;
-            Some((pid, entry.path()))
-        })
-        .collect()
-}
-
-fn alive(pid: u32) -> bool {
-    i32::try_from(pid)
-        .is_ok_and(|pid| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok())
 }
 
 #[cfg(test)]

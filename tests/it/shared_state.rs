@@ -151,6 +151,12 @@ impl Cluster {
         client.send("GET", path, &headers, b"").await.unwrap()
     }
 
+    /// The status of `GET /finesse/api/User/<user>` on `node` with `credential`.
+    async fn user(&self, node: usize, user: &str, credential: &str) -> u16 {
+        let path = format!("/finesse/api/User/{user}");
+        self.get(node, &path, Some(credential)).await.status
+    }
+
     async fn admin(&self, node: usize, method: &str, path: &str) -> u16 {
         let url = format!("http://127.0.0.1:{}{path}", self.nodes[node].admin);
         curl(&["-X", method, &url]).await.unwrap().status
@@ -267,21 +273,9 @@ async fn a_credential_validated_on_one_instance_is_not_validated_on_another() {
     );
     // A refusal is shared too, and counts as a failure where it is answered.
     let wrong = basic("agent4", "wrong");
-    assert_eq!(
-        cluster
-            .get(0, "/finesse/api/User/agent4", Some(&wrong))
-            .await
-            .status,
-        401
-    );
+    assert_eq!(cluster.user(0, "agent4", &wrong).await, 401);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(
-        cluster
-            .get(1, "/finesse/api/User/agent4", Some(&wrong))
-            .await
-            .status,
-        401
-    );
+    assert_eq!(cluster.user(1, "agent4", &wrong).await, 401);
     assert_eq!(cluster.validator.calls("agent4"), 1);
     // Nothing in Redis holds a credential: keys and values are keyed hashes, verdicts, counts.
     let keys = cluster.redis.cli(&["--scan"]).await.unwrap();
@@ -384,25 +378,13 @@ async fn lifting_revoking_and_purging_reach_every_instance() {
     // agent1 known on every instance, then revoked on C: checked again on A and B.
     let agent1 = basic("agent1", "secret");
     for node in 0..3 {
-        assert_eq!(
-            cluster
-                .get(node, "/finesse/api/User/agent1", Some(&agent1))
-                .await
-                .status,
-            200
-        );
+        assert_eq!(cluster.user(node, "agent1", &agent1).await, 200);
     }
     let before = cluster.validator.calls("agent1");
     assert_eq!(cluster.admin(2, "DELETE", "/auth/users/agent1").await, 200);
     tokio::time::sleep(Duration::from_millis(300)).await;
     for node in [0, 1] {
-        assert_eq!(
-            cluster
-                .get(node, "/finesse/api/User/agent1", Some(&agent1))
-                .await
-                .status,
-            200
-        );
+        assert_eq!(cluster.user(node, "agent1", &agent1).await, 200);
     }
     assert!(
         cluster.validator.calls("agent1") > before,
@@ -433,13 +415,7 @@ async fn lifting_revoking_and_purging_reach_every_instance() {
 async fn with_redis_down_no_request_fails_and_back_the_instances_exchange_their_blocks() {
     let mut cluster = Cluster::start("shared-down", 2).await;
     let good = basic("agent1", "secret");
-    assert_eq!(
-        cluster
-            .get(0, "/finesse/api/User/agent1", Some(&good))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(cluster.user(0, "agent1", &good).await, 200);
     cluster.redis.kill();
     // Requests go on: known credentials, new ones, failures, all on local state.
     for node in 0..2 {
@@ -456,27 +432,12 @@ async fn with_redis_down_no_request_fails_and_back_the_instances_exchange_their_
     }
     for i in 0..5 {
         let guess = basic("agent7", &format!("guess{i}"));
-        assert_eq!(
-            cluster
-                .get(0, "/finesse/api/User/agent7", Some(&guess))
-                .await
-                .status,
-            401
-        );
+        assert_eq!(cluster.user(0, "agent7", &guess).await, 401);
     }
     let agent7 = basic("agent7", "secret");
+    assert_eq!(cluster.user(0, "agent7", &agent7).await, 429);
     assert_eq!(
-        cluster
-            .get(0, "/finesse/api/User/agent7", Some(&agent7))
-            .await
-            .status,
-        429
-    );
-    assert_eq!(
-        cluster
-            .get(1, "/finesse/api/User/agent7", Some(&agent7))
-            .await
-            .status,
+        cluster.user(1, "agent7", &agent7).await,
         200,
         "not shared while Redis is down"
     );
@@ -563,24 +524,12 @@ async fn a_rate_limit_holds_across_instances_within_the_documented_error() {
 async fn a_redis_that_hangs_costs_a_request_timeout_ms_at_most() {
     let cluster = Cluster::start("shared-slow", 2).await;
     let good = basic("agent1", "secret");
-    assert_eq!(
-        cluster
-            .get(0, "/finesse/api/User/agent1", Some(&good))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(cluster.user(0, "agent1", &good).await, 200);
     cluster.redis.pause(true);
     // A new credential: its reservation waits timeout_ms (1 s here), then it is judged here.
     let began = Instant::now();
     let agent2 = basic("agent2", "secret");
-    assert_eq!(
-        cluster
-            .get(0, "/finesse/api/User/agent2", Some(&agent2))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(cluster.user(0, "agent2", &agent2).await, 200);
     let first = began.elapsed();
     assert!(first < Duration::from_secs(3), "{first:?}");
     cluster.wait_shared(0, false).await;
@@ -684,21 +633,9 @@ async fn over_tls_with_a_client_certificate_and_a_password_and_not_with_another_
         cluster.wait_shared(node, true).await;
     }
     let good = basic("agent1", "secret");
-    assert_eq!(
-        cluster
-            .get(0, "/finesse/api/User/agent1", Some(&good))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(cluster.user(0, "agent1", &good).await, 200);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(
-        cluster
-            .get(1, "/finesse/api/User/agent1", Some(&good))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(cluster.user(1, "agent1", &good).await, 200);
     assert_eq!(cluster.validator.calls("agent1"), 1, "shared over TLS");
 
     // An instance that trusts another CA never reaches it, and serves on its own state.

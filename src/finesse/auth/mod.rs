@@ -726,7 +726,7 @@ impl Auth {
 
     /// `user` was revoked at `at`, by a process before a reload.
     pub fn revoked_before(&self, user: &str, at: Instant) {
-        self.revocations.revoked_before(user, at);
+        self.revocations.revoke_at(user, at);
     }
 
     /// How long verdicts are kept.

@@ -120,18 +120,6 @@ impl Revocations {
         )
     }
 
-    /// Records that `user` was revoked at `at`, before this process started (by a process
-    /// before a reload): verdicts judged before it, handed over, do not count.
-    pub fn revoked_before(&self, user: &str, at: Instant) {
-        let mut table = self.write();
-        let state = table.users.entry(folded(user).into_owned()).or_default();
-        if state.revoked_at.is_none_or(|t| t < at) {
-            state.revoked_at = Some(at);
-        }
-        self.latest
-            .fetch_max(self.millis(at).max(1), Ordering::AcqRel);
-    }
-
     /// Revocations so far (a count).
     pub fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
@@ -142,8 +130,9 @@ impl Revocations {
         self.revoke_at(user, Instant::now())
     }
 
-    /// Revokes `user` as of `at` (another instance revoked them then): verdicts judged before
-    /// stop counting; how many of their WebSockets were open (they are told to close).
+    /// Revokes `user` as of `at` (another instance revoked them then, or a process before a
+    /// reload): verdicts judged before stop counting; how many of their WebSockets were open
+    /// (they are told to close).
     pub fn revoke_at(&self, user: &str, at: Instant) -> usize {
         self.count.fetch_add(1, Ordering::Relaxed);
         let mut table = self.write();
