@@ -41,9 +41,11 @@ packages:
 build: deps
 	cargo build --release --bin ccedge
 
+# The demo builds with the `quick` profile (no whole-program optimisation): about 4 minutes from
+# a fresh clone on 2 cores instead of 7. `make build` and the image keep the release profile.
 run: deps
-	cargo build --release --bin ccedge --example demo
-	@./target/release/examples/demo $(DEMO_DIR) & demo=$$!; \
+	cargo build --profile quick --bin ccedge --example demo
+	@./target/quick/examples/demo $(DEMO_DIR) & demo=$$!; \
 	trap 'kill $$demo 2>/dev/null' EXIT; \
 	for i in $$(seq 50); do curl -s -o /dev/null http://127.0.0.1:18503/ && break; sleep 0.1; done; \
 	echo; \
@@ -62,7 +64,7 @@ run: deps
 	echo; \
 	echo "The access log (one JSON line per request) follows below. Ctrl-C stops everything."; \
 	echo; \
-	./target/release/ccedge -c conf/demo.yaml
+	./target/quick/ccedge -c conf/demo.yaml
 
 test: test-deps
 	cargo test --all-targets
