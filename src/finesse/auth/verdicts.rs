@@ -319,8 +319,9 @@ impl Verdicts {
     /// The verdict kept for `digest`, if there is one (and its user was not revoked since).
     pub fn kept(&self, digest: &Digest) -> Option<Verdict> {
         // The store is keyed by a 64-bit hash of the digest: compare the whole digest.
+        // Kept until `expires` by the store's own time to live (see `keep`).
         let (entry, _) = self.kept.get(digest);
-        let entry = entry.filter(|e| e.digest == *digest && e.expires > Instant::now())?;
+        let entry = entry.filter(|e| e.digest == *digest)?;
         if let Verdict::Valid { user: Some(user) } = &entry.verdict {
             if self.revocations.revoked_since(user, entry.judged) {
                 self.kept.remove(digest);
