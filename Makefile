@@ -11,7 +11,6 @@ APT_PACKAGES := build-essential cmake pkg-config libssl-dev curl ca-certificates
 TEST_PACKAGES := openssl procps prometheus redis-server
 
 DEMO_DIR := target/demo
-CURL_DEMO := curl --cacert $(DEMO_DIR)/ca.crt
 
 .PHONY: deps test-deps packages run test lint hardening e2e build image-test deploy-check
 
@@ -43,27 +42,13 @@ build: deps
 
 # The demo builds with the `quick` profile (no whole-program optimisation): about 4 minutes from
 # a fresh clone on 2 cores instead of 7. `make build` and the image keep the release profile.
+# It prints the tour of examples/demo/tour.rs (which tests/it/demo.rs runs), then ccedge's log.
 run: deps
 	cargo build --profile quick --bin ccedge --example demo
-	@./target/quick/examples/demo $(DEMO_DIR) & demo=$$!; \
+	@./target/quick/examples/demo serve $(DEMO_DIR) & demo=$$!; \
 	trap 'kill $$demo 2>/dev/null' EXIT; \
 	for i in $$(seq 50); do curl -s -o /dev/null http://127.0.0.1:18503/ && break; sleep 0.1; done; \
-	echo; \
-	echo "ccedge is starting on conf/demo.yaml. In another terminal, try:"; \
-	echo; \
-	echo "  # digital channel over HTTP/2: see the headers Cloud Connect receives (X-Forwarded-*, Host, TrackingID)"; \
-	echo "  $(CURL_DEMO) --http2 --resolve dc.example.com:8443:127.0.0.1 https://dc.example.com:8443/drapi/v1/tasks"; \
-	echo "  # Finesse and CUIC share port 8445 (by host); IdS has port 8553 (by port)"; \
-	echo "  $(CURL_DEMO) --resolve finesse1.example.com:8445:127.0.0.1 https://finesse1.example.com:8445/desktop/"; \
-	echo "  $(CURL_DEMO) --resolve cuic1.example.com:8445:127.0.0.1 https://cuic1.example.com:8445/cuic/"; \
-	echo "  $(CURL_DEMO) --resolve finesse1.example.com:8553:127.0.0.1 https://finesse1.example.com:8553/ids/"; \
-	echo "  # a host nobody configured: 421 Misdirected Request, nothing forwarded"; \
-	echo "  curl -k -i --resolve other.example.com:8445:127.0.0.1 https://other.example.com:8445/"; \
-	echo "  # what is running"; \
-	echo "  curl http://127.0.0.1:9900/status"; \
-	echo; \
-	echo "The access log (one JSON line per request) follows below. Ctrl-C stops everything."; \
-	echo; \
+	./target/quick/examples/demo tour; \
 	./target/quick/ccedge -c conf/demo.yaml
 
 test: test-deps

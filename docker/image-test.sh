@@ -53,7 +53,7 @@ say "building $IMAGE from docker/Dockerfile"
   --build-arg RUST_IMAGE="$BUILDER" --build-arg BASE_IMAGE="$BASE" \
   -f docker/Dockerfile -t "$IMAGE" . >/dev/null
 
-target/release/examples/demo "$work/demo" >/dev/null 2>&1 &
+target/release/examples/demo serve "$work/demo" >/dev/null 2>&1 &
 demo_pid=$!
 
 mkdir -p "$work/etc"

@@ -117,7 +117,10 @@ pub fn warnings(config: &Config) -> Vec<String> {
     }
     for f in &config.finesse {
         if let Some(auth) = &f.auth {
-            let plain = |e: &crate::config::Endpoint| e.tls.is_none();
+            // Plain HTTP to this machine itself (a validator beside ccedge) crosses no network.
+            let plain = |e: &crate::config::Endpoint| {
+                e.tls.is_none() && !e.upstream.addr.ip().is_loopback()
+            };
             if auth.validate.iter().any(plain) {
                 warnings.push(format!(
                     "service {}: auth.validate_url is plain http: agents' credentials cross the network in clear",

@@ -142,9 +142,17 @@ fn example_configurations_in_conf_are_valid() {
     std::fs::create_dir_all(dir.join("conf")).unwrap();
     let file = dir.write("conf/demo.yaml", &demo);
     let out = run(&["-t", "-c", file.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo.yaml: {stderr}");
+    assert!(!stderr.contains("WARN"), "demo.yaml warns: {stderr}");
+    // Its validator answers plain HTTP on loopback; on another machine that is warned about.
+    let remote = demo.replace("http://127.0.0.1:18501/", "http://10.1.2.3:8082/");
+    assert_ne!(remote, demo);
+    let file = dir.write("conf/remote.yaml", &remote);
+    let out = run(&["-t", "-c", file.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        out.status.success(),
-        "demo.yaml: {}",
-        String::from_utf8_lossy(&out.stderr)
+        stderr.contains("auth.validate_url is plain http"),
+        "no warning about a plain validator elsewhere: {stderr}"
     );
 }

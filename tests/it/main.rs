@@ -7,6 +7,7 @@ mod auth;
 mod browser;
 mod cache;
 mod cli;
+mod demo;
 mod digital_channels;
 mod doctor;
 mod finesse_routing;
