@@ -23,56 +23,55 @@ pub struct Step {
     pub output: &'static [&'static str],
     /// Text its output does not contain.
     pub absent: &'static [&'static str],
-    /// Text ccedge writes to the `make run` terminal meanwhile (access log or messages).
+    /// Text ccedge writes to the `make run` terminal meanwhile (access log or messages), in
+    /// this order.
     pub log: &'static [&'static str],
 }
 
 pub const STEPS: &[Step] = &[
     Step {
-        title: "Authentication at the edge: a wrong password",
+        title: "Authentication at the edge: a wrong password (agent2's)",
         action: Action::Run(
-            "curl --max-time 5 -i -u agent1:wrong --cacert target/demo/ca.crt --resolve finesse1.example.com:8445:127.0.0.1 https://finesse1.example.com:8445/finesse/api/User/agent1",
+            "curl --max-time 5 -i -u agent2:wrong --cacert target/demo/ca.crt --resolve finesse1.example.com:8445:127.0.0.1 https://finesse1.example.com:8445/finesse/api/User/agent2",
         ),
-        look_for: "401 with www-authenticate: Basic; ccedge checked the password and forwarded nothing",
-        output: &["401", "www-authenticate: basic"],
+        look_for: "HTTP/2 401 and www-authenticate: Basic: ccedge asked Finesse's UserAuth and kept the request from Finesse's API",
+        output: &["HTTP/2 401", "www-authenticate: basic"],
         absent: &["<loginId>"],
-        log: &[r#""status":401"#],
+        log: &[r#""user":"agent2""#, r#""status":401"#, r#""upstream":null"#],
     },
     Step {
         title: "The demo agent signs in: user agent1, password demo",
         action: Action::Run(
             "curl --max-time 5 -u agent1:demo --cacert target/demo/ca.crt --resolve finesse1.example.com:8445:127.0.0.1 https://finesse1.example.com:8445/finesse/api/User/agent1",
         ),
-        look_for: r#"the agent's XML from Finesse; the access-log line below says "user":"agent1""#,
+        look_for: r#"the agent's XML from Finesse; in the make run terminal, an access-log line with "user":"agent1""#,
         output: &["<loginId>agent1</loginId>"],
         absent: &[],
-        log: &[r#""user":"agent1""#],
+        log: &[r#""user":"agent1""#, r#""status":200"#, r#""upstream":"127.0.0.1:18501""#],
     },
     Step {
-        title: "Guessing locks a user out: six wrong passwords for the second demo user, agent2",
+        title: "Guessing locks a user out: six more wrong passwords for agent2",
         action: Action::Run(
             "curl --max-time 10 -s -o /dev/null -w '%{http_code}\\n' -u agent2:guess --cacert target/demo/ca.crt --resolve finesse1.example.com:8445:127.0.0.1 'https://finesse1.example.com:8445/finesse/api/User/agent2?try=[1-6]'",
         ),
-        look_for: "401 five times, then 429; below: \"user agent2 blocked at 127.0.0.1 for 60 seconds\"; agent1 still signs in",
-        output: &["401\n401\n401\n401\n401\n429"],
+        look_for: "401 until agent2's fifth failure (step 1 was the first), then 429 for 5 minutes; the make run terminal: \"user agent2 blocked at 127.0.0.1 for 300 seconds after 5 failed logins\". agent1 is not blocked",
+        output: &["401\n401\n401\n401\n429\n429"],
         absent: &[],
-        log: &["user agent2 blocked at 127.0.0.1 for 60 seconds after 5 failed logins"],
+        log: &["user agent2 blocked at 127.0.0.1 for 300 seconds after 5 failed logins"],
     },
     Step {
         title: "The cache: a desktop asset, twice",
         action: Action::Run(
-            "curl --max-time 5 -s -o /dev/null -o /dev/null -w '%{http_code}\\n' --cacert target/demo/ca.crt --resolve finesse1.example.com:8445:127.0.0.1 https://finesse1.example.com:8445/desktop/js/finesse.js https://finesse1.example.com:8445/desktop/js/finesse.js",
+            "curl --max-time 5 -s -o /dev/null -o /dev/null -w '%{http_code}\\n' --cacert target/demo/ca.crt --resolve finesse1.example.com:8445:127.0.0.1 https://finesse1.example.com:8445/desktop/js/finesse.js --cacert target/demo/ca.crt --resolve finesse1.example.com:8445:127.0.0.1 https://finesse1.example.com:8445/desktop/js/finesse.js",
         ),
-        look_for: r#"200 twice; in the access log below, "cache":"MISS" and then "cache":"HIT" (Finesse was asked once)"#,
+        look_for: r#"200 twice; in the make run terminal, "cache":"MISS" and then "cache":"HIT" with "upstream":null: Finesse was asked once (HIT twice within 5 minutes of a first run)"#,
         output: &["200\n200"],
         absent: &[],
-        log: &[r#""cache":"MISS""#, r#""cache":"HIT""#],
+        log: &[r#""cache":"MISS""#, r#""upstream":null"#, r#""cache":"HIT""#],
     },
     Step {
         title: "Substitution: Finesse names itself finesse1.cc.internal, agents get the public name",
-        action: Action::Run(
-            "curl --max-time 5 --cacert target/demo/ca.crt --resolve finesse1.example.com:8445:127.0.0.1 https://finesse1.example.com:8445/finesse/api/SystemInfo",
-        ),
+        action: Action::Run("curl --max-time 5 --cacert target/demo/ca.crt --resolve finesse1.example.com:8445:127.0.0.1 https://finesse1.example.com:8445/finesse/api/SystemInfo"),
         look_for: "<host>finesse1.example.com</host>, and cc.internal nowhere",
         output: &["<host>finesse1.example.com</host>"],
         absent: &["cc.internal"],
@@ -83,10 +82,10 @@ pub const STEPS: &[Step] = &[
         action: Action::Run(
             "curl --max-time 3 -s -N -i --http1.1 -H 'Connection: Upgrade' -H 'Upgrade: websocket' -H 'Sec-WebSocket-Version: 13' -H 'Sec-WebSocket-Key: ZGVtby13ZWJzb2NrZXQtMQ==' -H 'Sec-WebSocket-Protocol: xmpp, YWdlbnQxOmRlbW8' --cacert target/demo/ca.crt --resolve finesse1.example.com:8445:127.0.0.1 https://finesse1.example.com:8445/ws/agent1",
         ),
-        look_for: "101 Switching Protocols, sec-websocket-protocol: xmpp, then an event a second until curl stops after 3 s (each after two bytes of framing)",
-        output: &["101", "sec-websocket-protocol: xmpp", "event 2 for agent1"],
+        look_for: "HTTP/1.1 101, sec-websocket-protocol: xmpp, then an event a second (after two bytes of framing each) until curl stops after 3 s",
+        output: &["HTTP/1.1 101", "sec-websocket-protocol: xmpp", "event 2 for agent1"],
         absent: &[],
-        log: &[],
+        log: &[r#""user":"agent1""#, r#""path":"/ws/agent1""#, r#""status":101"#],
     },
     Step {
         title: "The proxy map Finesse, IdS and CUIC poll for their public names",
@@ -99,20 +98,30 @@ pub const STEPS: &[Step] = &[
         log: &[],
     },
     Step {
+        title: "Many servers behind one proxy: CUIC on Finesse's port by host, IdS on a port of its own",
+        action: Action::Run(
+            "curl --max-time 5 -u agent1:demo --cacert target/demo/ca.crt --resolve cuic1.example.com:8445:127.0.0.1 --resolve finesse1.example.com:8553:127.0.0.1 https://cuic1.example.com:8445/cuic/ https://finesse1.example.com:8553/ids/",
+        ),
+        look_for: r#""answered_by": "cuic", then "answered_by": "ids""#,
+        output: &[r#""answered_by": "cuic""#, r#""answered_by": "ids""#],
+        absent: &[],
+        log: &[],
+    },
+    Step {
         title: "The other job: Webex Connect to Cloud Connect over HTTP/2",
         action: Action::Run(
             "curl --max-time 5 --http2 --cacert target/demo/ca.crt --resolve dc.example.com:8443:127.0.0.1 https://dc.example.com:8443/drapi/v1/tasks",
         ),
         look_for: "the headers the publisher received: host, x-forwarded-for, and the trackingid the access log carries too",
-        output: &["cloud-connect-publisher", "\"trackingid\": \"CCEDGE_"],
+        output: &["\"answered_by\": \"cloud-connect-publisher\"", "\"trackingid\": \"CCEDGE_"],
         absent: &[],
         log: &[r#""tracking_id":"CCEDGE_"#],
     },
     Step {
         title: "The status page",
         action: Action::Open("http://127.0.0.1:9900/"),
-        look_for: "both services, their upstreams' health, the cache, and agent2 under Login lockouts",
-        output: &["<title>ccedge"],
+        look_for: "both services, their upstreams' health, the cache, and agent2 under Login lockouts (for 5 minutes after step 3)",
+        output: &["<title>ccedge status</title>"],
         absent: &[],
         log: &[],
     },
@@ -121,7 +130,7 @@ pub const STEPS: &[Step] = &[
         action: Action::Run(
             "SSL_CERT_FILE=target/demo/ca.crt ./target/quick/ccedge doctor -c conf/demo.yaml",
         ),
-        look_for: "every line OK (SSL_CERT_FILE has this command trust the demo's CA, as the machine would a real one)",
+        look_for: "every line OK (SSL_CERT_FILE has it trust the demo's CA, as the machine would a real one)",
         output: &["0 WARN, 0 FAIL"],
         absent: &[],
         log: &[],
@@ -146,7 +155,7 @@ pub fn text() -> String {
         ));
     }
     text.push_str(
-        "\nccedge's access log (a JSON line per request) and messages follow. Ctrl-C stops everything.\n\n",
+        "\nccedge's access log (a JSON line per request) and messages follow here. Ctrl-C stops everything.\n\n",
     );
     text
 }

@@ -140,8 +140,9 @@ fn answer(node: &'static str, req: Request<Incoming>) -> Response<Full<Bytes>> {
             .insert("Cache-Control", "max-age=300".parse().unwrap());
         return response;
     }
-    if path.starts_with("/ws/") {
-        return notifications(req);
+    if let Some(id) = path.strip_prefix("/ws/") {
+        let id = id.to_string();
+        return notifications(req, &id);
     }
     echo(node, &req)
 }
@@ -190,14 +191,15 @@ fn basic_user(req: &Request<Incoming>) -> Option<String> {
     (USERS.contains(&user) && password == PASSWORD).then(|| user.to_string())
 }
 
-/// Finesse's notification service: a WebSocket offering `xmpp` with the user's credentials,
-/// which gets an event each second.
-fn notifications(mut req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let (Some(user), Some(key)) = (basic_user(&req), req.headers().get("sec-websocket-key")) else {
+/// Finesse's notification service: a WebSocket offering `xmpp` with the credentials of the user
+/// `id`, which gets an event each second.
+fn notifications(mut req: Request<Incoming>, id: &str) -> Response<Full<Bytes>> {
+    let user = basic_user(&req).filter(|user| user == id);
+    let (Some(user), Some(key)) = (user, req.headers().get("sec-websocket-key")) else {
         return reply(
             401,
             "text/plain",
-            "an xmpp WebSocket with credentials\n".into(),
+            "an xmpp WebSocket with its user's credentials\n".into(),
         );
     };
     let accept = derive_accept_key(key.as_bytes());

@@ -9,6 +9,8 @@ mod upstreams;
 use crate::harness::fixtures::repo_file;
 use crate::harness::proxy::Ccedge;
 use crate::harness::{binary, free_port, TestDir};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tour::{Action, STEPS};
@@ -54,6 +56,18 @@ fn terminal(dir: &TestDir, from: (usize, usize)) -> String {
         String::from_utf8_lossy(&text[from.min(text.len())..]).into_owned()
     };
     format!("{}{}", tail(&out, from.0), tail(&err, from.1))
+}
+
+/// The first of `expected` that `text` does not contain after the ones before it.
+fn unwritten<'a>(text: &str, expected: &'a [String]) -> Option<&'a String> {
+    let mut rest = text;
+    for e in expected {
+        match rest.find(e.as_str()) {
+            Some(at) => rest = &rest[at + e.len()..],
+            None => return Some(e),
+        }
+    }
+    None
 }
 
 fn terminal_len(dir: &TestDir) -> (usize, usize) {
@@ -128,27 +142,41 @@ async fn the_printed_tour_answers_as_it_says() {
                 "{what}: {unexpected:?} in its output:\n{output}"
             );
         }
-        for expected in step.log {
-            let expected = moved(expected, &ports);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while !terminal(&dir, from).contains(&expected) {
-                assert!(
-                    Instant::now() < deadline,
-                    "{what}: ccedge never wrote {expected:?}:\n{}",
-                    terminal(&dir, from)
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+        let log: Vec<String> = step.log.iter().map(|e| moved(e, &ports)).collect();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while let Some(missing) = unwritten(&terminal(&dir, from), &log) {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: ccedge never wrote {missing:?} (after what precedes it in {log:?}):\n{}",
+                terminal(&dir, from)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
-    // What the steps say beyond their output: agent2's block leaves agent1 signed in, and the
-    // status page lists it.
-    let Action::Run(sign_in) = STEPS[1].action else {
-        panic!("step 2 signs agent1 in")
+    // What the steps say beyond their output: agent2's block leaves agent1 signed in, the status
+    // page lists it, and ccedge (not the demo's Finesse) checks the WebSocket's credentials.
+    let command = |n: usize| match STEPS[n].action {
+        Action::Run(command) => moved(command, &ports),
+        Action::Open(_) => panic!("step {} runs a command", n + 1),
     };
-    let again = shell(&dir, &moved(sign_in, &ports));
+    let again = shell(&dir, &command(1));
     assert!(again.contains("<loginId>agent1</loginId>"), "{again}");
+    let from = terminal_len(&dir);
+    let wrong = URL_SAFE_NO_PAD.encode("agent1:wrong");
+    let refused = shell(&dir, &command(5).replace("YWdlbnQxOmRlbW8", &wrong));
+    assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+    let expected = [
+        r#""path":"/ws/agent1""#,
+        r#""status":401"#,
+        r#""upstream":null"#,
+    ];
+    let expected = expected.map(String::from);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while unwritten(&terminal(&dir, from), &expected).is_some() {
+        assert!(Instant::now() < deadline, "{}", terminal(&dir, from));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let status = shell(
         &dir,
         &format!(
