@@ -7,8 +7,8 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 # OpenSSL is linked from the system; curl: the demo's client and rustup).
 APT_PACKAGES := build-essential cmake pkg-config libssl-dev curl ca-certificates
 # ... and the tests (openssl: TLS handshakes; procps: kill; prometheus: promtool checks /metrics;
-# redis-server: the state instances share).
-TEST_PACKAGES := openssl procps prometheus redis-server
+# redis-server: the state instances share; python3: the example external check).
+TEST_PACKAGES := openssl procps prometheus redis-server python3
 
 DEMO_DIR := target/demo
 

@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use super::raw::{Per, Role};
+pub use super::raw::{OnError, Per, Role};
 
 /// Text content types: the default `substitutions[].content_types`, and the responses
 /// `rewrite_upstream_hosts` applies to when no substitution rule matches.
@@ -383,6 +383,24 @@ pub struct AuthSettings {
     pub public_paths: Vec<String>,
     pub lockout: Lockout,
     pub jwt: Option<JwtSettings>,
+    pub external: Option<ExternalSettings>,
+}
+
+/// A forward-auth check by a service of the site's own, after ccedge's.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExternalSettings {
+    #[serde(rename = "url")]
+    pub endpoint: Endpoint,
+    #[serde(rename = "timeout_ms", serialize_with = "millis")]
+    pub timeout: Duration,
+    /// Lowercase names.
+    pub send_headers: Vec<String>,
+    /// Lowercase.
+    pub header_prefix: String,
+    #[serde(rename = "cache_seconds", serialize_with = "seconds")]
+    pub cache_for: Duration,
+    pub public_paths: bool,
+    pub on_error: OnError,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -496,6 +496,49 @@ pub struct RawAuth {
     #[serde(default)]
     pub lockout: RawLockout,
     pub jwt: Option<RawJwt>,
+    pub external: Option<RawExternal>,
+}
+
+/// A check by a service of the site's own (forward auth), after ccedge's: a `GET` describing the
+/// request in `X-Forwarded-*` headers; 2xx allows it, 401 or 403 refuse it.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "ExternalCheck")]
+pub struct RawExternal {
+    /// The check's URL, http:// or https:// (over the site's upstream_tls).
+    pub url: String,
+    /// How long the check may take, in milliseconds; then `on_error` applies.
+    #[serde(default = "external_timeout_ms")]
+    #[schemars(range(min = 1))]
+    pub timeout_ms: u64,
+    /// Request headers passed on to the check (never the credential unless listed).
+    #[serde(default = "external_send_headers")]
+    pub send_headers: Vec<String>,
+    /// Headers of the check's answer with this prefix are added to the upstream request; the
+    /// client's own are always removed.
+    #[serde(default = "external_header_prefix")]
+    pub header_prefix: String,
+    /// Seconds a verdict is kept per verified user, client address and request (0: ask every
+    /// time).
+    #[serde(default)]
+    pub cache_seconds: u64,
+    /// Whether requests to the auth's public paths are checked too.
+    #[serde(default)]
+    pub public_paths: bool,
+    /// What a check that fails or does not answer in time means.
+    #[serde(default)]
+    pub on_error: OnError,
+}
+
+/// What an external check that fails means for the request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// Refused with 503.
+    #[default]
+    Deny,
+    /// Forwarded anyway (logged): a check that is down lets everyone through.
+    Allow,
 }
 
 /// One URL, or a list of them.
@@ -631,6 +674,18 @@ fn jwt_poll_seconds() -> u64 {
 
 fn jwt_max_token_age_seconds() -> u64 {
     7200
+}
+
+fn external_timeout_ms() -> u64 {
+    1000
+}
+
+fn external_send_headers() -> Vec<String> {
+    vec!["User-Agent".into()]
+}
+
+fn external_header_prefix() -> String {
+    "X-Auth-".into()
 }
 
 fn public_paths() -> Vec<String> {

@@ -616,6 +616,76 @@ fn auth_urls_resolve_and_take_the_tls_of_their_server() {
 }
 
 #[test]
+fn an_external_check_gets_its_defaults() {
+    let s = Scratch::new("external");
+    let yaml = format!(
+        "{FINESSE}    auth:\n      validate_url: http://127.0.0.1:9001/finesse/api/UserAuth\n      \
+         external:\n        url: http://127.0.0.1:9180/check\n"
+    );
+    let config = s.load(&yaml).unwrap();
+    let external = config.finesse[0]
+        .auth
+        .as_ref()
+        .unwrap()
+        .external
+        .as_ref()
+        .unwrap();
+    assert_eq!(external.endpoint.target(), "/check");
+    assert_eq!(external.timeout, Duration::from_millis(1000));
+    assert_eq!(external.send_headers, ["user-agent"]);
+    assert_eq!(external.header_prefix, "x-auth-");
+    assert!(external.cache_for.is_zero());
+    assert!(!external.public_paths);
+    assert_eq!(external.on_error, OnError::Deny);
+}
+
+#[test]
+fn external_check_problems_name_their_keys() {
+    let s = Scratch::new("externalbad");
+    let check = |external: &str| {
+        let yaml = format!(
+            "{FINESSE}    auth:\n      validate_url: http://127.0.0.1:9001/finesse/api/UserAuth\n      \
+             external:\n        url: http://127.0.0.1:9180/check\n{external}"
+        );
+        rejected(s.load(&yaml))
+    };
+    for (external, expected) in [
+        (
+            "        timeout_ms: 0\n",
+            "external.timeout_ms: must be greater than 0",
+        ),
+        (
+            "        send_headers: [X-Forwarded-For]\n",
+            "external.send_headers[0]: `X-Forwarded-For` cannot be passed on",
+        ),
+        (
+            "        send_headers: [Host]\n",
+            "external.send_headers[0]: `Host` cannot be passed on",
+        ),
+        (
+            "        send_headers: [\"bad header\"]\n",
+            "external.send_headers[0]: `bad header` is not a header name",
+        ),
+        (
+            "        header_prefix: X-\n",
+            "external.header_prefix: `X-` covers x-client-ip",
+        ),
+        (
+            "        header_prefix: Sec-\n",
+            "external.header_prefix: `Sec-` covers sec-websocket-key",
+        ),
+        (
+            "        header_prefix: X-Auth\n",
+            "external.header_prefix: `X-Auth` is not a header name prefix ending in `-`",
+        ),
+        ("        on_error: maybe\n", "on_error"),
+    ] {
+        let err = check(external);
+        assert!(err.contains(expected), "{external}: {err}");
+    }
+}
+
+#[test]
 fn auth_url_and_jwt_problems_name_their_keys() {
     let s = Scratch::new("authbad");
     let yaml = format!(

@@ -11,6 +11,50 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Headers of a request to an external check that ccedge writes itself, besides its
+/// `X-Forwarded-*`: `auth.external.send_headers` cannot name them.
+const EXTERNAL_FRAMING: [&str; 6] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "te",
+];
+
+/// Headers requests to internal servers need from the client or from ccedge's header policy: no
+/// `auth.external.header_prefix` may cover one (clients' headers with the prefix are removed, and
+/// the check's answer may set them).
+const EXTERNAL_KEPT: [&str; 27] = [
+    "accept",
+    "accept-language",
+    "authorization",
+    "cache-control",
+    "connection",
+    "content-length",
+    "content-type",
+    "cookie",
+    "host",
+    "if-modified-since",
+    "if-none-match",
+    "keep-alive",
+    "origin",
+    "proxy-authorization",
+    "range",
+    "referer",
+    "sec-websocket-key",
+    "sec-websocket-protocol",
+    "sec-websocket-version",
+    "trackingid",
+    "transfer-encoding",
+    "upgrade",
+    "user-agent",
+    "x-client-ip",
+    "x-forwarded-for",
+    "x-real-ip",
+    "x-requested-with",
+];
+
 /// One rejected value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -940,6 +984,13 @@ impl Validator {
             }
             None => None,
         };
+        let external = a
+            .external
+            .as_ref()
+            .and_then(|e| self.external(&format!("{path}.external"), e, tls));
+        if a.external.is_some() && external.is_none() {
+            return None;
+        }
         Some(AuthSettings {
             validate: validate?,
             cache_for: Duration::from_secs(a.cache_seconds),
@@ -951,6 +1002,69 @@ impl Validator {
                 block: Duration::from_secs(lockout.block_seconds),
             },
             jwt,
+            external,
+        })
+    }
+
+    fn external(
+        &mut self,
+        path: &str,
+        e: &RawExternal,
+        tls: &dyn Fn(&Upstream) -> Option<UpstreamTls>,
+    ) -> Option<ExternalSettings> {
+        let endpoint = self.endpoint(&format!("{path}.url"), &e.url, tls);
+        if e.timeout_ms == 0 {
+            self.problem(&format!("{path}.timeout_ms"), "must be greater than 0");
+        }
+        let mut send_headers = Vec::new();
+        for (i, name) in e.send_headers.iter().enumerate() {
+            let at = format!("{path}.send_headers[{i}]");
+            let Ok(header) = http::HeaderName::from_bytes(name.as_bytes()) else {
+                self.problem(&at, format!("`{name}` is not a header name"));
+                continue;
+            };
+            let header = header.as_str();
+            if header.starts_with(&e.header_prefix.to_ascii_lowercase()) {
+                self.problem(
+                    &at,
+                    format!("`{name}` has the header_prefix: clients' own are removed, only the check's answer sets it"),
+                );
+            } else if header.starts_with("x-forwarded-") || EXTERNAL_FRAMING.contains(&header) {
+                self.problem(
+                    &at,
+                    format!("`{name}` cannot be passed on: ccedge writes it for the check itself"),
+                );
+            } else if !send_headers.iter().any(|h| h == header) {
+                send_headers.push(header.to_string());
+            }
+        }
+        let prefix = e.header_prefix.to_ascii_lowercase();
+        let named = http::HeaderName::from_bytes(prefix.as_bytes()).is_ok();
+        if !named || !prefix.ends_with('-') {
+            self.problem(
+                &format!("{path}.header_prefix"),
+                format!(
+                    "`{}` is not a header name prefix ending in `-`, such as X-Auth-",
+                    e.header_prefix
+                ),
+            );
+        } else if let Some(needed) = EXTERNAL_KEPT.iter().find(|h| h.starts_with(&prefix)) {
+            self.problem(
+                &format!("{path}.header_prefix"),
+                format!(
+                    "`{}` covers {needed}, which requests need: clients' own would be removed and the check could set it",
+                    e.header_prefix
+                ),
+            );
+        }
+        Some(ExternalSettings {
+            endpoint: endpoint?,
+            timeout: Duration::from_millis(e.timeout_ms),
+            send_headers,
+            header_prefix: prefix,
+            cache_for: Duration::from_secs(e.cache_seconds),
+            public_paths: e.public_paths,
+            on_error: e.on_error,
         })
     }
 

@@ -143,13 +143,21 @@ fn targets(config: &Config) -> Vec<Target> {
             });
         }
         if let Some(auth) = &f.auth {
-            targets.extend(auth_targets(&f.name, auth, &f.limits));
+            let public = f.servers.first().map(|s| s.public.to_string());
+            targets.extend(auth_targets(&f.name, auth, &f.limits, public));
         }
     }
     targets
 }
 
-fn auth_targets(site: &str, auth: &AuthSettings, limits: &Limits) -> Vec<Target> {
+/// `public`: the site's first public `host:port`, for the request the external check is asked
+/// about.
+fn auth_targets(
+    site: &str,
+    auth: &AuthSettings,
+    limits: &Limits,
+    public: Option<String>,
+) -> Vec<Target> {
     let target = |what: &str, endpoint: &Endpoint, expect: Expect| Target {
         label: format!("finesse {site} auth.{what}"),
         upstream: endpoint.upstream.clone(),
@@ -170,6 +178,13 @@ fn auth_targets(site: &str, auth: &AuthSettings, limits: &Limits) -> Vec<Target>
     };
     if let Some(jwt) = &auth.jwt {
         targets.push(target("jwt.keys_url", &jwt.keys, Expect::Keys));
+    }
+    if let Some(external) = &auth.external {
+        let expect = Expect::Rules {
+            public: public.unwrap_or_default(),
+            timeout: external.timeout,
+        };
+        targets.push(target("external.url", &external.endpoint, expect));
     }
     targets
 }

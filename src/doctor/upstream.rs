@@ -26,6 +26,9 @@ pub enum Expect {
     Refuses,
     /// `auth.jwt.keys_url`: 200 and a PEM key or JWKS document.
     Keys,
+    /// `auth.external.url`: a verdict (401 or 403; 2xx lets everyone in) on a request naming
+    /// nobody, described as ccedge describes requests to `public`, within `timeout`.
+    Rules { public: String, timeout: Duration },
 }
 
 /// One internal server to check.
@@ -388,6 +391,15 @@ async fn probe(target: &Target, within: Duration, check: &str) -> Check {
         ),
         ("TrackingID", tracking),
     ];
+    if let Expect::Rules { public, .. } = &target.expect {
+        headers.extend([
+            ("X-Forwarded-Method", "GET".to_string()),
+            ("X-Forwarded-Proto", "https".to_string()),
+            ("X-Forwarded-Host", public.clone()),
+            ("X-Forwarded-Uri", "/".to_string()),
+            ("X-Forwarded-For", "127.0.0.1".to_string()),
+        ]);
+    }
     if let Some(port) = target.public_port {
         headers.extend([
             ("X-Forwarded-For", "127.0.0.1".to_string()),
@@ -410,7 +422,9 @@ async fn probe(target: &Target, within: Duration, check: &str) -> Check {
     );
     let connector = Connector::new(None);
     let sent = format!("GET {} with Host {}", target.path, target.host);
+    let started = std::time::Instant::now();
     let answer = fetch::send(&connector, &peer, request, within, 1 << 20, false).await;
+    let took = started.elapsed();
     let answer = match answer {
         Ok(answer) => answer,
         Err(e) => {
@@ -471,6 +485,29 @@ async fn probe(target: &Target, within: Duration, check: &str) -> Check {
             check,
             format!("{sent} without credentials: {status}, not 401"),
             "check that validate_url names a resource that answers 401 to wrong credentials; other answers make ccedge answer 503",
+        ),
+        Expect::Rules { timeout, .. } if took > *timeout => Check::fail(
+            check,
+            format!(
+                "{sent}: {status} after {} ms, longer than timeout_ms ({} ms)",
+                took.as_millis(),
+                timeout.as_millis()
+            ),
+            "every request would wait for it and then meet on_error: make the check faster or raise timeout_ms",
+        ),
+        Expect::Rules { .. } if status == 401 || status == 403 => Check::ok(
+            check,
+            format!("{sent} naming no user: {status}, a verdict"),
+        ),
+        Expect::Rules { .. } if (200..300).contains(&status) => Check::warn(
+            check,
+            format!("{sent} naming no user: {status}, allowed"),
+            "the check lets in a request that names no user: make sure it judges X-Forwarded-User",
+        ),
+        Expect::Rules { .. } => Check::fail(
+            check,
+            format!("{sent}: {status}, not a verdict"),
+            "the external check must answer 2xx (allow), 401 or 403 (refuse); ccedge takes anything else as an error, for which on_error decides",
         ),
         Expect::Keys if status != 200 => Check::fail(
             check,

@@ -51,6 +51,8 @@ pub struct Exchange {
     pub user: Option<Arc<str>>,
     /// The user authentication verified, for the limits that count per user.
     pub verified: Option<Arc<str>>,
+    /// What the external check said (`auth.external`), for the access log.
+    pub external_auth: Option<&'static str>,
     body_bytes: u64,
     /// When the last attempt chose its node, and when its request was sent (the connection
     /// ready, then the end of the request body).
@@ -92,6 +94,7 @@ impl Exchange {
             absolute: false,
             user: None,
             verified: None,
+            external_auth: None,
             body_bytes: 0,
             attempt_at: None,
             sent_at: None,
@@ -308,7 +311,7 @@ impl Front {
         reply::send(
             session,
             refusal.status,
-            &refusal.message,
+            (&refusal.message, refusal.body.as_ref()),
             tid,
             &refusal.headers,
         )
@@ -499,6 +502,7 @@ impl Front {
             upstream_bytes: 0,
             attempts: 0,
             cache: "BYPASS",
+            external_auth: None,
             tracking_id: None,
             refusal: Some(refusal),
             error: Some(refusal_reason(error)),
@@ -539,6 +543,7 @@ impl Front {
             upstream_bytes: ctx.upstream_bytes,
             attempts: ctx.attempts,
             cache: labels.cache,
+            external_auth: ctx.external_auth,
             tracking_id: ctx.tracking_id.as_ref().and_then(|t| t.to_str().ok()),
             refusal: None,
             // Clipped: an upstream's unparseable answer is quoted in its error, up to 1 MiB.
@@ -644,7 +649,7 @@ pub async fn on_failure(session: &mut Session, e: &pingora::Error, ctx: &Exchang
     if code > 0 {
         let message = ctx.refusal.as_deref().unwrap_or(default_message);
         let tid = ctx.tracking_id.as_ref();
-        if let Err(err) = reply::send(session, code, message, tid, &[]).await {
+        if let Err(err) = reply::send(session, code, (message, None), tid, &[]).await {
             log::debug!("could not send the {code} response: {err}");
         }
     }

@@ -14,6 +14,7 @@ const KEEP_IDLE: Duration = Duration::from_secs(15);
 /// An answer, read whole.
 pub struct Fetched {
     pub status: u16,
+    pub headers: http::HeaderMap,
     pub body: Bytes,
 }
 
@@ -36,7 +37,11 @@ pub async fn send(
         session.write_request_header(Box::new(request)).await?;
         session.finish_request_body().await?;
         session.read_response_header().await?;
-        let status = session.response_header().map_or(0, |r| r.status.as_u16());
+        let (status, headers) = session
+            .response_header()
+            .map_or((0, http::HeaderMap::new()), |r| {
+                (r.status.as_u16(), r.headers.clone())
+            });
         let mut body = BytesMut::new();
         while let Some(chunk) = session.read_response_body().await? {
             if body.len() + chunk.len() > max_body {
@@ -54,6 +59,7 @@ pub async fn send(
         }
         Ok(Fetched {
             status,
+            headers,
             body: body.freeze(),
         })
     };

@@ -13,8 +13,11 @@ use std::borrow::Cow;
 #[derive(Debug)]
 pub struct Refusal {
     pub status: u16,
+    /// Why, for the log; also the body, unless `body` is given.
     pub message: Cow<'static, str>,
     pub headers: Vec<(&'static str, HeaderValue)>,
+    /// The body to send instead of the message (someone else's refusal, passed on).
+    pub body: Option<Bytes>,
 }
 
 impl Refusal {
@@ -23,7 +26,13 @@ impl Refusal {
             status,
             message: message.into(),
             headers: Vec::new(),
+            body: None,
         }
+    }
+
+    pub fn body(mut self, body: Bytes) -> Self {
+        self.body = Some(body);
+        self
     }
 
     pub fn with(mut self, name: &'static str, value: HeaderValue) -> Self {
@@ -32,20 +41,27 @@ impl Refusal {
     }
 }
 
-/// Writes `status` with `message` as the body, unless a response has already started.
+/// Writes `status` with `message` as the body (or `body` when given), unless a response has
+/// already started.
 pub async fn send(
     session: &mut ServerSession,
     status: u16,
-    message: &str,
+    (message, body): (&str, Option<&Bytes>),
     tracking_id: Option<&HeaderValue>,
     headers: &[(&'static str, HeaderValue)],
 ) -> pingora::Result<()> {
     if session.response_written().is_some() {
         return Ok(());
     }
-    let mut body = Vec::with_capacity(message.len() + 1);
-    body.extend_from_slice(message.as_bytes());
-    body.push(b'\n');
+    let body = match body {
+        Some(body) => body.clone(),
+        None => {
+            let mut text = Vec::with_capacity(message.len() + 1);
+            text.extend_from_slice(message.as_bytes());
+            text.push(b'\n');
+            Bytes::from(text)
+        }
+    };
     let mut resp = ResponseHeader::build(status, Some(6))?;
     resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
     resp.insert_header(header::CONTENT_LENGTH, body.len())?;
@@ -57,7 +73,7 @@ pub async fn send(
         resp.insert_header(*name, value.clone())?;
     }
     session.write_response_header(Box::new(resp)).await?;
-    session.write_response_body(Bytes::from(body), true).await
+    session.write_response_body(body, true).await
 }
 
 /// The status for an error that ended a proxied request, and a message a client can act on.

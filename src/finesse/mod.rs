@@ -10,7 +10,7 @@ mod routing;
 pub mod substitution;
 
 use crate::config::tls::{self, Presented};
-use crate::config::{FinesseService, Per};
+use crate::config::{FinesseService, OnError, Per};
 use crate::edge::exchange::{self, Exchange, Front, Labels};
 use crate::edge::headers::{self, RouteHeaders};
 use crate::edge::limits::{self, RateLimiter};
@@ -26,10 +26,10 @@ use crate::state::shared::{HeldBlock, Listener, SiteShare};
 use crate::state::Continuity;
 use async_trait::async_trait;
 pub use auth::signing_keys_in;
-use auth::{Auth, Decision};
+use auth::{Asked, Auth, Decision, Ruling};
 use bytes::Bytes;
 use cache::SiteCache;
-use http::header;
+use http::header::{self, HeaderName, HeaderValue};
 use pingora::cache::key::HashBinary;
 use pingora::cache::{CacheKey, CacheMeta, NoCacheReason, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -55,6 +55,9 @@ struct Route {
     observed: health::Observed,
 }
 
+/// Headers the external check adds to a request it allowed.
+type Added = Option<Arc<[(HeaderName, HeaderValue)]>>;
+
 /// Everything a Finesse site needs per request, built once at load.
 pub struct FinesseSite {
     table: RouteTable,
@@ -63,6 +66,8 @@ pub struct FinesseSite {
     plan: Plan,
     locations: Locations,
     auth: Option<Auth>,
+    /// Clients connect with TLS.
+    https: bool,
     cache: Option<SiteCache>,
     /// With `server.shared_state`: the site's keys and channel in Redis.
     share: Option<Arc<SiteShare>>,
@@ -191,6 +196,7 @@ impl FinesseSite {
                 service.rewrite_upstream_hosts,
             ),
             locations: Locations::new(&service.servers, https),
+            https,
             auth: service
                 .auth
                 .as_ref()
@@ -256,8 +262,9 @@ impl FinesseSite {
 
 impl FinesseSite {
     /// What a request passes before it is forwarded, in order: its target reduced to the one
-    /// every rule judges, its route, the limits, authentication.
-    async fn gate(&self, session: &mut Session, ctx: &mut Exchange) -> Result<(), Refusal> {
+    /// every rule judges, its route, the limits, authentication, the external check. The
+    /// headers that check adds upstream, when it allowed the request.
+    async fn gate(&self, session: &mut Session, ctx: &mut Exchange) -> Result<Added, Refusal> {
         self.front.reduce(session.req_header_mut(), ctx)?;
         let port = exchange::local_port(session);
         let route = target::request_host(session.req_header())
@@ -268,7 +275,7 @@ impl FinesseSite {
         let req = session.req_header();
         self.front.admit(req, ctx)?;
         let Some(auth) = &self.auth else {
-            return Ok(());
+            return Ok(None);
         };
         let Some(client) = ctx.client else {
             return Err(Refusal::new(500, "the client's address is unknown"));
@@ -277,10 +284,37 @@ impl FinesseSite {
             .check(req, ctx.rule_path(req), client, ctx.wants_websocket)
             .await
         {
-            Decision::Pass { user } => {
+            Decision::Pass { user, public } => {
                 ctx.user = user.clone().filter(|u| auth::loggable(u));
                 ctx.verified = user;
-                self.front.admit_user(req, ctx)
+                self.front.admit_user(req, ctx)?;
+                let Some(external) = auth.external().filter(|e| e.applies(public)) else {
+                    return Ok(None);
+                };
+                let asked = Asked {
+                    req,
+                    path: ctx.rule_path(req),
+                    host: &self.routes[route].public,
+                    https: self.https,
+                    client: client.ip,
+                    user: ctx.verified.as_deref(),
+                    tracking_id: ctx.tracking_id.as_ref(),
+                };
+                let (ruling, outcome) = external.check(&asked).await;
+                ctx.external_auth = Some(outcome);
+                match ruling {
+                    Ruling::Allowed(added) => Ok(Some(added)),
+                    Ruling::Denied(denial) => Err(denial.refusal()),
+                    Ruling::Unasked(why) => Err(Refusal::new(
+                        403,
+                        format!("the external check cannot be asked about this request: {why}"),
+                    )),
+                    Ruling::Failed(_) if external.on_error() == OnError::Allow => Ok(None),
+                    Ruling::Failed(why) => Err(Refusal::new(
+                        503,
+                        format!("the external check did not decide: {why}"),
+                    )),
+                }
             }
             Decision::Refuse { refusal, user } => {
                 ctx.user = user;
@@ -451,6 +485,9 @@ impl FinesseProxy {
 pub struct FinesseCtx {
     exchange: Exchange,
     rewrite: Option<StreamRewrite>,
+    /// The external check added headers to the request: its answer depends on them, as on
+    /// credentials.
+    added: bool,
     /// For a WebSocket of a verified user: changes when the user is revoked (Pingora waits on it
     /// once the session is upgraded).
     closing: Option<tokio::sync::watch::Receiver<()>>,
@@ -470,6 +507,7 @@ impl ProxyHttp for FinesseProxy {
         FinesseCtx {
             exchange: Exchange::new(),
             rewrite: None,
+            added: false,
             closing: None,
         }
     }
@@ -481,10 +519,23 @@ impl ProxyHttp for FinesseProxy {
     ) -> pingora::Result<bool> {
         let front = &self.site.front;
         front.begin(session, &mut ctx.exchange);
+        // Only the external check may write headers with its prefix: the client's own go before
+        // any rule, the check, the cache or the upstream sees the request.
+        let external = self.site.auth.as_ref().and_then(Auth::external);
+        if let Some(external) = external {
+            external.strip(session.req_header_mut());
+        }
         // A WebSocket watches for its user's revocation from the moment its check began.
         let since = ctx.exchange.wants_websocket.then(Instant::now);
         let refusal = match self.site.gate(session, &mut ctx.exchange).await {
-            Ok(()) => {
+            Ok(added) => {
+                if let Some(added) = added.filter(|a| !a.is_empty()) {
+                    let req = session.req_header_mut();
+                    for (name, value) in added.iter() {
+                        req.append_header(name.clone(), value.clone())?;
+                    }
+                    ctx.added = true;
+                }
                 let exchange = &ctx.exchange;
                 let (Some(auth), Some(user), Some(since)) =
                     (&self.site.auth, &exchange.verified, since)
@@ -592,7 +643,8 @@ impl ProxyHttp for FinesseProxy {
         };
         // A 304 confirms the stored representation, which is already one for everyone.
         let confirmed = ctx.exchange.upstream_status == Some(304);
-        let credentialed = !confirmed && cache::carries_credentials(session.req_header());
+        let credentialed =
+            !confirmed && (ctx.added || cache::carries_credentials(session.req_header()));
         Ok(cache.judge(resp, credentialed))
     }
 

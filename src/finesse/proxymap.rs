@@ -74,6 +74,7 @@ impl ServeHttp for ProxyMapApp {
             upstream_bytes: 0,
             attempts: 0,
             cache: "BYPASS",
+            external_auth: None,
             tracking_id: None,
             refusal: None,
             error: None,

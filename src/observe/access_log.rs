@@ -52,6 +52,9 @@ pub struct Entry<'a> {
     /// Upstream connections tried (more than one after a failover retry).
     pub attempts: u8,
     pub cache: &'a str,
+    /// What the external check said: `allowed`, `denied` or `error` (a call made), or
+    /// `allowed_kept` and `denied_kept` (a verdict kept by `cache_seconds`); null when not asked.
+    pub external_auth: Option<&'a str>,
     pub tracking_id: Option<&'a str>,
     /// Why the request was refused before ccedge's rules saw it (Pingora's protocol checks):
     /// `malformed_request`, `method_not_allowed`, `header_too_large`.
@@ -369,6 +372,7 @@ mod tests {
             upstream_bytes: 0,
             attempts: 0,
             cache: "BYPASS",
+            external_auth: None,
             tracking_id: Some("T"),
             refusal: None,
             error: None,

@@ -42,6 +42,8 @@ struct Families {
     auth_validator_up: IntGaugeVec,
     auth_validator_requests: IntCounterVec,
     auth_blocked: IntCounterVec,
+    auth_external_seconds: HistogramVec,
+    auth_external_checks: IntCounterVec,
     cache_lookups: IntCounterVec,
     cache_entries: IntGaugeVec,
     cache_bytes: IntGaugeVec,
@@ -221,6 +223,17 @@ fn families() -> &'static Families {
             "Time from a request's sending to its response header, by service and upstream node.",
             &["service", "node"],
         );
+        let auth_external_seconds = histogram(
+            "ccedge_auth_external_seconds",
+            "Time the external check (auth.external) took to answer, per call made.",
+            &["service"],
+        );
+        let auth_external_checks = counter(
+            "ccedge_auth_external_checks_total",
+            "Requests judged by the external check, by outcome: allowed, denied, failed (a call made), \
+             kept (a verdict of cache_seconds) and merged (the answer of an identical call in flight).",
+            &["service", "outcome"],
+        );
         let upstream_websockets = gauge(
             "ccedge_upstream_websockets_open",
             "Upgraded (WebSocket) connections open now, by service and upstream node.",
@@ -273,6 +286,8 @@ fn families() -> &'static Families {
             auth_validator_up,
             auth_validator_requests,
             auth_blocked,
+            auth_external_seconds,
+            auth_external_checks,
             cache_lookups,
             cache_entries,
             cache_bytes,
@@ -456,6 +471,17 @@ pub fn validator(service: &str, url: &str) -> (IntGauge, [IntCounter; 3]) {
             f.auth_validator_requests
                 .with_label_values(&[service, url, o])
         }),
+    )
+}
+
+/// The external check's metrics: its latency, and its requests by outcome (allowed, denied,
+/// failed, kept, merged).
+pub fn external_check(service: &str) -> (Histogram, [IntCounter; 5]) {
+    let f = families();
+    (
+        f.auth_external_seconds.with_label_values(&[service]),
+        ["allowed", "denied", "failed", "kept", "merged"]
+            .map(|o| f.auth_external_checks.with_label_values(&[service, o])),
     )
 }
 

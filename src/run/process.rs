@@ -133,6 +133,20 @@ pub fn warnings(config: &Config) -> Vec<String> {
                     f.name
                 ));
             }
+            if let Some(external) = &auth.external {
+                if plain(&external.endpoint) && !beside(&external.endpoint) {
+                    warnings.push(format!(
+                        "service {}: auth.external.url is plain http: whoever can change its answers on the way decides who passes",
+                        f.name
+                    ));
+                }
+                if external.on_error == crate::config::OnError::Allow {
+                    warnings.push(format!(
+                        "service {}: auth.external.on_error is allow: while the check fails or is slow, every request it should judge passes",
+                        f.name
+                    ));
+                }
+            }
             if auth.public_paths.iter().any(|p| p == "/") {
                 warnings.push(format!(
                     "service {}: auth.public_paths contains `/`: every path is public, nothing is authenticated",

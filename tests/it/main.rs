@@ -10,6 +10,7 @@ mod cli;
 mod demo;
 mod digital_channels;
 mod doctor;
+mod external_auth;
 mod finesse_routing;
 mod finesse_site;
 mod hardening;

@@ -8,12 +8,15 @@
 //! trusted SSO gateway, is one more implementation, with no change to the proxy's request path.
 
 mod credential;
+mod external;
 mod jwt;
 mod lockout;
+mod merged;
 mod revocation;
 mod validator;
 mod verdicts;
 
+pub use external::{Asked, External, Ruling};
 pub use jwt::{signing_keys_in, KeyRefresh};
 
 use crate::config::{AuthSettings, Limits};
@@ -101,8 +104,12 @@ pub trait Method: Send + Sync {
 
 /// The gate's answer.
 pub enum Decision {
-    /// Go on, for the user verified (when known; any name, not only one safe to log).
-    Pass { user: Option<Arc<str>> },
+    /// Go on, for the user verified (when known; any name, not only one safe to log); `public`:
+    /// without credentials (a public path or a CORS preflight).
+    Pass {
+        user: Option<Arc<str>>,
+        public: bool,
+    },
     /// Answered by the gate itself; the user name presented, for the access log (never proof
     /// of identity).
     Refuse {
@@ -135,6 +142,8 @@ pub struct Auth {
     cache_for: Duration,
     methods: Vec<Box<dyn Method>>,
     keys: Option<Arc<jwt::Keys>>,
+    /// `external`: the site's own check, after ccedge's.
+    external: Option<External>,
     /// The `WWW-Authenticate` of a 401, and the one for a browser's scripts (see `challenge`).
     challenge: HeaderValue,
     script_challenge: HeaderValue,
@@ -205,12 +214,21 @@ impl Auth {
             cache_for: settings.cache_for,
             methods,
             keys,
+            external: settings
+                .external
+                .as_ref()
+                .map(|e| External::new(service, e, limits, &state.key)),
             challenge: HeaderValue::from_str(&format!("Basic {challenge}"))
                 .expect("service names are visible ASCII"),
             script_challenge: HeaderValue::from_str(&format!("{SCRIPT_SCHEME} {challenge}"))
                 .expect("service names are visible ASCII"),
             metrics,
         }
+    }
+
+    /// The site's own check, when it has one.
+    pub fn external(&self) -> Option<&External> {
+        self.external.as_ref()
     }
 
     /// The background task that keeps the JWT signing keys current, when the site uses SSO.
@@ -229,7 +247,10 @@ impl Auth {
     ) -> Decision {
         let public = self.public_paths.iter().any(|p| under(path, p));
         if public || is_preflight(req) {
-            return Decision::Pass { user: None };
+            return Decision::Pass {
+                user: None,
+                public: true,
+            };
         }
         // Just after a reload: the failures and blocks of the previous process first.
         self.arrival.wait().await;
@@ -421,7 +442,10 @@ impl Auth {
                 if let Some((r, _remote)) = reservation {
                     r.settle(false, Instant::now());
                 }
-                Decision::Pass { user: proven }
+                Decision::Pass {
+                    user: proven,
+                    public: false,
+                }
             }
             Some(Verdict::Invalid(why)) => {
                 let digest = Some(&attempt.digest);
@@ -584,6 +608,7 @@ impl Auth {
                 status,
                 message: message.into(),
                 headers,
+                body: None,
             },
             user,
         }

@@ -4,6 +4,7 @@
 //! concurrent requests with one new credential wait for a single judgement. A reload hands the
 //! kept verdicts to the next process (`export`, `import`).
 
+use super::merged::Merged;
 use super::revocation::Revocations;
 use crate::state::handover::{Clock, KeptKind, KeptVerdict};
 use crate::state::secret::StateKey;
@@ -11,12 +12,11 @@ use crate::state::shared::{SharedVerdict, SiteShare};
 use hmac::{Hmac, Mac};
 use pingora_memory_cache::MemoryCache;
 use sha2::Sha256;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::OnceCell;
 
 /// Verdicts kept per site at most; a flood of distinct credentials evicts, it does not grow.
 const MAX_VERDICTS: usize = 50_000;
@@ -70,7 +70,7 @@ struct Entry {
 }
 
 /// Judgements in progress, each with when it began.
-type Pending = Mutex<HashMap<Digest, Arc<OnceCell<(Judged, Instant)>>>>;
+type Pending = Merged<Digest, (Judged, Instant)>;
 
 pub struct Verdicts {
     /// HMAC-SHA256 keyed with the state key, ready to hash (the key's blocks done once).
@@ -103,7 +103,7 @@ impl Verdicts {
             kept: MemoryCache::new(MAX_VERDICTS),
             order: Mutex::new(VecDeque::new()),
             changes: AtomicU64::new(0),
-            pending: Mutex::new(HashMap::new()),
+            pending: Merged::new(),
             revocations,
         }
     }
@@ -364,26 +364,14 @@ impl Verdicts {
         F: Fn() -> Fut,
         Fut: Future<Output = Judged>,
     {
-        let cell = {
-            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            pending.entry(digest).or_default().clone()
-        };
-        let waiting = Waiting {
-            pending: &self.pending,
-            digest,
-            cell: Some(cell),
-        };
-        let mut ran = false;
-        let (judged, began) = waiting
-            .cell()
-            .get_or_init(|| {
-                ran = true;
+        let ((judged, began), ran) = self
+            .pending
+            .once(digest, || {
                 let began = Instant::now();
                 let judgement = judge();
                 async move { (judgement.await, began) }
             })
-            .await
-            .clone();
+            .await;
         if ran && !judged.keep.is_zero() {
             self.keep(digest, judged.verdict.clone(), began, began + judged.keep);
             self.share_verdict(digest, &judged.verdict, began, judged.keep);
@@ -395,7 +383,7 @@ impl Verdicts {
     /// Judgements in progress.
     #[cfg(test)]
     fn pending_len(&self) -> usize {
-        self.pending.lock().unwrap().len()
+        self.pending.len()
     }
 }
 
@@ -419,37 +407,6 @@ fn unhex(text: &str) -> Option<Digest> {
         *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
     }
     Some(digest)
-}
-
-/// One request's interest in a pending judgement: the last one out removes it, whether the
-/// judgement finished or every request waiting for it went away.
-struct Waiting<'a> {
-    pending: &'a Pending,
-    digest: Digest,
-    /// Taken (and so released) under the map's lock, so that the reference count read there is
-    /// exact.
-    cell: Option<Arc<OnceCell<(Judged, Instant)>>>,
-}
-
-impl Waiting<'_> {
-    fn cell(&self) -> &OnceCell<(Judged, Instant)> {
-        self.cell.as_ref().expect("held until dropped")
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        let cell = self.cell.take().expect("held until dropped");
-        let ours = pending
-            .get(&self.digest)
-            .is_some_and(|c| Arc::ptr_eq(c, &cell));
-        // The map holds one reference and this request another: nobody else is waiting.
-        if ours && (cell.initialized() || Arc::strong_count(&cell) <= 2) {
-            pending.remove(&self.digest);
-        }
-        drop(cell);
-    }
 }
 
 #[cfg(test)]
