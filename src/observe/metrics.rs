@@ -230,8 +230,9 @@ fn families() -> &'static Families {
         );
         let auth_external_checks = counter(
             "ccedge_auth_external_checks_total",
-            "Requests judged by the external check, by outcome: allowed, denied, failed (a call made), \
-             kept (a verdict of cache_seconds) and merged (the answer of an identical call in flight).",
+            "Requests judged by the external check, by outcome: allowed, denied and failed (its \
+             answer, or none in time), kept (a verdict of cache_seconds) and merged (the answer of \
+             an identical call in flight).",
             &["service", "outcome"],
         );
         let upstream_websockets = gauge(

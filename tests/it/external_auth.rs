@@ -119,6 +119,7 @@ impl Site {
     ) -> Site {
         let dir = TestDir::new(name);
         let ca = Ca::new(name);
+        ca.write(&dir.join("ca.crt"));
         let cert = ca.server(&dir.path, "proxy", &[HOST]);
         let app = match app {
             Some(app) => app,
@@ -256,6 +257,29 @@ async fn a_client_never_gets_its_own_prefixed_headers_through() {
     assert_eq!(answer.status, 200);
     assert_eq!(Echo::parse(&answer.body).header("x-auth-user"), None);
     assert_eq!(check.calls(), 0, "nor are CORS preflights");
+    // HTTP/1.1, allowed, the client's header twice and in two cases: the check's value only.
+    let ca = site.dir.join("ca.crt").display().to_string();
+    let resolve = format!("{HOST}:{}:127.0.0.1", site.port);
+    let authorization = format!("Authorization: {}", basic("agent1"));
+    let url = format!("https://{HOST}:{}/finesse/api/User/agent1", site.port);
+    let args = [
+        "--http1.1",
+        "--cacert",
+        &ca,
+        "--resolve",
+        &resolve,
+        "-H",
+        &authorization,
+        "-H",
+        "x-auth-shift: night",
+        "-H",
+        "X-Auth-Shift: evening",
+        &url,
+    ];
+    let reply = curl(&args).await.unwrap();
+    assert_eq!(reply.version, "HTTP/1.1");
+    assert_eq!(reply.echo().all("x-auth-shift"), ["day"]);
+    assert_eq!(check.calls(), 1);
 }
 
 #[tokio::test]

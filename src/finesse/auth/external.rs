@@ -237,7 +237,8 @@ impl External {
         let merged = self.merged.once(digest, || self.ask(request, digest));
         let (ruling, ran) = match tokio::time::timeout(self.timeout, merged).await {
             Ok(answer) => answer,
-            Err(_) => (self.failed("no answer within timeout_ms".into()), false),
+            // Counted as failed, not as merged.
+            Err(_) => (self.failed("no answer within timeout_ms".into()), true),
         };
         if !ran {
             self.counters.merged.inc();
