@@ -678,6 +678,18 @@ fn external_check_problems_name_their_keys() {
             "        header_prefix: X-Auth\n",
             "external.header_prefix: `X-Auth` is not a header name prefix ending in `-`",
         ),
+        (
+            "        send_headers: [TrackingID]\n",
+            "external.send_headers[0]: `TrackingID` cannot be passed on",
+        ),
+        (
+            "        send_headers: [X-Auth-Token]\n",
+            "external.send_headers[0]: `X-Auth-Token` has the header_prefix",
+        ),
+        (
+            "        header_prefix: Access-Control-\n",
+            "`Access-Control-` covers access-control-request-headers",
+        ),
         ("        on_error: maybe\n", "on_error"),
     ] {
         let err = check(external);

@@ -13,8 +13,9 @@ use std::time::Duration;
 
 /// Headers of a request to an external check that ccedge writes itself, besides its
 /// `X-Forwarded-*`: `auth.external.send_headers` cannot name them.
-const EXTERNAL_FRAMING: [&str; 6] = [
+const EXTERNAL_FRAMING: [&str; 7] = [
     "host",
+    "trackingid",
     "content-length",
     "transfer-encoding",
     "connection",
@@ -25,9 +26,11 @@ const EXTERNAL_FRAMING: [&str; 6] = [
 /// Headers requests to internal servers need from the client or from ccedge's header policy: no
 /// `auth.external.header_prefix` may cover one (clients' headers with the prefix are removed, and
 /// the check's answer may set them).
-const EXTERNAL_KEPT: [&str; 27] = [
+const EXTERNAL_KEPT: [&str; 29] = [
     "accept",
     "accept-language",
+    "access-control-request-headers",
+    "access-control-request-method",
     "authorization",
     "cache-control",
     "connection",

@@ -143,20 +143,23 @@ fn targets(config: &Config) -> Vec<Target> {
             });
         }
         if let Some(auth) = &f.auth {
-            let public = f.servers.first().map(|s| s.public.to_string());
+            let public = f
+                .servers
+                .first()
+                .map(|s| (s.public.to_string(), f.tls.is_some()));
             targets.extend(auth_targets(&f.name, auth, &f.limits, public));
         }
     }
     targets
 }
 
-/// `public`: the site's first public `host:port`, for the request the external check is asked
-/// about.
+/// `public`: the site's first public `host:port`, and whether clients use TLS, for the request
+/// the external check is asked about.
 fn auth_targets(
     site: &str,
     auth: &AuthSettings,
     limits: &Limits,
-    public: Option<String>,
+    public: Option<(String, bool)>,
 ) -> Vec<Target> {
     let target = |what: &str, endpoint: &Endpoint, expect: Expect| Target {
         label: format!("finesse {site} auth.{what}"),
@@ -180,11 +183,18 @@ fn auth_targets(
         targets.push(target("jwt.keys_url", &jwt.keys, Expect::Keys));
     }
     if let Some(external) = &auth.external {
+        let (public, https) = public.unwrap_or_default();
         let expect = Expect::Rules {
-            public: public.unwrap_or_default(),
+            public,
+            https,
             timeout: external.timeout,
         };
-        targets.push(target("external.url", &external.endpoint, expect));
+        let mut check = target("external.url", &external.endpoint, expect);
+        // The Host ccedge sends it: the URL's authority as written.
+        if let Some(authority) = external.endpoint.url.authority() {
+            check.host = authority.to_string();
+        }
+        targets.push(check);
     }
     targets
 }

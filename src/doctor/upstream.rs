@@ -28,7 +28,11 @@ pub enum Expect {
     Keys,
     /// `auth.external.url`: a verdict (401 or 403; 2xx lets everyone in) on a request naming
     /// nobody, described as ccedge describes requests to `public`, within `timeout`.
-    Rules { public: String, timeout: Duration },
+    Rules {
+        public: String,
+        https: bool,
+        timeout: Duration,
+    },
 }
 
 /// One internal server to check.
@@ -391,10 +395,11 @@ async fn probe(target: &Target, within: Duration, check: &str) -> Check {
         ),
         ("TrackingID", tracking),
     ];
-    if let Expect::Rules { public, .. } = &target.expect {
+    if let Expect::Rules { public, https, .. } = &target.expect {
+        let proto = if *https { "https" } else { "http" };
         headers.extend([
             ("X-Forwarded-Method", "GET".to_string()),
-            ("X-Forwarded-Proto", "https".to_string()),
+            ("X-Forwarded-Proto", proto.to_string()),
             ("X-Forwarded-Host", public.clone()),
             ("X-Forwarded-Uri", "/".to_string()),
             ("X-Forwarded-For", "127.0.0.1".to_string()),

@@ -22,17 +22,20 @@ fn basic(user: &str) -> String {
     format!("Basic {}", STANDARD.encode(format!("{user}:secret")))
 }
 
-/// Every user's password is `secret`.
+/// Every user's password is `secret`; opaque tokens `opaque-...` (naming no user) are valid.
 fn validator() -> Handler {
     Arc::new(|req: Request<Incoming>| {
         Box::pin(async move {
-            let valid = req
+            let authorization = req
                 .headers()
                 .get("authorization")
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Basic "))
-                .and_then(|b| STANDARD.decode(b).ok())
-                .is_some_and(|pair| pair.ends_with(b":secret"));
+                .unwrap_or_default();
+            let valid = authorization.starts_with("Bearer opaque-")
+                || authorization
+                    .strip_prefix("Basic ")
+                    .and_then(|b| STANDARD.decode(b).ok())
+                    .is_some_and(|pair| pair.ends_with(b":secret"));
             let status = if valid { 200 } else { 401 };
             Response::builder().status(status).body(full("")).unwrap()
         })
@@ -40,8 +43,8 @@ fn validator() -> Handler {
 }
 
 /// A check that allows the users whose names begin with `agent` (adding `X-Auth-User`,
-/// `X-Auth-Shift` and a header without the prefix), refuses the others with 403, and records
-/// what it was asked.
+/// `X-Auth-Shift` and a header without the prefix) and requests naming nobody for the desktop
+/// (adding `X-Auth-Guest`), refuses the others with 403, and records what it was asked.
 #[derive(Default)]
 struct Check {
     asked: Mutex<Vec<http::HeaderMap>>,
@@ -67,6 +70,14 @@ impl Check {
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("nobody")
                     .to_string();
+                let uri = req.headers().get("x-forwarded-uri");
+                let desktop = uri.is_some_and(|u| u.as_bytes().starts_with(b"/desktop/"));
+                if user == "nobody" && desktop {
+                    return Response::builder()
+                        .header("X-Auth-Guest", "1")
+                        .body(full(""))
+                        .unwrap();
+                }
                 if user.starts_with("agent") {
                     return Response::builder()
                         .header("X-Auth-User", &user)
@@ -280,6 +291,40 @@ async fn a_client_never_gets_its_own_prefixed_headers_through() {
     assert_eq!(reply.version, "HTTP/1.1");
     assert_eq!(reply.echo().all("x-auth-shift"), ["day"]);
     assert_eq!(check.calls(), 1);
+    // Nominated in Connection, the check's own would be removed on the way upstream.
+    let nominated = "Connection: keep-alive, X-Auth-User, x_auth_shift";
+    let args = [
+        "--http1.1",
+        "--cacert",
+        &ca,
+        "--resolve",
+        &resolve,
+        "-H",
+        &authorization,
+        "-H",
+        nominated,
+        &url,
+    ];
+    let echo = curl(&args).await.unwrap().echo();
+    assert_eq!(echo.all("x-auth-user"), ["agent1"]);
+    assert_eq!(echo.all("x-auth-shift"), ["day"]);
+}
+
+#[tokio::test]
+async fn tokens_that_name_no_user_get_verdicts_of_their_own() {
+    let (site, check, _server) = with_check("ext-tokens", "        cache_seconds: 60\n").await;
+    let path = "/finesse/api/User/x";
+    let client = || Client::tls(HOST, site.port, &site.ca.pem, Proto::H2);
+    for token in ["opaque-a", "opaque-b", "opaque-a"] {
+        let bearer = format!("Bearer {token}");
+        let answer = client()
+            .send("GET", path, &[("Authorization", &bearer)], b"")
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 403, "{}", answer.body);
+        assert!(check.last().get("x-forwarded-user").is_none());
+    }
+    assert_eq!(check.calls(), 2, "one verdict per token, kept");
 }
 
 #[tokio::test]
@@ -356,6 +401,8 @@ async fn with_allow_a_check_that_fails_lets_the_request_through_and_it_is_logged
         .get("/finesse/api/User/x", Some("agent\u{1}x"), &[])
         .await;
     assert_eq!(unsendable.status, 403, "{}", unsendable.body);
+    let blank = site.get("/finesse/api/User/x", Some(" agent1"), &[]).await;
+    assert_eq!(blank.status, 403, "{}", blank.body);
     // A refusal still refuses.
     check.broken.store(false, Ordering::SeqCst);
     let denied = site.get("/finesse/api/User/bob", Some("bob"), &[]).await;
@@ -491,16 +538,32 @@ async fn the_check_judges_the_client_the_balancer_names_and_keeps_verdicts_per_c
 }
 
 #[tokio::test]
-async fn public_paths_are_checked_when_asked() {
-    let (site, check, _server) = with_check("ext-public", "        public_paths: true\n").await;
-    let answer = site.get("/desktop/app.js", None, &[]).await;
+async fn public_paths_are_checked_when_asked_and_what_the_check_adds_is_not_cached_for_all() {
+    let check = Arc::new(Check::default());
+    let server = Upstream::custom("check", check.handler()).await;
+    let url = format!("http://{}/check", server.authority());
+    let external = "        public_paths: true\n";
+    let cache = "    cache:\n      max_size_mb: 16\n";
+    let site = Site::launch("ext-public", &url, external, cache, None).await;
+    for _ in 0..2 {
+        let answer = site.get("/desktop/app.js", None, &[]).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let echo = Echo::parse(&answer.body);
+        assert_eq!(echo.header("x-auth-guest").as_deref(), Some("1"));
+        let asked = check.last();
+        assert!(asked.get("x-forwarded-user").is_none());
+        assert_eq!(header(&asked, "x-forwarded-uri"), Some("/desktop/app.js"));
+    }
+    assert_eq!(
+        site.app.paths().len(),
+        2,
+        "an answer to what the check added is not stored for everyone"
+    );
+    let answer = site.get("/finesse/api/SystemInfo", None, &[]).await;
     assert_eq!(
         answer.status, 403,
-        "the check refuses requests naming nobody"
+        "the check refuses this one naming nobody"
     );
-    let asked = check.last();
-    assert!(asked.get("x-forwarded-user").is_none());
-    assert_eq!(header(&asked, "x-forwarded-uri"), Some("/desktop/app.js"));
 }
 
 #[tokio::test]

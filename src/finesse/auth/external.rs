@@ -21,7 +21,9 @@ use crate::observe::throttle::OncePerSecond;
 use crate::state::secret::StateKey;
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
-use http::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, SEC_WEBSOCKET_PROTOCOL};
+use http::header::{
+    HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, CONTENT_TYPE, SEC_WEBSOCKET_PROTOCOL,
+};
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use pingora::prelude::HttpPeer;
@@ -189,28 +191,52 @@ impl External {
         self.on_error
     }
 
-    /// Removes the headers a client sent with the check's prefix, also spelt with `_` for `-`
-    /// (as CGI and some servers read names): only the check sets them.
+    /// Whether a header name (or a `Connection` token) has the check's prefix, in any case and
+    /// also spelt with `_` for `-` (as CGI and some servers read names).
+    fn prefixed(&self, name: &[u8]) -> bool {
+        name.len() >= self.prefix.len()
+            && name
+                .iter()
+                .zip(self.prefix.as_bytes())
+                .all(|(a, b)| a.eq_ignore_ascii_case(b) || (*a == b'_' && *b == b'-'))
+    }
+
+    /// Removes the headers a client sent with the check's prefix, and their nomination in
+    /// `Connection` (which would have the check's own removed on the way upstream): only the
+    /// check sets them.
     pub fn strip(&self, req: &mut RequestHeader) {
-        let prefixed = |n: &HeaderName| {
-            let name = n.as_str().as_bytes();
-            name.len() >= self.prefix.len()
-                && name
-                    .iter()
-                    .zip(self.prefix.as_bytes())
-                    .all(|(a, b)| a == b || (*a == b'_' && *b == b'-'))
-        };
-        if !req.headers.keys().any(prefixed) {
-            return;
-        }
-        let names: Vec<HeaderName> = req
+        if req
             .headers
             .keys()
-            .filter(|n| prefixed(n))
-            .cloned()
+            .any(|n| self.prefixed(n.as_str().as_bytes()))
+        {
+            let names: Vec<HeaderName> = req
+                .headers
+                .keys()
+                .filter(|n| self.prefixed(n.as_str().as_bytes()))
+                .cloned()
+                .collect();
+            for name in names {
+                req.remove_header(&name);
+            }
+        }
+        let tokens = || {
+            req.headers
+                .get_all(CONNECTION)
+                .into_iter()
+                .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+                .map(<[u8]>::trim_ascii)
+        };
+        if !tokens().any(|t| self.prefixed(t)) {
+            return;
+        }
+        let kept: Vec<&[u8]> = tokens()
+            .filter(|t| !t.is_empty() && !self.prefixed(t))
             .collect();
-        for name in names {
-            req.remove_header(&name);
+        let kept = HeaderValue::from_bytes(&kept.join(&b", "[..])).ok();
+        req.remove_header(&CONNECTION);
+        if let Some(kept) = kept.filter(|k| !k.is_empty()) {
+            let _ = req.insert_header(CONNECTION, kept);
         }
     }
 
@@ -274,6 +300,11 @@ impl External {
                 .map_err(|e| format!("{name} cannot be sent: {e}"))?;
         }
         if let Some(user) = asked.user {
+            if user.trim() != user {
+                return Err(
+                    "the user name begins or ends with blanks, which a header loses".into(),
+                );
+            }
             let value = HeaderValue::from_bytes(user.as_bytes())
                 .map_err(|_| "the user name cannot be sent in a header".to_string())?;
             request
