@@ -1,0 +1,229 @@
+//! N simulated agents through the proxy: each signs in (a new TLS connection, the desktop's
+//! assets, the REST calls of a sign-in, the notification WebSocket), then polls and listens until
+//! the run ends. Sign-ins are spread evenly over the ramp (a shift start).
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use bytes::Bytes;
+use futures_util::SinkExt;
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http2;
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use openssl::ssl::{SslConnector, SslMethod};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio_openssl::SslStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+pub struct Plan {
+    pub port: u16,
+    pub host: String,
+    pub ca: String,
+    pub agents: u32,
+    pub ramp: Duration,
+    pub steady: Duration,
+    /// A state change (a `PUT` of the user, then a read of its dialogs) this often.
+    pub poll_every: Duration,
+}
+
+/// What the agents saw.
+#[derive(Default)]
+pub struct Seen {
+    /// Sign-in times, ms.
+    pub sign_ins: Mutex<Vec<f64>>,
+    /// REST latencies in steady state, ms.
+    pub rest: Mutex<Vec<f64>>,
+    pub failures: AtomicU64,
+    pub events: AtomicU64,
+    pub signed_in: AtomicU64,
+}
+
+fn connector(ca: &str, alpn: &[u8]) -> SslConnector {
+    let mut tls = SslConnector::builder(SslMethod::tls()).unwrap();
+    tls.set_ca_file(ca).unwrap();
+    tls.set_alpn_protos(alpn).unwrap();
+    tls.build()
+}
+
+async fn tls(plan: &Plan, connector: &SslConnector) -> Result<SslStream<TcpStream>, String> {
+    let tcp = TcpStream::connect(("127.0.0.1", plan.port))
+        .await
+        .map_err(|e| e.to_string())?;
+    // As browsers do: no Nagle delay between a request's HEADERS and DATA frames.
+    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+    let ssl = connector
+        .configure()
+        .and_then(|c| c.into_ssl(&plan.host))
+        .map_err(|e| e.to_string())?;
+    let mut stream = SslStream::new(ssl, tcp).map_err(|e| e.to_string())?;
+    Pin::new(&mut stream)
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(stream)
+}
+
+type Sender = http2::SendRequest<Full<Bytes>>;
+
+async fn get(sender: &Sender, plan: &Plan, path: &str, auth: Option<&str>) -> Result<(), String> {
+    send(sender, plan, ("GET", path, ""), auth).await
+}
+
+async fn send(
+    sender: &Sender,
+    plan: &Plan,
+    (method, path, body): (&str, &str, &'static str),
+    auth: Option<&str>,
+) -> Result<(), String> {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("https://{}:{}{path}", plan.host, plan.port));
+    if let Some(auth) = auth {
+        req = req.header("Authorization", auth);
+    }
+    let req = req
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .map_err(|e| e.to_string())?;
+    let resp = sender
+        .clone()
+        .send_request(req)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = resp.status();
+    resp.into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("{path}: {status}"))
+    }
+}
+
+const LOGIN: &str = "<User><state>LOGIN</state><extension>1001</extension></User>";
+const READY: &str = "<User><state>READY</state></User>";
+
+/// One agent: sign in (the assets, the REST reads, the WebSocket, the login), then change state
+/// every `poll_every` until `until`, pinging on its WebSocket every 10 s meanwhile.
+async fn agent(n: u32, plan: Arc<Plan>, seen: Arc<Seen>, until: Instant) -> Result<(), String> {
+    let user = format!("agent{n}");
+    let pair = format!("{user}:{}", super::origin::PASSWORD);
+    let basic = format!("Basic {}", STANDARD.encode(&pair));
+    let started = Instant::now();
+    let stream = tls(&plan, &connector(&plan.ca, b"\x02h2")).await?;
+    let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let paths = super::profile::assets();
+    let assets = paths
+        .iter()
+        .map(|(path, _)| get(&sender, &plan, path, None));
+    for result in futures_util::future::join_all(assets).await {
+        result?;
+    }
+    for path in super::profile::SIGN_IN {
+        get(&sender, &plan, &path.replace("{user}", &user), Some(&basic)).await?;
+    }
+    let ws_stream = tls(&plan, &connector(&plan.ca, b"\x08http/1.1")).await?;
+    let mut request = format!("wss://{}:{}/ws/{user}", plan.host, plan.port)
+        .into_client_request()
+        .map_err(|e| e.to_string())?;
+    let protocol = format!("xmpp, {}", URL_SAFE_NO_PAD.encode(&pair));
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::client_async(request, ws_stream)
+        .await
+        .map_err(|e| e.to_string())?;
+    seen.sign_ins
+        .lock()
+        .unwrap()
+        .push(started.elapsed().as_secs_f64() * 1000.0);
+    seen.signed_in.fetch_add(1, Ordering::Relaxed);
+    let events = seen.clone();
+    let listening = tokio::spawn(async move {
+        let mut pings = tokio::time::interval(super::profile::PING_EVERY);
+        loop {
+            tokio::select! {
+                _ = pings.tick() => {
+                    if ws.send(super::profile::PING.into()).await.is_err() {
+                        return;
+                    }
+                }
+                message = ws.next() => match message {
+                    Some(Ok(m)) if m.to_text().is_ok_and(|t| t != super::profile::PONG) => {
+                        events.events.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Some(Ok(_)) => {}
+                    _ => return,
+                },
+            }
+        }
+    });
+    send(
+        &sender,
+        &plan,
+        ("PUT", &format!("/finesse/api/User/{user}"), LOGIN),
+        Some(&basic),
+    )
+    .await?;
+    // State changes start at a random point of the interval, as agents' calls do.
+    let every = plan.poll_every;
+    tokio::time::sleep(every.mul_f64(f64::from(n % 97) / 97.0)).await;
+    let path = format!("/finesse/api/User/{user}");
+    let dialogs = format!("{path}/Dialogs");
+    while Instant::now() + every < until {
+        for (method, path, body) in [("PUT", &path, READY), ("GET", &dialogs, "")] {
+            let sent = Instant::now();
+            send(&sender, &plan, (method, path, body), Some(&basic)).await?;
+            let took = sent.elapsed().as_secs_f64() * 1000.0;
+            seen.rest.lock().unwrap().push(took);
+        }
+        tokio::time::sleep(every).await;
+    }
+    let left = until.saturating_duration_since(Instant::now());
+    tokio::time::sleep(left).await;
+    listening.abort();
+    Ok(())
+}
+
+/// Runs the plan; returns what was seen once every agent is done.
+pub async fn run(plan: Plan) -> Arc<Seen> {
+    let plan = Arc::new(plan);
+    let seen = Arc::new(Seen::default());
+    let until = Instant::now() + plan.ramp + plan.steady;
+    let gap = plan.ramp.div_f64(f64::from(plan.agents.max(1)));
+    let mut tasks = Vec::new();
+    for n in 1..=plan.agents {
+        let (plan, seen) = (plan.clone(), seen.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = agent(n, plan, seen.clone(), until).await {
+                if seen.failures.fetch_add(1, Ordering::Relaxed) < 5 {
+                    eprintln!("agent{n}: {e}");
+                }
+            }
+        }));
+        tokio::time::sleep(gap).await;
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    seen
+}
+
+/// The `p`-th percentile of `values` (sorted here), 0 when empty.
+pub fn percentile(values: &mut [f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    let at = ((values.len() as f64 - 1.0) * p / 100.0).round() as usize;
+    values[at]
+}
