@@ -268,44 +268,31 @@ async fn a_client_never_gets_its_own_prefixed_headers_through() {
     assert_eq!(answer.status, 200);
     assert_eq!(Echo::parse(&answer.body).header("x-auth-user"), None);
     assert_eq!(check.calls(), 0, "nor are CORS preflights");
-    // HTTP/1.1, allowed, the client's header twice and in two cases: the check's value only.
+    // HTTP/1.1 (curl), allowed, with the client's headers `extra`.
     let ca = site.dir.join("ca.crt").display().to_string();
     let resolve = format!("{HOST}:{}:127.0.0.1", site.port);
     let authorization = format!("Authorization: {}", basic("agent1"));
     let url = format!("https://{HOST}:{}/finesse/api/User/agent1", site.port);
-    let args = [
-        "--http1.1",
-        "--cacert",
-        &ca,
-        "--resolve",
-        &resolve,
-        "-H",
-        &authorization,
-        "-H",
-        "x-auth-shift: night",
-        "-H",
-        "X-Auth-Shift: evening",
-        &url,
-    ];
-    let reply = curl(&args).await.unwrap();
+    let h1 = |extra: &[&str]| {
+        let mut args = vec!["--http1.1", "--cacert", &ca, "--resolve", &resolve];
+        args.extend(["-H", &authorization]);
+        args.extend(extra.iter().flat_map(|h| ["-H", *h]));
+        args.push(&url);
+        let args: Vec<String> = args.into_iter().map(String::from).collect();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            curl(&args).await.unwrap()
+        }
+    };
+    // The client's header twice and in two cases: the check's value only.
+    let reply = h1(&["x-auth-shift: night", "X-Auth-Shift: evening"]).await;
     assert_eq!(reply.version, "HTTP/1.1");
     assert_eq!(reply.echo().all("x-auth-shift"), ["day"]);
     assert_eq!(check.calls(), 1);
     // Nominated in Connection, the check's own would be removed on the way upstream.
-    let nominated = "Connection: keep-alive, X-Auth-User, x_auth_shift";
-    let args = [
-        "--http1.1",
-        "--cacert",
-        &ca,
-        "--resolve",
-        &resolve,
-        "-H",
-        &authorization,
-        "-H",
-        nominated,
-        &url,
-    ];
-    let echo = curl(&args).await.unwrap().echo();
+    let echo = h1(&["Connection: keep-alive, X-Auth-User, x_auth_shift"])
+        .await
+        .echo();
     assert_eq!(echo.all("x-auth-user"), ["agent1"]);
     assert_eq!(echo.all("x-auth-shift"), ["day"]);
 }

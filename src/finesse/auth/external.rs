@@ -251,7 +251,9 @@ impl External {
             // For the check's own log; not part of what the verdict is about.
             let _ = request.insert_header(TRACKING_ID, id.clone());
         }
-        if let Some(kept) = self.kept.get(&digest).0.filter(|k| k.digest == digest) {
+        // Nothing is kept with `cache_seconds: 0` (the default): no lookup either.
+        let kept = (!self.keep.is_zero()).then(|| self.kept.get(&digest).0);
+        if let Some(kept) = kept.flatten().filter(|k| k.digest == digest) {
             self.counters.kept.inc();
             let outcome = match kept.ruling {
                 Ruling::Allowed(_) => "allowed_kept",
