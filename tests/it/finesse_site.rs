@@ -429,3 +429,63 @@ async fn each_server_may_have_its_own_upstream_tls() {
     assert_eq!(site.get(0, "/cuic/", &[]).await.echo().node(), "cuic");
     assert_eq!(site.get(1, "/chat/", &[]).await.echo().node(), "chat");
 }
+
+/// An internal server may answer a request before reading its body (a 401, a 413, a Tomcat
+/// filter): when that answer reaches an HTTP/2 client before the client has sent the body, the
+/// answer ends its stream (END_STREAM), and the body sent after it is taken without a reset.
+/// (curl 7.88 still waits for the connection to close in that case: see bench/RESULTS.md.)
+#[tokio::test]
+async fn an_answer_sent_before_the_request_body_ends_its_http2_stream() {
+    use crate::harness::h2raw::{
+        header_block, RawH2, DATA, END_HEADERS, END_STREAM, HEADERS, RST_STREAM,
+    };
+    let handler: Handler = Arc::new(|req: Request<Incoming>| {
+        Box::pin(async move {
+            drop(req);
+            Response::builder()
+                .status(202)
+                .header("Content-Type", "text/plain")
+                .body(full(""))
+                .unwrap()
+        })
+    });
+    let upstream = Upstream::custom("early", handler).await;
+    let site = Site::start(
+        "early-answer",
+        &[(&upstream.authority(), "finesse", "")],
+        "",
+    )
+    .await;
+    let body = b"<User><state>READY</state></User>";
+    let length = body.len().to_string();
+    let authority = format!("{HOST}:{}", site.ports[0]);
+    let mut h2 = RawH2::connect(HOST, site.ports[0], &site.ca.pem).await;
+    let block = header_block(&[
+        (3, "PUT"),
+        (6, "https"),
+        (4, "/finesse/api/User/agent1"),
+        (1, &authority),
+        (28, &length),
+    ]);
+    h2.frame(HEADERS, END_HEADERS, 1, &block).await.unwrap();
+    let (early, _) = h2.read_frames(Duration::from_millis(500)).await;
+    assert!(
+        early.iter().any(|f| f.0 == HEADERS && f.1 == 1),
+        "no answer before the body: {early:?}"
+    );
+    h2.frame(DATA, END_STREAM, 1, body).await.unwrap();
+    let (late, closed) = h2.read_frames(Duration::from_secs(1)).await;
+    let ended = early
+        .iter()
+        .chain(&late)
+        .any(|f| f.1 == 1 && (f.0 == HEADERS || f.0 == DATA) && f.3 & END_STREAM != 0);
+    let reset = early
+        .iter()
+        .chain(&late)
+        .any(|f| f.0 == RST_STREAM && f.1 == 1);
+    assert!(!reset && !closed, "reset or closed: {early:?} {late:?}");
+    assert!(
+        ended,
+        "the answer's stream never ended (closed: {closed}): {early:?} {late:?}"
+    );
+}

@@ -796,7 +796,7 @@ async fn http2_streams_past_the_limit_are_refused() {
             .unwrap();
     }
     let (frames, _) = h2.read_frames(Duration::from_millis(800)).await;
-    let refused = frames.iter().any(|(kind, stream, payload)| {
+    let refused = frames.iter().any(|(kind, stream, payload, _)| {
         *kind == RST_STREAM && *stream == 5 && payload[..] == [0, 0, 0, 7]
     });
     assert!(refused, "stream 5 was not refused: {frames:?}");
@@ -971,7 +971,7 @@ async fn http2_streams_refused_on_arrival_are_logged_and_counted() {
     let answered = |stream: u32| {
         frames
             .iter()
-            .any(|(kind, s, _)| *kind == HEADERS && *s == stream)
+            .any(|(kind, s, _, _)| *kind == HEADERS && *s == stream)
     };
     assert!(answered(1) && answered(3), "{frames:?}");
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -9,6 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_openssl::SslStream;
 
+pub const DATA: u8 = 0x0;
 pub const HEADERS: u8 = 0x1;
 pub const RST_STREAM: u8 = 0x3;
 pub const SETTINGS: u8 = 0x4;
@@ -80,9 +81,9 @@ impl RawH2 {
         self.tls.write_all(&frame).await
     }
 
-    /// Reads frames for up to `wait`: their types, in order; `closed` when the server ended the
-    /// connection.
-    pub async fn read_frames(&mut self, wait: Duration) -> (Vec<(u8, u32, Vec<u8>)>, bool) {
+    /// Reads frames for up to `wait`: (type, stream, payload, flags), in order; `closed` when the
+    /// server ended the connection.
+    pub async fn read_frames(&mut self, wait: Duration) -> (Vec<(u8, u32, Vec<u8>, u8)>, bool) {
         let deadline = tokio::time::Instant::now() + wait;
         let mut buf = Vec::new();
         let mut chunk = [0u8; 16384];
@@ -94,7 +95,7 @@ impl RawH2 {
                     break;
                 }
                 let stream = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
-                frames.push((buf[3], stream, buf[9..9 + len].to_vec()));
+                frames.push((buf[3], stream, buf[9..9 + len].to_vec(), buf[4]));
                 buf.drain(..9 + len);
             }
             match tokio::time::timeout_at(deadline, self.tls.read(&mut chunk)).await {
