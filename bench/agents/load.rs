@@ -12,11 +12,12 @@ use hyper::client::conn::http2;
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use openssl::ssl::{SslConnector, SslMethod};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_openssl::SslStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -29,6 +30,8 @@ pub struct Plan {
     pub steady: Duration,
     /// A state change (a `PUT` of the user, then a read of its dialogs) this often.
     pub poll_every: Duration,
+    /// The proxy's process, whose memory is read while every agent is still connected.
+    pub proxy: Option<u32>,
 }
 
 /// What the agents saw.
@@ -41,6 +44,8 @@ pub struct Seen {
     pub failures: AtomicU64,
     pub events: AtomicU64,
     pub signed_in: AtomicU64,
+    /// The proxy's resident KiB two seconds before the agents leave.
+    pub proxy_rss_kib: AtomicU64,
 }
 
 fn connector(ca: &str, alpn: &[u8]) -> SslConnector {
@@ -50,8 +55,23 @@ fn connector(ca: &str, alpn: &[u8]) -> SslConnector {
     tls.build()
 }
 
-async fn tls(plan: &Plan, connector: &SslConnector) -> Result<SslStream<TcpStream>, String> {
-    let tcp = TcpStream::connect(("127.0.0.1", plan.port))
+/// Agent `n`'s own loopback address (127.1.0.1 and up), as each desktop has its own: the
+/// proxies' per-address caps and rate limits stay as they ship.
+fn address(n: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 1, 0, 0)) + n)
+}
+
+async fn tls(
+    n: u32,
+    plan: &Plan,
+    connector: &SslConnector,
+) -> Result<SslStream<TcpStream>, String> {
+    let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    socket
+        .bind(SocketAddr::from((address(n), 0)))
+        .map_err(|e| format!("bind {}: {e}", address(n)))?;
+    let tcp = socket
+        .connect(SocketAddr::from(([127, 0, 0, 1], plan.port)))
         .await
         .map_err(|e| e.to_string())?;
     // As browsers do: no Nagle delay between a request's HEADERS and DATA frames.
@@ -116,7 +136,7 @@ async fn agent(n: u32, plan: Arc<Plan>, seen: Arc<Seen>, until: Instant) -> Resu
     let pair = format!("{user}:{}", super::origin::PASSWORD);
     let basic = format!("Basic {}", STANDARD.encode(&pair));
     let started = Instant::now();
-    let stream = tls(&plan, &connector(&plan.ca, b"\x02h2")).await?;
+    let stream = tls(n, &plan, &connector(&plan.ca, b"\x02h2")).await?;
     let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
         .await
         .map_err(|e| e.to_string())?;
@@ -131,7 +151,7 @@ async fn agent(n: u32, plan: Arc<Plan>, seen: Arc<Seen>, until: Instant) -> Resu
     for path in super::profile::SIGN_IN {
         get(&sender, &plan, &path.replace("{user}", &user), Some(&basic)).await?;
     }
-    let ws_stream = tls(&plan, &connector(&plan.ca, b"\x08http/1.1")).await?;
+    let ws_stream = tls(n, &plan, &connector(&plan.ca, b"\x08http/1.1")).await?;
     let mut request = format!("wss://{}:{}/ws/{user}", plan.host, plan.port)
         .into_client_request()
         .map_err(|e| e.to_string())?;
@@ -201,6 +221,14 @@ pub async fn run(plan: Plan) -> Arc<Seen> {
     let until = Instant::now() + plan.ramp + plan.steady;
     let gap = plan.ramp.div_f64(f64::from(plan.agents.max(1)));
     let mut tasks = Vec::new();
+    if let Some(pid) = plan.proxy {
+        let seen = seen.clone();
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep_until((until - Duration::from_secs(2)).into()).await;
+            let rss = super::usage(pid).1;
+            seen.proxy_rss_kib.store(rss, Ordering::Relaxed);
+        }));
+    }
     for n in 1..=plan.agents {
         let (plan, seen) = (plan.clone(), seen.clone());
         tasks.push(tokio::spawn(async move {

@@ -6,8 +6,9 @@
 //!
 //! `run` starts AGENTS sign-ins evenly over RAMP_S seconds; each agent then changes state every
 //! CHANGE_S seconds until RAMP_S + STEADY_S have passed. It prints one JSON line: sign-in p50/p99
-//! (ms), REST p50/p99 (ms) after sign-in, failures, WebSocket events, and with PROXY_PID the
-//! proxy's CPU seconds and resident memory.
+//! (ms), REST p50/p99 (ms) after sign-in, failures, WebSocket events, its own CPU seconds, and
+//! with PROXY_PID the proxy's CPU seconds and its resident memory two seconds before the agents
+//! leave.
 
 mod load;
 mod origin;
@@ -78,19 +79,24 @@ async fn main() {
                 ramp: Duration::from_secs(number(5)),
                 steady: Duration::from_secs(number(6)),
                 poll_every: Duration::from_secs(number(7)),
+                proxy: pid,
             };
             let seen = load::run(plan).await;
             let after = pid.map(usage);
             let mut sign_ins = seen.sign_ins.lock().unwrap().clone();
             let mut rest = seen.rest.lock().unwrap().clone();
-            let (cpu, rss) = match (before, after) {
-                (Some(b), Some(a)) => (a.0 - b.0, a.1),
-                _ => (0.0, 0),
+            let cpu = match (before, after) {
+                (Some(b), Some(a)) => a.0 - b.0,
+                _ => 0.0,
             };
+            let rss = seen
+                .proxy_rss_kib
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let simulator_cpu = usage(std::process::id()).0;
             println!(
                 "{{\"signed_in\":{},\"failures\":{},\"sign_in_p50_ms\":{:.1},\"sign_in_p99_ms\":{:.1},\
                  \"rest_p50_ms\":{:.2},\"rest_p99_ms\":{:.2},\"rest_calls\":{},\"events\":{},\
-                 \"proxy_cpu_s\":{cpu:.2},\"proxy_rss_kib\":{rss}}}",
+                 \"proxy_cpu_s\":{cpu:.2},\"proxy_rss_kib\":{rss},\"simulator_cpu_s\":{simulator_cpu:.2}}}",
                 seen.signed_in.load(std::sync::atomic::Ordering::Relaxed),
                 seen.failures.load(std::sync::atomic::Ordering::Relaxed),
                 load::percentile(&mut sign_ins, 50.0),
