@@ -489,3 +489,50 @@ async fn an_answer_sent_before_the_request_body_ends_its_http2_stream() {
         "the answer's stream never ended (closed: {closed}): {early:?} {late:?}"
     );
 }
+
+/// A desktop asks for about a hundred files at once on one HTTP/2 connection at sign-in. ccedge's
+/// HTTP/2 layer gives the memory of such a burst back once it is sent (patches/h2); every answer
+/// of a burst, and of the bursts after it on the same connection, arrives whole and on its own
+/// stream.
+#[tokio::test]
+async fn bursts_of_a_hundred_streams_on_one_connection_arrive_whole() {
+    let handler: Handler = Arc::new(|req: Request<Incoming>| {
+        Box::pin(async move {
+            let body = req.uri().path().repeat(2000);
+            Response::builder()
+                .header("Content-Type", "text/plain")
+                .body(full(body))
+                .unwrap()
+        })
+    });
+    let upstream = Upstream::custom("files", handler).await;
+    let extra = "    rate_limits: []\n";
+    let site = Site::start(
+        "h2-bursts",
+        &[(&upstream.authority(), "finesse", "")],
+        extra,
+    )
+    .await;
+    let mut client = crate::harness::http::Client::tls(
+        HOST,
+        site.ports[0],
+        &site.ca.pem,
+        crate::harness::http::Proto::H2,
+    );
+    let streams = client.streams().await.unwrap();
+    for burst in 0..3 {
+        let asked = (0..100).map(|i| {
+            let streams = streams.clone();
+            async move {
+                let path = format!("/desktop/b{burst}/file{i:03}.js");
+                let answer = streams.send("GET", &path, &[]).await.unwrap();
+                (path, answer)
+            }
+        });
+        for (path, answer) in futures_util::future::join_all(asked).await {
+            assert_eq!(answer.status, 200, "{path}");
+            assert!(answer.body == path.repeat(2000), "{path}: another body");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,5 +1,10 @@
 use slab::Slab;
 
+/// ccedge patch: the slots an empty buffer may keep. A burst of queued frames (a hundred files
+/// answered at once on one connection) grows the slab, which otherwise keeps its peak size for
+/// as long as the connection lives.
+pub(super) const KEPT_SLOTS: usize = 16;
+
 /// Buffers frames for multiple streams.
 #[derive(Debug)]
 pub struct Buffer<T> {
@@ -82,6 +87,11 @@ impl Deque {
         match self.indices {
             Some(mut idxs) => {
                 let mut slot = buf.slab.remove(idxs.head);
+                // ccedge patch: an empty buffer gives a burst's memory back (no slot is
+                // referenced once the slab is empty).
+                if buf.slab.is_empty() && buf.slab.capacity() > KEPT_SLOTS {
+                    buf.slab = Slab::new();
+                }
 
                 if idxs.head == idxs.tail {
                     assert!(slot.next.is_none());

@@ -406,6 +406,13 @@ impl<'a> Ptr<'a> {
         // Remove the stream state
         let stream = self.store.slab.remove(self.key.index.0 as usize);
         assert_eq!(stream.id, self.key.stream_id);
+        // ccedge patch: a store left without streams gives a burst's memory back.
+        if self.store.slab.is_empty() && self.store.slab.capacity() > super::buffer::KEPT_SLOTS {
+            self.store.slab = slab::Slab::new();
+        }
+        if self.store.ids.is_empty() && self.store.ids.capacity() > super::buffer::KEPT_SLOTS {
+            self.store.ids = IndexMap::new();
+        }
         stream.id
     }
 
