@@ -144,8 +144,10 @@ impl ServerTls {
     }
 
     /// Listener settings: TLS 1.2 minimum, ALPN h2 then http/1.1, AEAD-only TLS 1.2 suites, no
-    /// compression, no renegotiation, no session tickets (nothing that outlives a key rotation).
-    /// With several certificates, each handshake gets the one its SNI name asks for.
+    /// compression, no renegotiation. Resumption from the listener's own session cache (TLS 1.2
+    /// session IDs, TLS 1.3 tickets naming a cached session), never from stateless tickets (no
+    /// ticket key outlives a key rotation). With several certificates, each handshake gets the
+    /// one its SNI name asks for.
     pub fn settings(&self) -> pingora::Result<TlsSettings> {
         let mut tls = match self.certificates.as_slice() {
             [one] => {

@@ -311,3 +311,88 @@ async fn certificates_are_chosen_by_sni_exact_then_wildcard_the_first_by_default
         ]
     );
 }
+
+/// One connection to the listener as a browser makes it, with `openssl s_client` over TLS
+/// `version` (`-tls1_2`, `-tls1_3`), offering the session saved in `offer` if given: a keep-alive
+/// request and its answer, then the client is killed, so its socket closes without a
+/// close_notify (a tab closed, a laptop asleep). Whether the session was resumed; the session
+/// to offer next is saved in `save`.
+fn connection_offering(
+    port: u16,
+    ca: &std::path::Path,
+    version: &str,
+    offer: Option<&std::path::Path>,
+    save: &std::path::Path,
+) -> bool {
+    use std::io::{BufRead, Write};
+    let mut command = std::process::Command::new("openssl");
+    command
+        .args([
+            "s_client",
+            version,
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args(["-servername", crate::harness::fixtures::DC_HOST])
+        .arg("-CAfile")
+        .arg(ca)
+        .arg("-sess_out")
+        .arg(save);
+    if let Some(offer) = offer {
+        command.arg("-sess_in").arg(offer);
+    }
+    let mut client = command
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("openssl is installed");
+    let mut stdin = client.stdin.take().unwrap();
+    stdin
+        .write_all(b"GET /drapi/v1/ping HTTP/1.1\r\nHost: dc.example.com\r\n\r\n")
+        .unwrap();
+    // The handshake's summary, then the answer (a TLS 1.3 ticket arrives before it).
+    let mut seen = String::new();
+    for line in std::io::BufReader::new(client.stdout.take().unwrap()).lines() {
+        let line = line.unwrap_or_default();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.starts_with("HTTP/1.1 ") {
+            break;
+        }
+    }
+    client.kill().unwrap();
+    client.wait().unwrap();
+    assert!(seen.contains("HTTP/1.1 200"), "no answer: {seen}");
+    seen.contains("\nReused, TLSv1.")
+}
+
+#[tokio::test]
+async fn a_client_that_closed_without_a_close_notify_resumes_its_session() {
+    let dc = Digital::start("tls-resume", "").await;
+    let (port, dir) = (dc.port, dc.dir.path.clone());
+    let resumed = tokio::task::spawn_blocking(move || {
+        ["-tls1_3", "-tls1_2"].map(|version| {
+            let ca = dir.join("ca.crt");
+            let (one, two, three) = (dir.join("s1"), dir.join("s2"), dir.join("s3"));
+            // Each pause lets ccedge see the previous connection end before the next begins.
+            let pause = || std::thread::sleep(std::time::Duration::from_millis(200));
+            let first = connection_offering(port, &ca, version, None, &one);
+            pause();
+            let second = connection_offering(port, &ca, version, Some(&one), &two);
+            pause();
+            // As browsers do: TLS 1.3 offers the newest ticket (the resumed connection brought
+            // one), TLS 1.2 the session ID it has (s_client saves none after a resumption).
+            let again = if version == "-tls1_3" { &two } else { &one };
+            let third = connection_offering(port, &ca, version, Some(again), &three);
+            (first, second, third)
+        })
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        resumed,
+        [(false, true, true), (false, true, true)],
+        "TLS 1.3, then 1.2: (first, second, third) connection resumed"
+    );
+}

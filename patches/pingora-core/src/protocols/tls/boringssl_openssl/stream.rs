@@ -103,6 +103,28 @@ impl<T> SslStream<T> {
     }
 }
 
+/// ccedge patch: a connection that ends without a close_notify keeps its session resumable.
+/// OpenSSL takes the session of a connection freed before a close_notify was sent out of the
+/// server's session cache (a rule from SSL 3.0). Most connections end that way: a browser
+/// closes its socket, an idle or keep-alive timeout drops it. TLS 1.3's tickets (stateful
+/// here: ccedge turns stateless tickets off) and TLS 1.2's session IDs were then of no use
+/// whenever the client closed first. nginx marks the connection shut down quietly for the
+/// same reason. A connection that failed with a fatal alert has already left the cache.
+impl<T> Drop for SslStream<T> {
+    fn drop(&mut self) {
+        let ssl = self.ssl.ssl();
+        if ssl.is_init_finished() {
+            let shut = ssl::ShutdownState::SENT | ssl::ShutdownState::RECEIVED;
+            // safety: `SslRef` is the opaque type of an `SSL *` (what `ForeignTypeRef::as_ptr`
+            // casts), and while dropping, nothing else uses this connection.
+            unsafe {
+                let raw = ssl as *const ssl::SslRef as *mut tls::ssl_sys::SSL;
+                tls::ssl_sys::SSL_set_shutdown(raw, shut.bits());
+            }
+        }
+    }
+}
+
 use std::ops::{Deref, DerefMut};
 
 impl<T> Deref for SslStream<T> {
