@@ -5,10 +5,13 @@
 # loopback only, bounded in time. Each agent has its own loopback address.
 #
 #   bash bench/agents.sh [agents] [ramp s] [steady s] [s between state changes]
-#       one table row per proxy: agents signed in, failures, sign-in p50/p99 at shift start,
-#       REST p50/p99 after sign-in, CPU seconds per agent-hour, KiB per signed-in agent
+#       one table row per proxy: agents signed in, failures, new connections for REST calls
+#       after the proxy closed an idle one (its keep-alive timeout), sign-in p50/p99 at shift start,
+#       REST p50/p99 after sign-in, CPU seconds per agent-hour (the whole run, then steady state
+#       only), resident MiB and KiB per signed-in agent, the simulator's own cores
 #   bash bench/agents.sh --search [ramp s] [steady s] [s between state changes]
-#       per proxy, the largest N (doubling from START, default 500, then halving the gap twice)
+#       per proxy, the largest N (doubling from START, default 500, up to a quarter of the
+#       descriptor limit; halving from START if it is already outside; then the gap halved twice)
 #       with every agent signed in, no failure, sign-in p99 under 2 s and REST p99 under 100 ms
 #
 # EVENTS: seconds between events on each WebSocket (30). ONLY: the proxies to run, by name
@@ -153,6 +156,7 @@ $dict  proxy_cache_path $work/nginx-cache-$1 levels=1:2 keys_zone=desktop-$1:10m
     ssl_certificate_key $work/proxy.key;
     ssl_protocols TLSv1.2 TLSv1.3;
     ssl_session_tickets off;
+    keepalive_timeout 20s;                   # the vendor's, and ccedge's default
     proxy_http_version 1.1;
     proxy_set_header Host \$host:\$server_port;
     proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
@@ -193,12 +197,17 @@ measure() {
       "https://$HOST:$PORT/desktop/container/" && break
     sleep 0.1
   done
+  # Every desktop file once, so that each proxy's cache is full before its idle size is read.
+  "$AGENTS_BIN" warm "$PORT" "$HOST" "$work/ca.crt"
   # nginx serves from its worker; ccedge from itself.
   local worker
   worker=$(pgrep -P "$proxy" -f "worker process" || echo "$proxy")
   idle=$(awk '/VmRSS/ {print $2}' "/proc/$worker/status")
-  result=$("$AGENTS_BIN" run "$PORT" "$HOST" "$work/ca.crt" "$AGENTS" "$RAMP" "$STEADY" "$CHANGE" "$worker")
+  # A simulator that fails outright counts as a run outside the limits.
+  result=$("$AGENTS_BIN" run "$PORT" "$HOST" "$work/ca.crt" "$AGENTS" "$RAMP" "$STEADY" "$CHANGE" "$worker") \
+    || result='{"signed_in":0,"failures":1,"sign_in_p50_ms":0,"sign_in_p99_ms":0,"rest_p50_ms":0,"rest_p99_ms":0,"proxy_cpu_s":0,"proxy_rss_kib":0,"simulator_cpu_s":0,"steady_cpu_s":0,"steady_s":0}'
   kill "$proxy"; wait "$proxy" 2>/dev/null || true
+  unset 'pids[-1]'
   cat "$work/$name.err" "$work"/nginx-*error.log 2>/dev/null | grep -v "^$" | tail -8 >&2 || true
   rm -f "$work"/nginx-*error.log
   echo "$result" > "$work/last.json"
@@ -206,8 +215,9 @@ measure() {
 import json, sys
 name, r, idle, n = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 hours = (int(sys.argv[5]) + int(sys.argv[6])) / 3600
-print(f"| {name} | {r['signed_in']}/{n} | {r['failures']} | {r['sign_in_p50_ms']:.0f} / {r['sign_in_p99_ms']:.0f} "
+print(f"| {name} | {r['signed_in']}/{n} | {r['failures']} | {r.get('reconnects', 0)} | {r['sign_in_p50_ms']:.0f} / {r['sign_in_p99_ms']:.0f} "
       f"| {r['rest_p50_ms']:.1f} / {r['rest_p99_ms']:.1f} | {r['proxy_cpu_s'] / (n * hours):.2f} "
+      f"| {r['steady_cpu_s'] / max(r['signed_in'] * r['steady_s'] / 3600, 1e-9):.2f} "
       f"| {r['proxy_rss_kib'] / 1024:.0f} | {(r['proxy_rss_kib'] - idle) / max(r['signed_in'], 1):.0f} | {r['simulator_cpu_s'] / (int(sys.argv[5]) + int(sys.argv[6])):.2f} |")
 PY
 }
@@ -236,8 +246,8 @@ PY
 
 echo "agents signing in over ${RAMP}s, then ${STEADY}s more; a state change every ${CHANGE}s, an event every ${EVENTS}s"
 echo
-echo "| proxy | signed in | failures | sign-in ms p50 / p99 | REST ms p50 / p99 | CPU s per agent-hour | MiB | KiB per agent | simulator cores |"
-echo "|---|---|---|---|---|---|---|---|---|"
+echo "| proxy | signed in | failures | reconnects | sign-in ms p50 / p99 | REST ms p50 / p99 | CPU s per agent-hour | steady state | MiB | KiB per agent | simulator cores |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|"
 if [ -z "$SEARCH" ]; then
   for proxy in $ONLY; do run "$proxy"; done
   exit 0
@@ -246,11 +256,23 @@ fi
 # upstream one), the simulator two: the search stops where the descriptor limit would.
 most=$(( $(ulimit -n) / 4 ))
 found=()
+[ "${START:-500}" -ge 1 ] || { echo "START must be 1 or more" >&2; exit 2; }
 for proxy in $ONLY; do
   good=0 bad=0 AGENTS=${START:-500}
   while [ "$AGENTS" -le "$most" ]; do
     run "$proxy"
     if within; then good=$AGENTS; AGENTS=$((AGENTS * 2)); else bad=$AGENTS; break; fi
+  done
+  if [ "$bad" -eq 0 ] && [ "$good" -lt "$most" ]; then
+    AGENTS=$most
+    run "$proxy"
+    if within; then good=$AGENTS; else bad=$AGENTS; fi
+  fi
+  # Outside the limits from the first run: halve until a run is within them.
+  while [ "$good" -eq 0 ] && [ "$bad" -gt 1 ]; do
+    AGENTS=$((bad / 2))
+    run "$proxy"
+    if within; then good=$AGENTS; else bad=$AGENTS; fi
   done
   for _ in 1 2; do
     [ "$good" -gt 0 ] && [ "$bad" -gt 0 ] || break

@@ -42,10 +42,15 @@ pub struct Seen {
     /// REST latencies in steady state, ms.
     pub rest: Mutex<Vec<f64>>,
     pub failures: AtomicU64,
+    /// New connections for REST calls after the proxy closed an idle one.
+    pub reconnects: AtomicU64,
     pub events: AtomicU64,
     pub signed_in: AtomicU64,
     /// The proxy's resident KiB two seconds before the agents leave.
     pub proxy_rss_kib: AtomicU64,
+    /// The proxy's CPU seconds in steady state (from 10 s after the ramp to two seconds before
+    /// the agents leave), and that window's length in seconds.
+    pub steady_cpu: Mutex<(f64, f64)>,
 }
 
 fn connector(ca: &str, alpn: &[u8]) -> SslConnector {
@@ -126,6 +131,43 @@ async fn send(
     }
 }
 
+/// A new TLS connection speaking HTTP/2.
+async fn h2_connection(n: u32, plan: &Plan) -> Result<Sender, String> {
+    let stream = tls(n, plan, &connector(&plan.ca, b"\x02h2")).await?;
+    let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+/// A REST call as a browser makes it: on a new connection when the proxy has closed the idle
+/// one (its keep-alive timeout), and once more on a new one when the connection closed under
+/// the call.
+async fn send_again(
+    n: u32,
+    sender: &mut Sender,
+    plan: &Plan,
+    seen: &Seen,
+    call: (&str, &str, &'static str),
+    basic: &str,
+) -> Result<(), String> {
+    if sender.is_closed() {
+        *sender = h2_connection(n, plan).await?;
+        seen.reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+    match send(sender, plan, call, Some(basic)).await {
+        Err(e) if sender.is_closed() => {
+            *sender = h2_connection(n, plan)
+                .await
+                .map_err(|again| format!("{e}; {again}"))?;
+            seen.reconnects.fetch_add(1, Ordering::Relaxed);
+            send(sender, plan, call, Some(basic)).await
+        }
+        other => other,
+    }
+}
+
 const LOGIN: &str = "<User><state>LOGIN</state><extension>1001</extension></User>";
 const READY: &str = "<User><state>READY</state></User>";
 
@@ -136,11 +178,7 @@ async fn agent(n: u32, plan: Arc<Plan>, seen: Arc<Seen>, until: Instant) -> Resu
     let pair = format!("{user}:{}", super::origin::PASSWORD);
     let basic = format!("Basic {}", STANDARD.encode(&pair));
     let started = Instant::now();
-    let stream = tls(n, &plan, &connector(&plan.ca, b"\x02h2")).await?;
-    let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(connection);
+    let mut sender = h2_connection(n, &plan).await?;
     let paths = super::profile::assets();
     let assets = paths
         .iter()
@@ -187,11 +225,14 @@ async fn agent(n: u32, plan: Arc<Plan>, seen: Arc<Seen>, until: Instant) -> Resu
             }
         }
     });
-    send(
-        &sender,
+    let login = ("PUT", format!("/finesse/api/User/{user}"), LOGIN);
+    send_again(
+        n,
+        &mut sender,
         &plan,
-        ("PUT", &format!("/finesse/api/User/{user}"), LOGIN),
-        Some(&basic),
+        &seen,
+        (login.0, &login.1, login.2),
+        &basic,
     )
     .await?;
     // State changes start at a random point of the interval, as agents' calls do.
@@ -202,7 +243,7 @@ async fn agent(n: u32, plan: Arc<Plan>, seen: Arc<Seen>, until: Instant) -> Resu
     while Instant::now() + every < until {
         for (method, path, body) in [("PUT", &path, READY), ("GET", &dialogs, "")] {
             let sent = Instant::now();
-            send(&sender, &plan, (method, path, body), Some(&basic)).await?;
+            send_again(n, &mut sender, &plan, &seen, (method, path, body), &basic).await?;
             let took = sent.elapsed().as_secs_f64() * 1000.0;
             seen.rest.lock().unwrap().push(took);
         }
@@ -211,6 +252,20 @@ async fn agent(n: u32, plan: Arc<Plan>, seen: Arc<Seen>, until: Instant) -> Resu
     let left = until.saturating_duration_since(Instant::now());
     tokio::time::sleep(left).await;
     listening.abort();
+    Ok(())
+}
+
+/// Asks once for every desktop file, so that the proxy's cache holds them before its idle
+/// memory is read.
+pub async fn warm(plan: &Plan) -> Result<(), String> {
+    let stream = tls(0, plan, &connector(&plan.ca, b"\x02h2")).await?;
+    let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    for (path, _) in super::profile::assets() {
+        get(&sender, plan, &path, None).await?;
+    }
     Ok(())
 }
 
@@ -223,10 +278,16 @@ pub async fn run(plan: Plan) -> Arc<Seen> {
     let mut tasks = Vec::new();
     if let Some(pid) = plan.proxy {
         let seen = seen.clone();
+        let last = until - Duration::from_secs(2);
+        let steady = (Instant::now() + plan.ramp + Duration::from_secs(10)).min(last);
         tasks.push(tokio::spawn(async move {
-            tokio::time::sleep_until((until - Duration::from_secs(2)).into()).await;
-            let rss = super::usage(pid).1;
+            tokio::time::sleep_until(steady.into()).await;
+            let cpu = super::usage(pid).0;
+            tokio::time::sleep_until(last.into()).await;
+            let (cpu_end, rss) = super::usage(pid);
             seen.proxy_rss_kib.store(rss, Ordering::Relaxed);
+            let window = last.saturating_duration_since(steady).as_secs_f64();
+            *seen.steady_cpu.lock().unwrap() = (cpu_end - cpu, window);
         }));
     }
     for n in 1..=plan.agents {

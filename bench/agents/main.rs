@@ -2,13 +2,14 @@
 //!
 //!   agents origin PORT EVENT_SECONDS      the Finesse look-alike, until killed
 //!   agents certs DIR HOST                 DIR/ca.crt, DIR/proxy.{crt,key} for HOST
+//!   agents warm PORT HOST CA              every desktop file asked for once (the cache filled)
 //!   agents run PORT HOST CA AGENTS RAMP_S STEADY_S CHANGE_S [PROXY_PID]
 //!
 //! `run` starts AGENTS sign-ins evenly over RAMP_S seconds; each agent then changes state every
 //! CHANGE_S seconds until RAMP_S + STEADY_S have passed. It prints one JSON line: sign-in p50/p99
 //! (ms), REST p50/p99 (ms) after sign-in, failures, WebSocket events, its own CPU seconds, and
-//! with PROXY_PID the proxy's CPU seconds and its resident memory two seconds before the agents
-//! leave.
+//! with PROXY_PID the proxy's CPU seconds, its CPU seconds in steady state (from 10 s after the
+//! ramp to 2 s before the end) and its resident memory two seconds before the agents leave.
 
 mod load;
 mod origin;
@@ -68,6 +69,22 @@ async fn main() {
             origin::serve(number(1) as u16, every).await.unwrap();
         }
         "certs" => certs(arg(1), arg(2)),
+        "warm" => {
+            let plan = load::Plan {
+                port: number(1) as u16,
+                host: arg(2).to_string(),
+                ca: arg(3).to_string(),
+                agents: 0,
+                ramp: Duration::ZERO,
+                steady: Duration::ZERO,
+                poll_every: Duration::ZERO,
+                proxy: None,
+            };
+            if let Err(e) = load::warm(&plan).await {
+                eprintln!("warm: {e}");
+                std::process::exit(1);
+            }
+        }
         "run" => {
             let pid = args.get(8).and_then(|p| p.parse::<u32>().ok());
             let before = pid.map(usage);
@@ -93,10 +110,12 @@ async fn main() {
                 .proxy_rss_kib
                 .load(std::sync::atomic::Ordering::Relaxed);
             let simulator_cpu = usage(std::process::id()).0;
+            let (steady_cpu, steady_s) = *seen.steady_cpu.lock().unwrap();
             println!(
                 "{{\"signed_in\":{},\"failures\":{},\"sign_in_p50_ms\":{:.1},\"sign_in_p99_ms\":{:.1},\
-                 \"rest_p50_ms\":{:.2},\"rest_p99_ms\":{:.2},\"rest_calls\":{},\"events\":{},\
-                 \"proxy_cpu_s\":{cpu:.2},\"proxy_rss_kib\":{rss},\"simulator_cpu_s\":{simulator_cpu:.2}}}",
+                 \"rest_p50_ms\":{:.2},\"rest_p99_ms\":{:.2},\"rest_calls\":{},\"reconnects\":{},\"events\":{},\
+                 \"proxy_cpu_s\":{cpu:.2},\"proxy_rss_kib\":{rss},\"simulator_cpu_s\":{simulator_cpu:.2},\
+                 \"steady_cpu_s\":{steady_cpu:.3},\"steady_s\":{steady_s:.1}}}",
                 seen.signed_in.load(std::sync::atomic::Ordering::Relaxed),
                 seen.failures.load(std::sync::atomic::Ordering::Relaxed),
                 load::percentile(&mut sign_ins, 50.0),
@@ -104,11 +123,12 @@ async fn main() {
                 load::percentile(&mut rest, 50.0),
                 load::percentile(&mut rest, 99.0),
                 rest.len(),
+                seen.reconnects.load(std::sync::atomic::Ordering::Relaxed),
                 seen.events.load(std::sync::atomic::Ordering::Relaxed),
             );
         }
         _ => {
-            eprintln!("usage: agents origin PORT EVENT_SECONDS | certs DIR HOST | run PORT HOST CA AGENTS RAMP_S STEADY_S CHANGE_S [PROXY_PID]");
+            eprintln!("usage: agents origin PORT EVENT_SECONDS | certs DIR HOST | warm PORT HOST CA | run PORT HOST CA AGENTS RAMP_S STEADY_S CHANGE_S [PROXY_PID]");
             std::process::exit(2);
         }
     }

@@ -432,8 +432,8 @@ async fn each_server_may_have_its_own_upstream_tls() {
 
 /// An internal server may answer a request before reading its body (a 401, a 413, a Tomcat
 /// filter): when that answer reaches an HTTP/2 client before the client has sent the body, the
-/// answer ends its stream (END_STREAM), and the body sent after it is taken without a reset.
-/// (curl 7.88 still waits for the connection to close in that case: see bench/RESULTS.md.)
+/// answer ends its stream (END_STREAM) at once, and the body sent after it is taken without a
+/// reset. (curl 7.88 still waits for the connection to close in that case: see bench/RESULTS.md.)
 #[tokio::test]
 async fn an_answer_sent_before_the_request_body_ends_its_http2_stream() {
     use crate::harness::h2raw::{
@@ -468,32 +468,28 @@ async fn an_answer_sent_before_the_request_body_ends_its_http2_stream() {
         (28, &length),
     ]);
     h2.frame(HEADERS, END_HEADERS, 1, &block).await.unwrap();
-    let (early, _) = h2.read_frames(Duration::from_millis(500)).await;
+    let (early, _) = h2
+        .read_until(Duration::from_secs(5), |f| f.0 == HEADERS && f.1 == 1)
+        .await;
+    let answer = early.last().filter(|f| f.0 == HEADERS && f.1 == 1);
+    let answer = answer.unwrap_or_else(|| panic!("no answer before the body: {early:?}"));
     assert!(
-        early.iter().any(|f| f.0 == HEADERS && f.1 == 1),
-        "no answer before the body: {early:?}"
+        answer.3 & END_STREAM != 0,
+        "the answer did not end its stream before the body was sent: {early:?}"
     );
     h2.frame(DATA, END_STREAM, 1, body).await.unwrap();
-    let (late, closed) = h2.read_frames(Duration::from_secs(1)).await;
-    let ended = early
-        .iter()
-        .chain(&late)
-        .any(|f| f.1 == 1 && (f.0 == HEADERS || f.0 == DATA) && f.3 & END_STREAM != 0);
+    let (late, closed) = h2.read_frames(Duration::from_millis(500)).await;
     let reset = early
         .iter()
         .chain(&late)
         .any(|f| f.0 == RST_STREAM && f.1 == 1);
     assert!(!reset && !closed, "reset or closed: {early:?} {late:?}");
-    assert!(
-        ended,
-        "the answer's stream never ended (closed: {closed}): {early:?} {late:?}"
-    );
 }
 
 /// A desktop asks for about a hundred files at once on one HTTP/2 connection at sign-in. ccedge's
-/// HTTP/2 layer gives the memory of such a burst back once it is sent (patches/h2); every answer
-/// of a burst, and of the bursts after it on the same connection, arrives whole and on its own
-/// stream.
+/// HTTP/2 layer drops the slabs such a burst grew once they are empty (patches/h2; the memory
+/// saved is measured by bench/agents.sh): every answer of a burst, and of the bursts after it
+/// on the same connection, arrives whole and on its own stream.
 #[tokio::test]
 async fn bursts_of_a_hundred_streams_on_one_connection_arrive_whole() {
     let handler: Handler = Arc::new(|req: Request<Incoming>| {

@@ -18,8 +18,13 @@ pub const GOAWAY: u8 = 0x7;
 pub const END_STREAM: u8 = 0x1;
 pub const END_HEADERS: u8 = 0x4;
 
+/// A frame read: type, stream, payload, flags.
+pub type Frame = (u8, u32, Vec<u8>, u8);
+
 pub struct RawH2 {
     tls: SslStream<TcpStream>,
+    /// Bytes read past the last whole frame.
+    unread: Vec<u8>,
 }
 
 /// One HPACK field: a static-table name index and a literal value, never indexed (a 4-bit
@@ -55,7 +60,10 @@ impl RawH2 {
         let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
         let mut tls = SslStream::new(ssl, tcp).unwrap();
         Pin::new(&mut tls).connect().await.unwrap();
-        let mut h2 = RawH2 { tls };
+        let mut h2 = RawH2 {
+            tls,
+            unread: Vec::new(),
+        };
         h2.raw(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
         h2.frame(SETTINGS, 0, 0, &[]).await.unwrap();
         h2
@@ -83,24 +91,38 @@ impl RawH2 {
 
     /// Reads frames for up to `wait`: (type, stream, payload, flags), in order; `closed` when the
     /// server ended the connection.
-    pub async fn read_frames(&mut self, wait: Duration) -> (Vec<(u8, u32, Vec<u8>, u8)>, bool) {
+    pub async fn read_frames(&mut self, wait: Duration) -> (Vec<Frame>, bool) {
+        self.read_until(wait, |_| false).await
+    }
+
+    /// Reads frames until one satisfies `stop` (it is the last returned), for up to `wait`.
+    pub async fn read_until(
+        &mut self,
+        wait: Duration,
+        stop: impl Fn(&Frame) -> bool,
+    ) -> (Vec<Frame>, bool) {
         let deadline = tokio::time::Instant::now() + wait;
-        let mut buf = Vec::new();
         let mut chunk = [0u8; 16384];
         let mut frames = Vec::new();
         loop {
-            while buf.len() >= 9 {
+            while self.unread.len() >= 9 {
+                let buf = &self.unread;
                 let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
                 if buf.len() < 9 + len {
                     break;
                 }
                 let stream = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
-                frames.push((buf[3], stream, buf[9..9 + len].to_vec(), buf[4]));
-                buf.drain(..9 + len);
+                let frame = (buf[3], stream, buf[9..9 + len].to_vec(), buf[4]);
+                self.unread.drain(..9 + len);
+                let last = stop(&frame);
+                frames.push(frame);
+                if last {
+                    return (frames, false);
+                }
             }
             match tokio::time::timeout_at(deadline, self.tls.read(&mut chunk)).await {
                 Ok(Ok(0)) | Ok(Err(_)) => return (frames, true),
-                Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+                Ok(Ok(n)) => self.unread.extend_from_slice(&chunk[..n]),
                 Err(_) => return (frames, false),
             }
         }
