@@ -21,10 +21,34 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio_openssl::SslStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-pub struct Plan {
+/// The proxy the agents talk to, and the TLS settings of their connections (made once: a
+/// connector reads the system's and the test's CA certificates).
+pub struct Target {
     pub port: u16,
     pub host: String,
-    pub ca: String,
+    h2: SslConnector,
+    h1: SslConnector,
+}
+
+impl Target {
+    pub fn new(port: u16, host: &str, ca: &str) -> Target {
+        let connector = |alpn: &[u8]| {
+            let mut tls = SslConnector::builder(SslMethod::tls()).unwrap();
+            tls.set_ca_file(ca).unwrap();
+            tls.set_alpn_protos(alpn).unwrap();
+            tls.build()
+        };
+        Target {
+            port,
+            host: host.to_string(),
+            h2: connector(b"\x02h2"),
+            h1: connector(b"\x08http/1.1"),
+        }
+    }
+}
+
+pub struct Plan {
+    pub target: Target,
     pub agents: u32,
     pub ramp: Duration,
     pub steady: Duration,
@@ -53,13 +77,6 @@ pub struct Seen {
     pub steady_cpu: Mutex<(f64, f64)>,
 }
 
-fn connector(ca: &str, alpn: &[u8]) -> SslConnector {
-    let mut tls = SslConnector::builder(SslMethod::tls()).unwrap();
-    tls.set_ca_file(ca).unwrap();
-    tls.set_alpn_protos(alpn).unwrap();
-    tls.build()
-}
-
 /// Agent `n`'s own loopback address (127.1.0.1 and up), as each desktop has its own: the
 /// proxies' per-address caps and rate limits stay as they ship.
 fn address(n: u32) -> Ipv4Addr {
@@ -68,7 +85,7 @@ fn address(n: u32) -> Ipv4Addr {
 
 async fn tls(
     n: u32,
-    plan: &Plan,
+    plan: &Target,
     connector: &SslConnector,
 ) -> Result<SslStream<TcpStream>, String> {
     let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
@@ -95,13 +112,13 @@ async fn tls(
 
 type Sender = http2::SendRequest<Full<Bytes>>;
 
-async fn get(sender: &Sender, plan: &Plan, path: &str, auth: Option<&str>) -> Result<(), String> {
+async fn get(sender: &Sender, plan: &Target, path: &str, auth: Option<&str>) -> Result<(), String> {
     send(sender, plan, ("GET", path, ""), auth).await
 }
 
 async fn send(
     sender: &Sender,
-    plan: &Plan,
+    plan: &Target,
     (method, path, body): (&str, &str, &'static str),
     auth: Option<&str>,
 ) -> Result<(), String> {
@@ -132,8 +149,8 @@ async fn send(
 }
 
 /// A new TLS connection speaking HTTP/2.
-async fn h2_connection(n: u32, plan: &Plan) -> Result<Sender, String> {
-    let stream = tls(n, plan, &connector(&plan.ca, b"\x02h2")).await?;
+async fn h2_connection(n: u32, plan: &Target) -> Result<Sender, String> {
+    let stream = tls(n, plan, &plan.h2).await?;
     let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
         .await
         .map_err(|e| e.to_string())?;
@@ -147,7 +164,7 @@ async fn h2_connection(n: u32, plan: &Plan) -> Result<Sender, String> {
 async fn send_again(
     n: u32,
     sender: &mut Sender,
-    plan: &Plan,
+    plan: &Target,
     seen: &Seen,
     call: (&str, &str, &'static str),
     basic: &str,
@@ -178,19 +195,26 @@ async fn agent(n: u32, plan: Arc<Plan>, seen: Arc<Seen>, until: Instant) -> Resu
     let pair = format!("{user}:{}", super::origin::PASSWORD);
     let basic = format!("Basic {}", STANDARD.encode(&pair));
     let started = Instant::now();
-    let mut sender = h2_connection(n, &plan).await?;
+    let target = &plan.target;
+    let mut sender = h2_connection(n, target).await?;
     let paths = super::profile::assets();
     let assets = paths
         .iter()
-        .map(|(path, _)| get(&sender, &plan, path, None));
+        .map(|(path, _)| get(&sender, target, path, None));
     for result in futures_util::future::join_all(assets).await {
         result?;
     }
     for path in super::profile::SIGN_IN {
-        get(&sender, &plan, &path.replace("{user}", &user), Some(&basic)).await?;
+        get(
+            &sender,
+            target,
+            &path.replace("{user}", &user),
+            Some(&basic),
+        )
+        .await?;
     }
-    let ws_stream = tls(n, &plan, &connector(&plan.ca, b"\x08http/1.1")).await?;
-    let mut request = format!("wss://{}:{}/ws/{user}", plan.host, plan.port)
+    let ws_stream = tls(n, target, &target.h1).await?;
+    let mut request = format!("wss://{}:{}/ws/{user}", target.host, target.port)
         .into_client_request()
         .map_err(|e| e.to_string())?;
     let protocol = format!("xmpp, {}", URL_SAFE_NO_PAD.encode(&pair));
@@ -229,7 +253,7 @@ async fn agent(n: u32, plan: Arc<Plan>, seen: Arc<Seen>, until: Instant) -> Resu
     send_again(
         n,
         &mut sender,
-        &plan,
+        target,
         &seen,
         (login.0, &login.1, login.2),
         &basic,
@@ -243,7 +267,7 @@ async fn agent(n: u32, plan: Arc<Plan>, seen: Arc<Seen>, until: Instant) -> Resu
     while Instant::now() + every < until {
         for (method, path, body) in [("PUT", &path, READY), ("GET", &dialogs, "")] {
             let sent = Instant::now();
-            send_again(n, &mut sender, &plan, &seen, (method, path, body), &basic).await?;
+            send_again(n, &mut sender, target, &seen, (method, path, body), &basic).await?;
             let took = sent.elapsed().as_secs_f64() * 1000.0;
             seen.rest.lock().unwrap().push(took);
         }
@@ -257,14 +281,10 @@ async fn agent(n: u32, plan: Arc<Plan>, seen: Arc<Seen>, until: Instant) -> Resu
 
 /// Asks once for every desktop file, so that the proxy's cache holds them before its idle
 /// memory is read.
-pub async fn warm(plan: &Plan) -> Result<(), String> {
-    let stream = tls(0, plan, &connector(&plan.ca, b"\x02h2")).await?;
-    let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(connection);
+pub async fn warm(target: &Target) -> Result<(), String> {
+    let sender = h2_connection(0, target).await?;
     for (path, _) in super::profile::assets() {
-        get(&sender, plan, &path, None).await?;
+        get(&sender, target, &path, None).await?;
     }
     Ok(())
 }

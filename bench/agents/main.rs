@@ -70,17 +70,8 @@ async fn main() {
         }
         "certs" => certs(arg(1), arg(2)),
         "warm" => {
-            let plan = load::Plan {
-                port: number(1) as u16,
-                host: arg(2).to_string(),
-                ca: arg(3).to_string(),
-                agents: 0,
-                ramp: Duration::ZERO,
-                steady: Duration::ZERO,
-                poll_every: Duration::ZERO,
-                proxy: None,
-            };
-            if let Err(e) = load::warm(&plan).await {
+            let target = load::Target::new(number(1) as u16, arg(2), arg(3));
+            if let Err(e) = load::warm(&target).await {
                 eprintln!("warm: {e}");
                 std::process::exit(1);
             }
@@ -89,9 +80,7 @@ async fn main() {
             let pid = args.get(8).and_then(|p| p.parse::<u32>().ok());
             let before = pid.map(usage);
             let plan = load::Plan {
-                port: number(1) as u16,
-                host: arg(2).to_string(),
-                ca: arg(3).to_string(),
+                target: load::Target::new(number(1) as u16, arg(2), arg(3)),
                 agents: number(4) as u32,
                 ramp: Duration::from_secs(number(5)),
                 steady: Duration::from_secs(number(6)),
